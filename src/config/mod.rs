@@ -1,0 +1,468 @@
+//! Configuration: `imks.toml` (the file's shape, [`file`]) plus per-shard files and `IMKS_*`
+//! environment overrides, resolved and validated into [`Config`], which is what the server uses.
+//!
+//! Environment overrides name a key path with `__` between sections:
+//! `IMKS_SERVER__SHARDS=2`, `IMKS_WEBSOCKET__BACKPRESSURE=drop_oldest`,
+//! `IMKS_SERVER__LISTEN='["127.0.0.1:3000"]'`. The value is read as a TOML value, or as a string
+//! when it is not one.
+
+pub mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file::{FileConfig, ShardFile};
+
+/// A configuration that cannot be used. Each message names the offending field or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// Which io_uring/epoll driver a shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    /// io_uring, falling back to epoll when the ring cannot be created.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// What a full session send queue does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backpressure {
+    /// Close the session with 1008 "slow consumer".
+    Close,
+    /// Drop the frame being queued.
+    DropNewest,
+    /// Drop the oldest queued data frame to make room.
+    DropOldest,
+}
+
+/// What a full cross-shard ring does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingFullPolicy {
+    /// The sending task waits until the receiving shard frees a slot.
+    Wait,
+    /// The message is dropped.
+    Drop,
+}
+
+/// HTTP/1.1 limits.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HttpConfig {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub read_buffer_bytes: usize,
+}
+
+/// WebSocket session settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WsConfig {
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub backpressure: Backpressure,
+    pub write_timeout: Duration,
+    pub close_timeout: Duration,
+}
+
+/// One shard's resolved settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardConfig {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub send_queue_len: usize,
+}
+
+/// The resolved, validated configuration of a node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub shards: Vec<ShardConfig>,
+    pub driver: DriverChoice,
+    pub uring_entries: u32,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub tick: Duration,
+    pub http: HttpConfig,
+    pub ws: WsConfig,
+    pub ring_capacity: usize,
+    pub ring_full_policy: RingFullPolicy,
+    pub sidecar_channel_capacity: usize,
+    pub sidecar_probe_timeout: Duration,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), the per-shard files beside it and the
+    /// `IMKS_*` variables of the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, &env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(path: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let (mut table, base_dir) = match path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                (table, p.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (toml::Table::new(), PathBuf::from(".")),
+        };
+        apply_env(&mut table, env)?;
+        let file: FileConfig = deserialize_table(table, "imks.toml")?;
+        let shards_dir = base_dir.join(&file.server.shards_dir);
+        Self::resolve(file, |i| read_shard_file(&shards_dir, i))
+    }
+
+    /// Validates a file configuration; `shard_file(i)` yields shard `i`'s overrides, if any.
+    pub fn resolve(
+        file: FileConfig,
+        mut shard_file: impl FnMut(usize) -> Result<Option<ShardFile>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let s = &file.server;
+        let driver = match s.driver.as_str() {
+            "auto" => DriverChoice::Auto,
+            "io_uring" | "iouring" => DriverChoice::IoUring,
+            "epoll" | "legacy" => DriverChoice::Epoll,
+            other => return Err(invalid("server.driver", format!("`{other}` is not one of auto, io_uring, epoll"))),
+        };
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let shard_count = match s.shards {
+            0 if !s.cpus.is_empty() => s.cpus.len(),
+            0 => available,
+            n => n,
+        };
+        if shard_count > 1024 {
+            return Err(invalid("server.shards", "at most 1024 shards"));
+        }
+        if !s.cpus.is_empty() && s.cpus.len() != shard_count {
+            return Err(invalid(
+                "server.cpus",
+                format!("lists {} CPUs for {} shards; give one per shard or none", s.cpus.len(), shard_count),
+            ));
+        }
+        let listen = parse_addrs("server.listen", &s.listen)?;
+        if listen.is_empty() {
+            return Err(invalid("server.listen", "needs at least one address"));
+        }
+        positive("server.max_connections", s.max_connections as u64)?;
+        positive("server.tick_ms", s.tick_ms)?;
+        positive("server.uring_entries", u64::from(s.uring_entries))?;
+        let h = &file.http;
+        positive("http.max_head_bytes", h.max_head_bytes as u64)?;
+        positive("http.max_headers", h.max_headers as u64)?;
+        positive("http.header_timeout_ms", h.header_timeout_ms)?;
+        positive("http.idle_timeout_ms", h.idle_timeout_ms)?;
+        if h.read_buffer_bytes < 512 {
+            return Err(invalid("http.read_buffer_bytes", "must be at least 512"));
+        }
+        let w = &file.websocket;
+        positive("websocket.max_message_bytes", w.max_message_bytes as u64)?;
+        positive("websocket.max_frame_bytes", w.max_frame_bytes as u64)?;
+        positive("websocket.ping_interval_ms", w.ping_interval_ms)?;
+        positive("websocket.ping_timeout_ms", w.ping_timeout_ms)?;
+        positive("websocket.send_queue_len", w.send_queue_len as u64)?;
+        positive("websocket.write_timeout_ms", w.write_timeout_ms)?;
+        positive("websocket.close_timeout_ms", w.close_timeout_ms)?;
+        let backpressure = match w.backpressure.as_str() {
+            "close" => Backpressure::Close,
+            "drop_newest" => Backpressure::DropNewest,
+            "drop_oldest" => Backpressure::DropOldest,
+            other => {
+                return Err(invalid(
+                    "websocket.backpressure",
+                    format!("`{other}` is not one of close, drop_newest, drop_oldest"),
+                ))
+            }
+        };
+        if file.rings.capacity < 2 {
+            return Err(invalid("rings.capacity", "must be at least 2"));
+        }
+        let ring_full_policy = match file.rings.full_policy.as_str() {
+            "wait" => RingFullPolicy::Wait,
+            "drop" => RingFullPolicy::Drop,
+            other => return Err(invalid("rings.full_policy", format!("`{other}` is not one of wait, drop"))),
+        };
+        positive("sidecar.channel_capacity", file.sidecar.channel_capacity as u64)?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+            return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
+        }
+        positive("sidecar.probe_timeout_ms", file.sidecar.probe_timeout_ms)?;
+
+        let allowed = if s.pin_threads { allowed_cpus() } else { Vec::new() };
+        let per_shard_conns = s.max_connections.div_ceil(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for index in 0..shard_count {
+            let over = shard_file(index)?.unwrap_or_default();
+            let field = |name: &str| format!("{}/shard-{index}.toml: {name}", s.shards_dir);
+            let listen = match &over.listen {
+                Some(l) => parse_addrs(&field("listen"), l)?,
+                None => listen.clone(),
+            };
+            if listen.is_empty() {
+                return Err(invalid(field("listen"), "needs at least one address"));
+            }
+            let cpu = over
+                .cpu
+                .or_else(|| s.cpus.get(index).copied())
+                .or_else(|| (!allowed.is_empty()).then(|| allowed[index % allowed.len()]));
+            let cpu = if s.pin_threads { cpu } else { None };
+            let max_connections = over.max_connections.unwrap_or(per_shard_conns);
+            positive(&field("max_connections"), max_connections as u64)?;
+            let send_queue_len = over.send_queue_len.unwrap_or(w.send_queue_len);
+            positive(&field("send_queue_len"), send_queue_len as u64)?;
+            shards.push(ShardConfig { index, cpu, listen, max_connections, send_queue_len });
+        }
+
+        Ok(Config {
+            shards,
+            driver,
+            uring_entries: s.uring_entries,
+            max_connections: s.max_connections,
+            shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
+            tick: Duration::from_millis(s.tick_ms),
+            http: HttpConfig {
+                max_head_bytes: h.max_head_bytes,
+                max_headers: h.max_headers,
+                max_body_bytes: h.max_body_bytes,
+                header_timeout: Duration::from_millis(h.header_timeout_ms),
+                idle_timeout: Duration::from_millis(h.idle_timeout_ms),
+                read_buffer_bytes: h.read_buffer_bytes,
+            },
+            ws: WsConfig {
+                max_message_bytes: w.max_message_bytes,
+                max_frame_bytes: w.max_frame_bytes,
+                ping_interval: Duration::from_millis(w.ping_interval_ms),
+                ping_timeout: Duration::from_millis(w.ping_timeout_ms),
+                backpressure,
+                write_timeout: Duration::from_millis(w.write_timeout_ms),
+                close_timeout: Duration::from_millis(w.close_timeout_ms),
+            },
+            ring_capacity: file.rings.capacity,
+            ring_full_policy,
+            sidecar_channel_capacity: file.sidecar.channel_capacity,
+            sidecar_probe_timeout: Duration::from_millis(file.sidecar.probe_timeout_ms),
+            log_level: file.log.level.clone(),
+        })
+    }
+
+    /// A configuration from defaults alone (what `make run` uses without a file).
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::resolve(FileConfig::default(), |_| Ok(None))
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in ascending order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask that sched_getaffinity fills in; we pass its exact size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+fn positive(field: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(invalid(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn parse_addrs(field: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter().map(|a| a.parse().map_err(|_| invalid(field, format!("`{a}` is not an IP:port address")))).collect()
+}
+
+fn deserialize_table<T: serde::de::DeserializeOwned>(table: toml::Table, what: &str) -> Result<T, ConfigError> {
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { what.to_string() } else { path };
+        invalid(field, e.into_inner().to_string())
+    })
+}
+
+fn read_shard_file(dir: &Path, index: usize) -> Result<Option<ShardFile>, ConfigError> {
+    let path = dir.join(format!("shard-{index}.toml"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let name = format!("shards/shard-{index}.toml");
+    deserialize_table(table, &name).map(Some).map_err(|e| match e {
+        ConfigError::Invalid { field, message } if field != name => invalid(format!("{name}: {field}"), message),
+        other => other,
+    })
+}
+
+/// Applies `IMKS_SECTION__KEY=value` variables to the parsed file.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("IMKS_") else { continue };
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(invalid(name.clone(), "IMKS_ variables name a key as IMKS_<SECTION>__<KEY>"));
+        }
+        let value = parse_env_value(raw);
+        let section = table.entry(path[0].clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section) = section else {
+            return Err(invalid(name.clone(), format!("`{}` is not a section", path[0])));
+        };
+        section.insert(path[1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempdir();
+        let path = dir.join("imks.toml");
+        std::fs::write(&path, text).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Config::load_with_env(Some(&path), &env)
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("imks-cfg-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(c.shards[0].listen, vec!["0.0.0.0:3000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.ws.backpressure, Backpressure::Close);
+        assert_eq!(c.http.max_head_bytes, 8192);
+        assert_eq!(c.ring_full_policy, RingFullPolicy::Wait);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let err = load_str("[websocket]\nsend_queue = 3\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("websocket"), "{err}");
+        assert!(err.contains("send_queue"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = load_str("[server]\nshards = \"two\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.shards"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_values_name_the_field() {
+        let err = load_str("[websocket]\nbackpressure = \"panic\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("websocket.backpressure"), "{err}");
+        let err = load_str("[server]\ndriver = \"kqueue\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.driver"), "{err}");
+        let err = load_str("[server]\nlisten = [\"nope\"]\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load_str(
+            "[server]\nshards = 3\n",
+            &[
+                ("IMKS_SERVER__SHARDS", "2"),
+                ("IMKS_WEBSOCKET__BACKPRESSURE", "drop_oldest"),
+                ("IMKS_SERVER__LISTEN", "[\"127.0.0.1:0\"]"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.shards.len(), 2);
+        assert_eq!(c.ws.backpressure, Backpressure::DropOldest);
+        assert_eq!(c.shards[1].listen[0].port(), 0);
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected() {
+        let err = load_str("", &[("IMKS_SERVER__SHARDZ", "2")]).unwrap_err().to_string();
+        assert!(err.contains("shardz"), "{err}");
+        let err = load_str("", &[("IMKS_NOSECTION", "2")]).unwrap_err().to_string();
+        assert!(err.contains("IMKS_NOSECTION"), "{err}");
+    }
+
+    #[test]
+    fn shard_files_override_one_shard() {
+        let dir = tempdir();
+        std::fs::create_dir_all(dir.join("shards")).unwrap();
+        std::fs::write(
+            dir.join("shards/shard-1.toml"),
+            "cpu = 1\nsend_queue_len = 7\nlisten = [\"127.0.0.1:4000\"]\nmax_connections = 9\n",
+        )
+        .unwrap();
+        let path = dir.join("imks.toml");
+        std::fs::write(&path, "[server]\nshards = 2\nmax_connections = 100\n").unwrap();
+        let c = Config::load_with_env(Some(&path), &[]).unwrap();
+        assert_eq!(c.shards[0].send_queue_len, 1024);
+        assert_eq!(c.shards[0].max_connections, 50);
+        assert_eq!(c.shards[1].send_queue_len, 7);
+        assert_eq!(c.shards[1].cpu, Some(1));
+        assert_eq!(c.shards[1].max_connections, 9);
+        assert_eq!(c.shards[1].listen[0].port(), 4000);
+
+        std::fs::write(dir.join("shards/shard-0.toml"), "cpus = 1\n").unwrap();
+        let err = Config::load_with_env(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("shard-0.toml") && err.contains("cpus"), "{err}");
+    }
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        let err = load_str("[websocket]\nsend_queue_len = 0\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("websocket.send_queue_len"), "{err}");
+        let err = load_str("[server]\nshards = 2\ncpus = [0]\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("server.cpus"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("imks.example.toml");
+        Config::load_with_env(Some(&path), &[]).unwrap();
+    }
+}
