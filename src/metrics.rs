@@ -1,0 +1,235 @@
+//! Per-shard counters and their Prometheus rendering.
+//!
+//! Each shard owns one [`ShardStats`] and is its only writer, so updates are uncontended
+//! `Relaxed` atomic adds on the shard's own cache lines; `/metrics` and `/health`, served by any
+//! shard, only read them. There is no lock and no cross-core write traffic on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Why a connection ended. Counted per shard as `imks_closes_total{reason=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The peer closed (WebSocket close frame or TCP EOF between HTTP requests).
+    Client = 0,
+    /// The server shut down (WebSocket 1001).
+    Shutdown,
+    /// WebSocket protocol error (1002) or malformed HTTP (400).
+    Protocol,
+    /// Invalid UTF-8 in a text message (1007).
+    InvalidUtf8,
+    /// A message or request over its size limit (1009, 413, 431).
+    TooBig,
+    /// The send queue overflowed under the `close` policy (1008).
+    SlowConsumer,
+    /// No traffic within ping interval + ping timeout.
+    PingTimeout,
+    /// A socket write made no progress within the write timeout.
+    WriteTimeout,
+    /// An HTTP request head did not arrive within the header timeout (408).
+    HeaderTimeout,
+    /// A keep-alive connection sat idle past the idle timeout.
+    IdleTimeout,
+    /// The shard or node connection limit was reached (503).
+    Limit,
+    /// A socket error.
+    Io,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 12] = [
+        CloseReason::Client,
+        CloseReason::Shutdown,
+        CloseReason::Protocol,
+        CloseReason::InvalidUtf8,
+        CloseReason::TooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::PingTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::Limit,
+        CloseReason::Io,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::TooBig => "too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Limit => "limit",
+            CloseReason::Io => "io_error",
+        }
+    }
+}
+
+/// The I/O driver a shard ended up running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DriverKind {
+    Starting = 0,
+    IoUring,
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Starting => "starting",
+            DriverKind::IoUring => "io_uring",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Counters of one shard. Written only by that shard.
+#[derive(Debug, Default)]
+#[repr(align(128))] // keep each shard's counters on their own cache lines
+pub struct ShardStats {
+    driver: AtomicU8,
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub websockets_active: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub drops_newest: AtomicU64,
+    pub drops_oldest: AtomicU64,
+    pub ring_pushes: AtomicU64,
+    pub ring_full: AtomicU64,
+    pub ring_drops: AtomicU64,
+    pub ring_received: AtomicU64,
+    closes: [AtomicU64; CloseReason::ALL.len()],
+}
+
+impl ShardStats {
+    pub fn set_driver(&self, d: DriverKind) {
+        self.driver.store(d as u8, Relaxed);
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        match self.driver.load(Relaxed) {
+            1 => DriverKind::IoUring,
+            2 => DriverKind::Epoll,
+            _ => DriverKind::Starting,
+        }
+    }
+
+    pub fn closed(&self, reason: CloseReason) {
+        self.closes[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason as usize].load(Relaxed)
+    }
+}
+
+/// Adds `n` to a counter owned by the current shard.
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+#[inline]
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+/// Renders every shard's counters in the Prometheus text exposition format (0.0.4).
+pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant, sidecar_ok: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardStats) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(s));
+        }
+    };
+    family("imks_connections_active", "gauge", "Open TCP connections.", &|s| get(&s.connections_active));
+    family("imks_connections_total", "counter", "Accepted TCP connections.", &|s| get(&s.connections_total));
+    family("imks_websockets_active", "gauge", "Open WebSocket sessions.", &|s| get(&s.websockets_active));
+    family("imks_http_requests_total", "counter", "HTTP requests parsed.", &|s| get(&s.http_requests));
+    family("imks_frames_in_total", "counter", "WebSocket data messages received.", &|s| get(&s.frames_in));
+    family("imks_frames_out_total", "counter", "WebSocket frames written.", &|s| get(&s.frames_out));
+    family("imks_bytes_in_total", "counter", "Bytes read from sockets.", &|s| get(&s.bytes_in));
+    family("imks_bytes_out_total", "counter", "Bytes written to sockets.", &|s| get(&s.bytes_out));
+    family("imks_ring_pushes_total", "counter", "Messages pushed onto cross-shard rings.", &|s| get(&s.ring_pushes));
+    family("imks_ring_full_total", "counter", "Pushes that found a cross-shard ring full.", &|s| get(&s.ring_full));
+    family("imks_ring_drops_total", "counter", "Messages dropped because a ring was full (policy drop).", &|s| {
+        get(&s.ring_drops)
+    });
+    family("imks_ring_received_total", "counter", "Messages taken off cross-shard rings.", &|s| get(&s.ring_received));
+    let _ = writeln!(
+        out,
+        "# HELP imks_send_queue_drops_total Frames dropped by a full session send queue.\n# TYPE imks_send_queue_drops_total counter"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "imks_send_queue_drops_total{{shard=\"{i}\",policy=\"drop_newest\"}} {}",
+            get(&s.drops_newest)
+        );
+        let _ = writeln!(
+            out,
+            "imks_send_queue_drops_total{{shard=\"{i}\",policy=\"drop_oldest\"}} {}",
+            get(&s.drops_oldest)
+        );
+    }
+    let _ = writeln!(out, "# HELP imks_closes_total Connections closed, by reason.\n# TYPE imks_closes_total counter");
+    for (i, s) in shards.iter().enumerate() {
+        for r in CloseReason::ALL {
+            let _ = writeln!(out, "imks_closes_total{{shard=\"{i}\",reason=\"{}\"}} {}", r.as_str(), s.closes(r));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP imks_shard_driver I/O driver of each shard (1 for the one in use).\n# TYPE imks_shard_driver gauge"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(out, "imks_shard_driver{{shard=\"{i}\",driver=\"{}\"}} 1", s.driver().as_str());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP imks_sidecar_up Whether the sidecar answered its last probe.\n# TYPE imks_sidecar_up gauge"
+    );
+    let _ = writeln!(out, "imks_sidecar_up {}", u8::from(sidecar_ok));
+    let _ =
+        writeln!(out, "# HELP imks_uptime_seconds Seconds since the node started.\n# TYPE imks_uptime_seconds gauge");
+    let _ = writeln!(out, "imks_uptime_seconds {}", started.elapsed().as_secs());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_each_shard_and_reason() {
+        let a = Arc::new(ShardStats::default());
+        let b = Arc::new(ShardStats::default());
+        add(&b.frames_in, 5);
+        b.closed(CloseReason::SlowConsumer);
+        a.set_driver(DriverKind::Epoll);
+        let text = render_prometheus(&[a, b], Instant::now(), true);
+        assert!(text.contains("imks_frames_in_total{shard=\"1\"} 5"));
+        assert!(text.contains("imks_closes_total{shard=\"1\",reason=\"slow_consumer\"} 1"));
+        assert!(text.contains("imks_closes_total{shard=\"0\",reason=\"slow_consumer\"} 0"));
+        assert!(text.contains("imks_shard_driver{shard=\"0\",driver=\"epoll\"} 1"));
+        // Every sample line belongs to a declared family.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "undeclared {name}");
+        }
+    }
+}

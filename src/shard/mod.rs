@@ -1,0 +1,557 @@
+//! A shard: one pinned thread running one monoio runtime, with its own SO_REUSEPORT listeners,
+//! connection slab, room table, timer and ring endpoints. Nothing in here is shared with other
+//! shards except through the rings, the per-shard counters (written only here) and the sidecar
+//! channels.
+
+pub mod rooms;
+pub mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::TcpListener;
+use slab::Slab;
+
+use crate::config::{RingFullPolicy, ShardConfig};
+use crate::metrics::{self, CloseReason, DriverKind, ShardStats};
+use crate::node::NodeShared;
+use crate::ring::{PushError, ShardRings};
+use crate::sidecar::{FromSidecar, SidecarHealth, SidecarLink, ToSidecar};
+use crate::util::LocalEvent;
+use crate::ws::codec::{encode_close, encode_frame, Opcode};
+use rooms::RoomTable;
+use session::{Conn, Enqueued, FrameKind, Phase, SessionId};
+
+/// A message between shards. Frames are encoded once by the sender; the `Bytes` are shared.
+pub enum ShardMsg {
+    /// A frame for one session owned by the receiving shard.
+    ToSession { id: SessionId, frame: Bytes },
+    /// A frame for every local member of `room` on the receiving shard.
+    ToRoom { room: Arc<str>, frame: Bytes },
+}
+
+/// Why a shard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {shard}: cannot build the {driver} runtime: {source}")]
+    Runtime { shard: usize, driver: &'static str, source: std::io::Error },
+    #[error("shard {shard}: cannot listen on {addr}: {source}")]
+    Bind { shard: usize, addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything a shard thread needs to start, moved onto it.
+pub struct ShardInit {
+    pub cfg: ShardConfig,
+    pub node: Arc<NodeShared>,
+    pub rings: ShardRings<ShardMsg>,
+    pub sidecar: SidecarLink,
+    /// Where to report the bound listener addresses (or the start error) once accepting.
+    pub ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, ShardError>>,
+}
+
+/// The shard's state, shared by its tasks through an `Rc`.
+pub struct Shard {
+    pub index: usize,
+    pub cfg: ShardConfig,
+    pub node: Arc<NodeShared>,
+    pub stats: Arc<ShardStats>,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    next_generation: Cell<u32>,
+    pub rooms: RefCell<RoomTable>,
+    outboxes: RefCell<Vec<Option<crate::ring::Outbox<ShardMsg>>>>,
+    ring_waiters: RefCell<Vec<Waker>>,
+    /// Taken (dropped) when the shard ends: the sidecar stops once every shard has let go.
+    sidecar_tx: RefCell<Option<tokio::sync::mpsc::Sender<ToSidecar>>>,
+    /// Probes awaiting an answer, by a token never reused (a late answer cannot reach a newer
+    /// probe that happens to reuse a slot).
+    probes: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<SidecarHealth>>>,
+    next_probe: Cell<u64>,
+    /// Set when the node begins a graceful shutdown.
+    pub stopping: LocalEvent,
+    /// Set when the last connection is gone after `stopping`.
+    drained: LocalEvent,
+}
+
+/// Runs a shard on the current thread until the node shuts down. Called on the shard's thread.
+pub fn run(init: ShardInit) {
+    let index = init.cfg.index;
+    if let Some(cpu) = init.cfg.cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            tracing::warn!(shard = index, cpu, error = ?e, "cannot pin shard to its CPU");
+        }
+    }
+    let cfg = init.node.config.clone();
+    let want_uring = cfg.driver != crate::config::DriverChoice::Epoll;
+    if want_uring {
+        let urb = io_uring_builder();
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(cfg.uring_entries)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                init.node.stats[index].set_driver(DriverKind::IoUring);
+                tracing::info!(shard = index, driver = "io_uring", cpu = ?init.cfg.cpu, "shard starting");
+                rt.block_on(shard_main(init));
+                return;
+            }
+            Err(e) if cfg.driver == crate::config::DriverChoice::Auto => {
+                tracing::warn!(shard = index, error = %e, "io_uring unavailable; falling back to epoll");
+            }
+            Err(source) => {
+                let _ = init.ready.send(Err(ShardError::Runtime { shard: index, driver: "io_uring", source }));
+                return;
+            }
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => {
+            init.node.stats[index].set_driver(DriverKind::Epoll);
+            tracing::info!(shard = index, driver = "epoll", cpu = ?init.cfg.cpu, "shard starting");
+            rt.block_on(shard_main(init));
+        }
+        Err(source) => {
+            let _ = init.ready.send(Err(ShardError::Runtime { shard: index, driver: "epoll", source }));
+        }
+    }
+}
+
+/// io_uring flags measured to help on these machines (runtime-notes): cooperative task running
+/// and a single issuer, since only this thread ever submits to the ring.
+fn io_uring_builder() -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    b.setup_coop_taskrun().setup_single_issuer();
+    b
+}
+
+async fn shard_main(init: ShardInit) {
+    let ShardInit { cfg, node, rings, sidecar, ready } = init;
+    let index = cfg.index;
+    let ShardRings { outboxes, inboxes, bell, .. } = rings;
+    let shard = Rc::new(Shard {
+        index,
+        stats: node.stats[index].clone(),
+        cfg,
+        node,
+        conns: RefCell::new(Slab::new()),
+        next_generation: Cell::new(0),
+        rooms: RefCell::new(RoomTable::default()),
+        outboxes: RefCell::new(outboxes),
+        ring_waiters: RefCell::new(Vec::new()),
+        sidecar_tx: RefCell::new(Some(sidecar.tx)),
+        probes: RefCell::new(HashMap::new()),
+        next_probe: Cell::new(0),
+        stopping: LocalEvent::default(),
+        drained: LocalEvent::default(),
+    });
+
+    monoio::spawn(ring_pump(shard.clone(), inboxes, bell));
+    monoio::spawn(sidecar_pump(shard.clone(), sidecar.rx));
+    monoio::spawn(ticker(shard.clone()));
+    serve(&shard, ready).await;
+    // The pumps and the ticker never finish and monoio does not drop suspended tasks, so the
+    // shard's `Rc` outlives this function: release the sidecar explicitly.
+    shard.sidecar_tx.borrow_mut().take();
+    shard.probes.borrow_mut().clear();
+    tracing::info!(shard = index, "shard stopped");
+}
+
+/// Binds, accepts until the node stops, then drains the connections.
+async fn serve(shard: &Rc<Shard>, ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, ShardError>>) {
+    let index = shard.index;
+
+    // Bind only now that every task is in place: a bound listener gets its share of
+    // connections at once, and they would hang if nothing accepted them.
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for addr in shard.cfg.listen.clone() {
+        match bind_reuseport(addr) {
+            Ok(l) => {
+                addrs.push(l.local_addr().unwrap_or(addr));
+                listeners.push(l);
+            }
+            Err(source) => {
+                let _ = ready.send(Err(ShardError::Bind { shard: index, addr, source }));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(addrs));
+    let mut accepting = Vec::new();
+    for l in listeners {
+        accepting.push(monoio::spawn(accept_loop(shard.clone(), l)));
+    }
+    for a in accepting {
+        a.await;
+    }
+    // Listeners are closed (the accept loops own them and have returned): now drain.
+    shard.begin_drain();
+    let timeout = shard.node.config.shutdown_timeout;
+    let drained = monoio::select! {
+        _ = shard.drained.wait() => true,
+        _ = monoio::time::sleep(timeout) => false,
+    };
+    if !drained {
+        let left = shard.conns.borrow().len();
+        tracing::warn!(shard = index, left, "shutdown timeout: dropping remaining connections");
+        for (_, c) in shard.conns.borrow().iter() {
+            c.abort(CloseReason::Shutdown);
+        }
+        // Give the aborted connections' tasks a moment to observe EOF and clean up.
+        let grace = monoio::time::sleep(Duration::from_millis(200));
+        monoio::select! {
+            _ = shard.drained.wait() => {},
+            _ = grace => {},
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = shard.stopping.wait() => None,
+        };
+        let Some(res) = accepted else { break };
+        match res {
+            Ok((stream, peer)) => {
+                metrics::add(&shard.stats.connections_total, 1);
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(crate::http::conn::serve(shard.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(shard = shard.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+}
+
+/// Drains every inbound ring whenever the doorbell rings. The node rings it on shutdown too.
+async fn ring_pump(
+    shard: Rc<Shard>,
+    inboxes: Vec<Option<crate::ring::Inbox<ShardMsg>>>,
+    bell: Arc<crate::ring::Doorbell>,
+) {
+    let mut rings = ShardRings { index: shard.index, outboxes: Vec::new(), inboxes, bell: bell.clone() };
+    loop {
+        bell.wait().await;
+        if shard.node.is_stopping() && !shard.stopping.is_set() {
+            shard.stopping.set();
+        }
+        loop {
+            let n = rings.drain_all(256, |_, msg| shard.handle_ring(msg));
+            metrics::add(&shard.stats.ring_received, n as u64);
+            if n == 0 {
+                break;
+            }
+            // Let sessions write what just arrived before taking more.
+            monoio::time::sleep(Duration::ZERO).await;
+        }
+    }
+}
+
+async fn sidecar_pump(shard: Rc<Shard>, mut rx: tokio::sync::mpsc::Receiver<FromSidecar>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            FromSidecar::Probe { token, health } => {
+                let waiter = shard.probes.borrow_mut().remove(&token);
+                if let Some(w) = waiter {
+                    let _ = w.send(health);
+                }
+            }
+        }
+    }
+}
+
+/// The shard's coarse timer: heartbeats, HTTP deadlines, write stalls and close timeouts for
+/// every connection, checked once per tick instead of one timer per connection.
+async fn ticker(shard: Rc<Shard>) {
+    let cfg = shard.node.config.clone();
+    loop {
+        monoio::time::sleep(cfg.tick).await;
+        let now = Instant::now();
+        for (_, c) in shard.conns.borrow().iter() {
+            shard.check_timers(c, now);
+        }
+        // A task waiting for ring space is woken by the receiver; this is the safety net for a
+        // waiter whose wake went to a task that has since gone away.
+        for w in shard.ring_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+impl Shard {
+    /// Adds a connection to the slab and returns its entry.
+    pub fn register(&self, fd: std::os::fd::RawFd) -> Option<Rc<Conn>> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= self.cfg.max_connections {
+            return None;
+        }
+        let generation = self.next_generation.get().wrapping_add(1);
+        self.next_generation.set(generation);
+        let entry = conns.vacant_entry();
+        let slot = u32::try_from(entry.key()).ok()?;
+        let shard = u16::try_from(self.index).ok()?;
+        let conn = Rc::new(Conn::new(
+            SessionId::new(shard, slot, generation),
+            fd,
+            Instant::now(),
+            self.cfg.send_queue_len,
+            self.node.config.ws.backpressure,
+        ));
+        entry.insert(conn.clone());
+        metrics::add(&self.stats.connections_active, 1);
+        Some(conn)
+    }
+
+    /// Removes a connection from the slab and the room table.
+    pub fn unregister(&self, conn: &Conn) {
+        let slot = conn.id.slot as usize;
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(slot).is_some_and(|c| c.id == conn.id) {
+            conns.remove(slot);
+            self.stats.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let empty = conns.is_empty();
+        drop(conns);
+        self.rooms.borrow_mut().leave_all(conn.id);
+        if empty && self.stopping.is_set() {
+            self.drained.set();
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// The local session with this id, if it is still connected.
+    pub fn session(&self, id: SessionId) -> Option<Rc<Conn>> {
+        if usize::from(id.shard) != self.index {
+            return None;
+        }
+        self.conns.borrow().get(id.slot as usize).filter(|c| c.id == id).cloned()
+    }
+
+    fn check_timers(&self, c: &Conn, now: Instant) {
+        let ws = &self.node.config.ws;
+        if c.write_started.get().is_some_and(|t| now.duration_since(t) >= ws.write_timeout) {
+            c.abort(CloseReason::WriteTimeout);
+            return;
+        }
+        match c.phase.get() {
+            Phase::HttpIdle | Phase::HttpHead => {
+                if c.deadline.get().is_some_and(|d| now >= d) {
+                    let reason = if c.phase.get() == Phase::HttpHead {
+                        CloseReason::HeaderTimeout
+                    } else {
+                        CloseReason::IdleTimeout
+                    };
+                    c.deadline.set(None);
+                    c.interrupt_read(reason);
+                }
+            }
+            Phase::HttpBusy => {}
+            Phase::WebSocket => {
+                if c.closing_since.get().is_some_and(|t| now.duration_since(t) >= ws.close_timeout) {
+                    c.abort(CloseReason::Shutdown);
+                    return;
+                }
+                if let Some(p) = c.ping_sent.get() {
+                    if c.last_rx.get() > p {
+                        c.ping_sent.set(None);
+                    } else if now.duration_since(p) >= ws.ping_timeout {
+                        c.abort(CloseReason::PingTimeout);
+                        return;
+                    }
+                }
+                if c.ping_sent.get().is_none()
+                    && c.closing_since.get().is_none()
+                    && now.duration_since(c.last_rx.get()) >= ws.ping_interval
+                {
+                    c.ping_sent.set(Some(now));
+                    if c.enqueue(FrameKind::Control, encode_frame(Opcode::Ping, b"")) == Enqueued::Overflow {
+                        self.close_session(c, 1008, "slow consumer", CloseReason::SlowConsumer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a data frame for a local session, applying its backpressure policy.
+    pub fn deliver(&self, c: &Conn, frame: Bytes) {
+        match c.enqueue(FrameKind::Data, frame) {
+            Enqueued::Queued | Enqueued::Closed => {}
+            Enqueued::DroppedNewest => metrics::add(&self.stats.drops_newest, 1),
+            Enqueued::DroppedOldest => metrics::add(&self.stats.drops_oldest, 1),
+            Enqueued::Overflow => self.close_session(c, 1008, "slow consumer", CloseReason::SlowConsumer),
+        }
+    }
+
+    /// Starts the server side of a WebSocket close: queued data is dropped unless this is a
+    /// shutdown (which drains it first), then a close frame is queued and the close timeout runs.
+    pub fn close_session(&self, c: &Conn, code: u16, text: &str, reason: CloseReason) {
+        if c.closing_since.get().is_some() {
+            return;
+        }
+        c.set_reason(reason);
+        if reason != CloseReason::Shutdown {
+            c.queue.borrow_mut().clear_data();
+        }
+        c.closing_since.set(Some(Instant::now()));
+        c.enqueue(FrameKind::Close, encode_close(code, text));
+    }
+
+    /// Sends an encoded frame to a session on any shard of this node. The local case never
+    /// touches a ring.
+    pub async fn send_to(&self, id: SessionId, frame: Bytes) {
+        if usize::from(id.shard) == self.index {
+            if let Some(c) = self.session(id) {
+                self.deliver(&c, frame);
+            }
+            return;
+        }
+        self.push_ring(usize::from(id.shard), ShardMsg::ToSession { id, frame }).await;
+    }
+
+    /// Sends an encoded frame to every member of `room` on every shard of this node: encoded
+    /// once, the same bytes go to each shard and each member.
+    pub async fn broadcast_room(&self, room: &Arc<str>, frame: Bytes) {
+        self.deliver_room(room, &frame);
+        for to in 0..self.node.config.shards.len() {
+            if to != self.index {
+                self.push_ring(to, ShardMsg::ToRoom { room: room.clone(), frame: frame.clone() }).await;
+            }
+        }
+    }
+
+    fn deliver_room(&self, room: &str, frame: &Bytes) {
+        let members: Vec<SessionId> = self.rooms.borrow().members(room).collect();
+        for id in members {
+            if let Some(c) = self.session(id) {
+                self.deliver(&c, frame.clone());
+            }
+        }
+    }
+
+    fn handle_ring(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::ToSession { id, frame } => {
+                if let Some(c) = self.session(id) {
+                    self.deliver(&c, frame);
+                }
+            }
+            ShardMsg::ToRoom { room, frame } => self.deliver_room(&room, &frame),
+        }
+    }
+
+    /// Pushes onto the ring to shard `to`, applying `rings.full_policy` when it is full. The
+    /// ring is never borrowed across an await.
+    async fn push_ring(&self, to: usize, msg: ShardMsg) {
+        let mut msg = Some(msg);
+        let mut counted_full = false;
+        poll_fn(|cx| {
+            let Some(m) = msg.take() else { return Poll::Ready(()) };
+            let mut outboxes = self.outboxes.borrow_mut();
+            let Some(Some(outbox)) = outboxes.get_mut(to) else { return Poll::Ready(()) };
+            match outbox.try_push(m) {
+                Ok(()) => {
+                    metrics::add(&self.stats.ring_pushes, 1);
+                    // Space came back: let other local tasks waiting on rings retry too.
+                    if counted_full {
+                        for w in self.ring_waiters.borrow_mut().drain(..) {
+                            w.wake();
+                        }
+                    }
+                    Poll::Ready(())
+                }
+                Err((PushError::Closed, _)) => Poll::Ready(()),
+                Err((PushError::Full, m)) => {
+                    if !counted_full {
+                        counted_full = true;
+                        metrics::add(&self.stats.ring_full, 1);
+                    }
+                    if self.node.config.ring_full_policy == RingFullPolicy::Drop {
+                        metrics::add(&self.stats.ring_drops, 1);
+                        return Poll::Ready(());
+                    }
+                    outbox.register_space_waker(cx.waker());
+                    match outbox.try_push(m) {
+                        Ok(()) => {
+                            metrics::add(&self.stats.ring_pushes, 1);
+                            Poll::Ready(())
+                        }
+                        Err((PushError::Closed, _)) => Poll::Ready(()),
+                        Err((PushError::Full, m)) => {
+                            self.ring_waiters.borrow_mut().push(cx.waker().clone());
+                            msg = Some(m);
+                            Poll::Pending
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Asks the sidecar for its health, without ever blocking the shard: a full channel or a
+    /// late answer is reported as unavailable.
+    pub async fn probe_sidecar(&self) -> Option<SidecarHealth> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let token = self.next_probe.get().wrapping_add(1);
+        self.next_probe.set(token);
+        let sent = match self.sidecar_tx.borrow().as_ref() {
+            Some(s) => s.try_send(ToSidecar::Probe { shard: self.index, token }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return None;
+        }
+        self.probes.borrow_mut().insert(token, tx);
+        let answer = monoio::select! {
+            r = rx => r.ok(),
+            _ = monoio::time::sleep(self.node.config.sidecar_probe_timeout) => None,
+        };
+        self.probes.borrow_mut().remove(&token);
+        answer
+    }
+
+    /// Graceful shutdown, after the listeners are closed: WebSockets get close 1001 after their
+    /// queued frames, idle HTTP connections are closed, busy ones finish their response.
+    fn begin_drain(&self) {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for c in &conns {
+            match c.phase.get() {
+                Phase::WebSocket => self.close_session(c, 1001, "server shutting down", CloseReason::Shutdown),
+                Phase::HttpIdle | Phase::HttpHead => c.interrupt_read(CloseReason::Shutdown),
+                Phase::HttpBusy => {}
+            }
+        }
+        if self.conns.borrow().is_empty() {
+            self.drained.set();
+        }
+    }
+}

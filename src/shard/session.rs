@@ -1,0 +1,393 @@
+//! Session ids, the per-session bounded send queue and the connection entry kept in each shard's
+//! slab.
+//!
+//! A [`SessionId`] names its owning shard and slab slot, so any shard can route to a session
+//! without a global map; the slot's generation and 64 random bits make a stale or guessed id
+//! miss instead of reaching whoever holds the slot now.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::task::Waker;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::config::Backpressure;
+use crate::metrics::CloseReason;
+
+/// Globally unique, unguessable session id: owning shard, slab slot, slot generation and 64
+/// bits from a CSPRNG. Rendered as 24 base64url characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    pub shard: u16,
+    pub slot: u32,
+    pub generation: u32,
+    pub nonce: u64,
+}
+
+const ID_BYTES: usize = 18;
+
+impl SessionId {
+    /// A fresh id for `slot` on `shard`, with 64 bits from the thread's CSPRNG (ChaCha12 seeded
+    /// from the OS).
+    pub fn new(shard: u16, slot: u32, generation: u32) -> Self {
+        Self { shard, slot, generation, nonce: rand::random::<u64>() }
+    }
+
+    fn to_bytes(self) -> [u8; ID_BYTES] {
+        let mut b = [0u8; ID_BYTES];
+        b[0..2].copy_from_slice(&self.shard.to_be_bytes());
+        b[2..6].copy_from_slice(&self.slot.to_be_bytes());
+        b[6..10].copy_from_slice(&self.generation.to_be_bytes());
+        b[10..18].copy_from_slice(&self.nonce.to_be_bytes());
+        b
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; 24];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode_slice(self.to_bytes(), &mut out)
+            .map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&out[..n]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// A string that is not a session id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed session id")]
+pub struct BadSessionId;
+
+impl FromStr for SessionId {
+    type Err = BadSessionId;
+
+    fn from_str(s: &str) -> Result<Self, BadSessionId> {
+        if s.len() != 24 {
+            return Err(BadSessionId);
+        }
+        let mut b = [0u8; ID_BYTES];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut b).map_err(|_| BadSessionId)?;
+        if n != ID_BYTES {
+            return Err(BadSessionId);
+        }
+        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut nonce = [0u8; 8];
+        nonce.copy_from_slice(&b[10..18]);
+        Ok(SessionId { shard: u16_at(0), slot: u32_at(2), generation: u32_at(6), nonce: u64::from_be_bytes(nonce) })
+    }
+}
+
+/// What kind of bytes a queued frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Application data: counts against the queue limit and may be dropped by policy.
+    Data,
+    /// Ping, pong: never dropped, limited separately.
+    Control,
+    /// A close frame: nothing is queued after it, and the writer shuts the socket after it.
+    Close,
+}
+
+/// Result of offering a frame to a send queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// Queued after dropping the oldest data frame (`drop_oldest`).
+    DroppedOldest,
+    /// Not queued (`drop_newest`).
+    DroppedNewest,
+    /// The queue overflowed under the `close` policy: the caller must close with 1008.
+    Overflow,
+    /// The session is closing; nothing more is accepted.
+    Closed,
+}
+
+/// Most control frames (pongs, pings) a session may have queued: a peer that floods pings while
+/// not reading is a slow consumer too.
+pub const MAX_QUEUED_CONTROL: usize = 64;
+
+/// A session's bounded queue of encoded frames waiting to be written.
+#[derive(Debug)]
+pub struct SendQueue {
+    frames: VecDeque<(FrameKind, Bytes)>,
+    data: usize,
+    control: usize,
+    limit: usize,
+    policy: Backpressure,
+    closed: bool,
+}
+
+impl SendQueue {
+    pub fn new(limit: usize, policy: Backpressure) -> Self {
+        Self { frames: VecDeque::new(), data: 0, control: 0, limit, policy, closed: false }
+    }
+
+    /// Offers one encoded frame. Never grows past `limit` data frames.
+    pub fn push(&mut self, kind: FrameKind, frame: Bytes) -> Enqueued {
+        if self.closed {
+            return Enqueued::Closed;
+        }
+        match kind {
+            FrameKind::Data if self.data >= self.limit => match self.policy {
+                Backpressure::Close => Enqueued::Overflow,
+                Backpressure::DropNewest => Enqueued::DroppedNewest,
+                Backpressure::DropOldest => {
+                    if let Some(i) = self.frames.iter().position(|(k, _)| *k == FrameKind::Data) {
+                        self.frames.remove(i);
+                        self.frames.push_back((kind, frame));
+                        Enqueued::DroppedOldest
+                    } else {
+                        Enqueued::DroppedNewest
+                    }
+                }
+            },
+            FrameKind::Data => {
+                self.data += 1;
+                self.frames.push_back((kind, frame));
+                Enqueued::Queued
+            }
+            FrameKind::Control if self.control >= MAX_QUEUED_CONTROL => Enqueued::Overflow,
+            FrameKind::Control => {
+                self.control += 1;
+                self.frames.push_back((kind, frame));
+                Enqueued::Queued
+            }
+            FrameKind::Close => {
+                self.closed = true;
+                self.frames.push_back((kind, frame));
+                Enqueued::Queued
+            }
+        }
+    }
+
+    /// Drops every queued data frame (before a close that must not wait behind them).
+    pub fn clear_data(&mut self) {
+        self.frames.retain(|(k, _)| *k != FrameKind::Data);
+        self.data = 0;
+    }
+
+    /// Moves queued frames into `out` until it holds at least `max_bytes`. Returns the number
+    /// of frames taken and whether a close frame was among them.
+    pub fn drain_into(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> (usize, bool) {
+        let mut n = 0;
+        while out.len() < max_bytes {
+            let Some((kind, frame)) = self.frames.pop_front() else { break };
+            out.extend_from_slice(&frame);
+            n += 1;
+            match kind {
+                FrameKind::Data => self.data -= 1,
+                FrameKind::Control => self.control -= 1,
+                FrameKind::Close => return (n, true),
+            }
+        }
+        (n, false)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+/// What phase a connection is in, for the shard's timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Between HTTP requests: the idle deadline applies.
+    HttpIdle,
+    /// Part of a request head has arrived: the header deadline applies.
+    HttpHead,
+    /// Writing a response or handling a request: no timer.
+    HttpBusy,
+    WebSocket,
+}
+
+/// One connection in a shard's slab. Lives in an `Rc`; shared by the connection's reader task,
+/// its writer task and the shard's timer, all on the same thread.
+pub struct Conn {
+    pub id: SessionId,
+    pub fd: RawFd,
+    pub phase: Cell<Phase>,
+    /// When the current HTTP phase's deadline passes.
+    pub deadline: Cell<Option<Instant>>,
+    /// Set by the timer or by a server-side close; read by the tasks to know why the socket
+    /// went away.
+    pub close_reason: Cell<Option<CloseReason>>,
+    /// When a close frame was queued by us (the close timeout runs from here).
+    pub closing_since: Cell<Option<Instant>>,
+    /// Last time bytes arrived.
+    pub last_rx: Cell<Instant>,
+    /// When we sent a ping that has not been answered by any traffic yet.
+    pub ping_sent: Cell<Option<Instant>>,
+    /// When the writer's current socket write started, if one is in flight.
+    pub write_started: Cell<Option<Instant>>,
+    pub queue: RefCell<SendQueue>,
+    writer: Cell<Option<Waker>>,
+    /// The reader has stopped: the writer exits once the queue is empty.
+    pub reader_done: Cell<bool>,
+}
+
+impl Conn {
+    pub fn new(id: SessionId, fd: RawFd, now: Instant, queue_len: usize, policy: Backpressure) -> Self {
+        Self {
+            id,
+            fd,
+            phase: Cell::new(Phase::HttpIdle),
+            deadline: Cell::new(None),
+            close_reason: Cell::new(None),
+            closing_since: Cell::new(None),
+            last_rx: Cell::new(now),
+            ping_sent: Cell::new(None),
+            write_started: Cell::new(None),
+            queue: RefCell::new(SendQueue::new(queue_len, policy)),
+            writer: Cell::new(None),
+            reader_done: Cell::new(false),
+        }
+    }
+
+    /// Records why the connection is ending; the first reason wins.
+    pub fn set_reason(&self, r: CloseReason) {
+        if self.close_reason.get().is_none() {
+            self.close_reason.set(Some(r));
+        }
+    }
+
+    /// Queues a frame and wakes the writer.
+    pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
+        let r = self.queue.borrow_mut().push(kind, frame);
+        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
+            self.wake_writer();
+        }
+        r
+    }
+
+    pub fn wake_writer(&self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    pub fn set_writer_waker(&self, w: &Waker) {
+        self.writer.set(Some(w.clone()));
+    }
+
+    /// Shuts the socket down in both directions so pending reads and writes complete at once.
+    /// Used by the timer and by forced closes; the tasks then see EOF or an error and clean up.
+    pub fn abort(&self, reason: CloseReason) {
+        self.set_reason(reason);
+        // SAFETY: `fd` is this connection's socket, kept open by its stream halves until the
+        // connection task removes this entry from the slab; shutdown(2) only changes socket
+        // state and is safe on any valid descriptor.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+        self.wake_writer();
+    }
+
+    /// Shuts down only the read side: the reader's pending read returns EOF, and it can still
+    /// write a response (used for the HTTP header and idle timeouts).
+    pub fn interrupt_read(&self, reason: CloseReason) {
+        self.set_reason(reason);
+        // SAFETY: as in `abort`.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RD);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn id_roundtrips_and_rejects_garbage() {
+        let id = SessionId::new(3, 77, 9);
+        let s = id.to_string();
+        assert_eq!(s.len(), 24);
+        assert_eq!(s.parse::<SessionId>(), Ok(id));
+        assert_eq!("short".parse::<SessionId>(), Err(BadSessionId));
+        assert_eq!("!!!!!!!!!!!!!!!!!!!!!!!!".parse::<SessionId>(), Err(BadSessionId));
+        assert_ne!(SessionId::new(3, 77, 9).nonce, id.nonce);
+    }
+
+    #[test]
+    fn close_policy_reports_overflow_without_growing() {
+        let mut q = SendQueue::new(2, Backpressure::Close);
+        assert_eq!(q.push(FrameKind::Data, b("a")), Enqueued::Queued);
+        assert_eq!(q.push(FrameKind::Data, b("b")), Enqueued::Queued);
+        assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::Overflow);
+        assert_eq!(q.len(), 2);
+        // Control frames still fit: a pong must not be blocked by data.
+        assert_eq!(q.push(FrameKind::Control, b("p")), Enqueued::Queued);
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_first_frames() {
+        let mut q = SendQueue::new(2, Backpressure::DropNewest);
+        q.push(FrameKind::Data, b("a"));
+        q.push(FrameKind::Data, b("b"));
+        assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::DroppedNewest);
+        let mut out = vec![];
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(out, b"ab");
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_last_frames_and_controls() {
+        let mut q = SendQueue::new(2, Backpressure::DropOldest);
+        q.push(FrameKind::Control, b("P"));
+        q.push(FrameKind::Data, b("a"));
+        q.push(FrameKind::Data, b("b"));
+        assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::DroppedOldest);
+        let mut out = vec![];
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(out, b"Pbc");
+    }
+
+    #[test]
+    fn nothing_is_accepted_after_close_and_drain_stops_there() {
+        let mut q = SendQueue::new(4, Backpressure::Close);
+        q.push(FrameKind::Data, b("a"));
+        q.push(FrameKind::Close, b("X"));
+        assert_eq!(q.push(FrameKind::Data, b("b")), Enqueued::Closed);
+        let mut out = vec![];
+        assert_eq!(q.drain_into(&mut out, usize::MAX), (2, true));
+        assert_eq!(out, b"aX");
+    }
+
+    #[test]
+    fn control_flood_overflows() {
+        let mut q = SendQueue::new(4, Backpressure::DropNewest);
+        for _ in 0..MAX_QUEUED_CONTROL {
+            assert_eq!(q.push(FrameKind::Control, b("p")), Enqueued::Queued);
+        }
+        assert_eq!(q.push(FrameKind::Control, b("p")), Enqueued::Overflow);
+    }
+
+    #[test]
+    fn drain_respects_the_byte_budget() {
+        let mut q = SendQueue::new(8, Backpressure::Close);
+        for _ in 0..4 {
+            q.push(FrameKind::Data, b("xxxx"));
+        }
+        let mut out = vec![];
+        assert_eq!(q.drain_into(&mut out, 6), (2, false));
+        assert_eq!(q.len(), 2);
+    }
+}
