@@ -1,0 +1,198 @@
+//! One TCP connection on a shard, from accept to close: HTTP/1.1 with keep-alive and
+//! pipelining, limits and timeouts, and the switch to a WebSocket session on upgrade.
+//!
+//! Timeouts are not timers of their own: the connection records its phase and deadline in its
+//! slab entry, and the shard's ticker shuts the socket's read side when a deadline passes, which
+//! ends the pending read with EOF here.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::http_date;
+use super::parse::{parse_head, write_response, HttpError, Limits, Parsed};
+use crate::app::{self, Response, Route};
+use crate::metrics::{self, CloseReason};
+use crate::shard::session::{Conn, Phase};
+use crate::shard::Shard;
+use crate::ws::handshake::{validate_upgrade, write_upgrade_response, HandshakeError};
+
+/// Serves one accepted connection until it closes, then removes it from the shard.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
+    let Some(conn) = shard.register(stream.as_raw_fd()) else {
+        reject_over_limit(&shard, stream).await;
+        return;
+    };
+    let reason = http_loop(&shard, &conn, stream).await;
+    shard.unregister(&conn);
+    shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
+}
+
+async fn reject_over_limit(shard: &Shard, mut stream: TcpStream) {
+    let mut out = Vec::with_capacity(256);
+    write_response(
+        &mut out,
+        503,
+        "text/plain",
+        &[("Retry-After", "1")],
+        b"connection limit reached\n",
+        false,
+        &http_date(),
+    );
+    let write = stream.write_all(out);
+    let _ = monoio::time::timeout(shard.node.config.http.header_timeout, write).await;
+    shard.stats.closed(CloseReason::Limit);
+}
+
+fn error_reason(e: &HttpError) -> CloseReason {
+    match e {
+        HttpError::HeadTooLarge | HttpError::TooManyHeaders | HttpError::BodyTooLarge => CloseReason::TooBig,
+        HttpError::Malformed(_) | HttpError::UnsupportedTransferEncoding => CloseReason::Protocol,
+    }
+}
+
+async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) -> CloseReason {
+    let cfg = &shard.node.config.http;
+    let limits =
+        Limits { max_head_bytes: cfg.max_head_bytes, max_headers: cfg.max_headers, max_body_bytes: cfg.max_body_bytes };
+    let mut buf: Vec<u8> = Vec::with_capacity(cfg.read_buffer_bytes);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    set_phase(conn, Phase::HttpIdle, cfg.idle_timeout);
+    loop {
+        // Answer every complete request already buffered (pipelining), in order.
+        let mut start = 0;
+        while start < buf.len() {
+            let head = match parse_head(&buf[start..], &limits) {
+                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Complete(head)) => head,
+                Err(e) => {
+                    let body = format!("{e}\n");
+                    write_response(&mut out, e.status(), "text/plain", &[], body.as_bytes(), false, &http_date());
+                    let _ = flush(shard, conn, &mut stream, &mut out).await;
+                    return error_reason(&e);
+                }
+            };
+            let body_end = start + head.head_len + head.content_length;
+            if buf.len() < body_end {
+                break;
+            }
+            conn.phase.set(Phase::HttpBusy);
+            metrics::add(&shard.stats.http_requests, 1);
+            let keep_alive = head.keep_alive && !shard.stopping.is_set();
+            match app::route(&head) {
+                Route::WebSocket(endpoint) => match validate_upgrade(&head) {
+                    Ok(accept) => {
+                        write_upgrade_response(&mut out, &accept, None);
+                        if flush(shard, conn, &mut stream, &mut out).await.is_err() {
+                            return CloseReason::Io;
+                        }
+                        let leftover = buf[body_end..].to_vec();
+                        drop(buf);
+                        return crate::ws::session::run(
+                            shard.clone(),
+                            conn.clone(),
+                            stream,
+                            leftover,
+                            endpoint.handler(),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        handshake_error(&mut out, &e);
+                        let _ = flush(shard, conn, &mut stream, &mut out).await;
+                        return CloseReason::Protocol;
+                    }
+                },
+                Route::Http(r) => {
+                    let body = &buf[start + head.head_len..body_end];
+                    let resp = app::respond(shard, r, &head, body).await;
+                    write(&mut out, &resp, keep_alive);
+                }
+            }
+            start = body_end;
+            if !keep_alive {
+                let _ = flush(shard, conn, &mut stream, &mut out).await;
+                return if shard.stopping.is_set() { CloseReason::Shutdown } else { CloseReason::Client };
+            }
+        }
+        buf.drain(..start);
+        if !out.is_empty() && flush(shard, conn, &mut stream, &mut out).await.is_err() {
+            return CloseReason::Io;
+        }
+        if buf.is_empty() {
+            if shard.stopping.is_set() {
+                return CloseReason::Shutdown;
+            }
+            set_phase(conn, Phase::HttpIdle, cfg.idle_timeout);
+        } else if conn.phase.get() != Phase::HttpHead {
+            // The header deadline runs from the first byte of a request until it is complete,
+            // body included: a trickling client cannot hold the connection forever.
+            set_phase(conn, Phase::HttpHead, cfg.header_timeout);
+        }
+
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(buf.capacity().max(cfg.read_buffer_bytes));
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => {
+                return match conn.close_reason.get() {
+                    Some(CloseReason::HeaderTimeout) => {
+                        write_response(
+                            &mut out,
+                            408,
+                            "text/plain",
+                            &[],
+                            b"request header timeout\n",
+                            false,
+                            &http_date(),
+                        );
+                        let _ = flush(shard, conn, &mut stream, &mut out).await;
+                        CloseReason::HeaderTimeout
+                    }
+                    Some(r) => r,
+                    None => CloseReason::Client,
+                };
+            }
+            Ok(n) => metrics::add(&shard.stats.bytes_in, n as u64),
+            Err(_) => return conn.close_reason.get().unwrap_or(CloseReason::Io),
+        }
+    }
+}
+
+fn set_phase(conn: &Conn, phase: Phase, timeout: std::time::Duration) {
+    conn.phase.set(phase);
+    conn.deadline.set(Some(Instant::now() + timeout));
+}
+
+fn write(out: &mut Vec<u8>, resp: &Response, keep_alive: bool) {
+    let headers: Vec<(&str, &str)> = resp.headers.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    write_response(out, resp.status, resp.content_type, &headers, &resp.body, keep_alive, &http_date());
+}
+
+fn handshake_error(out: &mut Vec<u8>, e: &HandshakeError) {
+    let body = format!("{e}\n");
+    write_response(out, e.status(), "text/plain", e.response_headers(), body.as_bytes(), false, &http_date());
+}
+
+/// Writes the pending responses. The shard's ticker aborts a write that stalls past
+/// `websocket.write_timeout_ms`, so a client that never reads cannot pin the connection.
+async fn flush(shard: &Shard, conn: &Conn, stream: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let pending = std::mem::take(out);
+    let n = pending.len();
+    conn.write_started.set(Some(Instant::now()));
+    let (res, mut back) = stream.write_all(pending).await;
+    conn.write_started.set(None);
+    back.clear();
+    *out = back;
+    res?;
+    metrics::add(&shard.stats.bytes_out, n as u64);
+    Ok(())
+}

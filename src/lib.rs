@@ -1,0 +1,31 @@
+//! imks: a thread-per-core, io_uring realtime messaging server.
+//!
+//! Module map, in the order a connection's bytes flow through them:
+//!
+//! - [`config`]: `imks.toml`, `shards/shard-<N>.toml` and `IMKS_*` overrides, resolved into
+//!   [`config::Config`].
+//! - [`node`]: assembles a node: sidecar thread, ring mesh, one pinned shard thread per core.
+//! - [`shard`]: one monoio runtime per core with its listeners, connection slab, room table,
+//!   coarse timer and ring endpoints; [`shard::session`] holds session ids and send queues.
+//! - [`http`]: the pure HTTP/1.1 head parser and the per-connection driver (keep-alive,
+//!   pipelining, limits, timeouts, upgrade).
+//! - [`ws`]: the pure WebSocket handshake and codec, and the session driver (reader and
+//!   coalescing writer).
+//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`.
+//! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
+//! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
+//! - [`metrics`]: per-shard counters and Prometheus rendering.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod ring;
+pub mod shard;
+pub mod sidecar;
+pub mod util;
+pub mod ws;
+
+pub use config::Config;
+pub use node::Node;

@@ -1,0 +1,129 @@
+//! The `imks` command: `serve`, `conformance` and `config check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use imks::{Config, Node};
+
+#[derive(Parser)]
+#[command(name = "imks", version, about = "Thread-per-core io_uring realtime messaging server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a node.
+    Serve {
+        /// Path to imks.toml; the defaults apply when omitted.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Start the conformance test application on 127.0.0.1:PORT (see docs/conformance.md).
+    Conformance {
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+        /// Optional imks.toml for everything but the listener and message limits.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration and print it fully resolved, as JSON.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// The conformance suites send messages of at least 16 MiB to `/ws-echo`.
+const CONFORMANCE_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match &cli.cmd {
+        Cmd::Serve { config } | Cmd::Conformance { config, .. } | Cmd::Config { cmd: ConfigCmd::Check { config } } => {
+            Config::load(config.as_deref())
+        }
+    };
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("imks: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.cmd {
+        Cmd::Config { cmd: ConfigCmd::Check { .. } } => match serde_json::to_string_pretty(&config) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("imks: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Conformance { port, .. } => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            for s in &mut config.shards {
+                s.listen = vec![addr];
+            }
+            config.ws.max_message_bytes = CONFORMANCE_MAX_MESSAGE;
+            config.ws.max_frame_bytes = CONFORMANCE_MAX_MESSAGE;
+            run(config)
+        }
+        Cmd::Serve { .. } => run(config),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(&config.log_level);
+    // Register the handlers before any thread starts, so a signal is never lost.
+    let mut signals =
+        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("imks: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let node = match Node::start(config) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("imks: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = node.shared().config.shards.len();
+    for addr in node.local_addrs() {
+        tracing::info!(%addr, shards, "imks listening");
+    }
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    if node.shutdown() {
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("shutdown did not complete in time");
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
+}

@@ -1,0 +1,175 @@
+//! A WebSocket session on its shard: a reader task (this function) that decodes frames and
+//! hands messages to the endpoint, and a writer task that drains the session's bounded send
+//! queue, coalescing every queued frame into one socket write.
+//!
+//! Heartbeats, write stalls and the close timeout are enforced by the shard's ticker through
+//! the session's slab entry; it ends a stuck read or write by shutting the socket down.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::Bytes;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use tungstenite::Message;
+
+use super::codec::{CodecLimits, WsCodec, WsError};
+use super::WsHandler;
+use crate::metrics::{self, CloseReason};
+use crate::shard::session::{Conn, Enqueued, FrameKind, Phase};
+use crate::shard::Shard;
+
+/// Most bytes the writer gathers into one socket write.
+const MAX_WRITE_BATCH: usize = 256 * 1024;
+
+/// Runs the session until it ends; returns why it ended.
+pub async fn run(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    handler: Rc<dyn WsHandler>,
+) -> CloseReason {
+    let ws = &shard.node.config.ws;
+    conn.phase.set(Phase::WebSocket);
+    conn.deadline.set(None);
+    conn.last_rx.set(Instant::now());
+    metrics::add(&shard.stats.websockets_active, 1);
+    if shard.stopping.is_set() {
+        shard.close_session(&conn, 1001, "server shutting down", CloseReason::Shutdown);
+    }
+
+    let (mut rd, wr) = stream.into_split();
+    let writer = monoio::spawn(write_loop(shard.clone(), conn.clone(), wr));
+    let mut codec =
+        WsCodec::new(CodecLimits { max_message_bytes: ws.max_message_bytes, max_frame_bytes: ws.max_frame_bytes });
+    let mut keep_reading = true;
+    if !leftover.is_empty() {
+        codec.feed(&leftover);
+        keep_reading = process(&shard, &conn, &mut codec, &*handler);
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(shard.node.config.http.read_buffer_bytes);
+    while keep_reading {
+        let (res, b) = rd.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => {
+                conn.set_reason(CloseReason::Client);
+                break;
+            }
+            Ok(n) => {
+                conn.last_rx.set(Instant::now());
+                metrics::add(&shard.stats.bytes_in, n as u64);
+                codec.feed(&buf[..n]);
+                buf.clear();
+                keep_reading = process(&shard, &conn, &mut codec, &*handler);
+            }
+            Err(_) => {
+                conn.set_reason(CloseReason::Io);
+                break;
+            }
+        }
+    }
+    conn.reader_done.set(true);
+    conn.wake_writer();
+    writer.await;
+    shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    conn.close_reason.get().unwrap_or(CloseReason::Client)
+}
+
+fn error_reason(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Protocol(_) => CloseReason::Protocol,
+        WsError::InvalidUtf8 => CloseReason::InvalidUtf8,
+        WsError::MessageTooBig => CloseReason::TooBig,
+        WsError::Closed => CloseReason::Client,
+    }
+}
+
+/// Decodes every complete message buffered in `codec`. Returns whether to keep reading.
+fn process(shard: &Shard, conn: &Rc<Conn>, codec: &mut WsCodec, handler: &dyn WsHandler) -> bool {
+    loop {
+        match codec.next_message() {
+            Ok(Some(msg @ (Message::Text(_) | Message::Binary(_)))) => {
+                metrics::add(&shard.stats.frames_in, 1);
+                handler.on_message(shard, conn, msg);
+            }
+            Ok(Some(Message::Close(_))) => {
+                let reply = codec.take_output();
+                if conn.closing_since.get().is_none() {
+                    // The client started the close: answer it (after queued data) and end.
+                    conn.set_reason(CloseReason::Client);
+                    conn.closing_since.set(Some(Instant::now()));
+                    if !reply.is_empty() {
+                        conn.enqueue(FrameKind::Close, Bytes::from(reply));
+                    }
+                }
+                return false;
+            }
+            Ok(Some(_)) => {} // ping and pong: the codec queued any pong reply
+            Ok(None) => break,
+            Err(e) => {
+                match e.close_code() {
+                    Some(code) => shard.close_session(conn, code, &e.to_string(), error_reason(&e)),
+                    None => conn.set_reason(error_reason(&e)),
+                }
+                return false;
+            }
+        }
+    }
+    let out = codec.take_output();
+    if !out.is_empty() && conn.enqueue(FrameKind::Control, Bytes::from(out)) == Enqueued::Overflow {
+        shard.close_session(conn, 1008, "slow consumer", CloseReason::SlowConsumer);
+        return false;
+    }
+    true
+}
+
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        poll_fn(|cx| {
+            if !conn.queue.borrow().is_empty() || conn.reader_done.get() {
+                Poll::Ready(())
+            } else {
+                conn.set_writer_waker(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        let (frames, close) = conn.queue.borrow_mut().drain_into(&mut buf, MAX_WRITE_BATCH);
+        if frames == 0 {
+            break; // the reader is done and nothing is left to send
+        }
+        let len = buf.len();
+        conn.write_started.set(Some(Instant::now()));
+        let (res, b) = wr.write_all(buf).await;
+        conn.write_started.set(None);
+        buf = b;
+        buf.clear();
+        if res.is_err() {
+            conn.set_reason(CloseReason::Io);
+            break;
+        }
+        metrics::add(&shard.stats.bytes_out, len as u64);
+        metrics::add(&shard.stats.frames_out, frames as u64);
+        if close {
+            // Our close frame is out: the server closes the TCP connection first (RFC 6455
+            // 7.1.1); the reader sees the peer's EOF or the close timeout ends it.
+            // SAFETY: the fd is valid while `wr` (and the reader's half) are alive.
+            unsafe {
+                libc::shutdown(conn.fd, libc::SHUT_WR);
+            }
+            break;
+        }
+        if buf.capacity() > 4 * MAX_WRITE_BATCH {
+            buf = Vec::with_capacity(16 * 1024); // don't keep a huge buffer after a big message
+        }
+    }
+    // A reader still blocked on a peer that will never speak again must not outlive us.
+    if !conn.reader_done.get() && conn.closing_since.get().is_none() {
+        conn.abort(conn.close_reason.get().unwrap_or(CloseReason::Io));
+    }
+}
