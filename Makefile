@@ -1,0 +1,45 @@
+# imks: the two commands a newcomer needs are `make run` and `make test`.
+# Build output goes to $(CARGO_TARGET_DIR) when set (CI keeps it outside the clone).
+
+CARGO ?= cargo
+PORT ?= 3000
+CONFIG ?= $(wildcard imks.toml)
+PYTHON := .venv/bin/python
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: run build release test test-deps lint unit python-tests bench-codec fmt clean
+
+## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
+run: release
+	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --bin imks
+
+## test: install what the tests need, then lint, unit/integration tests and the Python client tests
+test: test-deps lint unit python-tests
+
+test-deps:
+	scripts/setup-test-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+python-tests: build
+	IMKS_BIN=$(CARGO_TARGET_DIR)/debug/imks $(PYTHON) tests/py/run.py
+
+bench-codec:
+	$(CARGO) bench --bench ws_codec --bench http_parse
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
