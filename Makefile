@@ -33,7 +33,7 @@ unit:
 	$(CARGO) test --workspace
 
 python-tests: build
-	IMKS_BIN=$(CARGO_TARGET_DIR)/debug/imks $(PYTHON) tests/py/run.py
+	$(PYTHON) tests/py/run.py $(CARGO_TARGET_DIR)/debug/imks
 
 bench-codec:
 	$(CARGO) bench --bench ws_codec --bench http_parse

@@ -82,6 +82,8 @@ fn close_policy_closes_a_slow_consumer_with_1008() {
             }
         }
         assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+        // The server closed its side after the close frame; ours ends the session.
+        s.shutdown(std::net::Shutdown::Both).unwrap();
         assert!(wait_until(Duration::from_secs(10), || metric_sum(
             addr,
             "imks_closes_total{shard=\"0\",reason=\"slow_consumer\"}"

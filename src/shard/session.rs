@@ -193,6 +193,11 @@ impl SendQueue {
         self.frames.is_empty()
     }
 
+    /// Whether the next data frame would meet the backpressure policy.
+    pub fn is_full(&self) -> bool {
+        self.data >= self.limit
+    }
+
     pub fn len(&self) -> usize {
         self.frames.len()
     }
@@ -233,6 +238,9 @@ pub struct Conn {
     pub ping_sent: Cell<Option<Instant>>,
     /// When the writer's current socket write started, if one is in flight.
     pub write_started: Cell<Option<Instant>>,
+    /// Socket writes completed so far: lets the reader tell a writer that is moving from one
+    /// that is stuck behind a peer that does not read.
+    pub writes_done: Cell<u64>,
     pub queue: RefCell<SendQueue>,
     writer: Cell<Option<Waker>>,
     /// The reader has stopped: the writer exits once the queue is empty.
@@ -251,6 +259,7 @@ impl Conn {
             last_rx: Cell::new(now),
             ping_sent: Cell::new(None),
             write_started: Cell::new(None),
+            writes_done: Cell::new(0),
             queue: RefCell::new(SendQueue::new(queue_len, policy)),
             writer: Cell::new(None),
             reader_done: Cell::new(false),

@@ -8,7 +8,7 @@
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
@@ -46,9 +46,10 @@ pub async fn run(
     let mut codec =
         WsCodec::new(CodecLimits { max_message_bytes: ws.max_message_bytes, max_frame_bytes: ws.max_frame_bytes });
     let mut keep_reading = true;
+    let mut paused_at = None;
     if !leftover.is_empty() {
         codec.feed(&leftover);
-        keep_reading = process(&shard, &conn, &mut codec, &*handler);
+        keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
     }
     let mut buf: Vec<u8> = Vec::with_capacity(shard.node.config.http.read_buffer_bytes);
     while keep_reading {
@@ -64,7 +65,7 @@ pub async fn run(
                 metrics::add(&shard.stats.bytes_in, n as u64);
                 codec.feed(&buf[..n]);
                 buf.clear();
-                keep_reading = process(&shard, &conn, &mut codec, &*handler);
+                keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
             }
             Err(_) => {
                 conn.set_reason(CloseReason::Io);
@@ -88,9 +89,56 @@ fn error_reason(e: &WsError) -> CloseReason {
     }
 }
 
-/// Decodes every complete message buffered in `codec`. Returns whether to keep reading.
-fn process(shard: &Shard, conn: &Rc<Conn>, codec: &mut WsCodec, handler: &dyn WsHandler) -> bool {
+/// What [`process`] stopped for.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    /// Every buffered message is handled: read more.
+    Continue,
+    /// The session is ending: stop reading.
+    Stop,
+    /// The session's own send queue is full: let its writer run before handling more.
+    Paused,
+}
+
+/// How long the reader waits for its own writer when the session's send queue is full.
+const WRITER_TURN: Duration = Duration::from_millis(1);
+
+/// Handles every complete message buffered in `codec`. Returns whether to keep reading.
+///
+/// A client that pipelines requests faster than its replies can be written (an echo burst)
+/// must not trip its own backpressure policy just because the writer has not had a turn: when
+/// the session's queue is full, the reader gives the writer a moment (one driver turn, so an
+/// in-flight write can complete) and stops reading meanwhile, so TCP pushes back on the sender.
+/// If the queue is still full, or the writer has completed no write since the last such pause
+/// (the peer really is not reading), the policy applies. `paused_at` remembers the writer's
+/// progress at the last pause.
+async fn process_all(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    codec: &mut WsCodec,
+    handler: &dyn WsHandler,
+    paused_at: &mut Option<u64>,
+) -> bool {
+    let mut flow = process(shard, conn, codec, handler, false);
+    while flow == Flow::Paused {
+        let progress = conn.writes_done.get();
+        if *paused_at != Some(progress) {
+            *paused_at = Some(progress);
+            monoio::time::sleep(WRITER_TURN).await;
+        }
+        flow = process(shard, conn, codec, handler, true);
+    }
+    flow == Flow::Continue
+}
+
+/// Decodes and handles buffered messages; `resumed` skips the full-queue pause for the first
+/// one (the writer just had its turn).
+fn process(shard: &Shard, conn: &Rc<Conn>, codec: &mut WsCodec, handler: &dyn WsHandler, mut resumed: bool) -> Flow {
     loop {
+        if !resumed && conn.queue.borrow().is_full() {
+            return Flow::Paused;
+        }
+        resumed = false;
         match codec.next_message() {
             Ok(Some(msg @ (Message::Text(_) | Message::Binary(_)))) => {
                 metrics::add(&shard.stats.frames_in, 1);
@@ -106,19 +154,33 @@ fn process(shard: &Shard, conn: &Rc<Conn>, codec: &mut WsCodec, handler: &dyn Ws
                         conn.enqueue(FrameKind::Close, Bytes::from(reply));
                     }
                 }
-                return false;
+                return Flow::Stop;
             }
-            Ok(Some(_)) => {} // ping and pong: the codec queued any pong reply
+            // A ping: the codec queued the pong, which goes out ahead of later data.
+            Ok(Some(_)) => {
+                if !queue_output(shard, conn, codec) {
+                    return Flow::Stop;
+                }
+            }
             Ok(None) => break,
             Err(e) => {
                 match e.close_code() {
                     Some(code) => shard.close_session(conn, code, &e.to_string(), error_reason(&e)),
                     None => conn.set_reason(error_reason(&e)),
                 }
-                return false;
+                return Flow::Stop;
             }
         }
     }
+    if queue_output(shard, conn, codec) {
+        Flow::Continue
+    } else {
+        Flow::Stop
+    }
+}
+
+/// Queues what the codec wants written (pongs). Returns false when that overflowed the queue.
+fn queue_output(shard: &Shard, conn: &Conn, codec: &mut WsCodec) -> bool {
     let out = codec.take_output();
     if !out.is_empty() && conn.enqueue(FrameKind::Control, Bytes::from(out)) == Enqueued::Overflow {
         shard.close_session(conn, 1008, "slow consumer", CloseReason::SlowConsumer);
@@ -147,6 +209,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<Tcp
         conn.write_started.set(Some(Instant::now()));
         let (res, b) = wr.write_all(buf).await;
         conn.write_started.set(None);
+        conn.writes_done.set(conn.writes_done.get().wrapping_add(1));
         buf = b;
         buf.clear();
         if res.is_err() {

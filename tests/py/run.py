@@ -1,7 +1,7 @@
 """Drives a real `imks conformance` process with the Python `websockets` client, an RFC 6455
 implementation independent of ours, then stops it with SIGTERM and checks the graceful shutdown.
 
-Run by `make test` as `IMKS_BIN=path/to/imks .venv/bin/python tests/py/run.py`; exits non-zero
+Run by `make test` as `.venv/bin/python tests/py/run.py path/to/imks`; exits non-zero
 on the first failed check.
 """
 
@@ -16,7 +16,7 @@ import time
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-BIN = os.environ.get("IMKS_BIN", "target/debug/imks")
+BIN = sys.argv[1] if len(sys.argv) > 1 else "target/debug/imks"
 STARTUP_TIMEOUT = 30.0
 
 
@@ -25,10 +25,12 @@ def start_server():
     proc = subprocess.Popen([BIN, "conformance", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env, text=True)
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    seen = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
+        seen.append(line)
         if not line:
-            raise SystemExit(f"imks exited before listening (status {proc.wait()})")
+            raise SystemExit(f"imks exited before listening (status {proc.wait()}):\n{''.join(seen)}")
         m = re.search(r"imks listening addr=(\S+)", line)
         if m:
             return proc, m.group(1)
