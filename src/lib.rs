@@ -11,13 +11,16 @@
 //!   pipelining, limits, timeouts, upgrade).
 //! - [`ws`]: the pure WebSocket handshake and codec, and the session driver (reader and
 //!   coalescing writer).
-//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`.
+//! - [`engineio`]: Engine.IO v4 sessions over polling and WebSocket, with the pure packet codec.
+//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`, and in conformance mode
+//!   the raw Engine.IO echo.
 //! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
 //! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
 //! - [`metrics`]: per-shard counters and Prometheus rendering.
 
 pub mod app;
 pub mod config;
+pub mod engineio;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -25,6 +25,12 @@ enum Cmd {
     Conformance {
         #[arg(long, default_value_t = 3000)]
         port: u16,
+        /// Engine.IO ping interval in ms (the protocol suites expect 300).
+        #[arg(long, default_value_t = 300)]
+        ping_interval: u64,
+        /// Engine.IO ping timeout in ms (the protocol suites expect 200).
+        #[arg(long, default_value_t = 200)]
+        ping_timeout: u64,
         /// Optional imks.toml for everything but the listener and message limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -73,7 +79,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Conformance { port, .. } => {
+        Cmd::Conformance { port, ping_interval, ping_timeout, .. } => {
+            config.conformance = true;
+            config.eio.ping_interval = std::time::Duration::from_millis(ping_interval.max(1));
+            config.eio.ping_timeout = std::time::Duration::from_millis(ping_timeout.max(1));
+            config.eio.max_payload = 1_000_000;
+            config.eio.cors_origins = vec!["*".into()];
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             for s in &mut config.shards {
                 s.listen = vec![addr];

@@ -36,10 +36,12 @@ pub enum CloseReason {
     Limit,
     /// A socket error.
     Io,
+    /// Handed to the shard that owns its session (an Engine.IO upgrade); not an end.
+    Moved,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Client,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -52,6 +54,7 @@ impl CloseReason {
         CloseReason::IdleTimeout,
         CloseReason::Limit,
         CloseReason::Io,
+        CloseReason::Moved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Limit => "limit",
             CloseReason::Io => "io_error",
+            CloseReason::Moved => "moved",
         }
     }
 }

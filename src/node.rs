@@ -51,7 +51,8 @@ pub struct Node {
     bells: Vec<Arc<Doorbell>>,
     shards: Vec<JoinHandle<()>>,
     sidecar: Option<JoinHandle<()>>,
-    addrs: Vec<SocketAddr>,
+    /// Bound addresses of each shard, ephemeral ports resolved.
+    addrs: Vec<Vec<SocketAddr>>,
 }
 
 impl Node {
@@ -86,11 +87,7 @@ impl Node {
                 .map_err(|source| NodeError::Spawn { shard: index, source })?;
             node.shards.push(handle);
             match ready_rx.recv() {
-                Ok(Ok(addrs)) => {
-                    if index == 0 {
-                        node.addrs = addrs;
-                    }
-                }
+                Ok(Ok(addrs)) => node.addrs.push(addrs),
                 Ok(Err(e)) => {
                     drop(pending); // the unstarted shards' sidecar links, so the sidecar can end
                     node.stop_and_join();
@@ -109,7 +106,13 @@ impl Node {
 
     /// The addresses shard 0 listens on, with ephemeral ports resolved.
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        self.addrs.first().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The addresses shard `shard` listens on (they differ from shard 0's only when a shard
+    /// file gives it its own `listen`).
+    pub fn shard_addrs(&self, shard: usize) -> &[SocketAddr] {
+        self.addrs.get(shard).map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn shared(&self) -> &Arc<NodeShared> {

@@ -3,18 +3,40 @@
 //! answers which path.
 
 pub mod echo;
+pub mod eio_echo;
 
 use std::rc::Rc;
 
+use crate::config::Config;
+use crate::engineio::{self, EioApp, EioWs, TransportKind};
 use crate::http::parse::{Method, RequestHead};
 use crate::metrics::{self, render_prometheus};
 use crate::shard::Shard;
 use crate::ws::WsHandler;
 
+/// The applications a shard serves, built on the shard itself so handlers may be `!Send`.
+pub struct Apps {
+    /// `/engine.io/`: the raw Engine.IO echo of the conformance application (part A).
+    pub eio_echo: Option<Rc<dyn EioApp>>,
+}
+
+impl Apps {
+    pub fn new(config: &Config) -> Self {
+        let eio_echo: Option<Rc<dyn EioApp>> = if config.conformance { Some(Rc::new(eio_echo::EioEcho)) } else { None };
+        Self { eio_echo }
+    }
+}
+
 /// Where a request goes.
 pub enum Route {
     Http(HttpRoute),
-    WebSocket(WsEndpoint),
+    WebSocket(Rc<dyn WsHandler>),
+    /// A WebSocket upgrade for an Engine.IO session that another shard owns: after the
+    /// handshake the socket moves to that shard.
+    HandOff {
+        owner: usize,
+        sid: String,
+    },
 }
 
 pub enum HttpRoute {
@@ -24,21 +46,10 @@ pub enum HttpRoute {
     UpgradeRequired,
     MethodNotAllowed,
     NotFound,
-}
-
-/// A WebSocket endpoint.
-#[derive(Clone, Copy)]
-pub enum WsEndpoint {
-    /// `/ws-echo`: echoes text as text and binary as binary (conformance part C).
-    Echo,
-}
-
-impl WsEndpoint {
-    pub fn handler(self) -> Rc<dyn WsHandler> {
-        match self {
-            WsEndpoint::Echo => Rc::new(echo::Echo),
-        }
-    }
+    /// An Engine.IO polling request (or its preflight) for this app.
+    EnginePolling(Rc<dyn EioApp>),
+    /// An answer known at routing time (a protocol error).
+    Fixed(Response),
 }
 
 /// An HTTP response to write.
@@ -50,15 +61,19 @@ pub struct Response {
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         Self { status, content_type, headers: Vec::new(), body: body.into() }
     }
 }
 
-pub fn route(head: &RequestHead) -> Route {
+pub fn route(shard: &Shard, head: &RequestHead) -> Route {
     let get = head.method == Method::Get;
-    match head.path.as_str() {
-        "/ws-echo" if get && head.is_websocket_upgrade() => Route::WebSocket(WsEndpoint::Echo),
+    let path = head.path.as_str();
+    if let Some(app) = engine_app(shard, path) {
+        return engine_route(shard, app, head);
+    }
+    match path {
+        "/ws-echo" if get && head.is_websocket_upgrade() => Route::WebSocket(Rc::new(echo::Echo)),
         "/ws-echo" if get => Route::Http(HttpRoute::UpgradeRequired),
         "/health" | "/metrics" | "/ws-echo" if !get => Route::Http(HttpRoute::MethodNotAllowed),
         "/health" => Route::Http(HttpRoute::Health),
@@ -67,7 +82,45 @@ pub fn route(head: &RequestHead) -> Route {
     }
 }
 
-pub async fn respond(shard: &Shard, route: HttpRoute, _head: &RequestHead, _body: &[u8]) -> Response {
+/// The Engine.IO app mounted at `path`, if any.
+fn engine_app(shard: &Shard, path: &str) -> Option<Rc<dyn EioApp>> {
+    match path {
+        "/engine.io/" | "/engine.io" => shard.apps.eio_echo.clone(),
+        _ => None,
+    }
+}
+
+fn engine_route(shard: &Shard, app: Rc<dyn EioApp>, head: &RequestHead) -> Route {
+    let cfg = &shard.node.config.eio;
+    if !head.is_websocket_upgrade() {
+        return Route::Http(HttpRoute::EnginePolling(app));
+    }
+    let q = match engineio::parse_query(head) {
+        Ok(q) => q,
+        Err(e) => return Route::Http(HttpRoute::Fixed(e.response(head, cfg))),
+    };
+    if q.transport != TransportKind::WebSocket {
+        return Route::Http(HttpRoute::Fixed(engineio::RequestError::BadRequest.response(head, cfg)));
+    }
+    let upgrade_of = match &q.sid {
+        None => None,
+        Some(sid) => match sid.parse::<crate::shard::session::SessionId>().map(|id| usize::from(id.shard)) {
+            Ok(owner) if owner != shard.index && owner < shard.node.stats.len() => {
+                return Route::HandOff { owner, sid: sid.clone() };
+            }
+            _ => match shard.engine.get(shard, sid) {
+                Some(s) if !s.is_websocket() && !s.is_closed() => Some(s),
+                Some(_) => {
+                    return Route::Http(HttpRoute::Fixed(engineio::RequestError::BadRequest.response(head, cfg)))
+                }
+                None => return Route::Http(HttpRoute::Fixed(engineio::RequestError::UnknownSid.response(head, cfg))),
+            },
+        },
+    };
+    Route::WebSocket(Rc::new(EioWs::new(app, upgrade_of)))
+}
+
+pub async fn respond(shard: &Rc<Shard>, route: HttpRoute, head: &RequestHead, body: &[u8]) -> Response {
     match route {
         HttpRoute::Health => health(shard).await,
         HttpRoute::Metrics => {
@@ -78,6 +131,8 @@ pub async fn respond(shard: &Shard, route: HttpRoute, _head: &RequestHead, _body
                 render_prometheus(&shard.node.stats, shard.node.started, up),
             )
         }
+        HttpRoute::EnginePolling(app) => engineio::polling(shard, &app, head, body).await,
+        HttpRoute::Fixed(r) => r,
         HttpRoute::UpgradeRequired => {
             let mut r = Response::new(426, "text/plain", "this endpoint speaks WebSocket only\n");
             r.headers.push(("Upgrade", "websocket".into()));

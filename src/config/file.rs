@@ -15,7 +15,41 @@ pub struct FileConfig {
     pub websocket: WebSocketSection,
     pub rings: RingsSection,
     pub sidecar: SidecarSection,
+    pub engineio: EngineIoSection,
     pub log: LogSection,
+}
+
+/// `[engineio]`: Engine.IO v4, under Socket.IO and the raw Engine.IO endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineIoSection {
+    /// Server ping period, in milliseconds; the first ping goes out one interval after the
+    /// open packet. Default 25000.
+    pub ping_interval_ms: u64,
+    /// How long a client has to answer a ping, in milliseconds. Default 20000.
+    pub ping_timeout_ms: u64,
+    /// Most bytes in one polling POST or one WebSocket message. Default 1000000.
+    pub max_payload: usize,
+    /// Most packets held for a polling client between two GETs; one more closes the session.
+    /// Default 1024.
+    pub max_buffered_packets: usize,
+    /// Origins allowed to poll cross-origin; `"*"` allows any. Default `["*"]`.
+    pub cors_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default false.
+    pub cors_credentials: bool,
+}
+
+impl Default for EngineIoSection {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload: 1_000_000,
+            max_buffered_packets: 1024,
+            cors_origins: vec!["*".into()],
+            cors_credentials: false,
+        }
+    }
 }
 
 /// `[server]`: shards, listeners and process-wide limits.

@@ -109,7 +109,10 @@ pub struct Config {
     pub ring_full_policy: RingFullPolicy,
     pub sidecar_channel_capacity: usize,
     pub sidecar_probe_timeout: Duration,
+    pub eio: crate::engineio::EioConfig,
     pub log_level: String,
+    /// Serve the conformance application (set by `imks conformance`, not by the file).
+    pub conformance: bool,
 }
 
 impl Config {
@@ -210,6 +213,19 @@ impl Config {
             other => return Err(invalid("rings.full_policy", format!("`{other}` is not one of wait, drop"))),
         };
         positive("sidecar.channel_capacity", file.sidecar.channel_capacity as u64)?;
+        let e = &file.engineio;
+        positive("engineio.ping_interval_ms", e.ping_interval_ms)?;
+        positive("engineio.ping_timeout_ms", e.ping_timeout_ms)?;
+        positive("engineio.max_payload", e.max_payload as u64)?;
+        positive("engineio.max_buffered_packets", e.max_buffered_packets as u64)?;
+        let eio = crate::engineio::EioConfig {
+            ping_interval: Duration::from_millis(e.ping_interval_ms),
+            ping_timeout: Duration::from_millis(e.ping_timeout_ms),
+            max_payload: e.max_payload,
+            max_buffered_packets: e.max_buffered_packets,
+            cors_origins: e.cors_origins.clone(),
+            cors_credentials: e.cors_credentials,
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
             return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
         }
@@ -268,7 +284,9 @@ impl Config {
             ring_full_policy,
             sidecar_channel_capacity: file.sidecar.channel_capacity,
             sidecar_probe_timeout: Duration::from_millis(file.sidecar.probe_timeout_ms),
+            eio,
             log_level: file.log.level.clone(),
+            conformance: false,
         })
     }
 

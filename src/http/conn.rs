@@ -6,7 +6,7 @@
 //! ends the pending read with EOF here.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -84,8 +84,8 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
             conn.phase.set(Phase::HttpBusy);
             metrics::add(&shard.stats.http_requests, 1);
             let keep_alive = head.keep_alive && !shard.stopping.is_set();
-            match app::route(&head) {
-                Route::WebSocket(endpoint) => match validate_upgrade(&head) {
+            match app::route(shard, &head) {
+                Route::WebSocket(handler) => match validate_upgrade(&head) {
                     Ok(accept) => {
                         write_upgrade_response(&mut out, &accept, None);
                         if flush(shard, conn, &mut stream, &mut out).await.is_err() {
@@ -93,14 +93,7 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
                         }
                         let leftover = buf[body_end..].to_vec();
                         drop(buf);
-                        return crate::ws::session::run(
-                            shard.clone(),
-                            conn.clone(),
-                            stream,
-                            leftover,
-                            endpoint.handler(),
-                        )
-                        .await;
+                        return crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
                     }
                     Err(e) => {
                         handshake_error(&mut out, &e);
@@ -108,6 +101,22 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
                         return CloseReason::Protocol;
                     }
                 },
+                Route::HandOff { owner, sid } => {
+                    return match validate_upgrade(&head) {
+                        Ok(accept) => {
+                            write_upgrade_response(&mut out, &accept, None);
+                            if flush(shard, conn, &mut stream, &mut out).await.is_err() {
+                                return CloseReason::Io;
+                            }
+                            hand_off(shard, stream, owner, sid, buf[body_end..].to_vec()).await
+                        }
+                        Err(e) => {
+                            handshake_error(&mut out, &e);
+                            let _ = flush(shard, conn, &mut stream, &mut out).await;
+                            CloseReason::Protocol
+                        }
+                    };
+                }
                 Route::Http(r) => {
                     let body = &buf[start + head.head_len..body_end];
                     let resp = app::respond(shard, r, &head, body).await;
@@ -165,6 +174,38 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
             Err(_) => return conn.close_reason.get().unwrap_or(CloseReason::Io),
         }
     }
+}
+
+/// Moves an upgraded socket to the shard that owns its session: a duplicate of the descriptor
+/// travels over the ring and this shard's copy is closed, so the socket is registered with one
+/// driver at a time.
+async fn hand_off(shard: &Shard, stream: TcpStream, owner: usize, sid: String, leftover: Vec<u8>) -> CloseReason {
+    // SAFETY: `dup` on a descriptor we own; the result is checked before use.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    if fd < 0 {
+        return CloseReason::Io;
+    }
+    // SAFETY: `fd` was just returned by `dup` and is owned by nothing else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    shard.hand_off(owner, owned, sid, leftover).await;
+    CloseReason::Moved
+}
+
+/// Serves a WebSocket that another shard accepted and upgraded, until it closes.
+pub async fn serve_adopted(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    handler: Rc<dyn crate::ws::WsHandler>,
+) {
+    let Some(conn) = shard.register(stream.as_raw_fd()) else {
+        shard.stats.closed(CloseReason::Limit);
+        return;
+    };
+    let reason = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
+    shard.unregister(&conn);
+    shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
 }
 
 fn set_phase(conn: &Conn, phase: Phase, timeout: std::time::Duration) {

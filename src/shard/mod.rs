@@ -35,6 +35,14 @@ pub enum ShardMsg {
     ToSession { id: SessionId, frame: Bytes },
     /// A frame for every local member of `room` on the receiving shard.
     ToRoom { room: Arc<str>, frame: Bytes },
+    /// An Engine.IO polling request that reached shard `from` for a session this shard owns
+    /// (no sticky sessions: any shard may receive any request).
+    EioPoll { from: usize, token: u64, sid: String, post: bool, body: Bytes },
+    /// The owner's answer to [`ShardMsg::EioPoll`].
+    EioPollReply { token: u64, response: crate::app::Response },
+    /// A TCP connection, already upgraded to WebSocket, whose Engine.IO session this shard
+    /// owns: the receiving shard adopts the socket and serves it from here on.
+    EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8> },
 }
 
 /// Why a shard could not start.
@@ -73,6 +81,13 @@ pub struct Shard {
     /// probe that happens to reuse a slot).
     probes: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<SidecarHealth>>>,
     next_probe: Cell<u64>,
+    /// Polling requests forwarded to another shard, waiting for its answer.
+    remote_polls: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<crate::app::Response>>>,
+    next_remote_poll: Cell<u64>,
+    /// This shard's Engine.IO sessions.
+    pub engine: crate::engineio::Engine,
+    /// The applications this shard serves, built on the shard (handlers may be `!Send`).
+    pub apps: crate::app::Apps,
     /// Set when the node begins a graceful shutdown.
     pub stopping: LocalEvent,
     /// Set when the last connection is gone after `stopping`.
@@ -136,6 +151,7 @@ async fn shard_main(init: ShardInit) {
     let ShardInit { cfg, node, rings, sidecar, ready } = init;
     let index = cfg.index;
     let ShardRings { outboxes, inboxes, bell, .. } = rings;
+    let node_config = node.config.clone();
     let shard = Rc::new(Shard {
         index,
         stats: node.stats[index].clone(),
@@ -149,6 +165,10 @@ async fn shard_main(init: ShardInit) {
         sidecar_tx: RefCell::new(Some(sidecar.tx)),
         probes: RefCell::new(HashMap::new()),
         next_probe: Cell::new(0),
+        remote_polls: RefCell::new(HashMap::new()),
+        next_remote_poll: Cell::new(0),
+        engine: crate::engineio::Engine::default(),
+        apps: crate::app::Apps::new(&node_config),
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
     });
@@ -457,7 +477,7 @@ impl Shard {
         }
     }
 
-    fn handle_ring(&self, msg: ShardMsg) {
+    fn handle_ring(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::ToSession { id, frame } => {
                 if let Some(c) = self.session(id) {
@@ -465,12 +485,49 @@ impl Shard {
                 }
             }
             ShardMsg::ToRoom { room, frame } => self.deliver_room(&room, &frame),
+            ShardMsg::EioPoll { from, token, sid, post, body } => {
+                let shard = self.clone();
+                monoio::spawn(async move {
+                    let response = crate::engineio::serve_poll(&shard, &sid, post, &body).await;
+                    shard.push_ring(from, ShardMsg::EioPollReply { token, response }).await;
+                });
+            }
+            ShardMsg::EioPollReply { token, response } => {
+                let waiter = self.remote_polls.borrow_mut().remove(&token);
+                if let Some(w) = waiter {
+                    let _ = w.send(response);
+                }
+            }
+            ShardMsg::EioAdopt { fd, sid, leftover } => crate::engineio::adopt(self, fd, &sid, leftover),
         }
+    }
+
+    /// Runs an Engine.IO polling request on the shard that owns its session and waits for the
+    /// answer. Bounded: a lost answer (ring `drop` policy) becomes a 503 after one heartbeat.
+    pub async fn forward_poll(&self, owner: usize, sid: String, post: bool, body: Bytes) -> crate::app::Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let token = self.next_remote_poll.get().wrapping_add(1);
+        self.next_remote_poll.set(token);
+        self.remote_polls.borrow_mut().insert(token, tx);
+        self.push_ring(owner, ShardMsg::EioPoll { from: self.index, token, sid, post, body }).await;
+        let eio = &self.node.config.eio;
+        let limit = eio.ping_interval + eio.ping_timeout + Duration::from_secs(1);
+        let answer = monoio::select! {
+            r = rx => r.ok(),
+            _ = monoio::time::sleep(limit) => None,
+        };
+        self.remote_polls.borrow_mut().remove(&token);
+        answer.unwrap_or_else(|| crate::app::Response::new(503, "text/plain", "session owner did not answer\n"))
+    }
+
+    /// Hands an upgraded connection to the shard that owns its Engine.IO session.
+    pub async fn hand_off(&self, owner: usize, fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8>) {
+        self.push_ring(owner, ShardMsg::EioAdopt { fd, sid, leftover }).await;
     }
 
     /// Pushes onto the ring to shard `to`, applying `rings.full_policy` when it is full. The
     /// ring is never borrowed across an await.
-    async fn push_ring(&self, to: usize, msg: ShardMsg) {
+    pub async fn push_ring(&self, to: usize, msg: ShardMsg) {
         let mut msg = Some(msg);
         let mut counted_full = false;
         poll_fn(|cx| {
@@ -542,6 +599,7 @@ impl Shard {
     /// Graceful shutdown, after the listeners are closed: WebSockets get close 1001 after their
     /// queued frames, idle HTTP connections are closed, busy ones finish their response.
     fn begin_drain(&self) {
+        self.engine.close_all(self);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
         for c in &conns {
             match c.phase.get() {

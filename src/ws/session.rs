@@ -45,6 +45,7 @@ pub async fn run(
     let writer = monoio::spawn(write_loop(shard.clone(), conn.clone(), wr));
     let mut codec =
         WsCodec::new(CodecLimits { max_message_bytes: ws.max_message_bytes, max_frame_bytes: ws.max_frame_bytes });
+    handler.on_open(&shard, &conn);
     let mut keep_reading = true;
     let mut paused_at = None;
     if !leftover.is_empty() {
@@ -76,6 +77,7 @@ pub async fn run(
     conn.reader_done.set(true);
     conn.wake_writer();
     writer.await;
+    handler.on_close(&shard, &conn);
     shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     conn.close_reason.get().unwrap_or(CloseReason::Client)
 }

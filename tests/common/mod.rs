@@ -13,6 +13,30 @@ pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 /// Starts a node on 127.0.0.1:0 with `shards` shards and the given driver, after `tweak` edits
 /// the file-level config.
 pub fn start(driver: &str, shards: usize, tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
+    start_full(driver, shards, tweak, |_| {})
+}
+
+/// Starts the conformance application (as `imks conformance`) with the given Engine.IO ping
+/// interval and timeout in milliseconds.
+pub fn start_conformance(driver: &str, shards: usize, ping_ms: (u64, u64)) -> (Node, SocketAddr) {
+    start_full(
+        driver,
+        shards,
+        |f| f.server.tick_ms = 20,
+        |c| {
+            c.conformance = true;
+            c.eio.ping_interval = Duration::from_millis(ping_ms.0);
+            c.eio.ping_timeout = Duration::from_millis(ping_ms.1);
+        },
+    )
+}
+
+pub fn start_full(
+    driver: &str,
+    shards: usize,
+    tweak: impl FnOnce(&mut FileConfig),
+    resolved: impl FnOnce(&mut Config),
+) -> (Node, SocketAddr) {
     let mut f = FileConfig::default();
     f.server.listen = vec!["127.0.0.1:0".into()];
     f.server.shards = shards;
@@ -21,7 +45,8 @@ pub fn start(driver: &str, shards: usize, tweak: impl FnOnce(&mut FileConfig)) -
     f.server.shutdown_timeout_ms = 3000;
     f.log.level = "warn".into();
     tweak(&mut f);
-    let config = Config::resolve(f, |_| Ok(None)).expect("valid config");
+    let mut config = Config::resolve(f, |_| Ok(None)).expect("valid config");
+    resolved(&mut config);
     let node = Node::start(config).expect("node starts");
     let addr = node.local_addrs()[0];
     (node, addr)

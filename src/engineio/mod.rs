@@ -1,0 +1,584 @@
+//! Engine.IO v4 on a shard: sessions over long-polling and WebSocket, the upgrade from one to
+//! the other, heartbeats and the protocol's error answers. The wire format is the pure
+//! [`packet`] module; the layer above (Socket.IO, or the raw echo of the conformance
+//! application) is an [`EioApp`].
+//!
+//! A session belongs to the shard that opened it: its id is a [`SessionId`], which names that
+//! shard. Everything about a session (its queue, its pending long-poll, its timers) lives there
+//! and is touched only by that shard's thread.
+
+pub mod packet;
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::app::Response;
+use crate::http::parse::{Method, RequestHead};
+use crate::shard::session::{Conn, SessionId};
+use crate::shard::Shard;
+use crate::ws::codec::{encode_frame, Opcode};
+use crate::ws::WsHandler;
+use packet::{Packet, Payload, WsOut};
+
+/// Engine.IO settings (the `[engineio]` section).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EioConfig {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Most bytes a polling POST body or a WebSocket message may hold.
+    pub max_payload: usize,
+    /// Most packets buffered for a polling client between two GETs; more closes the session.
+    pub max_buffered_packets: usize,
+    /// Allowed CORS origins for polling; `*` allows any and echoes the request's origin.
+    pub cors_origins: Vec<String>,
+    pub cors_credentials: bool,
+}
+
+/// The protocol's error answers: HTTP 400 with `{"code":N,"message":"..."}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Transport unknown")]
+    UnknownTransport,
+    #[error("Session ID unknown")]
+    UnknownSid,
+    #[error("Bad handshake method")]
+    BadHandshakeMethod,
+    #[error("Bad request")]
+    BadRequest,
+    #[error("Forbidden")]
+    Forbidden,
+    #[error("Unsupported protocol version")]
+    UnsupportedVersion,
+}
+
+impl RequestError {
+    pub fn code(self) -> u8 {
+        match self {
+            RequestError::UnknownTransport => 0,
+            RequestError::UnknownSid => 1,
+            RequestError::BadHandshakeMethod => 2,
+            RequestError::BadRequest => 3,
+            RequestError::Forbidden => 4,
+            RequestError::UnsupportedVersion => 5,
+        }
+    }
+
+    pub fn response(self, head: &RequestHead, cfg: &EioConfig) -> Response {
+        let mut r = error_body(self);
+        cors(head, cfg, &mut r);
+        r
+    }
+}
+
+/// What sits on top of Engine.IO. Runs on the session's shard; may be `!Send`.
+pub trait EioApp {
+    /// The session exists and its open packet is queued.
+    fn on_open(&self, _shard: &Shard, _s: &Rc<EioSession>) {}
+    fn on_message(&self, shard: &Shard, s: &Rc<EioSession>, msg: Payload);
+    /// The session is gone; `reason` is Engine.IO's (`transport close`, `ping timeout`, ...).
+    fn on_close(&self, _shard: &Shard, _s: &Rc<EioSession>, _reason: &'static str) {}
+}
+
+enum Transport {
+    Polling,
+    WebSocket(Rc<Conn>),
+}
+
+/// One Engine.IO session.
+pub struct EioSession {
+    pub id: SessionId,
+    pub sid: Rc<str>,
+    app: Rc<dyn EioApp>,
+    transport: RefCell<Transport>,
+    /// Packets waiting for the next polling GET (also while an upgrade is in progress).
+    queue: RefCell<VecDeque<Packet>>,
+    poll_waiter: RefCell<Option<Waker>>,
+    poll_active: Cell<bool>,
+    /// A WebSocket has sent `2probe` and the upgrade is not finished.
+    upgrading: Cell<bool>,
+    awaiting_pong: Cell<bool>,
+    closed: Cell<bool>,
+    /// State of the layer above, e.g. the Socket.IO connection.
+    pub ext: RefCell<Option<Box<dyn Any>>>,
+}
+
+impl EioSession {
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(*self.transport.borrow(), Transport::WebSocket(_))
+    }
+
+    /// Sends one packet on whichever transport the session uses now.
+    pub fn send(self: &Rc<Self>, shard: &Shard, p: Packet) {
+        if self.closed.get() {
+            return;
+        }
+        let conn = match &*self.transport.borrow() {
+            Transport::WebSocket(c) if !self.upgrading.get() => Some(c.clone()),
+            _ => None,
+        };
+        match conn {
+            Some(c) => shard.deliver(&c, ws_frame(&p)),
+            None => {
+                let overflow = {
+                    let mut q = self.queue.borrow_mut();
+                    q.push_back(p);
+                    q.len() > shard.node.config.eio.max_buffered_packets
+                };
+                if overflow {
+                    close(shard, self, "transport error", true);
+                    return;
+                }
+                self.wake_poll();
+            }
+        }
+    }
+
+    /// Sends a message packet: text or binary.
+    pub fn send_message(self: &Rc<Self>, shard: &Shard, msg: Payload) {
+        self.send(shard, Packet::Message(msg));
+    }
+
+    fn wake_poll(&self) {
+        if let Some(w) = self.poll_waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+fn ws_frame(p: &Packet) -> Bytes {
+    match packet::encode_ws(p) {
+        WsOut::Text(t) => encode_frame(Opcode::Text, &t),
+        WsOut::Binary(b) => encode_frame(Opcode::Binary, &b),
+    }
+}
+
+/// A shard's Engine.IO sessions.
+#[derive(Default)]
+pub struct Engine {
+    sessions: RefCell<Slab<Rc<EioSession>>>,
+    generation: Cell<u32>,
+}
+
+impl Engine {
+    pub fn get(&self, shard: &Shard, sid: &str) -> Option<Rc<EioSession>> {
+        let id: SessionId = sid.parse().ok()?;
+        if usize::from(id.shard) != shard.index {
+            return None;
+        }
+        self.sessions.borrow().get(id.slot as usize).filter(|s| s.id == id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.borrow().is_empty()
+    }
+
+    fn create(&self, shard: &Shard, app: Rc<dyn EioApp>, transport: Transport) -> Option<Rc<EioSession>> {
+        let mut sessions = self.sessions.borrow_mut();
+        let generation = self.generation.get().wrapping_add(1);
+        self.generation.set(generation);
+        let entry = sessions.vacant_entry();
+        let id = SessionId::new(u16::try_from(shard.index).ok()?, u32::try_from(entry.key()).ok()?, generation);
+        let s = Rc::new(EioSession {
+            id,
+            sid: id.to_string().into(),
+            app,
+            transport: RefCell::new(transport),
+            queue: RefCell::new(VecDeque::new()),
+            poll_waiter: RefCell::new(None),
+            poll_active: Cell::new(false),
+            upgrading: Cell::new(false),
+            awaiting_pong: Cell::new(false),
+            closed: Cell::new(false),
+            ext: RefCell::new(None),
+        });
+        entry.insert(s.clone());
+        Some(s)
+    }
+
+    fn remove(&self, s: &EioSession) {
+        let mut sessions = self.sessions.borrow_mut();
+        let slot = s.id.slot as usize;
+        if sessions.get(slot).is_some_and(|x| x.id == s.id) {
+            sessions.remove(slot);
+        }
+    }
+
+    /// Closes every session (node shutdown): polling clients get a close packet.
+    pub fn close_all(&self, shard: &Shard) {
+        let all: Vec<Rc<EioSession>> = self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect();
+        for s in all {
+            close(shard, &s, "server shutting down", true);
+        }
+    }
+}
+
+/// Ends a session: wakes a pending GET (which answers the queued close packet, or `6`), tells
+/// the app, and forgets the session. `notify` queues a close packet for the client.
+pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bool) {
+    if s.closed.get() {
+        return;
+    }
+    if notify {
+        let conn = match &*s.transport.borrow() {
+            Transport::WebSocket(c) => Some(c.clone()),
+            Transport::Polling => None,
+        };
+        match conn {
+            Some(c) => {
+                shard.deliver(&c, ws_frame(&Packet::Close));
+                shard.close_session(&c, 1000, "", crate::metrics::CloseReason::Client);
+            }
+            None => s.queue.borrow_mut().push_back(Packet::Close),
+        }
+    } else if let Transport::WebSocket(c) = &*s.transport.borrow() {
+        if !c.reader_done.get() {
+            shard.close_session(c, 1000, "", crate::metrics::CloseReason::Client);
+        }
+    }
+    s.closed.set(true);
+    s.wake_poll();
+    shard.engine.remove(s);
+    // Called once our state is final, so the app sees a closed, unregistered session.
+    s.app.clone().on_close(shard, s, reason);
+}
+
+/// Starts a session's heartbeat: a ping every `ping_interval` (the first one interval after the
+/// open packet), and the session closes if no pong follows within `ping_timeout`.
+fn start_heartbeat(shard: &Rc<Shard>, s: &Rc<EioSession>) {
+    let (shard, s) = (shard.clone(), s.clone());
+    monoio::spawn(async move {
+        let cfg = &shard.node.config.eio;
+        loop {
+            monoio::time::sleep(cfg.ping_interval).await;
+            if s.closed.get() {
+                break;
+            }
+            s.awaiting_pong.set(true);
+            s.send(&shard, Packet::Ping(None));
+            monoio::time::sleep(cfg.ping_timeout).await;
+            if s.closed.get() {
+                break;
+            }
+            if s.awaiting_pong.get() {
+                close(&shard, &s, "ping timeout", false);
+                break;
+            }
+        }
+    });
+}
+
+fn open_packet(shard: &Shard, s: &EioSession, upgrades: &[&str]) -> Packet {
+    let cfg = &shard.node.config.eio;
+    let open = packet::OpenPacket {
+        sid: s.sid.to_string(),
+        upgrades: upgrades.iter().map(|u| u.to_string()).collect(),
+        ping_interval: u64::try_from(cfg.ping_interval.as_millis()).unwrap_or(u64::MAX),
+        ping_timeout: u64::try_from(cfg.ping_timeout.as_millis()).unwrap_or(u64::MAX),
+        max_payload: cfg.max_payload as u64,
+    };
+    // `encode_open` writes the whole packet; `Packet::Open` holds only its JSON.
+    let encoded = packet::encode_open(&open);
+    Packet::Open(if encoded.first() == Some(&b'0') { encoded.slice(1..) } else { encoded })
+}
+
+/// Handles one packet from the client, on either transport. Returns false when the session
+/// ended because of it.
+fn on_packet(shard: &Shard, s: &Rc<EioSession>, p: Packet) -> bool {
+    match p {
+        Packet::Message(m) => {
+            s.app.clone().on_message(shard, s, m);
+        }
+        Packet::Pong(_) => s.awaiting_pong.set(false),
+        Packet::Close => {
+            close(shard, s, "transport close", false);
+            return false;
+        }
+        Packet::Ping(data) => s.send(shard, Packet::Pong(data)),
+        Packet::Noop => {}
+        Packet::Open(_) | Packet::Upgrade => {
+            close(shard, s, "parse error", true);
+            return false;
+        }
+    }
+    !s.closed.get()
+}
+
+/// The query of an Engine.IO request.
+pub struct EioQuery {
+    pub transport: TransportKind,
+    pub sid: Option<String>,
+}
+
+/// The transport a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Polling,
+    WebSocket,
+}
+
+/// Checks `EIO` and `transport`.
+pub fn parse_query(head: &RequestHead) -> Result<EioQuery, RequestError> {
+    if head.query_param("EIO").as_deref() != Some("4") {
+        return Err(RequestError::UnsupportedVersion);
+    }
+    let transport = match head.query_param("transport").as_deref() {
+        Some("polling") => TransportKind::Polling,
+        Some("websocket") => TransportKind::WebSocket,
+        _ => return Err(RequestError::UnknownTransport),
+    };
+    Ok(EioQuery { transport, sid: head.query_param("sid") })
+}
+
+/// Adds the CORS headers for a polling response.
+pub fn cors(head: &RequestHead, cfg: &EioConfig, r: &mut Response) {
+    let Some(origin) = head.header("origin") else {
+        if cfg.cors_origins.iter().any(|o| o == "*") {
+            r.headers.push(("Access-Control-Allow-Origin", "*".into()));
+        }
+        return;
+    };
+    let allowed = cfg.cors_origins.iter().any(|o| o == "*" || o == origin);
+    if allowed {
+        r.headers.push(("Access-Control-Allow-Origin", origin.to_string()));
+        r.headers.push(("Vary", "Origin".into()));
+        if cfg.cors_credentials {
+            r.headers.push(("Access-Control-Allow-Credentials", "true".into()));
+        }
+    }
+}
+
+/// Answers a polling request (or its CORS preflight) for `app`.
+pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead, body: &[u8]) -> Response {
+    let cfg = &shard.node.config.eio;
+    if head.method == Method::Options {
+        let mut r = Response::new(204, "text/plain", Vec::new());
+        cors(head, cfg, &mut r);
+        r.headers.push(("Access-Control-Allow-Methods", "GET, POST, OPTIONS".into()));
+        r.headers.push(("Access-Control-Allow-Headers", "content-type".into()));
+        r.headers.push(("Access-Control-Max-Age", "86400".into()));
+        return r;
+    }
+    let q = match parse_query(head) {
+        Ok(q) => q,
+        Err(e) => return e.response(head, cfg),
+    };
+    if q.transport != TransportKind::Polling {
+        return RequestError::BadRequest.response(head, cfg);
+    }
+    let mut r = match (&q.sid, head.method) {
+        (None, Method::Get) => handshake(shard, app),
+        (None, _) => return RequestError::BadHandshakeMethod.response(head, cfg),
+        (Some(sid), m @ (Method::Get | Method::Post)) => {
+            let post = m == Method::Post;
+            match sid.parse::<SessionId>() {
+                Ok(id) if usize::from(id.shard) != shard.index && usize::from(id.shard) < shard.node.stats.len() => {
+                    shard.forward_poll(usize::from(id.shard), sid.clone(), post, Bytes::copy_from_slice(body)).await
+                }
+                _ => serve_poll(shard, sid, post, body).await,
+            }
+        }
+        (Some(_), _) => RequestError::BadHandshakeMethod.response(head, cfg),
+    };
+    cors(head, cfg, &mut r);
+    r
+}
+
+/// A polling GET or POST for a session of this shard (the request may have arrived on another
+/// shard). CORS headers are added by the shard that answers the client.
+pub async fn serve_poll(shard: &Shard, sid: &str, post: bool, body: &[u8]) -> Response {
+    let Some(s) = shard.engine.get(shard, sid) else {
+        return error_body(RequestError::UnknownSid);
+    };
+    if s.is_websocket() && !s.upgrading.get() {
+        return error_body(RequestError::BadRequest);
+    }
+    if post {
+        poll_post(shard, &s, body)
+    } else {
+        poll_get(shard, &s).await
+    }
+}
+
+fn error_body(e: RequestError) -> Response {
+    let body = format!("{{\"code\":{},\"message\":\"{}\"}}", e.code(), e);
+    Response::new(if e == RequestError::Forbidden { 403 } else { 400 }, "application/json", body)
+}
+
+/// Serves a WebSocket another shard accepted and upgraded for a session of this one.
+pub fn adopt(shard: &Rc<Shard>, fd: std::os::fd::OwnedFd, sid: &str, leftover: Vec<u8>) {
+    let std_stream = std::net::TcpStream::from(fd);
+    let Some(s) = shard.engine.get(shard, sid).filter(|s| !s.is_websocket() && !s.closed.get()) else {
+        // The session ended meanwhile: the socket closes when dropped.
+        return;
+    };
+    if std_stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(stream) = monoio::net::TcpStream::from_std(std_stream) else { return };
+    let handler: Rc<dyn WsHandler> = Rc::new(EioWs::new(s.app.clone(), Some(s)));
+    monoio::spawn(crate::http::conn::serve_adopted(shard.clone(), stream, leftover, handler));
+}
+
+fn payload_response(s: &EioSession) -> Response {
+    let packets: Vec<Packet> = s.queue.borrow_mut().drain(..).collect();
+    let mut body = Vec::with_capacity(64);
+    packet::encode_payload(&packets, &mut body);
+    Response::new(200, "text/plain; charset=UTF-8", body)
+}
+
+fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>) -> Response {
+    let Some(s) = shard.engine.create(shard, app.clone(), Transport::Polling) else {
+        return Response::new(503, "text/plain", "no session slots\n");
+    };
+    s.queue.borrow_mut().push_back(open_packet(shard, &s, &["websocket"]));
+    start_heartbeat(shard, &s);
+    app.on_open(shard, &s);
+    payload_response(&s)
+}
+
+/// A long-poll: answers at once with what is queued, or waits until something is.
+async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
+    if s.poll_active.get() {
+        // Two GETs at once: the protocol closes the session; the pending one gets `1`.
+        close(shard, s, "transport error", true);
+        return error_body(RequestError::BadRequest);
+    }
+    s.poll_active.set(true);
+    poll_fn(|cx| {
+        if !s.queue.borrow().is_empty() || s.closed.get() {
+            Poll::Ready(())
+        } else {
+            *s.poll_waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    s.poll_active.set(false);
+    if s.queue.borrow().is_empty() {
+        // Closed by the client or the upgrade finished: answer with a noop.
+        return Response::new(200, "text/plain; charset=UTF-8", "6");
+    }
+    payload_response(s)
+}
+
+fn poll_post(shard: &Shard, s: &Rc<EioSession>, body: &[u8]) -> Response {
+    let max = shard.node.config.eio.max_payload;
+    if body.len() > max {
+        close(shard, s, "transport error", true);
+        return Response::new(413, "text/plain", "payload too large\n");
+    }
+    let packets = match packet::decode_payload(Bytes::copy_from_slice(body), max) {
+        Ok(p) => p,
+        Err(_) => {
+            close(shard, s, "parse error", true);
+            return error_body(RequestError::BadRequest);
+        }
+    };
+    for p in packets {
+        if !on_packet(shard, s, p) {
+            break;
+        }
+    }
+    Response::new(200, "text/html", "ok")
+}
+
+/// The WebSocket side of Engine.IO: a fresh session (no `sid`), or the upgrade of a polling
+/// session (`sid` given).
+pub struct EioWs {
+    app: Rc<dyn EioApp>,
+    session: RefCell<Option<Rc<EioSession>>>,
+    /// The session being upgraded onto this connection, until its `5` arrives.
+    upgrade_of: Option<Rc<EioSession>>,
+}
+
+impl EioWs {
+    pub fn new(app: Rc<dyn EioApp>, upgrade_of: Option<Rc<EioSession>>) -> Self {
+        Self { app, session: RefCell::new(None), upgrade_of }
+    }
+}
+
+impl WsHandler for EioWs {
+    fn on_open(&self, shard: &Rc<Shard>, conn: &Rc<Conn>) {
+        if self.upgrade_of.is_some() {
+            return; // the session goes on; it switches to us on `5`
+        }
+        let Some(s) = shard.engine.create(shard, self.app.clone(), Transport::WebSocket(conn.clone())) else {
+            shard.close_session(conn, 1013, "no session slots", crate::metrics::CloseReason::Limit);
+            return;
+        };
+        shard.deliver(conn, ws_frame(&open_packet(shard, &s, &[])));
+        *self.session.borrow_mut() = Some(s.clone());
+        start_heartbeat(shard, &s);
+        self.app.on_open(shard, &s);
+    }
+
+    fn on_message(&self, shard: &Shard, conn: &Rc<Conn>, msg: tungstenite::Message) {
+        let p = match msg {
+            tungstenite::Message::Text(t) => packet::decode_ws_text(Bytes::from(t)),
+            tungstenite::Message::Binary(b) => Ok(Packet::Message(Payload::Binary(b))),
+            _ => return,
+        };
+        let session = self.session.borrow().clone();
+        if let Some(s) = session {
+            match p {
+                Ok(p) => {
+                    on_packet(shard, &s, p);
+                }
+                Err(_) => close(shard, &s, "parse error", false),
+            }
+            return;
+        }
+        // Upgrading: only `2probe` then `5` are expected, strictly in that order.
+        let Some(s) = &self.upgrade_of else { return };
+        match p {
+            Ok(Packet::Ping(Some(d))) if &d[..] == b"probe" && !s.upgrading.get() => {
+                s.upgrading.set(true);
+                shard.deliver(conn, ws_frame(&Packet::Pong(Some(d))));
+                // Release a pending GET so the client can pause polling.
+                s.queue.borrow_mut().push_back(Packet::Noop);
+                s.wake_poll();
+            }
+            Ok(Packet::Upgrade) if s.upgrading.get() => {
+                *s.transport.borrow_mut() = Transport::WebSocket(conn.clone());
+                s.upgrading.set(false);
+                // Whatever the polling side had not fetched goes out on the WebSocket.
+                let pending: Vec<Packet> =
+                    s.queue.borrow_mut().drain(..).filter(|p| !matches!(p, Packet::Noop)).collect();
+                for p in pending {
+                    shard.deliver(conn, ws_frame(&p));
+                }
+                s.wake_poll();
+                *self.session.borrow_mut() = Some(s.clone());
+            }
+            _ => {
+                shard.close_session(conn, 1002, "bad upgrade", crate::metrics::CloseReason::Protocol);
+            }
+        }
+    }
+
+    fn on_close(&self, shard: &Shard, _conn: &Rc<Conn>) {
+        let session = self.session.borrow_mut().take();
+        if let Some(s) = session {
+            close(shard, &s, "transport close", false);
+        } else if let Some(s) = &self.upgrade_of {
+            // The upgrade failed: the session carries on polling.
+            s.upgrading.set(false);
+        }
+    }
+}

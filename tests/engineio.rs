@@ -1,0 +1,244 @@
+//! Engine.IO v4 on a real node (the conformance application's raw echo at `/engine.io/`):
+//! both transports, the upgrade, heartbeats, closing and every error answer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+const PATH: &str = "/engine.io/?EIO=4&transport=polling";
+
+fn poll_get(addr: SocketAddr, sid: &str) -> (u16, String) {
+    let (status, _, body) = get(addr, &format!("{PATH}&sid={sid}"));
+    (status, String::from_utf8(body).unwrap())
+}
+
+fn poll_post(addr: SocketAddr, sid: &str, body: &str) -> (u16, String) {
+    let raw = format!(
+        "POST {PATH}&sid={sid} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, body) = http(addr, &raw);
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Opens a polling session; returns its sid and the open packet's JSON.
+fn handshake(addr: SocketAddr) -> (String, serde_json::Value) {
+    let (status, head, body) = get(addr, PATH);
+    assert_eq!(status, 200, "{head}");
+    let body = String::from_utf8(body).unwrap();
+    let json: serde_json::Value = serde_json::from_str(body.strip_prefix('0').expect("open packet")).unwrap();
+    (json["sid"].as_str().unwrap().to_string(), json)
+}
+
+#[test]
+fn polling_handshake_has_exactly_the_protocol_keys() {
+    let (_node, addr) = start_conformance("io_uring", 2, (300, 200));
+    let (sid, open) = handshake(addr);
+    let mut keys: Vec<&str> = open.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"]);
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 300);
+    assert_eq!(open["pingTimeout"], 200);
+    assert_eq!(open["maxPayload"], 1_000_000);
+    assert!(sid.len() >= 20);
+}
+
+#[test]
+fn bad_requests_get_400_with_the_protocol_code() {
+    let (_node, addr) = start_conformance("io_uring", 1, (300, 200));
+    for (path, code) in [
+        ("/engine.io/?transport=polling", 5),
+        ("/engine.io/?EIO=3&transport=polling", 5),
+        ("/engine.io/?EIO=4", 0),
+        ("/engine.io/?EIO=4&transport=carrier-pigeon", 0),
+        ("/engine.io/?EIO=4&transport=polling&sid=nope", 1),
+    ] {
+        let (status, _, body) = get(addr, path);
+        assert_eq!(status, 400, "{path}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["code"], code, "{path}");
+    }
+    let raw = format!("POST {PATH} HTTP/1.1\r\nConnection: close\r\nContent-Length: 6\r\n\r\n4hello");
+    assert_eq!(http(addr, &raw).0, 400, "POST without sid");
+}
+
+#[test]
+fn polling_echoes_text_and_binary_in_order() {
+    on_both_drivers(|d| {
+        let (_node, addr) = start_conformance(d, 2, (2000, 2000));
+        let (sid, _) = handshake(addr);
+        assert_eq!(poll_post(addr, &sid, "4hello\u{1e}bAQID\u{1e}4é"), (200, "ok".into()));
+        assert_eq!(poll_get(addr, &sid), (200, "4hello\u{1e}bAQID\u{1e}4é".into()));
+    });
+}
+
+#[test]
+fn first_ping_comes_one_interval_after_open_and_pong_keeps_the_session() {
+    let (_node, addr) = start_conformance("io_uring", 1, (300, 200));
+    let started = Instant::now();
+    let (sid, _) = handshake(addr);
+    assert_eq!(poll_get(addr, &sid), (200, "2".into()));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(280) && waited < Duration::from_millis(1000), "{waited:?}");
+    assert_eq!(poll_post(addr, &sid, "3").0, 200);
+    // Answered: the session is alive for the next ping too.
+    assert_eq!(poll_get(addr, &sid), (200, "2".into()));
+}
+
+#[test]
+fn unanswered_ping_ends_the_session_on_time() {
+    let (_node, addr) = start_conformance("io_uring", 1, (300, 200));
+    let started = Instant::now();
+    let (sid, _) = handshake(addr);
+    assert_eq!(poll_get(addr, &sid), (200, "2".into()));
+    // No pong: gone by interval + timeout.
+    assert!(wait_until(Duration::from_secs(3), || poll_get(addr, &sid).0 == 400));
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[test]
+fn client_close_releases_the_pending_get_with_noop() {
+    let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));
+    let (sid, _) = handshake(addr);
+    let pending = {
+        let sid = sid.clone();
+        std::thread::spawn(move || poll_get(addr, &sid))
+    };
+    std::thread::sleep(Duration::from_millis(100)); // let the GET reach the server first
+    assert_eq!(poll_post(addr, &sid, "1").0, 200);
+    assert_eq!(pending.join().unwrap(), (200, "6".into()));
+    assert_eq!(poll_get(addr, &sid).0, 400, "the session is gone");
+}
+
+#[test]
+fn a_second_concurrent_get_is_refused_and_closes_the_session() {
+    let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));
+    let (sid, _) = handshake(addr);
+    let pending = {
+        let sid = sid.clone();
+        std::thread::spawn(move || poll_get(addr, &sid))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(poll_get(addr, &sid).0, 400);
+    assert_eq!(pending.join().unwrap(), (200, "1".into()));
+    assert_eq!(poll_get(addr, &sid).0, 400);
+}
+
+#[test]
+fn invalid_packet_closes_the_session() {
+    let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));
+    let (sid, _) = handshake(addr);
+    assert_eq!(poll_post(addr, &sid, "abc").0, 400);
+    assert_eq!(poll_get(addr, &sid).0, 400);
+}
+
+fn eio_ws(addr: SocketAddr, sid: Option<&str>) -> Ws {
+    let mut path = "/engine.io/?EIO=4&transport=websocket".to_string();
+    if let Some(sid) = sid {
+        path.push_str(&format!("&sid={sid}"));
+    }
+    ws(addr, &path)
+}
+
+fn text(c: &mut Ws) -> String {
+    loop {
+        match c.read().unwrap() {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+}
+
+#[test]
+fn websocket_session_echoes_and_pings() {
+    on_both_drivers(|d| {
+        let (_node, addr) = start_conformance(d, 2, (300, 200));
+        let mut c = eio_ws(addr, None);
+        let open = text(&mut c);
+        let json: serde_json::Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        assert_eq!(json["upgrades"], serde_json::json!([]));
+        c.send(Message::text("4hello")).unwrap();
+        assert_eq!(text(&mut c), "4hello");
+        c.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+        assert_eq!(c.read().unwrap(), Message::binary(vec![1u8, 2, 3]));
+        assert_eq!(text(&mut c), "2", "server ping");
+        c.send(Message::text("3")).unwrap();
+        assert_eq!(text(&mut c), "2", "still alive one interval later");
+    });
+}
+
+#[test]
+fn upgrade_from_polling_to_websocket() {
+    on_both_drivers(|d| {
+        let (_node, addr) = start_conformance(d, 1, (5000, 5000));
+        let (sid, _) = handshake(addr);
+        let pending = {
+            let sid = sid.clone();
+            std::thread::spawn(move || poll_get(addr, &sid))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = eio_ws(addr, Some(&sid));
+        c.send(Message::text("2probe")).unwrap();
+        assert_eq!(text(&mut c), "3probe");
+        assert_eq!(pending.join().unwrap(), (200, "6".into()), "the pending GET is released with a noop");
+        // Something sent while upgrading waits for the WebSocket.
+        assert_eq!(poll_post(addr, &sid, "4during").0, 200);
+        c.send(Message::text("5")).unwrap();
+        assert_eq!(text(&mut c), "4during");
+        c.send(Message::text("4after")).unwrap();
+        assert_eq!(text(&mut c), "4after");
+        assert_eq!(poll_get(addr, &sid).0, 400, "polling is over for this session");
+        let (status, _, _) = get(addr, &format!("/engine.io/?EIO=4&transport=websocket&sid={sid}"));
+        assert_eq!(status, 400, "a second WebSocket for the sid is refused");
+    });
+}
+
+/// No sticky sessions: with each shard on its own address, the handshake goes to shard 0 and
+/// every later request of the session to shard 1, which serves them through the rings (and
+/// hands the upgraded WebSocket over to shard 0).
+#[test]
+fn requests_of_one_session_are_served_from_any_shard() {
+    on_both_drivers(|d| {
+        let (node, _) = start_full(
+            d,
+            2,
+            |_| {},
+            |c| {
+                c.conformance = true;
+                c.eio.ping_interval = Duration::from_secs(5);
+                c.eio.ping_timeout = Duration::from_secs(5);
+                c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+                c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            },
+        );
+        let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+        assert_ne!(a.ip(), b.ip());
+        let (sid, _) = handshake(a);
+        assert_eq!(poll_post(b, &sid, "4via shard 1"), (200, "ok".into()));
+        assert_eq!(poll_get(b, &sid), (200, "4via shard 1".into()));
+        assert_eq!(poll_post(a, &sid, "4via shard 0"), (200, "ok".into()));
+        assert_eq!(poll_get(b, &sid), (200, "4via shard 0".into()));
+        // Upgrade through shard 1 while a GET waits on shard 0.
+        let pending = {
+            let sid = sid.clone();
+            std::thread::spawn(move || poll_get(a, &sid))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = eio_ws(b, Some(&sid));
+        c.send(Message::text("2probe")).unwrap();
+        assert_eq!(text(&mut c), "3probe");
+        assert_eq!(pending.join().unwrap(), (200, "6".into()));
+        c.send(Message::text("5")).unwrap();
+        c.send(Message::text("4over the moved socket")).unwrap();
+        assert_eq!(text(&mut c), "4over the moved socket");
+        assert_eq!(poll_get(b, &sid).0, 400);
+        assert!(metric_sum(a, "imks_ring_pushes_total{") >= 4, "the requests crossed the rings");
+        assert_eq!(metric_sum(a, "imks_closes_total{shard=\"1\",reason=\"moved\"}"), 1);
+    });
+}
