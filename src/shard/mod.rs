@@ -43,6 +43,8 @@ pub enum ShardMsg {
     /// A TCP connection, already upgraded to WebSocket, whose Engine.IO session this shard
     /// owns: the receiving shard adopts the socket and serves it from here on.
     EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8> },
+    /// A Socket.IO broadcast for this shard's members, encoded once by the sender.
+    SioBroadcast(Arc<crate::socketio::RemoteBroadcast>),
 }
 
 /// Why a shard could not start.
@@ -81,6 +83,9 @@ pub struct Shard {
     /// probe that happens to reuse a slot).
     probes: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<SidecarHealth>>>,
     next_probe: Cell<u64>,
+    /// Messages [`Shard::post`]ed while a ring was full, per destination, in order.
+    backlog: RefCell<Vec<std::collections::VecDeque<ShardMsg>>>,
+    backlog_waker: RefCell<Option<Waker>>,
     /// Polling requests forwarded to another shard, waiting for its answer.
     remote_polls: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<crate::app::Response>>>,
     next_remote_poll: Cell<u64>,
@@ -92,6 +97,17 @@ pub struct Shard {
     pub stopping: LocalEvent,
     /// Set when the last connection is gone after `stopping`.
     drained: LocalEvent,
+}
+
+thread_local! {
+    /// The shard running on this thread: one shard per thread is the design's invariant, and
+    /// code that only gets `&Shard` (handlers) uses this to spawn work that outlives the call.
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard that runs on this thread, if any.
+pub fn current() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.borrow().clone())
 }
 
 /// Runs a shard on the current thread until the node shuts down. Called on the shard's thread.
@@ -152,6 +168,7 @@ async fn shard_main(init: ShardInit) {
     let index = cfg.index;
     let ShardRings { outboxes, inboxes, bell, .. } = rings;
     let node_config = node.config.clone();
+    let apps = crate::app::Apps::new(&node_config, node.socketio.as_ref());
     let shard = Rc::new(Shard {
         index,
         stats: node.stats[index].clone(),
@@ -165,15 +182,19 @@ async fn shard_main(init: ShardInit) {
         sidecar_tx: RefCell::new(Some(sidecar.tx)),
         probes: RefCell::new(HashMap::new()),
         next_probe: Cell::new(0),
+        backlog: RefCell::new((0..node_config.shards.len()).map(|_| Default::default()).collect()),
+        backlog_waker: RefCell::new(None),
         remote_polls: RefCell::new(HashMap::new()),
         next_remote_poll: Cell::new(0),
         engine: crate::engineio::Engine::default(),
-        apps: crate::app::Apps::new(&node_config),
+        apps,
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
     });
 
+    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     monoio::spawn(ring_pump(shard.clone(), inboxes, bell));
+    monoio::spawn(backlog_pump(shard.clone()));
     monoio::spawn(sidecar_pump(shard.clone(), sidecar.rx));
     monoio::spawn(ticker(shard.clone()));
     serve(&shard, ready).await;
@@ -289,6 +310,28 @@ async fn ring_pump(
             }
             // Let sessions write what just arrived before taking more.
             monoio::time::sleep(Duration::ZERO).await;
+        }
+    }
+}
+
+/// Pushes what [`Shard::post`] could not, in order, waiting for ring space.
+async fn backlog_pump(shard: Rc<Shard>) {
+    loop {
+        poll_fn(|cx| {
+            if shard.backlog.borrow().iter().any(|q| !q.is_empty()) {
+                Poll::Ready(())
+            } else {
+                *shard.backlog_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let destinations = shard.backlog.borrow().len();
+        for to in 0..destinations {
+            loop {
+                let Some(msg) = shard.backlog.borrow_mut()[to].pop_front() else { break };
+                shard.push_ring(to, msg).await;
+            }
         }
     }
 }
@@ -499,6 +542,11 @@ impl Shard {
                 }
             }
             ShardMsg::EioAdopt { fd, sid, leftover } => crate::engineio::adopt(self, fd, &sid, leftover),
+            ShardMsg::SioBroadcast(b) => {
+                if let Some(io) = &self.apps.socketio {
+                    io.deliver_local(self, &b);
+                }
+            }
         }
     }
 
@@ -518,6 +566,40 @@ impl Shard {
         };
         self.remote_polls.borrow_mut().remove(&token);
         answer.unwrap_or_else(|| crate::app::Response::new(503, "text/plain", "session owner did not answer\n"))
+    }
+
+    /// Sends a message to shard `to` without waiting, for code that cannot await (handlers).
+    /// A full ring puts it in an ordered per-destination backlog (or drops it under the `drop`
+    /// policy, counted); later posts queue behind it so order is kept.
+    pub fn post(&self, to: usize, msg: ShardMsg) {
+        let queued_behind = self.backlog.borrow().get(to).is_some_and(|q| !q.is_empty());
+        let msg = if queued_behind {
+            msg
+        } else {
+            let mut outboxes = self.outboxes.borrow_mut();
+            let Some(Some(outbox)) = outboxes.get_mut(to) else { return };
+            match outbox.try_push(msg) {
+                Ok(()) => {
+                    metrics::add(&self.stats.ring_pushes, 1);
+                    return;
+                }
+                Err((PushError::Closed, _)) => return,
+                Err((PushError::Full, m)) => {
+                    metrics::add(&self.stats.ring_full, 1);
+                    if self.node.config.ring_full_policy == RingFullPolicy::Drop {
+                        metrics::add(&self.stats.ring_drops, 1);
+                        return;
+                    }
+                    m
+                }
+            }
+        };
+        if let Some(q) = self.backlog.borrow_mut().get_mut(to) {
+            q.push_back(msg);
+        }
+        if let Some(w) = self.backlog_waker.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     /// Hands an upgraded connection to the shard that owns its Engine.IO session.
