@@ -12,6 +12,8 @@
 //! - [`ws`]: the pure WebSocket handshake and codec, and the session driver (reader and
 //!   coalescing writer).
 //! - [`engineio`]: Engine.IO v4 sessions over polling and WebSocket, with the pure packet codec.
+//! - [`socketio`]: Socket.IO v5 namespaces, events, acks, binary and cross-shard rooms on top
+//!   of Engine.IO, with the pure packet codec.
 //! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`, and in conformance mode
 //!   the raw Engine.IO echo.
 //! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
@@ -27,6 +29,7 @@ pub mod node;
 pub mod ring;
 pub mod shard;
 pub mod sidecar;
+pub mod socketio;
 pub mod util;
 pub mod ws;
 

@@ -21,6 +21,8 @@ pub struct NodeShared {
     pub config: Arc<Config>,
     pub stats: Vec<Arc<ShardStats>>,
     pub started: Instant,
+    /// The embedding application's Socket.IO server, built once on every shard.
+    pub socketio: Option<crate::app::SocketIoFactory>,
     stopping: AtomicBool,
 }
 
@@ -57,7 +59,13 @@ pub struct Node {
 
 impl Node {
     /// Starts the sidecar and every shard, and returns once all shards accept connections.
-    pub fn start(mut config: Config) -> Result<Node, NodeError> {
+    pub fn start(config: Config) -> Result<Node, NodeError> {
+        Self::start_with(config, None)
+    }
+
+    /// Starts a node that serves the given Socket.IO application at `/socket.io/` (the
+    /// factory runs once on each shard's thread; see `examples/`).
+    pub fn start_with(mut config: Config, socketio: Option<crate::app::SocketIoFactory>) -> Result<Node, NodeError> {
         // Port 0 means "any free port", but every shard must listen on the same one: reserve a
         // port with a bound, never-listening SO_REUSEPORT socket (which receives no
         // connections) until all shards have bound it.
@@ -68,6 +76,7 @@ impl Node {
             stats: (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect(),
             config: config.clone(),
             started: Instant::now(),
+            socketio,
             stopping: AtomicBool::new(false),
         });
         let (sidecar, links) = sidecar::spawn(shard_count, config.sidecar_channel_capacity)?;

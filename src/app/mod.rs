@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod eio_echo;
+pub mod sio_conformance;
 
 use std::rc::Rc;
 
@@ -12,18 +13,35 @@ use crate::engineio::{self, EioApp, EioWs, TransportKind};
 use crate::http::parse::{Method, RequestHead};
 use crate::metrics::{self, render_prometheus};
 use crate::shard::Shard;
+use crate::socketio::{Namespace, SioConfig, SocketIo};
 use crate::ws::WsHandler;
 
 /// The applications a shard serves, built on the shard itself so handlers may be `!Send`.
 pub struct Apps {
     /// `/engine.io/`: the raw Engine.IO echo of the conformance application (part A).
     pub eio_echo: Option<Rc<dyn EioApp>>,
+    /// `/socket.io/`: the Socket.IO server.
+    pub socketio: Option<Rc<SocketIo>>,
 }
 
+/// Builds the Socket.IO server of one shard; called on each shard's own thread, so what it
+/// builds may be `!Send`.
+pub type SocketIoFactory = std::sync::Arc<dyn Fn() -> SocketIo + Send + Sync>;
+
 impl Apps {
-    pub fn new(config: &Config) -> Self {
-        let eio_echo: Option<Rc<dyn EioApp>> = if config.conformance { Some(Rc::new(eio_echo::EioEcho)) } else { None };
-        Self { eio_echo }
+    pub fn new(config: &Config, factory: Option<&SocketIoFactory>) -> Self {
+        if config.conformance {
+            return Self {
+                eio_echo: Some(Rc::new(eio_echo::EioEcho)),
+                socketio: Some(Rc::new(sio_conformance::build())),
+            };
+        }
+        let socketio = match factory {
+            Some(f) => f(),
+            // Without an application, `/socket.io/` accepts connections to `/` and nothing else.
+            None => SocketIo::new(SioConfig::default(), vec![Namespace::new("/")]),
+        };
+        Self { eio_echo: None, socketio: Some(Rc::new(socketio)) }
     }
 }
 
@@ -86,6 +104,7 @@ pub fn route(shard: &Shard, head: &RequestHead) -> Route {
 fn engine_app(shard: &Shard, path: &str) -> Option<Rc<dyn EioApp>> {
     match path {
         "/engine.io/" | "/engine.io" => shard.apps.eio_echo.clone(),
+        "/socket.io/" | "/socket.io" => shard.apps.socketio.clone().map(|io| io as Rc<dyn EioApp>),
         _ => None,
     }
 }

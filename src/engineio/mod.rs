@@ -119,29 +119,60 @@ impl EioSession {
         matches!(*self.transport.borrow(), Transport::WebSocket(_))
     }
 
+    /// The WebSocket connection, when the session uses one now (not while upgrading).
+    fn websocket(&self) -> Option<Rc<Conn>> {
+        match &*self.transport.borrow() {
+            Transport::WebSocket(c) if !self.upgrading.get() => Some(c.clone()),
+            _ => None,
+        }
+    }
+
     /// Sends one packet on whichever transport the session uses now.
     pub fn send(self: &Rc<Self>, shard: &Shard, p: Packet) {
         if self.closed.get() {
             return;
         }
-        let conn = match &*self.transport.borrow() {
-            Transport::WebSocket(c) if !self.upgrading.get() => Some(c.clone()),
-            _ => None,
-        };
-        match conn {
+        match self.websocket() {
             Some(c) => shard.deliver(&c, ws_frame(&p)),
-            None => {
-                let overflow = {
-                    let mut q = self.queue.borrow_mut();
-                    q.push_back(p);
-                    q.len() > shard.node.config.eio.max_buffered_packets
-                };
-                if overflow {
-                    close(shard, self, "transport error", true);
-                    return;
+            None => self.queue_for_polling(shard, std::iter::once(p)),
+        }
+    }
+
+    /// Sends packets encoded once for many sessions: WebSocket sessions share the same frame
+    /// bytes, polling sessions the same payload bytes.
+    pub fn send_prepared(self: &Rc<Self>, shard: &Shard, p: &Prepared) {
+        if self.closed.get() {
+            return;
+        }
+        match self.websocket() {
+            Some(c) => {
+                for f in p.frames() {
+                    shard.deliver(&c, f.clone());
                 }
-                self.wake_poll();
             }
+            None => self.queue_for_polling(shard, p.packets.iter().cloned()),
+        }
+    }
+
+    /// Whether a volatile packet could go out now without being buffered for long: a
+    /// WebSocket with room in its queue, or a long-poll waiting for data.
+    pub fn ready_for_volatile(&self) -> bool {
+        match self.websocket() {
+            Some(c) => !c.queue.borrow().is_full(),
+            None => self.poll_active.get(),
+        }
+    }
+
+    fn queue_for_polling(self: &Rc<Self>, shard: &Shard, packets: impl Iterator<Item = Packet>) {
+        let overflow = {
+            let mut q = self.queue.borrow_mut();
+            q.extend(packets);
+            q.len() > shard.node.config.eio.max_buffered_packets
+        };
+        if overflow {
+            close(shard, self, "transport error", true);
+        } else {
+            self.wake_poll();
         }
     }
 
@@ -154,6 +185,23 @@ impl EioSession {
         if let Some(w) = self.poll_waiter.borrow_mut().take() {
             w.wake();
         }
+    }
+}
+
+/// Packets encoded once and sent to many sessions (a broadcast).
+pub struct Prepared {
+    packets: Vec<Packet>,
+    frames: std::cell::OnceCell<Vec<Bytes>>,
+}
+
+impl Prepared {
+    pub fn new(packets: Vec<Packet>) -> Self {
+        Self { packets, frames: std::cell::OnceCell::new() }
+    }
+
+    /// The WebSocket frames, encoded on first use and shared afterwards.
+    fn frames(&self) -> &[Bytes] {
+        self.frames.get_or_init(|| self.packets.iter().map(ws_frame).collect())
     }
 }
 

@@ -1,0 +1,592 @@
+//! Socket.IO v5 on top of [`crate::engineio`]: namespaces (static and dynamic), connect
+//! middleware, events, acks both ways, binary attachments, rooms and broadcasts that reach
+//! every shard of the node.
+//!
+//! Everything here runs on the shard that owns the Engine.IO session, so handlers may be
+//! `!Send`. A [`SocketIo`] is built once per shard from the same description; the room index
+//! is per shard, and a broadcast is delivered locally and posted once to every other shard,
+//! which delivers it to its own members. Packets are encoded once per broadcast, not per
+//! recipient.
+
+pub mod packet;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::engineio::packet::{Packet as EioPacket, Payload};
+use crate::engineio::{self, EioApp, EioSession, Prepared};
+use crate::shard::session::SessionId;
+use crate::shard::{Shard, ShardMsg};
+use packet::{BinaryAssembler, Packet, PacketKind};
+
+/// Socket.IO settings.
+#[derive(Debug, Clone)]
+pub struct SioConfig {
+    /// A connection that joins no namespace within this time is closed.
+    pub connect_timeout: Duration,
+    /// Most binary attachments one packet may announce.
+    pub max_attachments: usize,
+}
+
+impl Default for SioConfig {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(45), max_attachments: packet::DEFAULT_MAX_ATTACHMENTS }
+    }
+}
+
+/// A refused CONNECT: sent to the client as CONNECT_ERROR `{"message": ...}` plus `data`.
+#[derive(Debug, Clone)]
+pub struct ConnectRefusal {
+    pub message: String,
+    /// Extra JSON placed under `data`, if any.
+    pub data: Option<String>,
+}
+
+/// An event's arguments, as the client sent them.
+pub struct Event<'a> {
+    pub name: &'a str,
+    packet: &'a Packet,
+    /// Binary attachments, in placeholder order.
+    pub binaries: Vec<Bytes>,
+}
+
+impl Event<'_> {
+    /// The arguments after the event name as raw JSON without brackets (`1,"2",{}`).
+    pub fn args_tail(&self) -> &str {
+        packet::args_tail(self.packet).unwrap_or("")
+    }
+
+    /// The arguments parsed as a JSON array into `T` (e.g. a tuple).
+    pub fn args<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&format!("[{}]", self.args_tail()))
+    }
+
+    /// The ack id, when the client wants an answer.
+    pub fn ack_id(&self) -> Option<u64> {
+        self.packet.id
+    }
+}
+
+/// What the client answered to an event sent with [`Socket::emit_with_ack`].
+pub struct AckResponse {
+    /// The ack arguments as raw JSON without brackets.
+    pub args_tail: String,
+    pub binaries: Vec<Bytes>,
+}
+
+/// Why an ack did not arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("ack timed out")]
+    Timeout,
+    #[error("socket disconnected before the ack")]
+    Disconnected,
+}
+
+pub type EventHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Event<'_>)>;
+pub type ConnectionHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>)>;
+pub type Middleware = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal>>;
+pub type DisconnectHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, &str)>;
+type AckCallback = Box<dyn FnOnce(&Shard, Result<AckResponse, AckError>)>;
+
+enum NsMatch {
+    Exact(String),
+    Dynamic(Rc<dyn Fn(&str) -> bool>),
+}
+
+/// A namespace: which names it serves, its middleware and its connection handler.
+pub struct Namespace {
+    matcher: NsMatch,
+    middleware: Vec<Middleware>,
+    on_connection: Option<ConnectionHandler>,
+}
+
+impl Namespace {
+    /// A namespace with exactly this name (`/`, `/chat`).
+    pub fn new(name: &str) -> Self {
+        Self { matcher: NsMatch::Exact(name.to_string()), middleware: Vec::new(), on_connection: None }
+    }
+
+    /// Namespaces created on demand for every name the predicate accepts.
+    pub fn dynamic(pred: impl Fn(&str) -> bool + 'static) -> Self {
+        Self { matcher: NsMatch::Dynamic(Rc::new(pred)), middleware: Vec::new(), on_connection: None }
+    }
+
+    /// Connect middleware: runs before the socket joins; an error refuses it.
+    pub fn middleware(
+        mut self,
+        f: impl Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal> + 'static,
+    ) -> Self {
+        self.middleware.push(Rc::new(f));
+        self
+    }
+
+    /// Called once per socket that joined, with the CONNECT auth payload (raw JSON).
+    pub fn on_connection(mut self, f: impl Fn(&Shard, &Rc<Socket>, Option<&str>) + 'static) -> Self {
+        self.on_connection = Some(Rc::new(f));
+        self
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match &self.matcher {
+            NsMatch::Exact(n) => n == name,
+            NsMatch::Dynamic(p) => p(name),
+        }
+    }
+}
+
+/// One client's membership of one namespace.
+pub struct Socket {
+    /// The Socket.IO id (not the Engine.IO session id).
+    pub id: Rc<str>,
+    pub nsp: Rc<str>,
+    eio: Rc<EioSession>,
+    events: RefCell<HashMap<String, EventHandler>>,
+    on_disconnect: RefCell<Vec<DisconnectHandler>>,
+    acks: RefCell<HashMap<u64, AckCallback>>,
+    next_ack: Cell<u64>,
+    rooms: RefCell<HashSet<Rc<str>>>,
+    connected: Cell<bool>,
+}
+
+impl Socket {
+    /// Handles event `name` from this client.
+    pub fn on(&self, name: &str, f: impl Fn(&Shard, &Rc<Socket>, Event<'_>) + 'static) {
+        self.events.borrow_mut().insert(name.to_string(), Rc::new(f));
+    }
+
+    /// Called once when the socket leaves its namespace, with the reason.
+    pub fn on_disconnect(&self, f: impl Fn(&Shard, &Rc<Socket>, &str) + 'static) {
+        self.on_disconnect.borrow_mut().push(Rc::new(f));
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.get()
+    }
+
+    /// The Engine.IO session under this socket.
+    pub fn engine(&self) -> &Rc<EioSession> {
+        &self.eio
+    }
+
+    /// Emits an event; `args_tail` is the arguments as raw JSON without brackets.
+    pub fn emit(&self, shard: &Shard, event: &str, args_tail: &str) {
+        self.emit_binary(shard, event, args_tail, Vec::new());
+    }
+
+    /// Emits an event with binary attachments (`args_tail` holds the placeholders).
+    pub fn emit_binary(&self, shard: &Shard, event: &str, args_tail: &str, binaries: Vec<Bytes>) {
+        let text = packet::encode_event(&self.nsp, None, event, args_tail, binaries.len());
+        self.send(shard, text, binaries);
+    }
+
+    /// Emits only if the transport can take it right away; otherwise drops it.
+    pub fn emit_volatile(&self, shard: &Shard, event: &str, args_tail: &str) {
+        if self.eio.ready_for_volatile() {
+            self.emit(shard, event, args_tail);
+        }
+    }
+
+    /// Emits an event and calls `cb` with the client's ack, or with an error after `timeout`
+    /// or when the socket goes away first.
+    pub fn emit_with_ack(
+        self: &Rc<Self>,
+        shard: &Shard,
+        event: &str,
+        args_tail: &str,
+        binaries: Vec<Bytes>,
+        timeout: Duration,
+        cb: impl FnOnce(&Shard, Result<AckResponse, AckError>) + 'static,
+    ) {
+        let id = self.next_ack.get().wrapping_add(1);
+        self.next_ack.set(id);
+        self.acks.borrow_mut().insert(id, Box::new(cb));
+        let text = packet::encode_event(&self.nsp, Some(id), event, args_tail, binaries.len());
+        self.send(shard, text, binaries);
+        let me = self.clone();
+        monoio::spawn(async move {
+            monoio::time::sleep(timeout).await;
+            let cb = me.acks.borrow_mut().remove(&id);
+            if let (Some(cb), Some(shard)) = (cb, crate::shard::current()) {
+                cb(&shard, Err(AckError::Timeout));
+            }
+        });
+    }
+
+    /// Answers the client's event `ev` (which asked for an ack) with these arguments.
+    pub fn ack(&self, shard: &Shard, ev: &Event<'_>, args_tail: &str, binaries: Vec<Bytes>) {
+        if let Some(id) = ev.ack_id() {
+            let text = packet::encode_ack(&self.nsp, id, args_tail, binaries.len());
+            self.send(shard, text, binaries);
+        }
+    }
+
+    /// Joins a room of this namespace (on every shard's view, since broadcasts go to all).
+    pub fn join(self: &Rc<Self>, io: &SocketIo, room: &str) {
+        let room: Rc<str> = room.into();
+        if self.rooms.borrow_mut().insert(room.clone()) {
+            io.index_join(self, room);
+        }
+    }
+
+    pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) {
+        if let Some(room) = self.rooms.borrow_mut().take(room) {
+            io.index_leave(self, &room);
+        }
+    }
+
+    pub fn rooms(&self) -> Vec<Rc<str>> {
+        self.rooms.borrow().iter().cloned().collect()
+    }
+
+    /// Server-side disconnect from this namespace; `close` also ends the whole connection.
+    pub fn disconnect(self: &Rc<Self>, shard: &Shard, io: &SocketIo, close: bool) {
+        if !self.connected.get() {
+            return;
+        }
+        self.send(shard, packet::encode_disconnect(&self.nsp), Vec::new());
+        io.remove_socket(shard, self, "server namespace disconnect");
+        if close {
+            engineio::close(shard, &self.eio, "forced close", true);
+        }
+    }
+
+    fn send(&self, shard: &Shard, text: String, binaries: Vec<Bytes>) {
+        if binaries.is_empty() {
+            self.eio.send(shard, EioPacket::Message(Payload::Text(Bytes::from(text))));
+        } else {
+            self.eio.send_prepared(shard, &prepare(text, &binaries));
+        }
+    }
+}
+
+fn prepare(text: String, binaries: &[Bytes]) -> Prepared {
+    let mut packets = Vec::with_capacity(1 + binaries.len());
+    packets.push(EioPacket::Message(Payload::Text(Bytes::from(text))));
+    packets.extend(binaries.iter().map(|b| EioPacket::Message(Payload::Binary(b.clone()))));
+    Prepared::new(packets)
+}
+
+/// A broadcast as it travels to the other shards: encoded once, shared.
+pub struct RemoteBroadcast {
+    pub nsp: Arc<str>,
+    pub rooms: Vec<Arc<str>>,
+    pub except_rooms: Vec<Arc<str>>,
+    pub except_socket: Option<Arc<str>>,
+    pub text: Bytes,
+    pub binaries: Vec<Bytes>,
+}
+
+/// Who a broadcast goes to.
+#[derive(Default, Clone)]
+pub struct Target<'a> {
+    /// Members of any of these rooms; every socket of the namespace when empty.
+    pub rooms: Vec<&'a str>,
+    /// Except members of these rooms.
+    pub except_rooms: Vec<&'a str>,
+    /// Except this socket (the sender).
+    pub except_socket: Option<&'a str>,
+}
+
+/// Per-connection state: the sockets of each namespace and the binary assembler.
+struct SioConn {
+    sockets: RefCell<HashMap<Rc<str>, Rc<Socket>>>,
+    assembler: RefCell<BinaryAssembler>,
+    /// Some namespace was joined at least once (the connect timeout no longer applies).
+    joined: Cell<bool>,
+}
+
+/// Sockets by id.
+type Members = HashMap<Rc<str>, Rc<Socket>>;
+/// A namespace's rooms: room name → members on this shard.
+type RoomIndex = HashMap<Rc<str>, Members>;
+
+/// The Socket.IO server of one shard.
+pub struct SocketIo {
+    cfg: SioConfig,
+    namespaces: Vec<Namespace>,
+    conns: RefCell<HashMap<SessionId, Rc<SioConn>>>,
+    /// Namespace → room → socket id → socket, for this shard's sockets.
+    rooms: RefCell<HashMap<Rc<str>, RoomIndex>>,
+    /// Namespace → socket id → socket.
+    sockets: RefCell<HashMap<Rc<str>, Members>>,
+}
+
+impl SocketIo {
+    pub fn new(cfg: SioConfig, namespaces: Vec<Namespace>) -> Self {
+        Self {
+            cfg,
+            namespaces,
+            conns: RefCell::new(HashMap::new()),
+            rooms: RefCell::new(HashMap::new()),
+            sockets: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Number of sockets connected on this shard, over all namespaces.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.borrow().values().map(HashMap::len).sum()
+    }
+
+    /// Sends an event to the target sockets of `nsp` on every shard of the node, exactly once
+    /// each. Encoded once here; other shards get the same bytes through the rings.
+    pub fn broadcast(
+        &self,
+        shard: &Shard,
+        nsp: &str,
+        target: &Target<'_>,
+        event: &str,
+        args_tail: &str,
+        binaries: Vec<Bytes>,
+    ) {
+        let text = Bytes::from(packet::encode_event(nsp, None, event, args_tail, binaries.len()));
+        let msg = RemoteBroadcast {
+            nsp: nsp.into(),
+            rooms: target.rooms.iter().map(|r| Arc::from(*r)).collect(),
+            except_rooms: target.except_rooms.iter().map(|r| Arc::from(*r)).collect(),
+            except_socket: target.except_socket.map(Arc::from),
+            text,
+            binaries,
+        };
+        self.deliver_local(shard, &msg);
+        let shards = shard.node.config.shards.len();
+        if shards > 1 {
+            let msg = Arc::new(msg);
+            for to in (0..shards).filter(|&to| to != shard.index) {
+                shard.post(to, ShardMsg::SioBroadcast(msg.clone()));
+            }
+        }
+    }
+
+    /// Delivers a broadcast to this shard's matching sockets.
+    pub fn deliver_local(&self, shard: &Shard, b: &RemoteBroadcast) {
+        let targets: Vec<Rc<Socket>> = {
+            let rooms = self.rooms.borrow();
+            let ns_rooms = rooms.get(&*b.nsp);
+            let in_room = |s: &Socket, list: &[Arc<str>]| list.iter().any(|r| s.rooms.borrow().contains(&**r));
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            let mut consider = |s: &Rc<Socket>| {
+                if b.except_socket.as_deref() == Some(&*s.id) || in_room(s, &b.except_rooms) {
+                    return;
+                }
+                if seen.insert(s.id.clone()) {
+                    out.push(s.clone());
+                }
+            };
+            if b.rooms.is_empty() {
+                if let Some(all) = self.sockets.borrow().get(&*b.nsp) {
+                    all.values().for_each(&mut consider);
+                }
+            } else if let Some(ns_rooms) = ns_rooms {
+                for r in &b.rooms {
+                    if let Some(members) = ns_rooms.get(&**r) {
+                        members.values().for_each(&mut consider);
+                    }
+                }
+            }
+            out
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let mut packets = Vec::with_capacity(1 + b.binaries.len());
+        packets.push(EioPacket::Message(Payload::Text(b.text.clone())));
+        packets.extend(b.binaries.iter().map(|x| EioPacket::Message(Payload::Binary(x.clone()))));
+        let prepared = Prepared::new(packets);
+        for s in targets {
+            s.eio.send_prepared(shard, &prepared);
+        }
+    }
+
+    fn index_join(&self, s: &Rc<Socket>, room: Rc<str>) {
+        self.rooms
+            .borrow_mut()
+            .entry(s.nsp.clone())
+            .or_default()
+            .entry(room)
+            .or_default()
+            .insert(s.id.clone(), s.clone());
+    }
+
+    fn index_leave(&self, s: &Socket, room: &str) {
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(ns) = rooms.get_mut(&*s.nsp) {
+            if let Some(members) = ns.get_mut(room) {
+                members.remove(&*s.id);
+                if members.is_empty() {
+                    ns.remove(room);
+                }
+            }
+        }
+    }
+
+    fn remove_socket(&self, shard: &Shard, s: &Rc<Socket>, reason: &str) {
+        if !s.connected.replace(false) {
+            return;
+        }
+        let rooms: Vec<Rc<str>> = s.rooms.borrow_mut().drain().collect();
+        for r in &rooms {
+            self.index_leave(s, r);
+        }
+        if let Some(all) = self.sockets.borrow_mut().get_mut(&*s.nsp) {
+            all.remove(&*s.id);
+        }
+        if let Some(conn) = self.conns.borrow().get(&s.eio.id) {
+            conn.sockets.borrow_mut().remove(&*s.nsp);
+        }
+        let pending: Vec<AckCallback> = s.acks.borrow_mut().drain().map(|(_, cb)| cb).collect();
+        for cb in pending {
+            cb(shard, Err(AckError::Disconnected));
+        }
+        let handlers = s.on_disconnect.borrow().clone();
+        for h in handlers {
+            h(shard, s, reason);
+        }
+    }
+
+    fn connect(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &SioConn, p: &Packet) {
+        let nsp: Rc<str> = p.nsp.as_str().into();
+        if conn.sockets.borrow().contains_key(&nsp) {
+            return; // already connected to it: ignore the repeat, as the reference server does
+        }
+        let Some(ns) = self.namespaces.iter().find(|n| n.matches(&nsp)) else {
+            eio.send(shard, text_packet(packet::encode_connect_error(&nsp, "Invalid namespace")));
+            return;
+        };
+        let socket = Rc::new(Socket {
+            id: random_id().into(),
+            nsp: nsp.clone(),
+            eio: eio.clone(),
+            events: RefCell::new(HashMap::new()),
+            on_disconnect: RefCell::new(Vec::new()),
+            acks: RefCell::new(HashMap::new()),
+            next_ack: Cell::new(0),
+            rooms: RefCell::new(HashSet::new()),
+            connected: Cell::new(false),
+        });
+        let auth = p.data_json();
+        for m in &ns.middleware {
+            if let Err(refusal) = m(shard, &socket, auth) {
+                let data = match &refusal.data {
+                    Some(d) => format!("{{\"message\":{},\"data\":{d}}}", json_string(&refusal.message)),
+                    None => format!("{{\"message\":{}}}", json_string(&refusal.message)),
+                };
+                let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
+                eio.send(shard, text_packet(text));
+                return;
+            }
+        }
+        socket.connected.set(true);
+        conn.joined.set(true);
+        conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
+        self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
+        // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere.
+        let own = socket.id.clone();
+        socket.join(self, &own);
+        eio.send(shard, text_packet(packet::encode_connect(&nsp, &socket.id)));
+        if let Some(h) = &ns.on_connection {
+            h(shard, &socket, auth);
+        }
+    }
+
+    fn dispatch(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &SioConn, p: Packet, binaries: Vec<Bytes>) {
+        match p.kind {
+            PacketKind::Connect => self.connect(shard, eio, conn, &p),
+            PacketKind::Disconnect => {
+                let s = conn.sockets.borrow().get(p.nsp.as_str()).cloned();
+                if let Some(s) = s {
+                    self.remove_socket(shard, &s, "client namespace disconnect");
+                }
+            }
+            PacketKind::Event | PacketKind::BinaryEvent => {
+                let Some(s) = conn.sockets.borrow().get(p.nsp.as_str()).cloned() else { return };
+                let Some(name) = packet::event_name(&p) else { return };
+                let handler = s.events.borrow().get(&*name).cloned();
+                if let Some(h) = handler {
+                    h(shard, &s, Event { name: &name, packet: &p, binaries });
+                }
+            }
+            PacketKind::Ack | PacketKind::BinaryAck => {
+                let Some(s) = conn.sockets.borrow().get(p.nsp.as_str()).cloned() else { return };
+                let Some(id) = p.id else { return };
+                let cb = s.acks.borrow_mut().remove(&id);
+                if let Some(cb) = cb {
+                    let args_tail = packet::args_tail(&p).unwrap_or("").to_string();
+                    cb(shard, Ok(AckResponse { args_tail, binaries }));
+                }
+            }
+            PacketKind::ConnectError => {
+                engineio::close(shard, eio, "parse error", false);
+            }
+        }
+    }
+}
+
+/// A Socket.IO socket id: 120 random bits as 20 base64url characters.
+fn random_id() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
+}
+
+fn text_packet(text: String) -> EioPacket {
+    EioPacket::Message(Payload::Text(Bytes::from(text)))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl EioApp for SocketIo {
+    fn on_open(&self, _shard: &Shard, s: &Rc<EioSession>) {
+        let conn = Rc::new(SioConn {
+            sockets: RefCell::new(HashMap::new()),
+            assembler: RefCell::new(BinaryAssembler::new()),
+            joined: Cell::new(false),
+        });
+        self.conns.borrow_mut().insert(s.id, conn);
+        // A connection that joins no namespace in time is closed.
+        let (s, timeout) = (s.clone(), self.cfg.connect_timeout);
+        monoio::spawn(async move {
+            monoio::time::sleep(timeout).await;
+            let Some(shard) = crate::shard::current() else { return };
+            let Some(io) = shard.apps.socketio.clone() else { return };
+            let idle = io.conns.borrow().get(&s.id).is_some_and(|c| !c.joined.get());
+            if idle && !s.is_closed() {
+                engineio::close(&shard, &s, "connect timeout", true);
+            }
+        });
+    }
+
+    fn on_message(&self, shard: &Shard, s: &Rc<EioSession>, msg: Payload) {
+        let Some(conn) = self.conns.borrow().get(&s.id).cloned() else { return };
+        let assembled = match msg {
+            Payload::Text(t) => match std::str::from_utf8(&t) {
+                Ok(text) => conn.assembler.borrow_mut().push_text(text, self.cfg.max_attachments),
+                Err(_) => Err(packet::SioError::Malformed),
+            },
+            Payload::Binary(b) => conn.assembler.borrow_mut().push_binary(b),
+        };
+        match assembled {
+            Ok(Some((p, binaries))) => self.dispatch(shard, s, &conn, p, binaries),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(sid = %s.sid, error = %e, "closing connection on a bad packet");
+                engineio::close(shard, s, "parse error", false);
+            }
+        }
+    }
+
+    fn on_close(&self, shard: &Shard, s: &Rc<EioSession>, reason: &'static str) {
+        let Some(conn) = self.conns.borrow_mut().remove(&s.id) else { return };
+        let sockets: Vec<Rc<Socket>> = conn.sockets.borrow_mut().drain().map(|(_, s)| s).collect();
+        for socket in sockets {
+            self.remove_socket(shard, &socket, reason);
+        }
+    }
+}
