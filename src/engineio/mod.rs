@@ -577,6 +577,10 @@ impl WsHandler for EioWs {
     }
 
     fn on_message(&self, shard: &Shard, conn: &Rc<Conn>, msg: tungstenite::Message) {
+        if msg.len() > shard.node.config.eio.max_payload {
+            shard.close_session(conn, 1009, "message over maxPayload", crate::metrics::CloseReason::TooBig);
+            return;
+        }
         let p = match msg {
             tungstenite::Message::Text(t) => packet::decode_ws_text(Bytes::from(t)),
             tungstenite::Message::Binary(b) => Ok(Packet::Message(Payload::Binary(b))),
