@@ -36,4 +36,9 @@ if ! .venv/bin/python -c 'import websockets' 2>/dev/null \
   .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/py/requirements.txt
   cp tests/py/requirements.txt .venv/.requirements
 fi
+# Node and the official socket.io-client for tests/js.
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+if ! cmp -s tests/js/package-lock.json tests/js/node_modules/.imks-lock 2>/dev/null; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.imks-lock)
+fi
 echo "setup: test dependencies ready"
