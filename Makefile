@@ -7,7 +7,7 @@ CONFIG ?= $(wildcard imks.toml)
 PYTHON := .venv/bin/python
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: run build release test test-deps lint unit python-tests bench-codec fmt clean
+.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec fmt clean
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -20,7 +20,7 @@ release:
 	$(CARGO) build --release --bin imks
 
 ## test: install what the tests need, then lint, unit/integration tests and the Python client tests
-test: test-deps lint unit python-tests
+test: test-deps lint unit python-tests js-tests
 
 test-deps:
 	scripts/setup-test-deps.sh
@@ -34,6 +34,9 @@ unit:
 
 python-tests: build
 	$(PYTHON) tests/py/run.py $(CARGO_TARGET_DIR)/debug/imks
+
+js-tests: build
+	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
 
 bench-codec:
 	$(CARGO) bench --bench ws_codec --bench http_parse
