@@ -31,6 +31,10 @@ enum Cmd {
         /// Engine.IO ping timeout in ms (the protocol suites expect 200).
         #[arg(long, default_value_t = 200)]
         ping_timeout: u64,
+        /// Turn on Socket.IO connection state recovery with this window in ms (off by default:
+        /// the protocol suites reject the `pid` it adds to CONNECT answers).
+        #[arg(long, default_value_t = 0)]
+        recovery_window_ms: u64,
         /// Optional imks.toml for everything but the listener and message limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -79,8 +83,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Conformance { port, ping_interval, ping_timeout, .. } => {
+        Cmd::Conformance { port, ping_interval, ping_timeout, recovery_window_ms, .. } => {
             config.conformance = true;
+            config.sio.connect_timeout = std::time::Duration::from_millis(1000);
+            config.sio.recovery = (recovery_window_ms > 0).then(|| imks::socketio::recovery::RecoveryConfig {
+                window: std::time::Duration::from_millis(recovery_window_ms),
+                max_packets: 1000,
+            });
             config.eio.ping_interval = std::time::Duration::from_millis(ping_interval.max(1));
             config.eio.ping_timeout = std::time::Duration::from_millis(ping_timeout.max(1));
             config.eio.max_payload = 1_000_000;

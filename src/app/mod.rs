@@ -13,7 +13,7 @@ use crate::engineio::{self, EioApp, EioWs, TransportKind};
 use crate::http::parse::{Method, RequestHead};
 use crate::metrics::{self, render_prometheus};
 use crate::shard::Shard;
-use crate::socketio::{Namespace, SioConfig, SocketIo};
+use crate::socketio::{Namespace, SocketIo};
 use crate::ws::WsHandler;
 
 /// The applications a shard serves, built on the shard itself so handlers may be `!Send`.
@@ -33,13 +33,13 @@ impl Apps {
         if config.conformance {
             return Self {
                 eio_echo: Some(Rc::new(eio_echo::EioEcho)),
-                socketio: Some(Rc::new(sio_conformance::build())),
+                socketio: Some(Rc::new(sio_conformance::build(config.sio.clone()))),
             };
         }
         let socketio = match factory {
             Some(f) => f(),
             // Without an application, `/socket.io/` accepts connections to `/` and nothing else.
-            None => SocketIo::new(SioConfig::default(), vec![Namespace::new("/")]),
+            None => SocketIo::new(config.sio.clone(), vec![Namespace::new("/")]),
         };
         Self { eio_echo: None, socketio: Some(Rc::new(socketio)) }
     }

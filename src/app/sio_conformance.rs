@@ -11,8 +11,9 @@ use crate::socketio::{Event, Namespace, SioConfig, Socket, SocketIo, Target};
 /// How long the server waits for the client's ack in `emit-with-ack`.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn build() -> SocketIo {
-    let cfg = SioConfig { connect_timeout: Duration::from_millis(1000), ..SioConfig::default() };
+/// The application with the node's `[socketio]` settings (the command sets the protocol
+/// suites' connect timeout of 1000 ms).
+pub fn build(cfg: SioConfig) -> SocketIo {
     SocketIo::new(
         cfg,
         vec![Namespace::new("/").on_connection(on_main_connection), Namespace::new("/custom").on_connection(greet)],

@@ -16,7 +16,29 @@ pub struct FileConfig {
     pub rings: RingsSection,
     pub sidecar: SidecarSection,
     pub engineio: EngineIoSection,
+    pub socketio: SocketIoSection,
     pub log: LogSection,
+}
+
+/// `[socketio]`: Socket.IO v5 at `/socket.io/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoSection {
+    /// A connection that joins no namespace within this time is closed, in milliseconds.
+    /// Default 45000.
+    pub connect_timeout_ms: u64,
+    /// Most binary attachments one packet may announce. Default 10.
+    pub max_attachments: usize,
+    /// Connection state recovery window in milliseconds; 0 turns recovery off. Default 0.
+    pub recovery_window_ms: u64,
+    /// Most events kept per socket for recovery. Default 1000.
+    pub recovery_max_packets: usize,
+}
+
+impl Default for SocketIoSection {
+    fn default() -> Self {
+        Self { connect_timeout_ms: 45_000, max_attachments: 10, recovery_window_ms: 0, recovery_max_packets: 1000 }
+    }
 }
 
 /// `[engineio]`: Engine.IO v4, under Socket.IO and the raw Engine.IO endpoint.

@@ -110,6 +110,7 @@ pub struct Config {
     pub sidecar_channel_capacity: usize,
     pub sidecar_probe_timeout: Duration,
     pub eio: crate::engineio::EioConfig,
+    pub sio: crate::socketio::SioConfig,
     pub log_level: String,
     /// Serve the conformance application (set by `imks conformance`, not by the file).
     pub conformance: bool,
@@ -226,6 +227,17 @@ impl Config {
             cors_origins: e.cors_origins.clone(),
             cors_credentials: e.cors_credentials,
         };
+        let so = &file.socketio;
+        positive("socketio.connect_timeout_ms", so.connect_timeout_ms)?;
+        positive("socketio.recovery_max_packets", so.recovery_max_packets as u64)?;
+        let sio = crate::socketio::SioConfig {
+            connect_timeout: Duration::from_millis(so.connect_timeout_ms),
+            max_attachments: so.max_attachments,
+            recovery: (so.recovery_window_ms > 0).then(|| crate::socketio::recovery::RecoveryConfig {
+                window: Duration::from_millis(so.recovery_window_ms),
+                max_packets: so.recovery_max_packets,
+            }),
+        };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
             return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
         }
@@ -285,6 +297,7 @@ impl Config {
             sidecar_channel_capacity: file.sidecar.channel_capacity,
             sidecar_probe_timeout: Duration::from_millis(file.sidecar.probe_timeout_ms),
             eio,
+            sio,
             log_level: file.log.level.clone(),
             conformance: false,
         })

@@ -45,6 +45,10 @@ pub enum ShardMsg {
     EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8> },
     /// A Socket.IO broadcast for this shard's members, encoded once by the sender.
     SioBroadcast(Arc<crate::socketio::RemoteBroadcast>),
+    /// A client reconnected on shard `from` and claims a socket this shard keeps for recovery.
+    SioRestore { from: usize, token: u64, pid: String, offset: Option<String> },
+    /// The answer to [`ShardMsg::SioRestore`].
+    SioRestored { token: u64, result: Option<crate::socketio::recovery::Restored> },
 }
 
 /// Why a shard could not start.
@@ -545,6 +549,16 @@ impl Shard {
             ShardMsg::SioBroadcast(b) => {
                 if let Some(io) = &self.apps.socketio {
                     io.deliver_local(self, &b);
+                }
+            }
+            ShardMsg::SioRestore { from, token, pid, offset } => {
+                if let Some(io) = &self.apps.socketio {
+                    io.on_restore_request(self, from, token, &pid, offset.as_deref());
+                }
+            }
+            ShardMsg::SioRestored { token, result } => {
+                if let Some(io) = &self.apps.socketio {
+                    io.on_restored(token, result);
                 }
             }
         }

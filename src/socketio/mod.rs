@@ -9,6 +9,7 @@
 //! recipient.
 
 pub mod packet;
+pub mod recovery;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -23,19 +24,26 @@ use crate::engineio::{self, EioApp, EioSession, Prepared};
 use crate::shard::session::SessionId;
 use crate::shard::{Shard, ShardMsg};
 use packet::{BinaryAssembler, Packet, PacketKind};
+use recovery::{Logged, RecoveryConfig, Restored, Stored};
 
-/// Socket.IO settings.
-#[derive(Debug, Clone)]
+/// Socket.IO settings (the `[socketio]` section).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SioConfig {
     /// A connection that joins no namespace within this time is closed.
     pub connect_timeout: Duration,
     /// Most binary attachments one packet may announce.
     pub max_attachments: usize,
+    /// Connection state recovery (socket.io 4.6+); off when `None`.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for SioConfig {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(45), max_attachments: packet::DEFAULT_MAX_ATTACHMENTS }
+        Self {
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: packet::DEFAULT_MAX_ATTACHMENTS,
+            recovery: None,
+        }
     }
 }
 
@@ -152,6 +160,12 @@ pub struct Socket {
     next_ack: Cell<u64>,
     rooms: RefCell<HashSet<Rc<str>>>,
     connected: Cell<bool>,
+    /// The private id a client presents to recover this socket (recovery on only).
+    pid: Option<Rc<str>>,
+    /// Recently sent events with their offsets, for recovery.
+    log: RefCell<std::collections::VecDeque<Logged>>,
+    /// This socket resumed a disconnected one: same id, rooms and missed packets.
+    pub recovered: bool,
 }
 
 impl Socket {
@@ -181,8 +195,22 @@ impl Socket {
 
     /// Emits an event with binary attachments (`args_tail` holds the placeholders).
     pub fn emit_binary(&self, shard: &Shard, event: &str, args_tail: &str, binaries: Vec<Bytes>) {
-        let text = packet::encode_event(&self.nsp, None, event, args_tail, binaries.len());
-        self.send(shard, text, binaries);
+        let offset = shard.apps.socketio.as_ref().and_then(|io| io.next_offset(shard));
+        let Some(offset) = offset else {
+            let text = packet::encode_event(&self.nsp, None, event, args_tail, binaries.len());
+            return self.send(shard, text, binaries);
+        };
+        // With recovery on, every event carries its offset as a last argument (as socket.io
+        // does) and is kept for a client that comes back.
+        let tail = recovery::with_offset(args_tail, &offset);
+        let text = Bytes::from(packet::encode_event(&self.nsp, None, event, &tail, binaries.len()));
+        self.record(shard, &offset, &text, &binaries);
+        self.eio.send_prepared(shard, &prepare_bytes(text, &binaries));
+    }
+
+    fn record(&self, shard: &Shard, offset: &Arc<str>, text: &Bytes, binaries: &[Bytes]) {
+        let max = shard.apps.socketio.as_ref().and_then(|io| io.cfg.recovery.as_ref()).map_or(0, |r| r.max_packets);
+        recovery::push_bounded(&mut self.log.borrow_mut(), (offset.clone(), text.clone(), binaries.to_vec()), max);
     }
 
     /// Emits only if the transport can take it right away; otherwise drops it.
@@ -266,8 +294,12 @@ impl Socket {
 }
 
 fn prepare(text: String, binaries: &[Bytes]) -> Prepared {
+    prepare_bytes(Bytes::from(text), binaries)
+}
+
+fn prepare_bytes(text: Bytes, binaries: &[Bytes]) -> Prepared {
     let mut packets = Vec::with_capacity(1 + binaries.len());
-    packets.push(EioPacket::Message(Payload::Text(Bytes::from(text))));
+    packets.push(EioPacket::Message(Payload::Text(text)));
     packets.extend(binaries.iter().map(|b| EioPacket::Message(Payload::Binary(b.clone()))));
     Prepared::new(packets)
 }
@@ -280,6 +312,8 @@ pub struct RemoteBroadcast {
     pub except_socket: Option<Arc<str>>,
     pub text: Bytes,
     pub binaries: Vec<Bytes>,
+    /// The packet's recovery offset (recovery on only).
+    pub offset: Option<Arc<str>>,
 }
 
 /// Who a broadcast goes to.
@@ -315,6 +349,12 @@ pub struct SocketIo {
     rooms: RefCell<HashMap<Rc<str>, RoomIndex>>,
     /// Namespace → socket id → socket.
     sockets: RefCell<HashMap<Rc<str>, Members>>,
+    /// Disconnected sockets that may still be recovered, by private id.
+    stored: RefCell<HashMap<Rc<str>, Stored>>,
+    next_offset: Cell<u64>,
+    /// Recoveries asked of other shards, waiting for their answer.
+    restores: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Option<Restored>>>>,
+    next_restore: Cell<u64>,
 }
 
 impl SocketIo {
@@ -325,7 +365,19 @@ impl SocketIo {
             conns: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
             sockets: RefCell::new(HashMap::new()),
+            stored: RefCell::new(HashMap::new()),
+            next_offset: Cell::new(0),
+            restores: RefCell::new(HashMap::new()),
+            next_restore: Cell::new(0),
         }
+    }
+
+    /// A fresh recovery offset, unique in the node (`<shard>-<seq>`), when recovery is on.
+    fn next_offset(&self, shard: &Shard) -> Option<Arc<str>> {
+        self.cfg.recovery.as_ref()?;
+        let n = self.next_offset.get().wrapping_add(1);
+        self.next_offset.set(n);
+        Some(format!("{}-{n}", shard.index).into())
     }
 
     /// Number of sockets connected on this shard, over all namespaces.
@@ -344,8 +396,14 @@ impl SocketIo {
         args_tail: &str,
         binaries: Vec<Bytes>,
     ) {
-        let text = Bytes::from(packet::encode_event(nsp, None, event, args_tail, binaries.len()));
+        let offset = self.next_offset(shard);
+        let text = match &offset {
+            Some(o) => packet::encode_event(nsp, None, event, &recovery::with_offset(args_tail, o), binaries.len()),
+            None => packet::encode_event(nsp, None, event, args_tail, binaries.len()),
+        };
+        let text = Bytes::from(text);
         let msg = RemoteBroadcast {
+            offset,
             nsp: nsp.into(),
             rooms: target.rooms.iter().map(|r| Arc::from(*r)).collect(),
             except_rooms: target.except_rooms.iter().map(|r| Arc::from(*r)).collect(),
@@ -392,6 +450,19 @@ impl SocketIo {
             }
             out
         };
+        if let Some(offset) = &b.offset {
+            let max = self.cfg.recovery.as_ref().map_or(0, |r| r.max_packets);
+            let entry: Logged = (offset.clone(), b.text.clone(), b.binaries.clone());
+            for t in &targets {
+                recovery::push_bounded(&mut t.log.borrow_mut(), entry.clone(), max);
+            }
+            // Disconnected sockets that match keep it for when they come back.
+            for stored in self.stored.borrow_mut().values_mut() {
+                if recovery::matches(stored, b) {
+                    recovery::push_bounded(&mut stored.log, entry.clone(), max);
+                }
+            }
+        }
         if targets.is_empty() {
             return;
         }
@@ -430,6 +501,11 @@ impl SocketIo {
         if !s.connected.replace(false) {
             return;
         }
+        if let (Some(cfg), Some(pid)) = (&self.cfg.recovery, &s.pid) {
+            if recovery::is_recoverable(reason) {
+                self.store(shard, pid.clone(), Stored::from_socket(s, cfg.window));
+            }
+        }
         let rooms: Vec<Rc<str>> = s.rooms.borrow_mut().drain().collect();
         for r in &rooms {
             self.index_leave(s, r);
@@ -450,17 +526,78 @@ impl SocketIo {
         }
     }
 
-    fn connect(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &SioConn, p: &Packet) {
+    fn connect(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &Rc<SioConn>, p: &Packet) {
         let nsp: Rc<str> = p.nsp.as_str().into();
         if conn.sockets.borrow().contains_key(&nsp) {
             return; // already connected to it: ignore the repeat, as the reference server does
         }
-        let Some(ns) = self.namespaces.iter().find(|n| n.matches(&nsp)) else {
+        let Some(ns_index) = self.namespaces.iter().position(|n| n.matches(&nsp)) else {
             eio.send(shard, text_packet(packet::encode_connect_error(&nsp, "Invalid namespace")));
             return;
         };
+        let auth: Option<String> = p.data_json().map(str::to_string);
+        let claim = if self.cfg.recovery.is_some() { auth.as_deref().and_then(recovery::parse_claim) } else { None };
+        let Some(claim) = claim else {
+            return self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), None);
+        };
+        match recovery::owner_of(&claim.pid).filter(|&o| o != shard.index && o < shard.node.config.shards.len()) {
+            None => {
+                let restored = self.take_stored(&claim.pid, claim.offset.as_deref());
+                self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), restored);
+            }
+            Some(owner) => {
+                // The socket lived on another shard: ask it for the state, then connect here.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let token = self.next_restore.get().wrapping_add(1);
+                self.next_restore.set(token);
+                self.restores.borrow_mut().insert(token, tx);
+                shard.post(
+                    owner,
+                    ShardMsg::SioRestore {
+                        from: shard.index,
+                        token,
+                        pid: claim.pid.clone(),
+                        offset: claim.offset.clone(),
+                    },
+                );
+                let (eio, conn) = (eio.clone(), conn.clone());
+                monoio::spawn(async move {
+                    let restored = monoio::select! {
+                        r = rx => r.ok().flatten(),
+                        _ = monoio::time::sleep(Duration::from_secs(2)) => None,
+                    };
+                    let Some(shard) = crate::shard::current() else { return };
+                    let Some(io) = shard.apps.socketio.clone() else { return };
+                    io.restores.borrow_mut().remove(&token);
+                    if !eio.is_closed() {
+                        io.finish_connect(&shard, &eio, &conn, ns_index, nsp, auth.as_deref(), restored);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Creates the socket (a recovered one when `restored` is given), answers the CONNECT and
+    /// runs the connection handler.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_connect(
+        &self,
+        shard: &Shard,
+        eio: &Rc<EioSession>,
+        conn: &SioConn,
+        ns_index: usize,
+        nsp: Rc<str>,
+        auth: Option<&str>,
+        restored: Option<Restored>,
+    ) {
+        let Some(ns) = self.namespaces.get(ns_index) else { return };
+        let recovering = self.cfg.recovery.is_some();
+        let (id, pid, recovered): (Rc<str>, Option<Rc<str>>, bool) = match &restored {
+            Some(r) => (Rc::from(&*r.sid), Some(Rc::from(&*r.pid)), true),
+            None => (random_id().into(), recovering.then(|| recovery::new_pid(shard.index).into()), false),
+        };
         let socket = Rc::new(Socket {
-            id: random_id().into(),
+            id,
             nsp: nsp.clone(),
             eio: eio.clone(),
             events: RefCell::new(HashMap::new()),
@@ -469,17 +606,22 @@ impl SocketIo {
             next_ack: Cell::new(0),
             rooms: RefCell::new(HashSet::new()),
             connected: Cell::new(false),
+            pid,
+            log: RefCell::new(std::collections::VecDeque::new()),
+            recovered,
         });
-        let auth = p.data_json();
-        for m in &ns.middleware {
-            if let Err(refusal) = m(shard, &socket, auth) {
-                let data = match &refusal.data {
-                    Some(d) => format!("{{\"message\":{},\"data\":{d}}}", json_string(&refusal.message)),
-                    None => format!("{{\"message\":{}}}", json_string(&refusal.message)),
-                };
-                let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
-                eio.send(shard, text_packet(text));
-                return;
+        // A recovered socket already passed the middleware when it first connected.
+        if !recovered {
+            for m in &ns.middleware {
+                if let Err(refusal) = m(shard, &socket, auth) {
+                    let data = match &refusal.data {
+                        Some(d) => format!("{{\"message\":{},\"data\":{d}}}", json_string(&refusal.message)),
+                        None => format!("{{\"message\":{}}}", json_string(&refusal.message)),
+                    };
+                    let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
+                    eio.send(shard, text_packet(text));
+                    return;
+                }
             }
         }
         socket.connected.set(true);
@@ -489,13 +631,61 @@ impl SocketIo {
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere.
         let own = socket.id.clone();
         socket.join(self, &own);
-        eio.send(shard, text_packet(packet::encode_connect(&nsp, &socket.id)));
+        let answer = match &socket.pid {
+            Some(pid) => {
+                let data = format!("{{\"sid\":{},\"pid\":{}}}", json_string(&socket.id), json_string(pid));
+                packet::encode(PacketKind::Connect, &nsp, None, Some(&data), 0)
+            }
+            None => packet::encode_connect(&nsp, &socket.id),
+        };
+        eio.send(shard, text_packet(answer));
+        if let Some(r) = restored {
+            for room in &r.rooms {
+                socket.join(self, room);
+            }
+            let max = self.cfg.recovery.as_ref().map_or(0, |c| c.max_packets);
+            for (offset, text, binaries) in r.missed {
+                recovery::push_bounded(&mut socket.log.borrow_mut(), (offset, text.clone(), binaries.clone()), max);
+                eio.send_prepared(shard, &prepare_bytes(text, &binaries));
+            }
+        }
         if let Some(h) = &ns.on_connection {
             h(shard, &socket, auth);
         }
     }
 
-    fn dispatch(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &SioConn, p: Packet, binaries: Vec<Bytes>) {
+    /// Keeps a disconnected socket's state for the recovery window.
+    fn store(&self, _shard: &Shard, pid: Rc<str>, stored: Stored) {
+        let window = stored.window;
+        self.stored.borrow_mut().insert(pid.clone(), stored);
+        monoio::spawn(async move {
+            monoio::time::sleep(window).await;
+            if let Some(io) = crate::shard::current().and_then(|s| s.apps.socketio.clone()) {
+                io.stored.borrow_mut().remove(&pid);
+            }
+        });
+    }
+
+    /// Takes a stored socket for a client that presents its private id and last offset.
+    fn take_stored(&self, pid: &str, offset: Option<&str>) -> Option<Restored> {
+        let stored = self.stored.borrow_mut().remove(pid)?;
+        stored.restore(pid, offset)
+    }
+
+    /// Another shard asks for a socket stored here; the answer goes back over the ring.
+    pub fn on_restore_request(&self, shard: &Shard, from: usize, token: u64, pid: &str, offset: Option<&str>) {
+        let result = self.take_stored(pid, offset);
+        shard.post(from, ShardMsg::SioRestored { token, result });
+    }
+
+    /// The answer to a recovery asked of another shard.
+    pub fn on_restored(&self, token: u64, result: Option<Restored>) {
+        if let Some(w) = self.restores.borrow_mut().remove(&token) {
+            let _ = w.send(result);
+        }
+    }
+
+    fn dispatch(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &Rc<SioConn>, p: Packet, binaries: Vec<Bytes>) {
         match p.kind {
             PacketKind::Connect => self.connect(shard, eio, conn, &p),
             PacketKind::Disconnect => {
