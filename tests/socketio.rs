@@ -125,3 +125,78 @@ fn no_connect_within_the_timeout_closes_the_connection() {
         "{waited:?}"
     );
 }
+
+/// Connection state recovery across shards: a socket that drops while on shard 0 comes back
+/// through shard 1 with the same id, its rooms and the broadcast it missed.
+#[test]
+fn a_dropped_socket_recovers_its_id_rooms_and_missed_events_on_another_shard() {
+    let (node, _) = start_full(
+        "io_uring",
+        2,
+        |_| {},
+        |c| {
+            c.conformance = true;
+            c.eio.ping_interval = std::time::Duration::from_secs(5);
+            c.eio.ping_timeout = std::time::Duration::from_secs(5);
+            c.sio.recovery = Some(imks::socketio::recovery::RecoveryConfig {
+                window: std::time::Duration::from_secs(10),
+                max_packets: 100,
+            });
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        },
+    );
+    let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+    let connect = |addr: SocketAddr, auth: &str| -> (Ws, serde_json::Value) {
+        let mut c = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+        assert!(text(&mut c).unwrap().starts_with("0{"));
+        c.send(Message::text(format!("40{auth}"))).unwrap();
+        let answer = text(&mut c).unwrap();
+        (c, serde_json::from_str(answer.strip_prefix("40").unwrap()).unwrap())
+    };
+    let last_arg = |packet: &str| -> String {
+        let args: Vec<serde_json::Value> = serde_json::from_str(&packet[packet.find('[').unwrap()..]).unwrap();
+        args.last().unwrap().as_str().unwrap().to_string()
+    };
+
+    let (mut first, hello) = connect(a, "");
+    let (sid, pid) = (hello["sid"].as_str().unwrap().to_string(), hello["pid"].as_str().unwrap().to_string());
+    let auth = text(&mut first).unwrap();
+    assert!(auth.starts_with(r#"42["auth",{},""#), "events carry an offset: {auth}");
+    first.send(Message::text(r#"421["join","r"]"#)).unwrap();
+    assert_eq!(text(&mut first).unwrap(), r#"431["ok"]"#);
+    let (mut publisher, _) = connect(b, "");
+    text(&mut publisher);
+    publisher.send(Message::text(r#"42["publish",{"room":"r","n":1}]"#)).unwrap();
+    let got = text(&mut first).unwrap();
+    assert!(got.starts_with(r#"42["msg",{"room":"r","n":1},"#), "{got}");
+    let offset = last_arg(&got);
+
+    // The transport drops; a publication happens while the socket is away.
+    first.get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+    drop(first);
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        metric_sum(a, "imks_closes_total{shard=\"0\",reason=\"client\"}") >= 1
+    }));
+    publisher.send(Message::text(r#"42["publish",{"room":"r","n":2}]"#)).unwrap();
+    publisher.send(Message::text(r#"421["echo-ack"]"#)).unwrap();
+    assert_eq!(text(&mut publisher).unwrap(), r#"431[]"#);
+
+    let (mut back, hello) = connect(b, &format!(r#"{{"pid":"{pid}","offset":"{offset}"}}"#));
+    assert_eq!(hello["sid"], sid.as_str(), "same socket id");
+    assert_eq!(hello["pid"], pid.as_str());
+    let missed = text(&mut back).unwrap();
+    assert!(missed.starts_with(r#"42["msg",{"room":"r","n":2},"#), "the missed event first: {missed}");
+    // Still in the room.
+    publisher.send(Message::text(r#"42["publish",{"room":"r","n":3}]"#)).unwrap();
+    loop {
+        let t = text(&mut back).unwrap();
+        if t.contains(r#""n":3"#) {
+            break;
+        }
+    }
+
+    // An unknown offset is not recoverable: a fresh socket.
+    let (_c, fresh) = connect(b, &format!(r#"{{"pid":"{pid}","offset":"nope"}}"#));
+    assert_ne!(fresh["sid"], sid.as_str());
+}

@@ -25,6 +25,7 @@ pub fn start_conformance(driver: &str, shards: usize, ping_ms: (u64, u64)) -> (N
         |f| f.server.tick_ms = 20,
         |c| {
             c.conformance = true;
+            c.sio.connect_timeout = Duration::from_millis(1000);
             c.eio.ping_interval = Duration::from_millis(ping_ms.0);
             c.eio.ping_timeout = Duration::from_millis(ping_ms.1);
         },

@@ -2,13 +2,13 @@
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 
-export async function startImks({ pingInterval = 2000, pingTimeout = 2000, shards = 2 } = {}) {
+export async function startImks({ pingInterval = 2000, pingTimeout = 2000, shards = 2, extraArgs = [] } = {}) {
   const bin = process.env.IMKS_TEST_BINARY ?? "../../target/debug/imks";
   const env = { ...process.env, RUST_LOG: "info", IMKS_SERVER__SHARDS: String(shards), IMKS_SERVER__PIN_THREADS: "false" };
   delete env.IMKS_TEST_BINARY;
   const proc = spawn(
     bin,
-    ["conformance", "--port", "0", "--ping-interval", String(pingInterval), "--ping-timeout", String(pingTimeout)],
+    ["conformance", "--port", "0", "--ping-interval", String(pingInterval), "--ping-timeout", String(pingTimeout), ...extraArgs],
     { env, stdio: ["ignore", "pipe", "inherit"] },
   );
   const lines = createInterface({ input: proc.stdout });
