@@ -34,12 +34,13 @@ unit:
 
 python-tests: build
 	$(PYTHON) tests/py/run.py $(CARGO_TARGET_DIR)/debug/imks
+	$(PYTHON) tests/py/socketio_client.py $(CARGO_TARGET_DIR)/debug/imks
 
 js-tests: build
 	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
 
 bench-codec:
-	$(CARGO) bench --bench ws_codec --bench http_parse
+	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet
 
 fmt:
 	$(CARGO) fmt --all
