@@ -15,7 +15,7 @@
 //!   without the comma, and the test suite does too;
 //! - `ack id` is the run of digits right before the data;
 //! - `data` is JSON, and is kept exactly as the client sent it (a validated
-//!   [`RawValue`](serde_json::value::RawValue), with its key order and spacing), so a server can
+//!   [`RawValue`], with its key order and spacing), so a server can
 //!   forward or echo arguments without re-serialising them.
 //!
 //! Decoding validates each packet the way the reference parser does (socket.io-parser 4.2),
@@ -252,8 +252,10 @@ pub enum SioError {
 ///
 /// Compared with the reference parser this refuses a few inputs it lets through but that no
 /// client produces: ack ids on CONNECT/DISCONNECT/CONNECT_ERROR, ACKs without id or data, an
-/// empty attachment count (`5-`), JSON data with leading whitespace, numbers as event names,
-/// and placeholder sets that skip or repeat attachment numbers.
+/// empty attachment count (`5-`), JSON data with leading whitespace, numbers as event names
+/// or names that are lone UTF-16 surrogates, placeholder sets that skip or repeat attachment
+/// numbers, and binary-packet data nested deeper than serde_json's 128-level recursion limit
+/// (non-binary data are skipped iteratively and may nest arbitrarily deep).
 pub fn decode(text: &str, max_attachments: usize) -> Result<Packet, SioError> {
     let bytes = text.as_bytes();
     let Some(&first) = bytes.first() else {
@@ -1346,6 +1348,10 @@ mod tests {
         assert_eq!(err(r#"5[ "disconnect" ]"#), SioError::BadAttachments);
         assert_eq!(err(r#"50-[ "disconnect" ]"#), SioError::ReservedEvent);
         assert_eq!(d(r#"2["x","connect"]"#).kind, PacketKind::Event);
+        // A lone surrogate is valid JSON text but cannot be a Rust string, so it cannot name an
+        // event here (JavaScript would accept it); as an argument it is carried verbatim.
+        assert_eq!(err(r#"2["\ud800"]"#), SioError::BadEventPayload);
+        assert_eq!(d(r#"2["x","\ud800"]"#).data_json(), Some(r#"["x","\ud800"]"#));
         // Ack ids.
         assert_eq!(err(r#"2abc["x"]"#), SioError::BadAckId);
         assert_eq!(err(r#"212x["x"]"#), SioError::BadAckId);
@@ -1472,6 +1478,8 @@ mod tests {
         assert_eq!(args_tail(&ack), Some(r#"1,{"a":[2]}"#));
         assert_eq!(args_raw(&ack).unwrap().len(), 2);
         assert_eq!(args_tail(&d("35[]")), Some(""));
+        assert_eq!(args_tail(&d("3/x,1[ ]")), Some(""));
+        assert_eq!(args_tail(&d(r#"2/x,1[ "e" ]"#)), Some(""));
 
         let connect = d(r#"0{"a":1}"#);
         assert_eq!(event_name(&connect), None);
