@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use imks::config::file::FileConfig;
 use imks::shard::Shard;
-use imks::socketio::{Namespace, SioConfig, Socket, SocketIo, Target};
+use imks::socketio::{Namespace, SioConfig, Socket, SocketIo};
 use imks::{Config, Node};
 
 fn chat() -> SocketIo {
@@ -40,8 +40,7 @@ fn on_connection(shard: &Shard, socket: &Rc<Socket>, _auth: Option<&str>) {
         let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };
         let Some(room) = msg["room"].as_str() else { return };
         // Encoded once, delivered to the room's members on every shard, sender excluded.
-        let target = Target { rooms: vec![room], except_socket: Some(&socket.id), ..Target::default() };
-        io.broadcast(shard, "/", &target, "said", ev.args_tail(), Vec::new());
+        io.of("/").to(room).except_socket(&socket.id).emit(shard, "said", ev.args_tail());
     });
     socket.on_disconnect(|_shard, socket, reason| tracing::info!(id = %socket.id, reason, "left"));
 }

@@ -200,3 +200,21 @@ fn a_dropped_socket_recovers_its_id_rooms_and_missed_events_on_another_shard() {
     let (_c, fresh) = connect(b, &format!(r#"{{"pid":"{pid}","offset":"nope"}}"#));
     assert_ne!(fresh["sid"], sid.as_str());
 }
+
+#[test]
+fn shutdown_closes_socketio_websockets_with_1001() {
+    let (node, addr) = start_conformance("io_uring", 2, (5000, 5000));
+    let mut c = connected(addr);
+    let stopper = std::thread::spawn(move || node.shutdown());
+    let code = loop {
+        match c.read() {
+            Ok(Message::Text(t)) => assert_eq!(t.as_str(), "1", "an Engine.IO close packet first"),
+            Ok(Message::Close(f)) => break u16::from(f.expect("a close code").code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1001);
+    let _ = c.flush();
+    assert!(stopper.join().unwrap());
+}

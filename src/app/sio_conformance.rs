@@ -6,7 +6,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use crate::shard::Shard;
-use crate::socketio::{Event, Namespace, SioConfig, Socket, SocketIo, Target};
+use crate::socketio::{Event, Namespace, SioConfig, Socket, SocketIo};
 
 /// How long the server waits for the client's ack in `emit-with-ack`.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,8 +44,7 @@ fn on_main_connection(shard: &Shard, s: &Rc<Socket>, auth: Option<&str>) {
         let Some(io) = &shard.apps.socketio else { return };
         let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };
         let Some(room) = msg.get("room").and_then(|r| r.as_str()) else { return };
-        let target = Target { rooms: vec![room], ..Target::default() };
-        io.broadcast(shard, "/", &target, "msg", ev.args_tail(), ev.binaries.clone());
+        io.of("/").to(room).emit_binary(shard, "msg", ev.args_tail(), ev.binaries.clone());
     });
 }
 

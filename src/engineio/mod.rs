@@ -282,28 +282,40 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
     if s.closed.get() {
         return;
     }
-    if notify {
-        let conn = match &*s.transport.borrow() {
-            Transport::WebSocket(c) => Some(c.clone()),
-            Transport::Polling => None,
-        };
-        match conn {
-            Some(c) => {
+    let conn = match &*s.transport.borrow() {
+        Transport::WebSocket(c) => Some(c.clone()),
+        Transport::Polling => None,
+    };
+    match conn {
+        Some(c) => {
+            if notify {
                 shard.deliver(&c, ws_frame(&Packet::Close));
-                shard.close_session(&c, 1000, "", crate::metrics::CloseReason::Client);
             }
-            None => s.queue.borrow_mut().push_back(Packet::Close),
+            if !c.reader_done.get() {
+                let (code, why) = ws_close_for(reason);
+                shard.close_session(&c, code, "", why);
+            }
         }
-    } else if let Transport::WebSocket(c) = &*s.transport.borrow() {
-        if !c.reader_done.get() {
-            shard.close_session(c, 1000, "", crate::metrics::CloseReason::Client);
-        }
+        None if notify => s.queue.borrow_mut().push_back(Packet::Close),
+        None => {}
     }
     s.closed.set(true);
     s.wake_poll();
     shard.engine.remove(s);
     // Called once our state is final, so the app sees a closed, unregistered session.
     s.app.clone().on_close(shard, s, reason);
+}
+
+/// The WebSocket close code and metrics reason for an Engine.IO close reason.
+fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
+    use crate::metrics::CloseReason;
+    match reason {
+        "server shutting down" => (1001, CloseReason::Shutdown),
+        "parse error" => (1002, CloseReason::Protocol),
+        "ping timeout" => (1000, CloseReason::PingTimeout),
+        "transport error" => (1000, CloseReason::Io),
+        _ => (1000, CloseReason::Client),
+    }
 }
 
 /// Starts a session's heartbeat: a ping every `ping_interval` (the first one interval after the

@@ -327,6 +327,41 @@ pub struct Target<'a> {
     pub except_socket: Option<&'a str>,
 }
 
+/// A broadcast being built by [`SocketIo::of`]. Without `to`, it reaches the whole namespace.
+pub struct BroadcastOp<'a> {
+    io: &'a SocketIo,
+    nsp: &'a str,
+    target: Target<'a>,
+}
+
+impl<'a> BroadcastOp<'a> {
+    /// Adds a room: members of any added room receive it.
+    pub fn to(mut self, room: &'a str) -> Self {
+        self.target.rooms.push(room);
+        self
+    }
+
+    /// Leaves out members of this room.
+    pub fn except(mut self, room: &'a str) -> Self {
+        self.target.except_rooms.push(room);
+        self
+    }
+
+    /// Leaves out one socket (usually the sender).
+    pub fn except_socket(mut self, id: &'a str) -> Self {
+        self.target.except_socket = Some(id);
+        self
+    }
+
+    pub fn emit(self, shard: &Shard, event: &str, args_tail: &str) {
+        self.emit_binary(shard, event, args_tail, Vec::new());
+    }
+
+    pub fn emit_binary(self, shard: &Shard, event: &str, args_tail: &str, binaries: Vec<Bytes>) {
+        self.io.broadcast(shard, self.nsp, &self.target, event, args_tail, binaries);
+    }
+}
+
 /// Per-connection state: the sockets of each namespace and the binary assembler.
 struct SioConn {
     sockets: RefCell<HashMap<Rc<str>, Rc<Socket>>>,
@@ -385,6 +420,11 @@ impl SocketIo {
         self.sockets.borrow().values().map(HashMap::len).sum()
     }
 
+    /// Starts a broadcast to namespace `nsp`: `io.of("/").to("room").except("muted").emit(...)`.
+    pub fn of<'a>(&'a self, nsp: &'a str) -> BroadcastOp<'a> {
+        BroadcastOp { io: self, nsp, target: Target::default() }
+    }
+
     /// Sends an event to the target sockets of `nsp` on every shard of the node, exactly once
     /// each. Encoded once here; other shards get the same bytes through the rings.
     pub fn broadcast(
@@ -427,13 +467,17 @@ impl SocketIo {
             let rooms = self.rooms.borrow();
             let ns_rooms = rooms.get(&*b.nsp);
             let in_room = |s: &Socket, list: &[Arc<str>]| list.iter().any(|r| s.rooms.borrow().contains(&**r));
+            // Only a union of several rooms can list a socket twice.
+            let dedupe = b.rooms.len() > 1;
             let mut seen = HashSet::new();
             let mut out = Vec::new();
             let mut consider = |s: &Rc<Socket>| {
-                if b.except_socket.as_deref() == Some(&*s.id) || in_room(s, &b.except_rooms) {
+                if b.except_socket.as_deref() == Some(&*s.id)
+                    || (!b.except_rooms.is_empty() && in_room(s, &b.except_rooms))
+                {
                     return;
                 }
-                if seen.insert(s.id.clone()) {
+                if !dedupe || seen.insert(s.id.clone()) {
                     out.push(s.clone());
                 }
             };
