@@ -1,0 +1,121 @@
+//! The embeddable Socket.IO API on a real node: dynamic namespaces, middleware refusing with
+//! data, server-side disconnect, ack timeouts and disconnect reasons.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use imks::config::file::FileConfig;
+use imks::socketio::{AckError, ConnectRefusal, Namespace, SioConfig, SocketIo};
+use imks::{Config, Node};
+use tungstenite::Message;
+
+fn text(c: &mut Ws) -> Option<String> {
+    loop {
+        match c.read() {
+            Ok(Message::Text(t)) if t.as_str() == "2" => c.send(Message::text("3")).unwrap(),
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(m) => panic!("unexpected {m:?}"),
+        }
+    }
+}
+
+fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
+    let mut f = FileConfig::default();
+    f.server.listen = vec!["127.0.0.1:0".into()];
+    f.server.shards = 2;
+    f.server.pin_threads = false;
+    f.log.level = "warn".into();
+    let config = Config::resolve(f, |_| Ok(None)).unwrap();
+    let factory = move || {
+        let reasons = reasons.clone();
+        let on_connection = move |shard: &imks::shard::Shard,
+                                  s: &std::rc::Rc<imks::socketio::Socket>,
+                                  _: Option<&str>| {
+            let reasons = reasons.clone();
+            s.on_disconnect(move |_, _, reason| reasons.lock().unwrap().push(reason.to_string()));
+            s.on("kick", |shard, s, _| {
+                if let Some(io) = &shard.apps.socketio {
+                    s.disconnect(shard, io, false);
+                }
+            });
+            s.on("ask", |shard, s, _| {
+                let me = std::rc::Rc::downgrade(s);
+                s.emit_with_ack(shard, "question", "", Vec::new(), Duration::from_millis(200), move |shard, res| {
+                    if let (Err(AckError::Timeout), Some(s)) = (res, me.upgrade()) {
+                        s.emit(shard, "ack-timeout", "");
+                    }
+                });
+            });
+            let _ = shard;
+        };
+        SocketIo::new(
+            SioConfig::default(),
+            vec![
+                Namespace::new("/").on_connection(on_connection),
+                Namespace::new("/private").middleware(|_, _, auth| match auth {
+                    Some(a) if a.contains("\"secret\"") => Ok(()),
+                    _ => Err(ConnectRefusal {
+                        message: "unauthorized".into(),
+                        data: Some(r#"{"need":"secret"}"#.into()),
+                    }),
+                }),
+                Namespace::dynamic(|name| name.starts_with("/dyn-")),
+            ],
+        )
+    };
+    let node = Node::start_with(config, Some(Arc::new(factory))).unwrap();
+    let addr = node.local_addrs()[0];
+    (node, addr)
+}
+
+fn open(addr: SocketAddr) -> Ws {
+    let mut c = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+    assert!(text(&mut c).unwrap().starts_with("0{"));
+    c
+}
+
+#[test]
+fn namespaces_middleware_and_server_side_disconnect() {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let (_node, addr) = start_app(reasons.clone());
+    let mut c = open(addr);
+
+    c.send(Message::text("40/private,")).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"44/private,{"message":"unauthorized","data":{"need":"secret"}}"#);
+    c.send(Message::text(r#"40/private,{"secret":1}"#)).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40/private,{\"sid\":"));
+
+    c.send(Message::text("40/dyn-42,")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40/dyn-42,{\"sid\":"));
+    c.send(Message::text("40/other,")).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"44/other,{"message":"Invalid namespace"}"#);
+
+    c.send(Message::text("40")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
+    // The server asks with an ack we never give: its callback sees the timeout.
+    c.send(Message::text(r#"42["ask"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"421["question"]"#);
+    assert_eq!(text(&mut c).unwrap(), r#"42["ack-timeout"]"#);
+    // Kicked from `/` by the server; the connection and other namespaces live on.
+    c.send(Message::text(r#"42["kick"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), "41");
+    assert!(
+        wait_until(Duration::from_secs(5), || reasons.lock().unwrap().as_slice() == ["server namespace disconnect"])
+    );
+    c.send(Message::text("40")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
+    c.send(Message::text("41")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || reasons.lock().unwrap().len() == 2));
+    assert_eq!(reasons.lock().unwrap()[1], "client namespace disconnect");
+    c.send(Message::text("40")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || reasons.lock().unwrap().len() == 3));
+    assert_eq!(reasons.lock().unwrap()[2], "transport close");
+}
