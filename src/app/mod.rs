@@ -128,10 +128,8 @@ fn engine_route(shard: &Shard, app: Rc<dyn EioApp>, head: &RequestHead) -> Route
                 return Route::HandOff { owner, sid: sid.clone() };
             }
             _ => match shard.engine.get(shard, sid) {
-                Some(s) if !s.is_websocket() && !s.is_closed() => Some(s),
-                Some(_) => {
-                    return Route::Http(HttpRoute::Fixed(engineio::RequestError::BadRequest.response(head, cfg)))
-                }
+                // A session already on a WebSocket: `EioWs` answers 101 and closes at once.
+                Some(s) => Some(s),
                 None => return Route::Http(HttpRoute::Fixed(engineio::RequestError::UnknownSid.response(head, cfg))),
             },
         },

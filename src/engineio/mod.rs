@@ -9,13 +9,12 @@
 
 pub mod packet;
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -105,14 +104,30 @@ pub struct EioSession {
     /// A WebSocket has sent `2probe` and the upgrade is not finished.
     upgrading: Cell<bool>,
     awaiting_pong: Cell<bool>,
+    /// The heartbeat task, while it waits for a pong.
+    pong_waiter: RefCell<Option<Waker>>,
+    /// When the next ping is due: one interval after the open packet, then after each pong.
+    /// The session is dead once `ping_due + ping_timeout` passes without a pong, to the
+    /// millisecond (the protocol allows no grace), whatever the timers' slack.
+    ping_due: Cell<Instant>,
     closed: Cell<bool>,
-    /// State of the layer above, e.g. the Socket.IO connection.
-    pub ext: RefCell<Option<Box<dyn Any>>>,
+    /// Set on close, so tasks waiting on the session's timers let go of it at once.
+    closed_event: crate::util::LocalEvent,
 }
 
 impl EioSession {
     pub fn is_closed(&self) -> bool {
         self.closed.get()
+    }
+
+    /// Resolves when the session closes.
+    pub async fn wait_closed(&self) {
+        self.closed_event.wait().await
+    }
+
+    /// Whether the pong deadline has passed (the heartbeat task may not have noticed yet).
+    fn expired(&self, shard: &Shard) -> bool {
+        Instant::now() >= self.ping_due.get() + shard.node.config.eio.ping_timeout
     }
 
     pub fn is_websocket(&self) -> bool {
@@ -134,6 +149,20 @@ impl EioSession {
         }
         match self.websocket() {
             Some(c) => shard.deliver(&c, ws_frame(&p)),
+            None => self.queue_for_polling(shard, std::iter::once(p)),
+        }
+    }
+
+    /// Sends one packet that the client should read on its own: on a WebSocket it leaves in a
+    /// socket write of its own. (Some clients, the protocol test suites among them, handle one
+    /// message per read and drop a second one that arrives in the same read; the reference
+    /// server never batches a reply with what follows it.)
+    pub fn send_flushed(self: &Rc<Self>, shard: &Shard, p: Packet) {
+        if self.closed.get() {
+            return;
+        }
+        match self.websocket() {
+            Some(c) => shard.deliver_flushed(&c, ws_frame(&p)),
             None => self.queue_for_polling(shard, std::iter::once(p)),
         }
     }
@@ -252,8 +281,10 @@ impl Engine {
             poll_active: Cell::new(false),
             upgrading: Cell::new(false),
             awaiting_pong: Cell::new(false),
+            pong_waiter: RefCell::new(None),
+            ping_due: Cell::new(Instant::now() + shard.node.config.eio.ping_interval),
             closed: Cell::new(false),
-            ext: RefCell::new(None),
+            closed_event: crate::util::LocalEvent::default(),
         });
         entry.insert(s.clone());
         Some(s)
@@ -300,7 +331,11 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
         None => {}
     }
     s.closed.set(true);
+    s.closed_event.set();
     s.wake_poll();
+    if let Some(w) = s.pong_waiter.borrow_mut().take() {
+        w.wake();
+    }
     shard.engine.remove(s);
     // Called once our state is final, so the app sees a closed, unregistered session.
     s.app.clone().on_close(shard, s, reason);
@@ -318,24 +353,43 @@ fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
     }
 }
 
-/// Starts a session's heartbeat: a ping every `ping_interval` (the first one interval after the
-/// open packet), and the session closes if no pong follows within `ping_timeout`.
+/// Starts a session's heartbeat, as the reference server does it: a ping one `ping_interval`
+/// after the open packet, then one `ping_interval` after each pong; a ping without a pong within
+/// `ping_timeout` closes the session. (Clients expect a ping at most interval + timeout after the
+/// previous one, so the next ping must not wait for the timeout to run out.)
 fn start_heartbeat(shard: &Rc<Shard>, s: &Rc<EioSession>) {
     let (shard, s) = (shard.clone(), s.clone());
     monoio::spawn(async move {
         let cfg = &shard.node.config.eio;
         loop {
-            monoio::time::sleep(cfg.ping_interval).await;
+            let due = monoio::time::Instant::from_std(s.ping_due.get());
+            monoio::select! {
+                _ = monoio::time::sleep_until(due) => {},
+                _ = s.closed_event.wait() => {},
+            }
             if s.closed.get() {
                 break;
             }
             s.awaiting_pong.set(true);
             s.send(&shard, Packet::Ping(None));
-            monoio::time::sleep(cfg.ping_timeout).await;
+            let answered = poll_fn(|cx| {
+                if !s.awaiting_pong.get() || s.closed.get() {
+                    Poll::Ready(())
+                } else {
+                    *s.pong_waiter.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            let deadline = monoio::time::Instant::from_std(s.ping_due.get() + cfg.ping_timeout);
+            let timed_out = monoio::select! {
+                _ = answered => false,
+                _ = monoio::time::sleep_until(deadline) => true,
+            };
+            s.pong_waiter.borrow_mut().take();
             if s.closed.get() {
                 break;
             }
-            if s.awaiting_pong.get() {
+            if timed_out && s.awaiting_pong.get() {
                 close(&shard, &s, "ping timeout", false);
                 break;
             }
@@ -364,7 +418,13 @@ fn on_packet(shard: &Shard, s: &Rc<EioSession>, p: Packet) -> bool {
         Packet::Message(m) => {
             s.app.clone().on_message(shard, s, m);
         }
-        Packet::Pong(_) => s.awaiting_pong.set(false),
+        Packet::Pong(_) => {
+            s.awaiting_pong.set(false);
+            s.ping_due.set(Instant::now() + shard.node.config.eio.ping_interval);
+            if let Some(w) = s.pong_waiter.borrow_mut().take() {
+                w.wake();
+            }
+        }
         Packet::Close => {
             close(shard, s, "transport close", false);
             return false;
@@ -465,6 +525,10 @@ pub async fn serve_poll(shard: &Shard, sid: &str, post: bool, body: &[u8]) -> Re
     let Some(s) = shard.engine.get(shard, sid) else {
         return error_body(RequestError::UnknownSid);
     };
+    if s.expired(shard) {
+        close(shard, &s, "ping timeout", false);
+        return error_body(RequestError::UnknownSid);
+    }
     if s.is_websocket() && !s.upgrading.get() {
         return error_body(RequestError::BadRequest);
     }
@@ -483,7 +547,7 @@ fn error_body(e: RequestError) -> Response {
 /// Serves a WebSocket another shard accepted and upgraded for a session of this one.
 pub fn adopt(shard: &Rc<Shard>, fd: std::os::fd::OwnedFd, sid: &str, leftover: Vec<u8>) {
     let std_stream = std::net::TcpStream::from(fd);
-    let Some(s) = shard.engine.get(shard, sid).filter(|s| !s.is_websocket() && !s.closed.get()) else {
+    let Some(s) = shard.engine.get(shard, sid) else {
         // The session ended meanwhile: the socket closes when dropped.
         return;
     };
@@ -521,7 +585,7 @@ async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
     }
     s.poll_active.set(true);
     poll_fn(|cx| {
-        if !s.queue.borrow().is_empty() || s.closed.get() {
+        if !s.queue.borrow().is_empty() || s.closed.get() || s.upgrading.get() || s.is_websocket() {
             Poll::Ready(())
         } else {
             *s.poll_waiter.borrow_mut() = Some(cx.waker().clone());
@@ -530,8 +594,12 @@ async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
     })
     .await;
     s.poll_active.set(false);
+    if s.is_websocket() && !s.upgrading.get() && !s.closed.get() {
+        // The upgrade finished while this GET waited: polling is over for this session.
+        return error_body(RequestError::BadRequest);
+    }
     if s.queue.borrow().is_empty() {
-        // Closed by the client or the upgrade finished: answer with a noop.
+        // Closed by the client, or upgrading: a noop lets the client pause polling.
         return Response::new(200, "text/plain; charset=UTF-8", "6");
     }
     payload_response(s)
@@ -575,7 +643,12 @@ impl EioWs {
 
 impl WsHandler for EioWs {
     fn on_open(&self, shard: &Rc<Shard>, conn: &Rc<Conn>) {
-        if self.upgrade_of.is_some() {
+        if let Some(s) = &self.upgrade_of {
+            if s.closed.get() || s.upgrading.get() || s.is_websocket() {
+                // Another WebSocket has this session (or is taking it): as the reference
+                // server does, accept the handshake and close at once.
+                shard.close_session(conn, 1008, "session already upgraded", crate::metrics::CloseReason::Protocol);
+            }
             return; // the session goes on; it switches to us on `5`
         }
         let Some(s) = shard.engine.create(shard, self.app.clone(), Transport::WebSocket(conn.clone())) else {
@@ -614,16 +687,14 @@ impl WsHandler for EioWs {
             Ok(Packet::Ping(Some(d))) if &d[..] == b"probe" && !s.upgrading.get() => {
                 s.upgrading.set(true);
                 shard.deliver(conn, ws_frame(&Packet::Pong(Some(d))));
-                // Release a pending GET so the client can pause polling.
-                s.queue.borrow_mut().push_back(Packet::Noop);
+                // Release a pending GET (it answers `6`) so the client can pause polling.
                 s.wake_poll();
             }
             Ok(Packet::Upgrade) if s.upgrading.get() => {
                 *s.transport.borrow_mut() = Transport::WebSocket(conn.clone());
                 s.upgrading.set(false);
                 // Whatever the polling side had not fetched goes out on the WebSocket.
-                let pending: Vec<Packet> =
-                    s.queue.borrow_mut().drain(..).filter(|p| !matches!(p, Packet::Noop)).collect();
+                let pending: Vec<Packet> = s.queue.borrow_mut().drain(..).collect();
                 for p in pending {
                     shard.deliver(conn, ws_frame(&p));
                 }

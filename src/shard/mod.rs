@@ -470,7 +470,17 @@ impl Shard {
 
     /// Queues a data frame for a local session, applying its backpressure policy.
     pub fn deliver(&self, c: &Conn, frame: Bytes) {
-        match c.enqueue(FrameKind::Data, frame) {
+        self.deliver_as(c, FrameKind::Data, frame);
+    }
+
+    /// As [`Shard::deliver`], but the frame leaves in a socket write of its own
+    /// ([`FrameKind::DataFlush`]).
+    pub fn deliver_flushed(&self, c: &Conn, frame: Bytes) {
+        self.deliver_as(c, FrameKind::DataFlush, frame);
+    }
+
+    fn deliver_as(&self, c: &Conn, kind: FrameKind, frame: Bytes) {
+        match c.enqueue(kind, frame) {
             Enqueued::Queued | Enqueued::Closed => {}
             Enqueued::DroppedNewest => metrics::add(&self.stats.drops_newest, 1),
             Enqueued::DroppedOldest => metrics::add(&self.stats.drops_oldest, 1),

@@ -88,10 +88,19 @@ impl FromStr for SessionId {
 pub enum FrameKind {
     /// Application data: counts against the queue limit and may be dropped by policy.
     Data,
+    /// Data that must leave in a socket write of its own, after which the writer takes more
+    /// (a reply a client may expect to read apart from what follows it).
+    DataFlush,
     /// Ping, pong: never dropped, limited separately.
     Control,
     /// A close frame: nothing is queued after it, and the writer shuts the socket after it.
     Close,
+}
+
+impl FrameKind {
+    fn is_data(self) -> bool {
+        matches!(self, FrameKind::Data | FrameKind::DataFlush)
+    }
 }
 
 /// Result of offering a frame to a send queue.
@@ -121,11 +130,13 @@ pub struct SendQueue {
     limit: usize,
     policy: Backpressure,
     closed: bool,
+    /// The last drain stopped after a [`FrameKind::DataFlush`] frame.
+    stopped_at_flush: bool,
 }
 
 impl SendQueue {
     pub fn new(limit: usize, policy: Backpressure) -> Self {
-        Self { frames: VecDeque::new(), data: 0, control: 0, limit, policy, closed: false }
+        Self { frames: VecDeque::new(), data: 0, control: 0, limit, policy, closed: false, stopped_at_flush: false }
     }
 
     /// Offers one encoded frame. Never grows past `limit` data frames.
@@ -134,11 +145,11 @@ impl SendQueue {
             return Enqueued::Closed;
         }
         match kind {
-            FrameKind::Data if self.data >= self.limit => match self.policy {
+            FrameKind::Data | FrameKind::DataFlush if self.data >= self.limit => match self.policy {
                 Backpressure::Close => Enqueued::Overflow,
                 Backpressure::DropNewest => Enqueued::DroppedNewest,
                 Backpressure::DropOldest => {
-                    if let Some(i) = self.frames.iter().position(|(k, _)| *k == FrameKind::Data) {
+                    if let Some(i) = self.frames.iter().position(|(k, _)| k.is_data()) {
                         self.frames.remove(i);
                         self.frames.push_back((kind, frame));
                         Enqueued::DroppedOldest
@@ -147,7 +158,7 @@ impl SendQueue {
                     }
                 }
             },
-            FrameKind::Data => {
+            FrameKind::Data | FrameKind::DataFlush => {
                 self.data += 1;
                 self.frames.push_back((kind, frame));
                 Enqueued::Queued
@@ -168,7 +179,7 @@ impl SendQueue {
 
     /// Drops every queued data frame (before a close that must not wait behind them).
     pub fn clear_data(&mut self) {
-        self.frames.retain(|(k, _)| *k != FrameKind::Data);
+        self.frames.retain(|(k, _)| !k.is_data());
         self.data = 0;
     }
 
@@ -182,6 +193,11 @@ impl SendQueue {
             n += 1;
             match kind {
                 FrameKind::Data => self.data -= 1,
+                FrameKind::DataFlush => {
+                    self.data -= 1;
+                    self.stopped_at_flush = true;
+                    return (n, false);
+                }
                 FrameKind::Control => self.control -= 1,
                 FrameKind::Close => return (n, true),
             }
@@ -191,6 +207,11 @@ impl SendQueue {
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// Whether the last drain stopped at a flush frame; resets the flag.
+    pub fn take_stopped_at_flush(&mut self) -> bool {
+        std::mem::take(&mut self.stopped_at_flush)
     }
 
     /// Whether the next data frame would meet the backpressure policy.
@@ -347,11 +368,26 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_frame_ends_the_write_batch() {
+        let mut q = SendQueue::new(8, Backpressure::Close);
+        q.push(FrameKind::Data, b("a"));
+        q.push(FrameKind::DataFlush, b("b"));
+        q.push(FrameKind::Data, b("c"));
+        let mut out = Vec::new();
+        assert_eq!(q.drain_into(&mut out, 1 << 20), (2, false));
+        assert_eq!(out, b"ab");
+        out.clear();
+        assert_eq!(q.drain_into(&mut out, 1 << 20), (1, false));
+        assert_eq!(out, b"c");
+    }
+
+    #[test]
     fn drop_newest_keeps_the_first_frames() {
         let mut q = SendQueue::new(2, Backpressure::DropNewest);
         q.push(FrameKind::Data, b("a"));
         q.push(FrameKind::Data, b("b"));
         assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::DroppedNewest);
+        assert_eq!(q.push(FrameKind::DataFlush, b("d")), Enqueued::DroppedNewest, "counts as data");
         let mut out = vec![];
         q.drain_into(&mut out, usize::MAX);
         assert_eq!(out, b"ab");

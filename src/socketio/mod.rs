@@ -682,7 +682,7 @@ impl SocketIo {
             }
             None => packet::encode_connect(&nsp, &socket.id),
         };
-        eio.send(shard, text_packet(answer));
+        eio.send_flushed(shard, text_packet(answer));
         if let Some(r) = restored {
             for room in &r.rooms {
                 socket.join(self, room);
@@ -787,7 +787,10 @@ impl EioApp for SocketIo {
         // A connection that joins no namespace in time is closed.
         let (s, timeout) = (s.clone(), self.cfg.connect_timeout);
         monoio::spawn(async move {
-            monoio::time::sleep(timeout).await;
+            monoio::select! {
+                _ = monoio::time::sleep(timeout) => {},
+                _ = s.wait_closed() => return,
+            }
             let Some(shard) = crate::shard::current() else { return };
             let Some(io) = shard.apps.socketio.clone() else { return };
             let idle = io.conns.borrow().get(&s.id).is_some_and(|c| !c.joined.get());

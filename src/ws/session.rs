@@ -21,6 +21,12 @@ use crate::metrics::{self, CloseReason};
 use crate::shard::session::{Conn, Enqueued, FrameKind, Phase};
 use crate::shard::Shard;
 
+/// A session's first read buffer; it doubles up to `http.read_buffer_bytes` when reads fill it.
+const MIN_READ_BUFFER: usize = 2048;
+
+/// How long the writer waits after a frame that must be read on its own before sending more.
+const FLUSH_PAUSE: Duration = Duration::from_millis(1);
+
 /// Most bytes the writer gathers into one socket write.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
@@ -52,7 +58,10 @@ pub async fn run(
         codec.feed(&leftover);
         keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(shard.node.config.http.read_buffer_bytes);
+    // Start small and grow when reads fill the buffer: most sessions are idle or chatty with
+    // small messages, and an idle session's pending read holds its buffer.
+    let max_read = shard.node.config.http.read_buffer_bytes.max(MIN_READ_BUFFER);
+    let mut buf: Vec<u8> = Vec::with_capacity(MIN_READ_BUFFER);
     while keep_reading {
         let (res, b) = rd.read(buf).await;
         buf = b;
@@ -65,7 +74,11 @@ pub async fn run(
                 conn.last_rx.set(Instant::now());
                 metrics::add(&shard.stats.bytes_in, n as u64);
                 codec.feed(&buf[..n]);
+                let full = n == buf.capacity();
                 buf.clear();
+                if full && buf.capacity() < max_read {
+                    buf.reserve(buf.capacity().min(max_read - buf.capacity()));
+                }
                 keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
             }
             Err(_) => {
@@ -192,7 +205,8 @@ fn queue_output(shard: &Shard, conn: &Conn, codec: &mut WsCodec) -> bool {
 }
 
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Grown on first use: an idle session keeps no write buffer.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         poll_fn(|cx| {
             if !conn.queue.borrow().is_empty() || conn.reader_done.get() {
@@ -230,7 +244,14 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<Tcp
             break;
         }
         if buf.capacity() > 4 * MAX_WRITE_BATCH {
-            buf = Vec::with_capacity(16 * 1024); // don't keep a huge buffer after a big message
+            buf = Vec::new(); // don't keep a huge buffer after a big message
+        }
+        let flushed = conn.queue.borrow_mut().take_stopped_at_flush();
+        if flushed && !conn.queue.borrow().is_empty() {
+            // A reply that must be read on its own (see `FrameKind::DataFlush`): give the peer
+            // a moment to read it before what follows, as the reference server's separate
+            // event-loop turns do.
+            monoio::time::sleep(FLUSH_PAUSE).await;
         }
     }
     // A reader still blocked on a peer that will never speak again must not outlive us.
