@@ -1,0 +1,92 @@
+//! imks-loadgen: a load generator for imks and any other WebSocket or Socket.IO v5 server.
+//!
+//! Modules, in the order a run flows through them:
+//! - [`params`]: the command line and the checked, bounded parameters of a run.
+//! - [`target`]: the one address a run connects to.
+//! - [`multiproc`]: several worker processes for more connections than one may open.
+//! - [`worker`]: one process's run: set-up, warm-up, measurement, drain.
+//! - [`scenario`]: who each connection is, pacing, and the echo / ack / fan-out / connect / idle
+//!   behaviors.
+//! - [`conn`]: one connection on tokio: connect, handshakes, the readiness-driven loop.
+//! - [`proto`]: the pure wire codecs (WebSocket, Engine.IO / Socket.IO, message stamps).
+//! - [`shared`]: the state a process's connections share: phase, counters, timer, feedback.
+//! - [`clock`]: the monotonic clock and the precise timer for open-loop sends.
+//! - [`stats`]: tallies, sharded counters and hdrhistograms.
+//! - [`probe`] and [`sys`]: the server's CPU and RSS, this process's CPU, limits.
+//! - [`report`]: worker reports, the merged report and its text form; [`plot`]: the SVG.
+
+pub mod clock;
+pub mod conn;
+pub mod error;
+pub mod multiproc;
+pub mod params;
+pub mod plot;
+pub mod probe;
+pub mod proto;
+pub mod report;
+pub mod scenario;
+pub mod shared;
+pub mod stats;
+pub mod sys;
+pub mod target;
+pub mod worker;
+
+pub use error::Error;
+pub use params::{Load, Params, Protocol, Scenario};
+pub use report::Report;
+
+use crate::clock::{now_ns, secs_to_ns, unix_ms};
+use crate::probe::{Memory, ServerProbe};
+use crate::report::{ServerInputs, Tick};
+use crate::worker::{Progress, Worker};
+
+/// Runs `p` to the end and returns its report. Blocks; builds its own runtime (and worker
+/// processes when `p.processes > 1`).
+pub fn run(p: &Params) -> Result<Report, Error> {
+    p.validate()?;
+    if p.processes > 1 && p.worker.is_none() {
+        return multiproc::run(p);
+    }
+    let cores = sys::available_cores();
+    let probe = ServerProbe::new(p);
+    let before = probe.memory();
+    let started = unix_ms();
+    let worker = Worker::setup(p, p.progress)?;
+    let after_setup = probe.memory();
+    let start = now_ns() + 100_000_000;
+    let mut sampler = probe.cpu_sampler(start + secs_to_ns(p.warmup_s));
+    if p.progress && p.warmup_s > 0.0 {
+        eprintln!("[warm-up] {} s", p.warmup_s);
+    }
+    let (mut cpu, mut at_end) = (None, Memory::default());
+    let report = worker.run(start, &mut |e| match e {
+        Progress::Tick(t) if p.progress => eprintln!("{}", progress_line(p, t)),
+        Progress::Tick(_) => {}
+        // The server's figures before the connections close, so teardown does not count.
+        Progress::Drained => {
+            cpu = sampler.take().and_then(|s| s.finish());
+            at_end = probe.memory();
+        }
+    })?;
+    let server = probe.active().then(|| ServerInputs { pid: probe.pid(), before, after_setup, at_end, cpu });
+    Report::build(p, &[report], server, started, cores)
+}
+
+/// The line printed each second on a terminal.
+pub fn progress_line(p: &Params, t: &Tick) -> String {
+    let rate = |n: u64| if t.dur_s > 0.0 { report::si(n as f64 / t.dur_s) } else { "-".into() };
+    let (sent, received) = match p.scenario {
+        Scenario::Fanout => ("publishes", "deliveries"),
+        Scenario::Connect => ("started", "connected"),
+        _ => ("sent", "received"),
+    };
+    format!(
+        "[{:>5.1}s] {sent} {}/s  {received} {}/s  p99 {:.0} µs  alive {}  errors {}",
+        t.t_s,
+        rate(t.sent),
+        rate(t.received),
+        t.p99_us,
+        t.alive,
+        t.errors
+    )
+}

@@ -1,0 +1,454 @@
+//! What a run does: the command line ([`Cli`], clap's shape, every flag with its default) and
+//! the checked parameters the code uses ([`Params`]). [`Params::validate`] is the one place
+//! that enforces the bounds: every run ends by itself and opens a bounded number of connections.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Longest measurement, in seconds.
+pub const MAX_DURATION_S: f64 = 600.0;
+/// Most connections in one run, over every worker process.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Most worker processes: each takes its own source address 127.0.0.(2+i).
+pub const MAX_PROCESSES: usize = 250;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Raw WebSocket round trip to an echo endpoint (`/ws-echo`).
+    Echo,
+    /// Socket.IO `echo-ack` emit with an ack, round trip.
+    Ack,
+    /// R rooms × S subscribers, P publishers emitting `publish`; the server emits `msg` to the room.
+    Fanout,
+    /// A storm of handshakes: connect, record time-to-connected, close.
+    Connect,
+    /// Hold N connections for the duration.
+    Idle,
+    /// Point-to-point with acks over imks's native protocol (not built yet).
+    Chat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Raw WebSocket messages.
+    Ws,
+    /// Socket.IO v5 over Engine.IO v4, WebSocket transport only.
+    Sio,
+}
+
+/// How sends are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Load {
+    /// Messages per second over all sending connections, at fixed intended times; latency is
+    /// measured from the intended time, so a stall cannot hide by delaying the next send.
+    Open { rate: f64 },
+    /// `window` requests in flight per connection (per publisher in fan-out), as fast as the
+    /// server answers.
+    Closed { window: usize },
+}
+
+/// Which share of the run a worker process takes (set by the parent, never on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSlot {
+    pub index: usize,
+    pub count: usize,
+    /// Source address to bind before connecting, so K workers get K × the ephemeral ports.
+    pub source_ip: Option<Ipv4Addr>,
+}
+
+/// The checked parameters of one run. Build with [`Params::new`], adjust fields, and hand to
+/// [`crate::run`], which validates them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    pub scenario: Scenario,
+    pub protocol: Protocol,
+    /// `ws://host:port[/path]`; the path defaults to `/ws-echo` (ws) or `/socket.io/` (sio).
+    pub url: String,
+    /// Connections (echo, ack, idle) or concurrent handshakes (connect). Fan-out derives its
+    /// own: rooms × subscribers + publishers.
+    pub connections: usize,
+    pub rooms: usize,
+    pub subscribers: usize,
+    pub publishers: usize,
+    pub load: Load,
+    /// Size in bytes of each message's payload (the JSON object, or the binary body).
+    pub size: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    /// Longest wait after the measurement for answers still in flight.
+    pub drain_s: f64,
+    /// End the measurement after this many measured sends (publishes, requests, handshakes).
+    pub total: Option<u64>,
+    /// Runtime threads per process; 0 = every core this process may run on.
+    pub threads: usize,
+    pub processes: usize,
+    pub server_pid: Option<u32>,
+    pub health_url: Option<String>,
+    /// Handshakes in progress at once while connections are set up.
+    pub connect_concurrency: usize,
+    pub connect_timeout_s: f64,
+    /// Longest time for setting every connection up.
+    pub setup_timeout_s: f64,
+    /// Open loop: most unanswered requests per connection before sends wait (their intended
+    /// times keep running, so the wait shows as latency).
+    pub max_inflight: usize,
+    /// Raw WebSocket payloads as JSON text instead of binary.
+    pub ws_text: bool,
+    /// Largest incoming message accepted, in bytes.
+    pub max_message: usize,
+    /// Open loop: least time between two wake-ups of the send timer, in µs. Sends due in
+    /// between go out together, late by at most this (counted in their latency); fewer
+    /// wake-ups cost the generator less CPU at high rates. Default 50.
+    pub timer_slack_us: u64,
+    /// Print a progress line every second on stderr.
+    pub progress: bool,
+    /// The binary to start worker processes from (default: this executable).
+    #[serde(skip)]
+    pub worker_exe: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerSlot>,
+}
+
+impl Params {
+    /// Defaults for `scenario` against `url`: the protocol it is defined on, 100 connections,
+    /// closed loop with a window of 1, 64-byte payloads, 10 s after 1 s of warm-up.
+    pub fn new(scenario: Scenario, url: &str) -> Params {
+        Params {
+            scenario,
+            protocol: if scenario == Scenario::Echo { Protocol::Ws } else { Protocol::Sio },
+            url: url.to_string(),
+            connections: 100,
+            rooms: 1,
+            subscribers: 100,
+            publishers: 1,
+            load: Load::Closed { window: 1 },
+            size: 64,
+            duration_s: 10.0,
+            warmup_s: 1.0,
+            drain_s: 3.0,
+            total: None,
+            threads: 0,
+            processes: 1,
+            server_pid: None,
+            health_url: None,
+            connect_concurrency: 256,
+            connect_timeout_s: 10.0,
+            setup_timeout_s: 120.0,
+            max_inflight: 1000,
+            ws_text: false,
+            max_message: 16 << 20,
+            timer_slack_us: 50,
+            progress: false,
+            worker_exe: None,
+            worker: None,
+        }
+    }
+
+    /// Connections the whole run opens at once (handshakes in flight for `connect`).
+    pub fn total_connections(&self) -> usize {
+        match self.scenario {
+            Scenario::Fanout => self.rooms.saturating_mul(self.subscribers).saturating_add(self.publishers),
+            _ => self.connections,
+        }
+    }
+
+    /// Checks every bound; the message names the flag.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.scenario == Scenario::Chat {
+            return Err(Error::Unsupported(
+                "the `chat` scenario needs imks's native chat protocol, which does not exist yet; \
+                 use `ack` or `fanout` over Socket.IO"
+                    .into(),
+            ));
+        }
+        match (self.scenario, self.protocol) {
+            (Scenario::Echo, Protocol::Sio) => {
+                return bad("--scenario echo is a raw WebSocket round trip; use `ack` for Socket.IO".into())
+            }
+            (Scenario::Ack, Protocol::Ws) => {
+                return bad("--scenario ack is a Socket.IO emit with ack; use `echo` for raw WebSocket".into())
+            }
+            _ => {}
+        }
+        if !(self.duration_s > 0.0 && self.duration_s <= MAX_DURATION_S) {
+            return bad(format!("--duration must be in (0, {MAX_DURATION_S}] seconds"));
+        }
+        for (name, v) in [("--warmup", self.warmup_s), ("--drain", self.drain_s)] {
+            if !(0.0..=60.0).contains(&v) {
+                return bad(format!("{name} must be in [0, 60] seconds"));
+            }
+        }
+        for (name, v) in [("--connect-timeout", self.connect_timeout_s), ("--setup-timeout", self.setup_timeout_s)] {
+            if !(v > 0.0 && v <= 600.0) {
+                return bad(format!("{name} must be in (0, 600] seconds"));
+            }
+        }
+        if self.scenario == Scenario::Fanout {
+            if self.rooms == 0 || self.subscribers == 0 || self.publishers == 0 {
+                return bad("--rooms, --subscribers and --publishers must be at least 1".into());
+            }
+            if self.processes > 1 && self.subscribers < self.processes {
+                return bad("fan-out over several processes needs --subscribers >= --processes".into());
+            }
+        }
+        let n = self.total_connections();
+        if n == 0 || n > MAX_CONNECTIONS {
+            return bad(format!("the run must open between 1 and {MAX_CONNECTIONS} connections (it asks for {n})"));
+        }
+        match self.load {
+            Load::Open { rate } if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) => {
+                return bad("--rate must be in (0, 1e8] per second".into())
+            }
+            Load::Closed { window } if !(1..=100_000).contains(&window) => {
+                return bad("--window must be in [1, 100000]".into())
+            }
+            _ => {}
+        }
+        if !(1..=MAX_PROCESSES).contains(&self.processes) {
+            return bad(format!("--processes must be in [1, {MAX_PROCESSES}]"));
+        }
+        if self.processes > n {
+            return bad("--processes must not exceed the number of connections".into());
+        }
+        if self.threads > 1024 {
+            return bad("--threads must be at most 1024".into());
+        }
+        if self.size > self.max_message || self.size > 64 << 20 {
+            return bad("--size must be at most 64 MiB and at most --max-message".into());
+        }
+        if self.connect_concurrency == 0 || self.max_inflight == 0 {
+            return bad("--connect-concurrency and --max-inflight must be at least 1".into());
+        }
+        if self.timer_slack_us > 10_000 {
+            return bad("--timer-slack-us must be at most 10000".into());
+        }
+        if self.total == Some(0) {
+            return bad("--total must be at least 1".into());
+        }
+        if let Some(u) = &self.health_url {
+            if !u.starts_with("http://") {
+                return bad("--health-url must be an http:// URL".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The command line: `imks-loadgen <SCENARIO> [OPTIONS]`.
+#[derive(Debug, Parser)]
+#[command(name = "imks-loadgen", version, about = "Load generator for imks and any WebSocket / Socket.IO v5 server")]
+pub struct Cli {
+    /// What to measure.
+    #[arg(value_enum, required_unless_present = "worker")]
+    pub scenario: Option<Scenario>,
+
+    /// Server address, `ws://HOST:PORT[/PATH]`.
+    #[arg(long, default_value = "ws://127.0.0.1:3000")]
+    pub url: String,
+
+    /// Wire protocol. Default: ws for echo, sio otherwise.
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+
+    /// Connections (echo, ack, idle) or concurrent handshakes (connect). Default 100.
+    #[arg(long, short = 'c')]
+    pub connections: Option<usize>,
+
+    /// Fan-out: rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+
+    /// Fan-out: subscribers per room.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+
+    /// Fan-out: publisher connections (they join no room).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+
+    /// Open loop: messages (publishes, requests, handshakes) per second over all connections.
+    #[arg(long, conflicts_with = "window")]
+    pub rate: Option<f64>,
+
+    /// Closed loop: requests in flight per connection (per publisher in fan-out). Default 1.
+    #[arg(long)]
+    pub window: Option<usize>,
+
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+
+    /// Measurement length in seconds (at most 600).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Warm-up before the measurement, in seconds (sent but not counted).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// Longest wait for answers still in flight after the measurement, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain: f64,
+
+    /// Stop after this many measured sends, even before --duration.
+    #[arg(long)]
+    pub total: Option<u64>,
+
+    /// Runtime threads per process (default: the cores this process may use).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// Worker processes, for more connections than one process may open; on a 127.0.0.0/8
+    /// target each binds its own source address 127.0.0.(2+i).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+
+    /// Server process to read CPU time and RSS from (/proc/PID).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Server health URL (`http://HOST:PORT/health`) to read RSS and connection counts from.
+    #[arg(long)]
+    pub health_url: Option<String>,
+
+    /// Handshakes in progress at once during set-up.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Per-connection handshake timeout, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+
+    /// Longest time to set every connection up, in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub setup_timeout: f64,
+
+    /// Open loop: most unanswered requests per connection before sends wait.
+    #[arg(long, default_value_t = 1000)]
+    pub max_inflight: usize,
+
+    /// Raw WebSocket: send JSON text instead of binary payloads.
+    #[arg(long)]
+    pub ws_text: bool,
+
+    /// Largest incoming message accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_message: usize,
+
+    /// Open loop: least time between two wake-ups of the send timer, in µs; sends due in between
+    /// go out together, late by at most this (which counts as latency). 0: every deadline on
+    /// its own, which costs a thread wake-up per send.
+    #[arg(long, default_value_t = 50)]
+    pub timer_slack_us: u64,
+
+    /// Write the JSON report here (`-` for stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write an SVG plot of throughput and p99 latency over time here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+
+    /// No progress line, even on a terminal.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Internal: run as a worker process (parameters on stdin).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+}
+
+impl Cli {
+    /// The parameters the command line asks for (validated later, by [`crate::run`]).
+    pub fn params(&self, scenario: Scenario) -> Params {
+        let mut p = Params::new(scenario, &self.url);
+        if let Some(proto) = self.protocol {
+            p.protocol = proto;
+        }
+        if let Some(c) = self.connections {
+            p.connections = c;
+        }
+        p.rooms = self.rooms;
+        p.subscribers = self.subscribers;
+        p.publishers = self.publishers;
+        p.load = match (self.rate, self.window) {
+            (Some(rate), _) => Load::Open { rate },
+            (None, w) => Load::Closed { window: w.unwrap_or(1) },
+        };
+        p.size = self.size;
+        p.duration_s = self.duration;
+        p.warmup_s = self.warmup;
+        p.drain_s = self.drain;
+        p.total = self.total;
+        p.threads = self.threads;
+        p.processes = self.processes;
+        p.server_pid = self.server_pid;
+        p.health_url = self.health_url.clone();
+        p.connect_concurrency = self.connect_concurrency;
+        p.connect_timeout_s = self.connect_timeout;
+        p.setup_timeout_s = self.setup_timeout;
+        p.max_inflight = self.max_inflight;
+        p.ws_text = self.ws_text;
+        p.max_message = self.max_message;
+        p.timer_slack_us = self.timer_slack_us;
+        p
+    }
+}
+
+/// `(first, count)` of the `index`-th of `parts` near-equal shares of `n` items.
+pub fn share(n: usize, index: usize, parts: usize) -> (usize, usize) {
+    let base = n / parts;
+    let extra = n % parts;
+    let first = index * base + index.min(extra);
+    (first, base + usize::from(index < extra))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_everything_once() {
+        for n in [0, 1, 7, 100] {
+            for parts in 1..6 {
+                let mut next = 0;
+                for i in 0..parts {
+                    let (first, count) = share(n, i, parts);
+                    assert_eq!(first, next);
+                    next += count;
+                }
+                assert_eq!(next, n);
+            }
+        }
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let ok = Params::new(Scenario::Ack, "ws://127.0.0.1:1");
+        assert!(ok.validate().is_ok());
+        let mut p = ok.clone();
+        p.duration_s = 601.0;
+        assert!(p.validate().is_err());
+        let mut p = ok.clone();
+        p.connections = MAX_CONNECTIONS + 1;
+        assert!(p.validate().is_err());
+        let mut p = ok.clone();
+        p.scenario = Scenario::Chat;
+        assert!(matches!(p.validate(), Err(Error::Unsupported(_))));
+        let mut p = ok.clone();
+        p.protocol = Protocol::Ws;
+        assert!(p.validate().is_err());
+        let mut p = ok;
+        p.load = Load::Open { rate: f64::NAN };
+        assert!(p.validate().is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The server's side of the figures: its RSS before and after the connections are set up, and
+//! its CPU time over the measurement (once a second, so the series shows it too). Read by the
+//! process that coordinates the run, from `/proc/PID` (`--server-pid`) or `--health-url`.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_ns;
+use crate::params::Params;
+use crate::sys::{self, CpuTimes};
+
+/// One reading of the server's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub rss_kb: Option<u64>,
+    /// Open connections, as the health endpoint reports them.
+    pub connections: Option<u64>,
+}
+
+/// CPU the server used over the measurement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerCpu {
+    pub cpu: CpuTimes,
+    pub wall_s: f64,
+    /// Percent of one core in each second of the measurement.
+    pub per_second: Vec<f64>,
+}
+
+pub struct ServerProbe {
+    pid: Option<u32>,
+    health: Option<String>,
+}
+
+impl ServerProbe {
+    pub fn new(p: &Params) -> ServerProbe {
+        ServerProbe { pid: p.server_pid, health: p.health_url.clone() }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn active(&self) -> bool {
+        self.pid.is_some() || self.health.is_some()
+    }
+
+    /// RSS from `/proc` (or the health endpoint when it reports one), connections from the
+    /// health endpoint. Unreadable figures are left out with a warning: they never end a run.
+    pub fn memory(&self) -> Memory {
+        let mut m = Memory::default();
+        if let Some(pid) = self.pid {
+            match sys::proc_rss_kb(pid) {
+                Ok(kb) => m.rss_kb = Some(kb),
+                Err(e) => eprintln!("imks-loadgen: warning: {e}"),
+            }
+        }
+        if let Some(url) = &self.health {
+            match sys::health(url) {
+                Ok(h) => {
+                    m.rss_kb = m.rss_kb.or(h.rss_kb);
+                    m.connections = h.connections;
+                }
+                Err(e) => eprintln!("imks-loadgen: warning: {e}"),
+            }
+        }
+        m
+    }
+
+    /// Starts sampling the server's CPU at `measure_start`, then every second.
+    pub fn cpu_sampler(&self, measure_start: u64) -> Option<CpuSampler> {
+        let pid = self.pid?;
+        let shared = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("loadgen-probe".into())
+            .spawn(move || sample(pid, measure_start, &s))
+            .map_err(|e| eprintln!("imks-loadgen: warning: no CPU sampler: {e}"))
+            .ok()?;
+        Some(CpuSampler { shared, thread: Some(thread) })
+    }
+}
+
+type Stop = (Mutex<bool>, Condvar);
+
+/// Sleeps until `deadline` or until stopped; `true` when stopped.
+fn wait_until(stop: &Stop, deadline: u64) -> bool {
+    let Ok(mut stopped) = stop.0.lock() else { return true };
+    loop {
+        if *stopped {
+            return true;
+        }
+        let now = now_ns();
+        if now >= deadline {
+            return false;
+        }
+        stopped = match stop.1.wait_timeout(stopped, Duration::from_nanos(deadline - now)) {
+            Ok((s, _)) => s,
+            Err(_) => return true,
+        };
+    }
+}
+
+fn sample(pid: u32, measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
+    if wait_until(stop, measure_start) {
+        return None;
+    }
+    let first = sys::proc_cpu(pid).ok()?;
+    let (mut prev, mut prev_t) = (first, measure_start);
+    let mut per_second = Vec::new();
+    loop {
+        let stopped = wait_until(stop, prev_t + 1_000_000_000);
+        let now = now_ns();
+        let Ok(c) = sys::proc_cpu(pid) else { break };
+        let dt = (now - prev_t) as f64 / 1e9;
+        if !stopped && dt > 0.0 {
+            per_second.push(c.since(&prev).total() / dt * 100.0);
+        }
+        if stopped {
+            return Some(ServerCpu { cpu: c.since(&first), wall_s: (now - measure_start) as f64 / 1e9, per_second });
+        }
+        (prev, prev_t) = (c, now);
+    }
+    None
+}
+
+/// See [`ServerProbe::cpu_sampler`].
+pub struct CpuSampler {
+    shared: Arc<Stop>,
+    thread: Option<JoinHandle<Option<ServerCpu>>>,
+}
+
+impl CpuSampler {
+    /// Takes the last sample now and returns the CPU used since the measurement started.
+    pub fn finish(mut self) -> Option<ServerCpu> {
+        self.stop();
+        self.thread.take()?.join().ok().flatten()
+    }
+
+    fn stop(&self) {
+        if let Ok(mut s) = self.shared.0.lock() {
+            *s = true;
+        }
+        self.shared.1.notify_all();
+    }
+}
+
+impl Drop for CpuSampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

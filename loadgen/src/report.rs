@@ -1,0 +1,517 @@
+//! Results: what a worker process hands its parent ([`WorkerReport`], raw counts and
+//! histograms), and the run's [`Report`] merged from them, printed as text or written as JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::params::{Load, Params, Protocol, Scenario};
+use crate::probe::{Memory, ServerCpu};
+use crate::stats::{add_raw, new_hist, percentiles, Percentiles};
+use crate::sys::CpuTimes;
+
+/// One second of one worker (the last one may be shorter: see `dur_s`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub index: usize,
+    /// End of this interval, in seconds since the measurement started.
+    pub t_s: f64,
+    pub dur_s: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub p99_us: f64,
+    pub alive: u64,
+}
+
+/// Everything one process measured, with histograms as raw `(value_ns, count)` pairs so the
+/// parent merges them exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub index: usize,
+    pub threads: usize,
+    pub planned: usize,
+    pub established: usize,
+    pub setup_failed: usize,
+    pub alive_at_end: usize,
+    pub dropped: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub failed: u64,
+    pub unsent: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: Vec<(u64, u64)>,
+    pub setup_latency: Vec<(u64, u64)>,
+    pub series: Vec<Tick>,
+    pub cpu: CpuTimes,
+    /// Peak resident memory of the worker process, KiB.
+    pub peak_rss_kb: u64,
+    /// Measurement start to the end of the drain: the span `cpu` covers.
+    pub wall_s: f64,
+    /// Measurement start to the end of sending (shorter than `--duration` with `--total`).
+    pub measured_s: f64,
+}
+
+/// What the server figures were read from and what they said.
+#[derive(Debug, Clone, Default)]
+pub struct ServerInputs {
+    pub pid: Option<u32>,
+    pub before: Memory,
+    pub after_setup: Memory,
+    pub at_end: Memory,
+    pub cpu: Option<ServerCpu>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Units {
+    /// What `sent` counts: requests, publishes, handshakes or connections.
+    pub sent: String,
+    /// What `received` counts: answers, deliveries, handshakes completed or connections still up.
+    pub received: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Connections {
+    pub planned: usize,
+    pub established: usize,
+    pub setup_failed: usize,
+    pub alive_at_end: usize,
+    /// Lost during the run (closed by the server, protocol errors).
+    pub dropped: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub sent: u64,
+    pub received: u64,
+    /// `sent` for echo, ack and connect; publishes × subscribers per room for fan-out; the
+    /// planned connections for idle.
+    pub expected: u64,
+    pub lost: u64,
+    /// Received beyond the expected count (a server delivering twice).
+    pub duplicates: u64,
+    /// Handshakes that failed (connect).
+    pub failed: u64,
+    /// Open-loop sends that were due but never went out (the generator or socket held them).
+    pub unsent: u64,
+    /// All errors, warm-up and set-up included; by kind in `errors`.
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub sent_per_s: f64,
+    pub received_per_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadgenUse {
+    pub processes: usize,
+    pub threads: usize,
+    pub cores_available: usize,
+    pub user_s: f64,
+    pub sys_s: f64,
+    pub cpu_s: f64,
+    /// CPU seconds per wall second × 100 (percent of one core; over 100 with several cores).
+    pub cpu_pct: f64,
+    /// Above 90% of the cores it may use: the generator, not the server, may be the limit.
+    pub saturated: bool,
+    /// Peak resident memory, KiB, summed over worker processes.
+    pub peak_rss_kb: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerReport {
+    pub pid: Option<u32>,
+    pub cpu_user_s: Option<f64>,
+    pub cpu_sys_s: Option<f64>,
+    pub cpu_s: Option<f64>,
+    /// Percent of one core over the measurement and drain.
+    pub cpu_pct: Option<f64>,
+    /// `received` per server CPU second: the work the server does per unit of CPU.
+    pub received_per_cpu_s: Option<f64>,
+    pub rss_before_kb: Option<u64>,
+    pub rss_after_setup_kb: Option<u64>,
+    pub rss_end_kb: Option<u64>,
+    /// (RSS after set-up − RSS before) / connections established.
+    pub rss_per_conn_bytes: Option<f64>,
+    pub health_connections_before: Option<u64>,
+    pub health_connections_after_setup: Option<u64>,
+}
+
+/// One second of the whole run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub t_s: f64,
+    pub dur_s: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub sent_per_s: f64,
+    pub received_per_s: f64,
+    /// The highest p99 of the worker processes in that second (exact with one process).
+    pub p99_us: f64,
+    pub alive: u64,
+    pub server_cpu_pct: Option<f64>,
+}
+
+/// The run's report; `--json` writes it as is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub scenario: Scenario,
+    pub protocol: Protocol,
+    pub url: String,
+    pub load: Load,
+    pub units: Units,
+    pub started_unix_ms: u64,
+    pub measured_s: f64,
+    pub wall_s: f64,
+    pub connections: Connections,
+    pub counts: Counts,
+    pub rates: Rates,
+    pub latency_us: Percentiles,
+    pub setup_latency_us: Percentiles,
+    pub errors: BTreeMap<String, u64>,
+    pub loadgen: LoadgenUse,
+    pub server: Option<ServerReport>,
+    pub timeseries: Vec<Point>,
+    pub params: Params,
+}
+
+fn units(s: Scenario) -> Units {
+    let (sent, received) = match s {
+        Scenario::Echo | Scenario::Ack | Scenario::Chat => ("requests", "answers"),
+        Scenario::Fanout => ("publishes", "deliveries"),
+        Scenario::Connect => ("handshakes started", "handshakes connected"),
+        Scenario::Idle => ("connections established", "connections alive at the end"),
+    };
+    Units { sent: sent.into(), received: received.into() }
+}
+
+impl Report {
+    /// Merges the workers' reports.
+    pub fn build(
+        p: &Params,
+        workers: &[WorkerReport],
+        server: Option<ServerInputs>,
+        started_unix_ms: u64,
+        cores_available: usize,
+    ) -> Result<Report, Error> {
+        let mut lat = new_hist()?;
+        let mut setup_lat = new_hist()?;
+        let mut errors = BTreeMap::new();
+        let mut conns = Connections::default();
+        let (mut sent, mut received, mut failed, mut unsent) = (0u64, 0u64, 0u64, 0u64);
+        let (mut cpu, mut wall_s, mut measured_s, mut threads) = (CpuTimes::default(), 0f64, 0f64, 0usize);
+        let mut peak_rss_kb = 0;
+        let mut series: Vec<Point> = Vec::new();
+        for w in workers {
+            add_raw(&mut lat, &w.latency);
+            add_raw(&mut setup_lat, &w.setup_latency);
+            for (k, v) in &w.errors {
+                *errors.entry(k.clone()).or_insert(0) += v;
+            }
+            conns.planned += w.planned;
+            conns.established += w.established;
+            conns.setup_failed += w.setup_failed;
+            conns.alive_at_end += w.alive_at_end;
+            conns.dropped += w.dropped;
+            sent += w.sent;
+            received += w.received;
+            failed += w.failed;
+            unsent += w.unsent;
+            cpu = cpu.add(&w.cpu);
+            peak_rss_kb += w.peak_rss_kb;
+            wall_s = wall_s.max(w.wall_s);
+            measured_s = measured_s.max(w.measured_s);
+            threads += w.threads;
+            for t in &w.series {
+                if series.len() <= t.index {
+                    series.resize(t.index + 1, Point::default());
+                }
+                let pt = &mut series[t.index];
+                pt.t_s = pt.t_s.max(t.t_s);
+                pt.dur_s = pt.dur_s.max(t.dur_s);
+                pt.sent += t.sent;
+                pt.received += t.received;
+                pt.failed += t.failed;
+                pt.errors += t.errors;
+                pt.p99_us = pt.p99_us.max(t.p99_us);
+                pt.alive += t.alive;
+            }
+        }
+        let server_cpu = server.as_ref().and_then(|s| s.cpu.as_ref());
+        for (i, pt) in series.iter_mut().enumerate() {
+            if pt.dur_s > 0.0 {
+                pt.sent_per_s = pt.sent as f64 / pt.dur_s;
+                pt.received_per_s = pt.received as f64 / pt.dur_s;
+            }
+            pt.server_cpu_pct = server_cpu.and_then(|c| c.per_second.get(i).copied());
+        }
+        if p.scenario == Scenario::Idle {
+            sent = conns.established as u64;
+            received = conns.alive_at_end as u64;
+        }
+        let expected = match p.scenario {
+            Scenario::Fanout => sent * p.subscribers as u64,
+            Scenario::Idle => p.connections as u64,
+            _ => sent,
+        };
+        let per_s = |n: u64| if measured_s > 0.0 { n as f64 / measured_s } else { 0.0 };
+        let cpu_pct = if wall_s > 0.0 { cpu.total() / wall_s * 100.0 } else { 0.0 };
+        let usable = threads.min(cores_available).max(1);
+        let server = server.map(|s| {
+            let cpu = s.cpu.as_ref();
+            let cpu_s = cpu.map(|c| c.cpu.total());
+            let rss_per_conn_bytes = match (s.before.rss_kb, s.after_setup.rss_kb) {
+                (Some(b), Some(a)) if conns.established > 0 => {
+                    Some((a as f64 - b as f64) * 1024.0 / conns.established as f64)
+                }
+                _ => None,
+            };
+            ServerReport {
+                pid: s.pid,
+                cpu_user_s: cpu.map(|c| c.cpu.user_s),
+                cpu_sys_s: cpu.map(|c| c.cpu.sys_s),
+                cpu_s,
+                cpu_pct: cpu.filter(|c| c.wall_s > 0.0).map(|c| c.cpu.total() / c.wall_s * 100.0),
+                received_per_cpu_s: cpu_s.filter(|&c| c > 0.0).map(|c| received as f64 / c),
+                rss_before_kb: s.before.rss_kb,
+                rss_after_setup_kb: s.after_setup.rss_kb,
+                rss_end_kb: s.at_end.rss_kb,
+                rss_per_conn_bytes,
+                health_connections_before: s.before.connections,
+                health_connections_after_setup: s.after_setup.connections,
+            }
+        });
+        Ok(Report {
+            tool: "imks-loadgen".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            scenario: p.scenario,
+            protocol: p.protocol,
+            url: p.url.clone(),
+            load: p.load,
+            units: units(p.scenario),
+            started_unix_ms,
+            measured_s,
+            wall_s,
+            counts: Counts {
+                sent,
+                received,
+                expected,
+                lost: expected.saturating_sub(received),
+                duplicates: received.saturating_sub(expected),
+                failed,
+                unsent,
+                errors: errors.values().sum(),
+            },
+            connections: conns,
+            rates: Rates { sent_per_s: per_s(sent), received_per_s: per_s(received) },
+            latency_us: percentiles(&lat),
+            setup_latency_us: percentiles(&setup_lat),
+            errors,
+            loadgen: LoadgenUse {
+                processes: workers.len(),
+                threads,
+                cores_available,
+                user_s: cpu.user_s,
+                sys_s: cpu.sys_s,
+                cpu_s: cpu.total(),
+                cpu_pct,
+                saturated: cpu_pct >= 90.0 * usable as f64,
+                peak_rss_kb,
+            },
+            server,
+            timeseries: series,
+            params: p.clone(),
+        })
+    }
+
+    /// The human-readable summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let mode = match self.load {
+            Load::Open { rate } => format!("open loop at {}/s", si(rate)),
+            Load::Closed { window } => format!("closed loop, window {window}"),
+        };
+        let proto = match self.protocol {
+            Protocol::Ws => "ws",
+            Protocol::Sio => "sio",
+        };
+        let _ = writeln!(
+            s,
+            "imks-loadgen {:?} over {proto} to {}: {mode}, {:.1} s measured",
+            self.scenario, self.url, self.measured_s
+        );
+        let c = &self.connections;
+        if self.scenario == Scenario::Connect {
+            let _ = writeln!(s, "  concurrency   {} handshakes in progress at most", c.planned);
+        } else {
+            let _ = writeln!(
+                s,
+                "  connections   {} planned, {} established, {} failed, {} dropped, {} alive at the end",
+                c.planned, c.established, c.setup_failed, c.dropped, c.alive_at_end
+            );
+        }
+        let n = &self.counts;
+        if self.scenario == Scenario::Idle {
+            let _ = writeln!(
+                s,
+                "  held          {} of {} connections for {:.1} s, lost {}, errors {}",
+                n.received, n.expected, self.measured_s, n.lost, n.errors
+            );
+        } else {
+            let (sent, received) = match self.scenario {
+                Scenario::Connect => ("started", "connected"),
+                _ => (short(&self.units.sent), short(&self.units.received)),
+            };
+            let _ = writeln!(s, "  {sent:<13} {} ({}/s)", n.sent, si(self.rates.sent_per_s));
+            let _ = writeln!(
+                s,
+                "  {received:<13} {} of {} expected ({}/s), lost {}, duplicates {}, unsent {}, failed {}, errors {}",
+                n.received,
+                n.expected,
+                si(self.rates.received_per_s),
+                n.lost,
+                n.duplicates,
+                n.unsent,
+                n.failed,
+                n.errors
+            );
+        }
+        let l = &self.latency_us;
+        if l.count > 0 {
+            let _ = writeln!(
+                s,
+                "  latency µs    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, n {})",
+                us(l.p50_us),
+                us(l.p90_us),
+                us(l.p99_us),
+                us(l.p999_us),
+                us(l.max_us),
+                us(l.mean_us),
+                l.count
+            );
+        }
+        let l = &self.setup_latency_us;
+        if l.count > 0 && self.scenario != Scenario::Connect {
+            let _ = writeln!(s, "  set-up µs     p50 {}  p99 {}  max {}", us(l.p50_us), us(l.p99_us), us(l.max_us));
+        }
+        if !self.errors.is_empty() {
+            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(s, "  errors        {}", list.join(", "));
+        }
+        let g = &self.loadgen;
+        let _ = writeln!(
+            s,
+            "  loadgen       {:.2} s user + {:.2} s sys = {:.0}% of one core ({} process(es), {} threads, {} cores), peak RSS {} KiB{}",
+            g.user_s,
+            g.sys_s,
+            g.cpu_pct,
+            g.processes,
+            g.threads,
+            g.cores_available,
+            g.peak_rss_kb,
+            if g.saturated { "  SATURATED: the generator may be the bottleneck" } else { "" }
+        );
+        if let Some(srv) = &self.server {
+            if let (Some(cpu), Some(pct)) = (srv.cpu_s, srv.cpu_pct) {
+                let work = srv
+                    .received_per_cpu_s
+                    .filter(|_| self.scenario != Scenario::Idle)
+                    .map(|w| format!(", {} {} per CPU-second", si(w), self.units.received));
+                let _ = writeln!(s, "  server CPU    {cpu:.2} s = {pct:.0}% of one core{}", work.unwrap_or_default());
+            }
+            if let (Some(b), Some(a)) = (srv.rss_before_kb, srv.rss_after_setup_kb) {
+                let per =
+                    srv.rss_per_conn_bytes.map(|x| format!(", {:.0} bytes per connection", x)).unwrap_or_default();
+                let end = srv.rss_end_kb.map(|e| format!(", {} KiB at the end", e)).unwrap_or_default();
+                let _ = writeln!(s, "  server RSS    {b} KiB before, {a} KiB after set-up{end}{per}");
+            }
+        }
+        s
+    }
+}
+
+fn short(unit: &str) -> &str {
+    unit.split(' ').next().unwrap_or(unit)
+}
+
+/// 1234567 → "1.23M".
+pub fn si(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_workers() {
+        let mut p = Params::new(Scenario::Fanout, "ws://127.0.0.1:1");
+        p.subscribers = 10;
+        let tick = |i: usize, received: u64, p99_us: f64| Tick {
+            index: i,
+            t_s: i as f64 + 1.0,
+            dur_s: 1.0,
+            received,
+            p99_us,
+            ..Tick::default()
+        };
+        let a = WorkerReport {
+            sent: 5,
+            received: 30,
+            latency: vec![(1000, 30)],
+            series: vec![tick(0, 10, 5.0), tick(1, 20, 7.0)],
+            measured_s: 2.0,
+            wall_s: 2.0,
+            threads: 1,
+            ..WorkerReport::default()
+        };
+        let b = WorkerReport {
+            sent: 5,
+            received: 70,
+            latency: vec![(2000, 70)],
+            series: vec![tick(0, 70, 9.0)],
+            measured_s: 2.0,
+            wall_s: 2.0,
+            threads: 1,
+            ..WorkerReport::default()
+        };
+        let r = Report::build(&p, &[a, b], None, 0, 2).unwrap();
+        assert_eq!((r.counts.sent, r.counts.received, r.counts.expected, r.counts.lost), (10, 100, 100, 0));
+        assert_eq!(r.latency_us.count, 100);
+        assert_eq!(r.timeseries.len(), 2);
+        assert_eq!((r.timeseries[0].received, r.timeseries[0].p99_us), (80, 9.0));
+        assert_eq!(r.rates.received_per_s, 50.0);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.counts, r.counts);
+        assert!(r.summary().contains("deliveries"));
+    }
+}

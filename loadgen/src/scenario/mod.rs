@@ -1,0 +1,270 @@
+//! The scenarios: who each connection is ([`Plan`]), how sends are paced ([`Sched`]), how a
+//! connection is set up and driven ([`conn_task`]), and the behaviors themselves:
+//! [`roundtrip`] (echo, ack), [`fanout`] (subscribers and publishers), [`connect`] (the
+//! handshake storm); idle connections only answer heartbeats.
+
+pub mod connect;
+pub mod fanout;
+pub mod roundtrip;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::clock::{now_ns, secs_to_ns};
+use crate::conn::{self, drive, Behavior, ConnError, End};
+use crate::params::{share, Load, Params, Scenario};
+use crate::shared::{Run, SETUP, STOP};
+
+/// What one connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Echo or ack requests; `sender` is its index among all senders of the run.
+    RoundTrip {
+        sender: usize,
+    },
+    Subscriber {
+        room: usize,
+    },
+    Publisher {
+        index: usize,
+    },
+    Idle,
+}
+
+/// This process's share of the run.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub roles: Vec<Role>,
+    /// Sending connections over all processes; open-loop pacing divides the rate among them.
+    pub senders: usize,
+    /// Fan-out: subscribers of each room in this process.
+    pub local_subs: Vec<usize>,
+    pub max_local_subs: usize,
+    pub local_publishers: usize,
+}
+
+/// Splits the run between worker processes. Fan-out deals each room's subscribers round-robin
+/// so every process holds some of every room, and publisher `i` runs in process `i % K`: a
+/// publisher then sees deliveries of its own messages locally, which closed-loop fan-out needs.
+pub fn plan(p: &Params) -> Plan {
+    let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
+    let mut plan = Plan::default();
+    match p.scenario {
+        Scenario::Echo | Scenario::Ack => {
+            let (first, n) = share(p.connections, wi, wk);
+            plan.roles = (first..first + n).map(|sender| Role::RoundTrip { sender }).collect();
+            plan.senders = p.connections;
+        }
+        Scenario::Idle => {
+            let (_, n) = share(p.connections, wi, wk);
+            plan.roles = vec![Role::Idle; n];
+        }
+        Scenario::Fanout => {
+            plan.local_subs = vec![0; p.rooms];
+            for room in 0..p.rooms {
+                for s in 0..p.subscribers {
+                    if (room * p.subscribers + s) % wk == wi {
+                        plan.roles.push(Role::Subscriber { room });
+                        plan.local_subs[room] += 1;
+                    }
+                }
+            }
+            plan.max_local_subs = plan.local_subs.iter().copied().max().unwrap_or(0);
+            for index in (wi..p.publishers).step_by(wk) {
+                plan.roles.push(Role::Publisher { index });
+                plan.local_publishers += 1;
+            }
+            plan.senders = p.publishers;
+        }
+        Scenario::Connect | Scenario::Chat => {}
+    }
+    plan
+}
+
+pub fn room_name(room: usize) -> String {
+    format!("r{room}")
+}
+
+/// When the next send is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Send now, stamped with this time (the intended one in open loop).
+    Now(u64),
+    At(u64),
+}
+
+/// Pacing of one sender.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sched {
+    /// Sends at `base + k × interval`; senders are staggered by `index / rate` so the sum is
+    /// evenly spread.
+    Open {
+        base: u64,
+        interval: f64,
+        k: u64,
+        next: u64,
+    },
+    Closed {
+        window: usize,
+    },
+}
+
+impl Sched {
+    pub fn new(load: Load, senders: usize, index: usize, start: u64) -> Sched {
+        match load {
+            Load::Open { rate } => {
+                let base = start + (index as f64 / rate * 1e9) as u64;
+                Sched::Open { base, interval: senders as f64 / rate * 1e9, k: 0, next: base }
+            }
+            Load::Closed { window } => Sched::Closed { window },
+        }
+    }
+
+    pub fn due(&self, now: u64) -> Due {
+        match *self {
+            Sched::Open { next, .. } if next > now => Due::At(next),
+            Sched::Open { next, .. } => Due::Now(next),
+            Sched::Closed { .. } => Due::Now(now),
+        }
+    }
+
+    pub fn advance(&mut self) {
+        if let Sched::Open { base, interval, k, next } = self {
+            *k += 1;
+            *next = *base + (*k as f64 * *interval) as u64;
+        }
+    }
+
+    /// Open loop: intended sends in `[from, to)` not made yet.
+    pub fn remaining(&self, from: u64, to: u64) -> u64 {
+        let Sched::Open { base, interval, k, next } = *self else { return 0 };
+        if interval <= 0.0 {
+            return 0;
+        }
+        let count_before = |t: u64| -> u64 {
+            if t <= base {
+                0
+            } else {
+                ((t - base) as f64 / interval).ceil() as u64
+            }
+        };
+        let lo = count_before(from.max(next)).max(k);
+        count_before(to).saturating_sub(lo)
+    }
+}
+
+/// How a connection task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    SetupFailed,
+    /// Open until the run stopped.
+    Alive,
+    /// Lost during the run.
+    Dropped,
+}
+
+/// One connection's life: its handshake (at most `connect_concurrency` at once, each within
+/// the connect timeout), then its behavior until the run stops.
+pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Role) -> Outcome {
+    let Ok(permit) = sem.acquire().await else { return Outcome::SetupFailed };
+    let fail = |kind: &'static str| {
+        run.stats.error(kind);
+        run.setup_failed.fetch_add(1, Ordering::Relaxed);
+        Outcome::SetupFailed
+    };
+    if run.control.phase() != SETUP {
+        return fail("setup_timeout");
+    }
+    let t0 = now_ns();
+    let p = &run.params;
+    let seed = (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t0;
+    let timeout = std::time::Duration::from_nanos(secs_to_ns(p.connect_timeout_s));
+    let res = tokio::time::timeout(timeout, async {
+        let mut c = conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed).await?;
+        if let Role::Subscriber { room } = role {
+            fanout::join(&mut c, &room_name(room)).await?;
+        }
+        Ok::<_, ConnError>(c)
+    })
+    .await;
+    drop(permit);
+    let conn = match res {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return fail(e.kind()),
+        Err(_) => return fail(ConnError::Timeout.kind()),
+    };
+    if let Ok(mut h) = run.setup_hist.lock() {
+        h.saturating_record(now_ns().saturating_sub(t0).max(1));
+    }
+    run.setup_ok.fetch_add(1, Ordering::Relaxed);
+    run.alive.fetch_add(1, Ordering::Relaxed);
+    let end = match role {
+        Role::RoundTrip { sender } => go(conn, roundtrip::RoundTrip::new(p, sender), &run, slot).await,
+        Role::Subscriber { .. } => go(conn, fanout::Subscriber, &run, slot).await,
+        Role::Publisher { index } => go(conn, fanout::Publisher::new(p, index), &run, slot).await,
+        Role::Idle => go(conn, IdleConn, &run, slot).await,
+    };
+    run.alive.fetch_sub(1, Ordering::Relaxed);
+    match end {
+        End::Stopped => Outcome::Alive,
+        End::Failed(e) => {
+            if run.control.phase() != STOP {
+                run.stats.error(e.kind());
+            }
+            Outcome::Dropped
+        }
+    }
+}
+
+async fn go<B: Behavior>(conn: conn::Conn, beh: B, run: &Run, slot: usize) -> End {
+    drive(conn, beh, run, slot, slot).await
+}
+
+/// Holds the connection open; heartbeats are answered by the driver.
+struct IdleConn;
+
+impl Behavior for IdleConn {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::WorkerSlot;
+
+    #[test]
+    fn open_schedule_spreads_senders_and_counts_what_is_left() {
+        let a = Sched::new(Load::Open { rate: 1000.0 }, 4, 0, 1_000);
+        let b = Sched::new(Load::Open { rate: 1000.0 }, 4, 1, 1_000);
+        // 1000/s over 4 senders: each every 4 ms, the second 1 ms after the first.
+        assert_eq!(a.due(0), Due::At(1_000));
+        assert_eq!(b.due(0), Due::At(1_001_000));
+        let mut a = a;
+        assert_eq!(a.due(5_000), Due::Now(1_000));
+        a.advance();
+        assert_eq!(a.due(5_000), Due::At(4_001_000));
+        // Intended sends in [0, 1 s): at 4 ms steps from 4.001 ms, 249 of them.
+        assert_eq!(a.remaining(0, 1_000_000_000), 249);
+        assert_eq!(Sched::new(Load::Closed { window: 2 }, 1, 0, 0).due(7), Due::Now(7));
+    }
+
+    #[test]
+    fn fanout_plan_splits_rooms_and_publishers_over_workers() {
+        let mut p = Params::new(Scenario::Fanout, "ws://127.0.0.1:1");
+        p.rooms = 2;
+        p.subscribers = 5;
+        p.publishers = 3;
+        let mut subs = [0usize; 2];
+        let mut pubs = 0;
+        for index in 0..2 {
+            p.worker = Some(WorkerSlot { index, count: 2, source_ip: None });
+            let plan = plan(&p);
+            for (r, n) in plan.local_subs.iter().enumerate() {
+                assert!(*n >= 2);
+                subs[r] += n;
+            }
+            pubs += plan.local_publishers;
+        }
+        assert_eq!((subs, pubs), ([5, 5], 3));
+    }
+}

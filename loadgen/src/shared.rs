@@ -1,0 +1,217 @@
+//! The state one process shares between its connections: parameters, the phase and its
+//! timestamps, counters, the precise timer, and fan-out's delivery feedback.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::task::Waker;
+
+use futures_util::task::AtomicWaker;
+
+use crate::clock::TimerHandle;
+use crate::error::Error;
+use crate::params::{Load, Params};
+use crate::scenario::Plan;
+use crate::stats::{new_hist, Hist, Stats, Tally};
+use crate::target::Target;
+
+/// Connections are being set up; nothing is sent.
+pub const SETUP: u8 = 0;
+/// Warm-up and measurement: senders send.
+pub const RUN: u8 = 1;
+/// The window is over: nothing new is sent, answers still in flight are counted.
+pub const DRAIN: u8 = 2;
+/// Every connection closes.
+pub const STOP: u8 = 3;
+
+/// The phase, its timestamps, and the wakers of every connection so a phase change reaches
+/// connections that are waiting on nothing else (idle ones, closed-loop ones before the start).
+pub struct Control {
+    phase: AtomicU8,
+    start: AtomicU64,
+    measure_start: AtomicU64,
+    planned_end: AtomicU64,
+    wakers: Mutex<Vec<Option<Waker>>>,
+}
+
+impl Control {
+    fn new(slots: usize) -> Control {
+        Control {
+            phase: AtomicU8::new(SETUP),
+            start: AtomicU64::new(0),
+            measure_start: AtomicU64::new(u64::MAX),
+            planned_end: AtomicU64::new(u64::MAX),
+            wakers: Mutex::new(vec![None; slots]),
+        }
+    }
+
+    pub fn phase(&self) -> u8 {
+        self.phase.load(Ordering::SeqCst)
+    }
+
+    pub fn register(&self, slot: usize, waker: &Waker) {
+        if let Ok(mut w) = self.wakers.lock() {
+            if let Some(s) = w.get_mut(slot) {
+                *s = Some(waker.clone());
+            }
+        }
+    }
+
+    pub fn unregister(&self, slot: usize) {
+        if let Ok(mut w) = self.wakers.lock() {
+            if let Some(s) = w.get_mut(slot) {
+                *s = None;
+            }
+        }
+    }
+
+    /// Starts sending at `start`; the measurement runs from `measure_start` to `planned_end`.
+    pub fn start(&self, start: u64, measure_start: u64, planned_end: u64) {
+        self.start.store(start, Ordering::Relaxed);
+        self.measure_start.store(measure_start, Ordering::Relaxed);
+        self.planned_end.store(planned_end, Ordering::Relaxed);
+        self.set_phase(RUN);
+    }
+
+    pub fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::SeqCst);
+        if let Ok(w) = self.wakers.lock() {
+            for waker in w.iter().flatten() {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    pub fn start_ns(&self) -> u64 {
+        self.start.load(Ordering::Relaxed)
+    }
+
+    pub fn measure_start(&self) -> u64 {
+        self.measure_start.load(Ordering::Relaxed)
+    }
+
+    pub fn planned_end(&self) -> u64 {
+        self.planned_end.load(Ordering::Relaxed)
+    }
+}
+
+/// Fan-out closed loop: deliveries of each local publisher's messages seen by local subscribers.
+pub struct PubSlot {
+    pub delivered: AtomicU64,
+    pub waker: AtomicWaker,
+}
+
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// Where a publisher learns that its messages arrived, so a window of publishes can be kept in
+/// flight without any answer from the server.
+pub struct Feedback {
+    slots: Box<[Padded<PubSlot>]>,
+    stride: usize,
+    offset: usize,
+}
+
+impl Feedback {
+    /// Slots for the publishers `offset, offset + stride, ...` (`count` of them).
+    fn new(count: usize, offset: usize, stride: usize) -> Feedback {
+        let slots =
+            (0..count).map(|_| Padded(PubSlot { delivered: AtomicU64::new(0), waker: AtomicWaker::new() })).collect();
+        Feedback { slots, stride: stride.max(1), offset }
+    }
+
+    /// The slot of publisher `global`, when it runs in this process.
+    pub fn slot(&self, global: u64) -> Option<&PubSlot> {
+        let g = usize::try_from(global).ok()?;
+        if g < self.offset || (g - self.offset) % self.stride != 0 {
+            return None;
+        }
+        self.slots.get((g - self.offset) / self.stride).map(|p| &p.0)
+    }
+
+    pub fn delivered(&self, global: u64) {
+        if let Some(s) = self.slot(global) {
+            s.delivered.fetch_add(1, Ordering::AcqRel);
+            s.waker.wake();
+        }
+    }
+}
+
+/// Everything a process's connections share.
+pub struct Run {
+    pub params: Params,
+    pub target: Target,
+    pub source_ip: Option<IpAddr>,
+    pub stats: Stats,
+    pub control: Control,
+    pub timer: TimerHandle,
+    pub feedback: Feedback,
+    pub plan: Plan,
+    /// Connections set up, and set-ups that failed.
+    pub setup_ok: AtomicUsize,
+    pub setup_failed: AtomicUsize,
+    /// Connections open right now.
+    pub alive: AtomicUsize,
+    /// Time to connected of the set-up handshakes.
+    pub setup_hist: Mutex<Hist>,
+}
+
+impl Run {
+    pub fn new(params: &Params, target: Target, plan: Plan, timer: TimerHandle, shards: usize) -> Result<Run, Error> {
+        let source_ip = params.worker.and_then(|w| w.source_ip).map(IpAddr::V4);
+        let (index, count) = params.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
+        let feedback = match params.load {
+            Load::Closed { .. } => Feedback::new(plan.local_publishers, index, count),
+            Load::Open { .. } => Feedback::new(0, 0, 1),
+        };
+        Ok(Run {
+            params: params.clone(),
+            target,
+            source_ip,
+            stats: Stats::new(shards, params.total)?,
+            control: Control::new(plan.roles.len()),
+            timer,
+            feedback,
+            plan,
+            setup_ok: AtomicUsize::new(0),
+            setup_failed: AtomicUsize::new(0),
+            alive: AtomicUsize::new(0),
+            setup_hist: Mutex::new(new_hist()?),
+        })
+    }
+
+    /// Whether a message stamped `t` belongs to the measurement.
+    pub fn measured(&self, t: u64) -> bool {
+        t >= self.control.measure_start() && t < self.control.planned_end()
+    }
+
+    /// Decides whether a send stamped `t` may go out, counting it when it is measured. `false`
+    /// once the window is over, the run is draining, or `--total` is reached: the sender stops.
+    ///
+    /// The count goes up before the phase is checked, and the collector switches to the drain
+    /// before it reads the count (both sequentially consistent): either the drain sees this
+    /// send, or this sender sees the drain and takes the send back. So the drain never ends
+    /// while an admitted send is unaccounted for.
+    pub fn admit(&self, t: u64, tally: &mut Tally, shard: usize) -> bool {
+        if t < self.control.measure_start() {
+            return true;
+        }
+        if t >= self.control.planned_end() || !self.stats.take_ticket() {
+            return false;
+        }
+        self.stats.count_sent(shard);
+        if self.control.phase() != RUN {
+            self.stats.uncount_sent(shard);
+            return false;
+        }
+        tally.sent += 1;
+        true
+    }
+
+    /// Counts the answer to (or delivery of) a message stamped `t`, received at `now`.
+    pub fn record(&self, t: u64, now: u64, tally: &mut Tally) {
+        if self.measured(t) {
+            tally.record(now.saturating_sub(t));
+        }
+    }
+}

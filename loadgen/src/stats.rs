@@ -1,0 +1,309 @@
+//! Counters and latency histograms.
+//!
+//! Connections count into their own [`Tally`] without any synchronisation and flush it into one
+//! of a few sharded, cache-padded mutexes once per wake-up (one lock per read batch, not per
+//! message). The collector takes each shard's lock once a second to cut the per-second series.
+//!
+//! What counts is decided by the send time each message carries: a send is *measured* when its
+//! (intended) time lies in the measurement window, and so is its answer, whenever it arrives.
+//! Warm-up traffic and the drain are thereby kept apart without any race on a phase flag.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+pub type Hist = Histogram<u64>;
+
+/// Highest latency kept, in nanoseconds (one hour); larger values are clamped to it.
+const HIST_HIGH_NS: u64 = 3_600_000_000_000;
+
+/// An empty latency histogram in nanoseconds, three significant digits.
+pub fn new_hist() -> Result<Hist, Error> {
+    Histogram::new_with_bounds(1, HIST_HIGH_NS, 3).map_err(|e| Error::Config(format!("histogram: {e}")))
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min_us: f64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+pub fn percentiles(h: &Hist) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Percentiles {
+        count: h.len(),
+        min_us: us(h.min()),
+        mean_us: h.mean() / 1000.0,
+        p50_us: us(h.value_at_quantile(0.5)),
+        p90_us: us(h.value_at_quantile(0.9)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+    }
+}
+
+/// The histogram as `(value_ns, count)` pairs, for worker processes to hand to their parent.
+pub fn to_raw(h: &Hist) -> Vec<(u64, u64)> {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+pub fn add_raw(h: &mut Hist, raw: &[(u64, u64)]) {
+    for &(v, n) in raw {
+        h.saturating_record_n(v, n);
+    }
+}
+
+/// One connection's unflushed counts.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Measured sends.
+    pub sent: u64,
+    /// Measured answers or deliveries; one latency each in `lat`.
+    pub received: u64,
+    /// Measured sends that definitely failed (handshakes that did not complete).
+    pub failed: u64,
+    /// Intended open-loop sends that could not go out before the end of the window.
+    pub unsent: u64,
+    pub lat: Vec<u64>,
+}
+
+impl Tally {
+    pub fn record(&mut self, latency_ns: u64) {
+        self.received += 1;
+        self.lat.push(latency_ns);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sent == 0 && self.received == 0 && self.failed == 0 && self.unsent == 0
+    }
+}
+
+struct Shard {
+    lat: Hist,
+    interval: Hist,
+    received: u64,
+    failed: u64,
+    unsent: u64,
+    i_sent: u64,
+    i_received: u64,
+    i_failed: u64,
+}
+
+/// Keeps each shard on its own cache lines.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// One second of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Interval {
+    pub sent: u64,
+    pub received: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub p99_ns: u64,
+}
+
+/// The run's totals.
+pub struct Totals {
+    pub sent: u64,
+    pub received: u64,
+    pub failed: u64,
+    pub unsent: u64,
+    pub lat: Hist,
+}
+
+pub struct Stats {
+    shards: Box<[Padded<Mutex<Shard>>]>,
+    /// Measured sends, counted when they are admitted rather than when a tally is flushed, so
+    /// the drain never sees an answer arrive for a send it does not know of (see
+    /// [`crate::shared::Run::admit`]).
+    sent: Box<[Padded<AtomicU64>]>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    interval_errors: AtomicU64,
+    tickets: AtomicU64,
+    total: Option<u64>,
+    total_reached: AtomicBool,
+    scratch: Mutex<Hist>,
+}
+
+impl Stats {
+    pub fn new(shards: usize, total: Option<u64>) -> Result<Stats, Error> {
+        let template = new_hist()?;
+        let shards: Box<[Padded<Mutex<Shard>>]> = (0..shards.max(1))
+            .map(|_| {
+                Padded(Mutex::new(Shard {
+                    lat: template.clone(),
+                    interval: template.clone(),
+                    received: 0,
+                    failed: 0,
+                    unsent: 0,
+                    i_sent: 0,
+                    i_received: 0,
+                    i_failed: 0,
+                }))
+            })
+            .collect();
+        let sent = (0..shards.len()).map(|_| Padded(AtomicU64::new(0))).collect();
+        Ok(Stats {
+            shards,
+            sent,
+            errors: Mutex::new(BTreeMap::new()),
+            interval_errors: AtomicU64::new(0),
+            tickets: AtomicU64::new(0),
+            total,
+            total_reached: AtomicBool::new(false),
+            scratch: Mutex::new(template),
+        })
+    }
+
+    /// Counts one error of `kind` (connection failures and drops; they never end the run).
+    pub fn error(&self, kind: &'static str) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(kind).or_default() += 1;
+        }
+        self.interval_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect()).unwrap_or_default()
+    }
+
+    /// Whether one more measured send fits under `--total`.
+    pub fn take_ticket(&self) -> bool {
+        let Some(total) = self.total else { return true };
+        let k = self.tickets.fetch_add(1, Ordering::Relaxed);
+        if k + 1 >= total {
+            self.total_reached.store(true, Ordering::Relaxed);
+        }
+        k < total
+    }
+
+    /// Whether `--total` measured sends have gone out.
+    pub fn total_reached(&self) -> bool {
+        self.total_reached.load(Ordering::Relaxed)
+    }
+
+    /// Counts one measured send on `shard`.
+    pub fn count_sent(&self, shard: usize) {
+        self.sent[shard % self.sent.len()].0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes back a send counted by [`Stats::count_sent`] that did not go out after all.
+    pub fn uncount_sent(&self, shard: usize) {
+        self.sent[shard % self.sent.len()].0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn sent_total(&self) -> u64 {
+        self.sent.iter().map(|s| s.0.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Adds a connection's tally to shard `shard` and empties it. Its `sent` only feeds the
+    /// per-second series; the total comes from [`Stats::count_sent`].
+    pub fn flush(&self, shard: usize, t: &mut Tally) {
+        let Ok(mut s) = self.shards[shard % self.shards.len()].0.lock() else { return };
+        s.i_sent += t.sent;
+        s.received += t.received;
+        s.i_received += t.received;
+        s.failed += t.failed;
+        s.i_failed += t.failed;
+        s.unsent += t.unsent;
+        for &ns in &t.lat {
+            s.lat.saturating_record(ns.max(1));
+            s.interval.saturating_record(ns.max(1));
+        }
+        drop(s);
+        t.sent = 0;
+        t.received = 0;
+        t.failed = 0;
+        t.unsent = 0;
+        t.lat.clear();
+    }
+
+    /// The counts since the previous call, and their p99.
+    pub fn interval(&self) -> Interval {
+        let mut out = Interval { errors: self.interval_errors.swap(0, Ordering::Relaxed), ..Interval::default() };
+        let Ok(mut merged) = self.scratch.lock() else { return out };
+        merged.reset();
+        for shard in self.shards.iter() {
+            let Ok(mut s) = shard.0.lock() else { continue };
+            out.sent += std::mem::take(&mut s.i_sent);
+            out.received += std::mem::take(&mut s.i_received);
+            out.failed += std::mem::take(&mut s.i_failed);
+            let _ = merged.add(&s.interval);
+            s.interval.reset();
+        }
+        out.p99_ns = if merged.is_empty() { 0 } else { merged.value_at_quantile(0.99) };
+        out
+    }
+
+    /// `(sent, received, failed)` so far, without touching the interval counts.
+    pub fn progress(&self) -> (u64, u64, u64) {
+        let sent = self.sent_total();
+        let (received, failed) =
+            self.shards.iter().filter_map(|s| s.0.lock().ok()).fold((0, 0), |(b, c), s| (b + s.received, c + s.failed));
+        (sent, received, failed)
+    }
+
+    pub fn totals(&self) -> Result<Totals, Error> {
+        let mut t = Totals { sent: self.sent_total(), received: 0, failed: 0, unsent: 0, lat: new_hist()? };
+        for shard in self.shards.iter() {
+            let Ok(s) = shard.0.lock() else { continue };
+            t.received += s.received;
+            t.failed += s.failed;
+            t.unsent += s.unsent;
+            let _ = t.lat.add(&s.lat);
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_flush_into_totals_and_intervals() {
+        let stats = Stats::new(4, Some(3)).unwrap();
+        let mut t = Tally::default();
+        assert!(stats.take_ticket() && stats.take_ticket());
+        assert!(!stats.total_reached());
+        assert!(stats.take_ticket());
+        assert!(stats.total_reached());
+        assert!(!stats.take_ticket());
+        t.sent = 3;
+        for _ in 0..4 {
+            stats.count_sent(1);
+        }
+        stats.uncount_sent(1);
+        t.record(1000);
+        t.record(3000);
+        stats.flush(5, &mut t);
+        assert!(t.is_empty() && t.lat.is_empty());
+        stats.error("closed");
+        let i = stats.interval();
+        assert_eq!((i.sent, i.received, i.errors), (3, 2, 1));
+        assert!(i.p99_ns >= 2990 && i.p99_ns <= 3010, "{}", i.p99_ns);
+        assert_eq!(stats.interval(), Interval::default());
+        let tot = stats.totals().unwrap();
+        assert_eq!((tot.sent, tot.received), (3, 2));
+        let mut h = new_hist().unwrap();
+        add_raw(&mut h, &to_raw(&tot.lat));
+        assert_eq!(percentiles(&h), percentiles(&tot.lat));
+        assert_eq!(stats.errors().get("closed"), Some(&1));
+    }
+}

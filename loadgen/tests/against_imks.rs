@@ -1,0 +1,166 @@
+//! imks-loadgen's protocol code against a real, in-process imks conformance node: short, small
+//! runs of every scenario. Not timed: each asserts that the run completed with nothing lost.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use imks::config::file::FileConfig;
+use imks::{Config, Node};
+use imks_loadgen::{Load, Params, Protocol, Report, Scenario};
+
+/// A conformance node (as `imks conformance`) on 127.0.0.1:0 with relaxed heartbeats.
+fn start_conformance() -> (Node, SocketAddr) {
+    let mut f = FileConfig::default();
+    f.server.listen = vec!["127.0.0.1:0".into()];
+    f.server.shards = 1;
+    f.server.pin_threads = false;
+    f.server.shutdown_timeout_ms = 3000;
+    f.log.level = "warn".into();
+    let mut c = Config::resolve(f, |_| Ok(None)).expect("valid config");
+    c.conformance = true;
+    c.eio.ping_interval = Duration::from_secs(20);
+    c.eio.ping_timeout = Duration::from_secs(20);
+    let node = Node::start(c).expect("node starts");
+    let addr = node.local_addrs()[0];
+    (node, addr)
+}
+
+/// Small, bounded defaults: one thread, no warm-up, ended by `total` well before `duration`.
+fn params(scenario: Scenario, addr: SocketAddr) -> Params {
+    let mut p = Params::new(scenario, &format!("ws://{addr}"));
+    p.threads = 1;
+    p.warmup_s = 0.0;
+    p.duration_s = 15.0;
+    p.drain_s = 5.0;
+    p.connections = 10;
+    p.load = Load::Closed { window: 4 };
+    p
+}
+
+fn run(p: &Params) -> Report {
+    let r = imks_loadgen::run(p).unwrap_or_else(|e| panic!("{:?} run failed: {e}", p.scenario));
+    eprint!("{}", r.summary());
+    r
+}
+
+fn assert_complete(r: &Report, sent: u64, expected: u64) {
+    assert_eq!(r.connections.setup_failed, 0, "{:?}", r.errors);
+    assert_eq!(r.connections.dropped, 0, "{:?}", r.errors);
+    assert_eq!(r.counts.sent, sent);
+    assert_eq!(r.counts.expected, expected);
+    assert_eq!(r.counts.received, expected, "errors {:?}", r.errors);
+    assert_eq!((r.counts.lost, r.counts.duplicates, r.counts.unsent), (0, 0, 0));
+    assert_eq!(r.latency_us.count, expected);
+    assert!(r.latency_us.p50_us > 0.0 && r.latency_us.max_us >= r.latency_us.p99_us);
+    assert!(!r.timeseries.is_empty());
+    assert!(r.loadgen.cpu_s > 0.0);
+}
+
+#[test]
+fn echo_over_raw_websocket() {
+    let (_node, addr) = start_conformance();
+    let mut p = params(Scenario::Echo, addr);
+    p.total = Some(2000);
+    let r = run(&p);
+    assert_complete(&r, 2000, 2000);
+    assert_eq!(r.connections.alive_at_end, 10);
+
+    // Open loop, text payloads.
+    p.ws_text = true;
+    p.load = Load::Open { rate: 2000.0 };
+    p.total = Some(500);
+    assert_complete(&run(&p), 500, 500);
+}
+
+#[test]
+fn ack_over_socketio() {
+    let (_node, addr) = start_conformance();
+    let mut p = params(Scenario::Ack, addr);
+    p.total = Some(2000);
+    p.size = 200;
+    let r = run(&p);
+    assert_complete(&r, 2000, 2000);
+
+    p.load = Load::Open { rate: 1000.0 };
+    p.total = Some(300);
+    assert_complete(&run(&p), 300, 300);
+}
+
+#[test]
+fn fanout_over_socketio() {
+    let (node, addr) = start_conformance();
+    let mut p = params(Scenario::Fanout, addr);
+    p.rooms = 2;
+    p.subscribers = 5;
+    p.publishers = 2;
+    p.load = Load::Open { rate: 600.0 };
+    p.total = Some(300);
+    let r = run(&p);
+    assert_complete(&r, 300, 1500);
+    assert_eq!(r.connections.established, 12);
+
+    // Closed loop: publishers keep a window of deliveries in flight.
+    p.load = Load::Closed { window: 2 };
+    p.total = Some(400);
+    assert_complete(&run(&p), 400, 2000);
+
+    // --server-pid: our own process, since the node runs in it.
+    p.server_pid = Some(std::process::id());
+    p.total = Some(100);
+    let r = run(&p);
+    let s = r.server.as_ref().expect("server figures");
+    // CPU time comes in clock ticks: a run this short may well show none.
+    assert!(s.rss_before_kb.is_some() && s.rss_after_setup_kb.is_some() && s.cpu_s.is_some(), "{s:?}");
+    drop(node);
+}
+
+#[test]
+fn connect_storm() {
+    let (_node, addr) = start_conformance();
+    let mut p = params(Scenario::Connect, addr);
+    p.connections = 5;
+    p.total = Some(50);
+    let r = run(&p);
+    assert_eq!(r.counts.sent, 50);
+    assert_eq!((r.counts.received, r.counts.failed, r.counts.lost), (50, 0, 0), "{:?}", r.errors);
+    assert_eq!(r.latency_us.count, 50);
+
+    p.protocol = Protocol::Ws;
+    p.load = Load::Open { rate: 200.0 };
+    p.total = Some(30);
+    let r = run(&p);
+    assert_eq!((r.counts.sent, r.counts.received, r.counts.lost), (30, 30, 0), "{:?}", r.errors);
+}
+
+#[test]
+fn idle_connections_stay_up() {
+    let (_node, addr) = start_conformance();
+    let mut p = params(Scenario::Idle, addr);
+    p.connections = 20;
+    p.duration_s = 1.0;
+    p.health_url = Some(format!("http://{addr}/health"));
+    let r = run(&p);
+    assert_eq!((r.connections.established, r.connections.alive_at_end), (20, 20), "{:?}", r.errors);
+    assert_eq!((r.counts.sent, r.counts.received, r.counts.lost), (20, 20, 0));
+    let s = r.server.as_ref().expect("health figures");
+    assert_eq!(s.health_connections_after_setup.map(|c| c >= 20), Some(true), "{s:?}");
+}
+
+#[test]
+fn worker_processes_merge_into_one_report() {
+    let (_node, addr) = start_conformance();
+    let mut p = params(Scenario::Ack, addr);
+    p.processes = 2;
+    p.worker_exe = Some(env!("CARGO_BIN_EXE_imks-loadgen").into());
+    p.total = Some(1000);
+    let r = run(&p);
+    assert_eq!(r.loadgen.processes, 2);
+    assert_eq!(r.connections.established, 10);
+    assert_complete(&r, 1000, 1000);
+}
+
+#[test]
+fn chat_is_refused() {
+    let p = Params::new(Scenario::Chat, "ws://127.0.0.1:9");
+    assert!(matches!(imks_loadgen::run(&p), Err(imks_loadgen::Error::Unsupported(_))));
+}
