@@ -103,6 +103,9 @@ pub struct EioSession {
     poll_active: Cell<bool>,
     /// A WebSocket has sent `2probe` and the upgrade is not finished.
     upgrading: Cell<bool>,
+    /// WebSockets opened to upgrade this session, until one of them finishes it; the others
+    /// are then closed.
+    candidates: RefCell<Vec<Rc<Conn>>>,
     awaiting_pong: Cell<bool>,
     /// The heartbeat task, while it waits for a pong.
     pong_waiter: RefCell<Option<Waker>>,
@@ -280,6 +283,7 @@ impl Engine {
             poll_waiter: RefCell::new(None),
             poll_active: Cell::new(false),
             upgrading: Cell::new(false),
+            candidates: RefCell::new(Vec::new()),
             awaiting_pong: Cell::new(false),
             pong_waiter: RefCell::new(None),
             ping_due: Cell::new(Instant::now() + shard.node.config.eio.ping_interval),
@@ -332,6 +336,7 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
     }
     s.closed.set(true);
     s.closed_event.set();
+    s.candidates.borrow_mut().clear();
     s.wake_poll();
     if let Some(w) = s.pong_waiter.borrow_mut().take() {
         w.wake();
@@ -576,6 +581,10 @@ fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>) -> Response {
     payload_response(&s)
 }
 
+/// How long a GET during an upgrade waits before it is answered with a noop (the reference
+/// server's upgrade check period).
+const UPGRADE_CHECK: Duration = Duration::from_millis(100);
+
 /// A long-poll: answers at once with what is queued, or waits until something is.
 async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
     if s.poll_active.get() {
@@ -593,6 +602,23 @@ async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
         }
     })
     .await;
+    if s.upgrading.get() && s.queue.borrow().is_empty() && !s.closed.get() {
+        // As the reference server does, release a GET during an upgrade with a noop only after
+        // up to one check period, so a `5` that follows the probe at once finishes the upgrade
+        // first (and this GET then gets 400).
+        let settled = poll_fn(|cx| {
+            if !s.upgrading.get() || s.closed.get() || !s.queue.borrow().is_empty() {
+                Poll::Ready(())
+            } else {
+                *s.poll_waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        monoio::select! {
+            _ = settled => {},
+            _ = monoio::time::sleep(UPGRADE_CHECK) => {},
+        }
+    }
     s.poll_active.set(false);
     if s.is_websocket() && !s.upgrading.get() && !s.closed.get() {
         // The upgrade finished while this GET waited: polling is over for this session.
@@ -648,6 +674,8 @@ impl WsHandler for EioWs {
                 // Another WebSocket has this session (or is taking it): as the reference
                 // server does, accept the handshake and close at once.
                 shard.close_session(conn, 1008, "session already upgraded", crate::metrics::CloseReason::Protocol);
+            } else {
+                s.candidates.borrow_mut().push(conn.clone());
             }
             return; // the session goes on; it switches to us on `5`
         }
@@ -693,6 +721,10 @@ impl WsHandler for EioWs {
             Ok(Packet::Upgrade) if s.upgrading.get() => {
                 *s.transport.borrow_mut() = Transport::WebSocket(conn.clone());
                 s.upgrading.set(false);
+                let others: Vec<Rc<Conn>> = s.candidates.borrow_mut().drain(..).collect();
+                for other in others.iter().filter(|c| c.id != conn.id) {
+                    shard.close_session(other, 1008, "session already upgraded", crate::metrics::CloseReason::Protocol);
+                }
                 // Whatever the polling side had not fetched goes out on the WebSocket.
                 let pending: Vec<Packet> = s.queue.borrow_mut().drain(..).collect();
                 for p in pending {
@@ -707,13 +739,16 @@ impl WsHandler for EioWs {
         }
     }
 
-    fn on_close(&self, shard: &Shard, _conn: &Rc<Conn>) {
+    fn on_close(&self, shard: &Shard, conn: &Rc<Conn>) {
         let session = self.session.borrow_mut().take();
         if let Some(s) = session {
             close(shard, &s, "transport close", false);
         } else if let Some(s) = &self.upgrade_of {
             // The upgrade failed: the session carries on polling.
-            s.upgrading.set(false);
+            s.candidates.borrow_mut().retain(|c| c.id != conn.id);
+            if s.candidates.borrow().is_empty() {
+                s.upgrading.set(false);
+            }
         }
     }
 }
