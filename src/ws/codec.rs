@@ -28,7 +28,7 @@ use tungstenite::Message;
 /// from the fed input per read call. tungstenite allocates this eagerly for every session and
 /// its default is 128 KiB; a small buffer keeps idle sessions cheap, and a larger frame still
 /// works because tungstenite reserves room for a whole frame once it has parsed the header.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Input capacity kept after the fed bytes have all been consumed. A burst (one large frame
 /// fed in one go) must not pin a large allocation for the rest of a long-lived session.
