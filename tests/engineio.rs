@@ -286,3 +286,25 @@ fn a_second_websocket_for_an_upgraded_session_is_closed() {
     c.send(Message::text("4still mine")).unwrap();
     assert_eq!(text(&mut c), "4still mine");
 }
+
+#[test]
+fn polling_answers_cors_preflights_and_echoes_the_origin() {
+    let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));
+    let (status, head, _) = http(
+        addr,
+        &format!(
+            "OPTIONS {PATH} HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 204, "{head}");
+    assert!(head.contains("Access-Control-Allow-Origin: http://app.example"), "{head}");
+    assert!(head.contains("Access-Control-Allow-Methods: GET, POST, OPTIONS"), "{head}");
+    let (status, head, body) = http(
+        addr,
+        &format!("GET {PATH} HTTP/1.1\r\nHost: x\r\nOrigin: http://app.example\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("Access-Control-Allow-Origin: http://app.example"), "{head}");
+    assert!(body.starts_with(b"0{"));
+}
