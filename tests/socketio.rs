@@ -5,20 +5,9 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::sio_text as text;
 use common::*;
 use tungstenite::Message;
-
-fn text(c: &mut Ws) -> Option<String> {
-    loop {
-        match c.read() {
-            Ok(Message::Text(t)) if t.as_str() == "2" => c.send(Message::text("3")).unwrap(),
-            Ok(Message::Text(t)) => return Some(t.to_string()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(m) => panic!("unexpected {m:?}"),
-        }
-    }
-}
 
 /// A raw Engine.IO WebSocket connected to the main namespace.
 fn connected(addr: SocketAddr) -> Ws {

@@ -7,23 +7,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::sio_text as text;
 use common::*;
 use imks::config::file::FileConfig;
 use imks::socketio::{AckError, ConnectRefusal, Namespace, SioConfig, SocketIo};
 use imks::{Config, Node};
 use tungstenite::Message;
-
-fn text(c: &mut Ws) -> Option<String> {
-    loop {
-        match c.read() {
-            Ok(Message::Text(t)) if t.as_str() == "2" => c.send(Message::text("3")).unwrap(),
-            Ok(Message::Text(t)) => return Some(t.to_string()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(m) => panic!("unexpected {m:?}"),
-        }
-    }
-}
 
 fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
     let mut f = FileConfig::default();

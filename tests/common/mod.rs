@@ -206,3 +206,18 @@ pub fn on_both_drivers(f: impl Fn(&str)) {
         f(d);
     }
 }
+
+/// The next Engine.IO text message on a raw WebSocket, answering server pings on the way;
+/// `None` once the connection has closed.
+pub fn sio_text(c: &mut Ws) -> Option<String> {
+    use tungstenite::Message;
+    loop {
+        match c.read() {
+            Ok(Message::Text(t)) if t.as_str() == "2" => c.send(Message::text("3")).unwrap(),
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(m) => panic!("unexpected {m:?}"),
+        }
+    }
+}
