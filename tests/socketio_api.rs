@@ -28,6 +28,7 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
                                   _: Option<&str>| {
             let reasons = reasons.clone();
             s.on_disconnect(move |_, _, reason| reasons.lock().unwrap().push(reason.to_string()));
+            s.on("volatile", |shard, s, _| s.emit_volatile(shard, "v", "1"));
             s.on("kick", |shard, s, _| {
                 if let Some(io) = &shard.apps.socketio {
                     s.disconnect(shard, io, false);
@@ -87,6 +88,9 @@ fn namespaces_middleware_and_server_side_disconnect() {
 
     c.send(Message::text("40")).unwrap();
     assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
+    // A volatile emit goes out when the transport can take it.
+    c.send(Message::text(r#"42["volatile"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"42["v",1]"#);
     // The server asks with an ack we never give: its callback sees the timeout.
     c.send(Message::text(r#"42["ask"]"#)).unwrap();
     assert_eq!(text(&mut c).unwrap(), r#"421["question"]"#);
