@@ -22,7 +22,7 @@ use crate::shard::session::{Conn, Enqueued, FrameKind, Phase};
 use crate::shard::Shard;
 
 /// A session's first read buffer; it doubles up to `http.read_buffer_bytes` when reads fill it.
-const MIN_READ_BUFFER: usize = 512;
+const MIN_READ_BUFFER: usize = 2048;
 
 /// How long the writer waits after a frame that must be read on its own before sending more.
 const FLUSH_PAUSE: Duration = Duration::from_millis(1);
