@@ -6,8 +6,10 @@ PORT ?= 3000
 CONFIG ?= $(wildcard imks.toml)
 PYTHON := .venv/bin/python
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
+export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec fmt clean
+.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec bench bench-quick fmt clean
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -41,6 +43,15 @@ js-tests: build
 
 bench-codec:
 	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet
+
+## bench: imks side by side with socket.io (node), socketioxide and a raw baseline, server on
+## core 0 and load on core 1 (about 10 minutes); prints the tables and writes docs/benchmarks.md
+bench:
+	bench/run
+
+## bench-quick: the same scenarios in short runs (2-3 minutes), for development; docs untouched
+bench-quick:
+	bench/run --quick
 
 fmt:
 	$(CARGO) fmt --all
