@@ -30,6 +30,8 @@ pub mod ring;
 pub mod shard;
 pub mod sidecar;
 pub mod socketio;
+#[cfg(test)]
+mod test_util;
 pub mod util;
 pub mod ws;
 

@@ -879,14 +879,7 @@ mod tests {
         assert_eq!(Payload::Text(Bytes::from_static(b"\xff")).as_str(), None);
     }
 
-    fn xorshift(state: &mut u64) -> u64 {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        x
-    }
+    use crate::test_util::xorshift;
 
     /// Deterministic robustness: 2000 random inputs built from protocol-relevant bytes must
     /// never panic, and whatever decodes must re-encode to something that decodes the same.

@@ -893,20 +893,7 @@ mod tests {
         assert_eq!(n, b"0");
     }
 
-    /// Deterministic xorshift64, so a failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::test_util::Rng;
 
     fn outcome(buf: &[u8], limits: &Limits) -> Option<String> {
         match parse_head(buf, limits) {

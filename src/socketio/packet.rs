@@ -1589,14 +1589,7 @@ mod tests {
         );
     }
 
-    fn xorshift(state: &mut u64) -> u64 {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        x
-    }
+    use crate::test_util::xorshift;
 
     /// Deterministic robustness: 2000 random inputs assembled from protocol fragments must never
     /// panic; whatever decodes must survive an encode/decode round trip unchanged, and the

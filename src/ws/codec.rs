@@ -947,27 +947,12 @@ mod tests {
 
     // ---- robustness ----
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: u64) -> usize {
-            (self.next() % n) as usize
-        }
-    }
+    use crate::test_util::Rng;
 
     /// A frame that is valid more often than not, so the random inputs reach past the header.
-    fn plausible_frame(rng: &mut XorShift) -> Vec<u8> {
+    fn plausible_frame(rng: &mut Rng) -> Vec<u8> {
         const OPS: [u8; 7] = [OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, 0x3];
-        let mut first = OPS[rng.below(OPS.len() as u64)];
+        let mut first = OPS[rng.below(OPS.len())];
         if rng.below(2) == 0 {
             first |= FIN;
         }
@@ -985,14 +970,14 @@ mod tests {
         let mask = if rng.below(10) == 0 { None } else { Some((rng.next() as u32).to_be_bytes()) };
         let mut frame = raw_frame(first, &payload, mask);
         if rng.below(20) == 0 {
-            frame.truncate(rng.below(frame.len() as u64 + 1));
+            frame.truncate(rng.below(frame.len() + 1));
         }
         frame
     }
 
     #[test]
     fn random_inputs_never_panic() {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let small = CodecLimits { max_message_bytes: 256, max_frame_bytes: 128 };
         for _ in 0..2000 {
             let input: Vec<u8> = if rng.below(2) == 0 {
@@ -1003,7 +988,7 @@ mod tests {
             let mut codec = WsCodec::new(if rng.below(2) == 0 { small } else { limits() });
             let mut rest = &input[..];
             while !rest.is_empty() {
-                let (chunk, tail) = rest.split_at(1 + rng.below(rest.len() as u64));
+                let (chunk, tail) = rest.split_at(1 + rng.below(rest.len()));
                 rest = tail;
                 codec.feed(chunk);
                 let mut events = Vec::new();
