@@ -248,7 +248,7 @@ fn requests_of_one_session_are_served_from_any_shard() {
 }
 
 #[test]
-fn a_get_that_overtakes_the_upgrade_is_answered_400() {
+fn a_get_that_overtakes_the_upgrade_is_answered_not_left_hanging() {
     let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));
     let (sid, _) = handshake(addr);
     let pending = {
