@@ -18,6 +18,9 @@
 //!   the raw Engine.IO echo.
 //! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
 //! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
+//! - [`store`]: the per-shard message store interface and its in-memory backend: messages,
+//!   history, edits, reactions, read state, offline queues, with bounded eviction.
+//! - [`names`]: the one validation rule for tenant, room, channel and user ids.
 //! - [`metrics`]: per-shard counters and Prometheus rendering.
 
 pub mod app;
@@ -25,11 +28,13 @@ pub mod config;
 pub mod engineio;
 pub mod http;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod ring;
 pub mod shard;
 pub mod sidecar;
 pub mod socketio;
+pub mod store;
 #[cfg(test)]
 mod test_util;
 pub mod util;

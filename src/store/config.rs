@@ -1,0 +1,170 @@
+//! `[store]`: which message store a node uses and the bounds of the in-memory one.
+//!
+//! [`StoreSection`] is the file's shape (every field defaulted, unknown keys refused);
+//! [`resolve`] validates it into [`StoreConfig`], which the store uses. Every bound exists so
+//! that no client can grow a shard's memory without limit; each one's eviction rule is written
+//! on the field and in `docs/storage.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Which implementation of [`super::Store`] a node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// [`super::MemoryStore`]: one per shard, lost on restart.
+    #[default]
+    Memory,
+}
+
+/// `[store]` as written in `imks.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `"memory"`, the only backend so far. Default `"memory"`.
+    pub backend: StoreBackend,
+    /// Most conversations one shard keeps; one more evicts the conversation appended to least
+    /// recently, whole (messages and read state). Default 100000.
+    pub max_conversations: usize,
+    /// Most messages kept per conversation; one more drops that conversation's oldest message,
+    /// so its history starts later. Default 10000.
+    pub max_messages_per_conversation: usize,
+    /// Most messages queued for one offline user; one more drops the oldest queued message and
+    /// counts it in [`super::StoreStats::dropped_offline`]. Default 10000.
+    pub max_offline_per_user: usize,
+    /// Most users with an offline queue on one shard; one more drops the whole queue of the user
+    /// pushed to least recently, counting its messages as dropped. Default 100000.
+    pub max_offline_users: usize,
+    /// Most `(tenant, author, client_msg_id)` entries remembered for deduplication, per shard;
+    /// one more forgets the oldest, so a very old id is stored again. Default 100000.
+    pub max_dedup_entries: usize,
+    /// Most messages one history page returns; larger requests are cut to it. Default 100.
+    pub max_history_page: usize,
+    /// Most bytes in a message body, at append and at edit; more is refused. Default 16384.
+    pub max_body_bytes: usize,
+    /// Most previous bodies kept per message; one more edit forgets the oldest. Default 100.
+    pub max_edits_per_message: usize,
+    /// Most (emoji, user) reactions per message; one more is refused. Default 1000.
+    pub max_reactions_per_message: usize,
+    /// Most readers whose read state a conversation keeps; one more forgets the reader who
+    /// marked least recently (their read state starts again from 0). Default 10000.
+    pub max_readers_per_conversation: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            max_conversations: 100_000,
+            max_messages_per_conversation: 10_000,
+            max_offline_per_user: 10_000,
+            max_offline_users: 100_000,
+            max_dedup_entries: 100_000,
+            max_history_page: 100,
+            max_body_bytes: 16_384,
+            max_edits_per_message: 100,
+            max_reactions_per_message: 1_000,
+            max_readers_per_conversation: 10_000,
+        }
+    }
+}
+
+/// The validated `[store]` the store uses. Every bound is at least 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub max_conversations: usize,
+    pub max_messages_per_conversation: usize,
+    pub max_offline_per_user: usize,
+    pub max_offline_users: usize,
+    pub max_dedup_entries: usize,
+    pub max_history_page: usize,
+    pub max_body_bytes: usize,
+    pub max_edits_per_message: usize,
+    pub max_reactions_per_message: usize,
+    pub max_readers_per_conversation: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        // The defaults are all valid, so this cannot fail; spelled out to avoid an expect().
+        let s = StoreSection::default();
+        Self {
+            backend: s.backend,
+            max_conversations: s.max_conversations,
+            max_messages_per_conversation: s.max_messages_per_conversation,
+            max_offline_per_user: s.max_offline_per_user,
+            max_offline_users: s.max_offline_users,
+            max_dedup_entries: s.max_dedup_entries,
+            max_history_page: s.max_history_page,
+            max_body_bytes: s.max_body_bytes,
+            max_edits_per_message: s.max_edits_per_message,
+            max_reactions_per_message: s.max_reactions_per_message,
+            max_readers_per_conversation: s.max_readers_per_conversation,
+        }
+    }
+}
+
+/// A `[store]` section that cannot be used; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreConfigError {
+    #[error("store.{field} must be at least 1")]
+    Zero { field: &'static str },
+}
+
+/// Validates `[store]`: every bound must be at least 1 (a zero bound would make the store
+/// unusable, and "0 = unlimited" would break the promise that everything is bounded).
+pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
+    let at_least_1 = |field: &'static str, v: usize| if v == 0 { Err(StoreConfigError::Zero { field }) } else { Ok(v) };
+    Ok(StoreConfig {
+        backend: s.backend,
+        max_conversations: at_least_1("max_conversations", s.max_conversations)?,
+        max_messages_per_conversation: at_least_1("max_messages_per_conversation", s.max_messages_per_conversation)?,
+        max_offline_per_user: at_least_1("max_offline_per_user", s.max_offline_per_user)?,
+        max_offline_users: at_least_1("max_offline_users", s.max_offline_users)?,
+        max_dedup_entries: at_least_1("max_dedup_entries", s.max_dedup_entries)?,
+        max_history_page: at_least_1("max_history_page", s.max_history_page)?,
+        max_body_bytes: at_least_1("max_body_bytes", s.max_body_bytes)?,
+        max_edits_per_message: at_least_1("max_edits_per_message", s.max_edits_per_message)?,
+        max_reactions_per_message: at_least_1("max_reactions_per_message", s.max_reactions_per_message)?,
+        max_readers_per_conversation: at_least_1("max_readers_per_conversation", s.max_readers_per_conversation)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_section_gives_the_defaults() {
+        let s: StoreSection = toml::from_str("").unwrap();
+        let c = resolve(&s).unwrap();
+        assert_eq!(c, StoreConfig::default());
+        assert_eq!(c.backend, StoreBackend::Memory);
+        assert_eq!(c.max_conversations, 100_000);
+        assert_eq!(c.max_messages_per_conversation, 10_000);
+        assert_eq!(c.max_offline_per_user, 10_000);
+        assert_eq!(c.max_dedup_entries, 100_000);
+        assert_eq!(c.max_history_page, 100);
+        assert_eq!(c.max_body_bytes, 16_384);
+    }
+
+    #[test]
+    fn reads_the_file_shape() {
+        let s: StoreSection = toml::from_str("backend = \"memory\"\nmax_history_page = 7\n").unwrap();
+        assert_eq!(resolve(&s).unwrap().max_history_page, 7);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_backends() {
+        assert!(toml::from_str::<StoreSection>("max_history = 7\n").is_err());
+        assert!(toml::from_str::<StoreSection>("backend = \"postgres\"\n").is_err());
+    }
+
+    #[test]
+    fn zero_is_refused_naming_the_field() {
+        let s = StoreSection { max_conversations: 0, ..StoreSection::default() };
+        assert_eq!(resolve(&s).unwrap_err().to_string(), "store.max_conversations must be at least 1");
+        let s = StoreSection { max_readers_per_conversation: 0, ..StoreSection::default() };
+        assert_eq!(resolve(&s).unwrap_err(), StoreConfigError::Zero { field: "max_readers_per_conversation" });
+    }
+}
