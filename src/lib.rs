@@ -20,6 +20,8 @@
 //! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
 //! - [`store`]: the per-shard message store interface and its in-memory backend: messages,
 //!   history, edits, reactions, read state, offline queues, with bounded eviction.
+//! - [`membership`]: who may send to and join each channel, a lock-free snapshot shared by all
+//!   shards.
 //! - [`names`]: the one validation rule for tenant, room, channel and user ids.
 //! - [`metrics`]: per-shard counters and Prometheus rendering.
 
@@ -27,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod engineio;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod names;
 pub mod node;
