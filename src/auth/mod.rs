@@ -198,3 +198,6 @@ pub fn token_from_request(head: &RequestHead) -> Option<String> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
+
+#[cfg(test)]
+mod tests;
