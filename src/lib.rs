@@ -9,6 +9,8 @@
 //!   coarse timer and ring endpoints; [`shard::session`] holds session ids and send queues.
 //! - [`http`]: the pure HTTP/1.1 head parser and the per-connection driver (keep-alive,
 //!   pipelining, limits, timeouts, upgrade).
+//! - [`auth`]: who a client is (anonymous, static tokens or JWT) and which web origins may
+//!   connect; pure, shared by all shards.
 //! - [`ws`]: the pure WebSocket handshake and codec, and the session driver (reader and
 //!   coalescing writer).
 //! - [`engineio`]: Engine.IO v4 sessions over polling and WebSocket, with the pure packet codec.
@@ -26,6 +28,7 @@
 //! - [`metrics`]: per-shard counters and Prometheus rendering.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod engineio;
 pub mod http;
