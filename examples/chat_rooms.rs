@@ -32,7 +32,9 @@ fn on_connection(shard: &Shard, socket: &Rc<Socket>, _auth: Option<&str>) {
     socket.emit(shard, "welcome", &format!("{{\"id\":\"{}\"}}", socket.id));
     socket.on("join", |shard, socket, ev| {
         let (Some(io), Ok((room,))) = (&shard.apps.socketio, ev.args::<(String,)>()) else { return };
-        socket.join(io, &room);
+        if let Err(e) = socket.join(io, &room) {
+            tracing::debug!(error = %e, "join refused");
+        }
         socket.ack(shard, &ev, "true", Vec::new());
     });
     socket.on("say", |shard, socket, ev| {

@@ -16,8 +16,11 @@
 //! - [`engineio`]: Engine.IO v4 sessions over polling and WebSocket, with the pure packet codec.
 //! - [`socketio`]: Socket.IO v5 namespaces, events, acks, binary and cross-shard rooms on top
 //!   of Engine.IO, with the pure packet codec.
-//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`, and in conformance mode
-//!   the raw Engine.IO echo.
+//! - [`chat`]: identities on the node (home shards), presence, and the native JSON protocol at
+//!   `/ws` with `sent`/`delivered`/`read` acks, offline delivery and the embeddable router.
+//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`, the IM events on
+//!   Socket.IO, and in conformance mode the raw Engine.IO echo.
+//! - [`limits`]: connection limits per node and IP, per-session rate and room limits, names.
 //! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
 //! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
 //! - [`store`]: the per-shard message store interface and its in-memory backend: messages,
@@ -29,9 +32,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod engineio;
 pub mod http;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod names;

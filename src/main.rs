@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Conformance { port, ping_interval, ping_timeout, recovery_window_ms, .. } => {
-            config.conformance = true;
+            config.conformance_mode();
             config.sio.connect_timeout = std::time::Duration::from_millis(1000);
             config.sio.recovery = (recovery_window_ms > 0).then(|| imks::socketio::recovery::RecoveryConfig {
                 window: std::time::Duration::from_millis(recovery_window_ms),

@@ -38,10 +38,14 @@ pub enum CloseReason {
     Io,
     /// Handed to the shard that owns its session (an Engine.IO upgrade); not an end.
     Moved,
+    /// A policy ended it: the message rate limit (1008) or a newer login of the same user.
+    Policy,
+    /// Refused at the upgrade or handshake: bad token (401), origin (403), an `on_connect` hook.
+    Unauthorized,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Client,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -55,6 +59,8 @@ impl CloseReason {
         CloseReason::Limit,
         CloseReason::Io,
         CloseReason::Moved,
+        CloseReason::Policy,
+        CloseReason::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +78,8 @@ impl CloseReason {
             CloseReason::Limit => "limit",
             CloseReason::Io => "io_error",
             CloseReason::Moved => "moved",
+            CloseReason::Policy => "policy",
+            CloseReason::Unauthorized => "unauthorized",
         }
     }
 }
@@ -114,6 +122,24 @@ pub struct ShardStats {
     pub ring_full: AtomicU64,
     pub ring_drops: AtomicU64,
     pub ring_received: AtomicU64,
+    /// Connections refused, by limit (`limits_exceeded` family).
+    pub limit_node: AtomicU64,
+    pub limit_shard: AtomicU64,
+    pub limit_ip: AtomicU64,
+    pub limit_rate: AtomicU64,
+    pub limit_rooms: AtomicU64,
+    pub limit_names: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub origin_refused: AtomicU64,
+    /// Users homed on this shard with at least one session.
+    pub identities_online: AtomicU64,
+    pub chat_stored: AtomicU64,
+    pub chat_duplicates: AtomicU64,
+    pub chat_offline_queued: AtomicU64,
+    pub chat_offline_dropped: AtomicU64,
+    /// Deliveries that found their session gone.
+    pub chat_missed: AtomicU64,
+    pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -145,6 +171,12 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Relaxed);
 }
 
+/// Subtracts `n` from a gauge owned by the current shard.
+#[inline]
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Relaxed);
+}
+
 #[inline]
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
@@ -173,6 +205,50 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         get(&s.ring_drops)
     });
     family("imks_ring_received_total", "counter", "Messages taken off cross-shard rings.", &|s| get(&s.ring_received));
+    family("imks_identities_online", "gauge", "Users with a session, counted on their home shard.", &|s| {
+        get(&s.identities_online)
+    });
+    family("imks_chat_stored_total", "counter", "Chat messages stored (owner shard).", &|s| get(&s.chat_stored));
+    family("imks_chat_duplicates_total", "counter", "Chat messages with a repeated client msgId.", &|s| {
+        get(&s.chat_duplicates)
+    });
+    family("imks_chat_offline_queued_total", "counter", "Chat messages queued for an offline user.", &|s| {
+        get(&s.chat_offline_queued)
+    });
+    family("imks_chat_offline_dropped_total", "counter", "Offline messages dropped by the queue bound.", &|s| {
+        get(&s.chat_offline_dropped)
+    });
+    family(
+        "imks_chat_missed_total",
+        "counter",
+        "Deliveries whose session closed on the way.",
+        &|s| get(&s.chat_missed),
+    );
+    family("imks_handler_errors_total", "counter", "Application handlers that failed, panicked or timed out.", &|s| {
+        get(&s.handler_errors)
+    });
+    family("imks_auth_failures_total", "counter", "Connections refused for a missing or bad token.", &|s| {
+        get(&s.auth_failures)
+    });
+    family("imks_origin_refused_total", "counter", "Connections refused for their Origin (403).", &|s| {
+        get(&s.origin_refused)
+    });
+    let _ = writeln!(
+        out,
+        "# HELP imks_limits_exceeded_total Requests or sessions refused by a limit.\n# TYPE imks_limits_exceeded_total counter"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        for (limit, c) in [
+            ("node_connections", &s.limit_node),
+            ("shard_connections", &s.limit_shard),
+            ("ip_connections", &s.limit_ip),
+            ("message_rate", &s.limit_rate),
+            ("rooms_per_session", &s.limit_rooms),
+            ("names", &s.limit_names),
+        ] {
+            let _ = writeln!(out, "imks_limits_exceeded_total{{shard=\"{i}\",limit=\"{limit}\"}} {}", get(c));
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP imks_send_queue_drops_total Frames dropped by a full session send queue.\n# TYPE imks_send_queue_drops_total counter"

@@ -21,9 +21,27 @@ pub struct NodeShared {
     pub config: Arc<Config>,
     pub stats: Vec<Arc<ShardStats>>,
     pub started: Instant,
-    /// The embedding application's Socket.IO server, built once on every shard.
-    pub socketio: Option<crate::app::SocketIoFactory>,
+    /// The embedding application's servers, built once on every shard.
+    pub factories: AppFactories,
+    /// Verifies tokens for every protocol; shared read-only by all shards.
+    pub auth: crate::auth::Authenticator,
+    pub origins: crate::auth::OriginPolicy,
+    /// Who may join and send to which channel.
+    pub membership: Arc<crate::membership::Membership>,
+    /// Open connections on the node (`server.max_connections`).
+    pub connections: crate::limits::NodeCounter,
+    /// Open connections per client address (`limits.max_connections_per_ip`).
+    pub ip_counter: Arc<crate::limits::IpCounter>,
     stopping: AtomicBool,
+}
+
+/// What an embedding application serves, each built once per shard on the shard's thread.
+#[derive(Default, Clone)]
+pub struct AppFactories {
+    /// The Socket.IO server at `/socket.io/`.
+    pub socketio: Option<crate::app::SocketIoFactory>,
+    /// Routes and hooks of the native protocol at `/ws`.
+    pub chat: Option<crate::chat::router::ChatFactory>,
 }
 
 impl NodeShared {
@@ -65,7 +83,12 @@ impl Node {
 
     /// Starts a node that serves the given Socket.IO application at `/socket.io/` (the
     /// factory runs once on each shard's thread; see `examples/`).
-    pub fn start_with(mut config: Config, socketio: Option<crate::app::SocketIoFactory>) -> Result<Node, NodeError> {
+    pub fn start_with(config: Config, socketio: Option<crate::app::SocketIoFactory>) -> Result<Node, NodeError> {
+        Self::start_apps(config, AppFactories { socketio, chat: None })
+    }
+
+    /// Starts a node that serves the given applications (Socket.IO and native protocol).
+    pub fn start_apps(mut config: Config, factories: AppFactories) -> Result<Node, NodeError> {
         // Port 0 means "any free port", but every shard must listen on the same one: reserve a
         // port with a bound, never-listening SO_REUSEPORT socket (which receives no
         // connections) until all shards have bound it.
@@ -76,7 +99,12 @@ impl Node {
             stats: (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect(),
             config: config.clone(),
             started: Instant::now(),
-            socketio,
+            factories,
+            auth: crate::auth::Authenticator::new(&config.auth),
+            origins: crate::auth::OriginPolicy::new(&config.auth),
+            membership: Arc::new(crate::membership::Membership::new(&config.membership)),
+            connections: Default::default(),
+            ip_counter: Default::default(),
             stopping: AtomicBool::new(false),
         });
         let (sidecar, links) = sidecar::spawn(shard_count, config.sidecar_channel_capacity)?;

@@ -214,7 +214,7 @@ fn requests_of_one_session_are_served_from_any_shard() {
             2,
             |_| {},
             |c| {
-                c.conformance = true;
+                c.conformance_mode();
                 c.eio.ping_interval = Duration::from_secs(5);
                 c.eio.ping_timeout = Duration::from_secs(5);
                 c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];

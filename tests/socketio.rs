@@ -124,7 +124,7 @@ fn a_dropped_socket_recovers_its_id_rooms_and_missed_events_on_another_shard() {
         2,
         |_| {},
         |c| {
-            c.conformance = true;
+            c.conformance_mode();
             c.eio.ping_interval = std::time::Duration::from_secs(5);
             c.eio.ping_timeout = std::time::Duration::from_secs(5);
             c.sio.recovery = Some(imks::socketio::recovery::RecoveryConfig {

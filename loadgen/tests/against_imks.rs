@@ -17,7 +17,7 @@ fn start_conformance() -> (Node, SocketAddr) {
     f.server.shutdown_timeout_ms = 3000;
     f.log.level = "warn".into();
     let mut c = Config::resolve(f, |_| Ok(None)).expect("valid config");
-    c.conformance = true;
+    c.conformance_mode();
     c.eio.ping_interval = Duration::from_secs(20);
     c.eio.ping_timeout = Duration::from_secs(20);
     let node = Node::start(c).expect("node starts");

@@ -4,6 +4,7 @@
 
 pub mod echo;
 pub mod eio_echo;
+pub mod im;
 pub mod sio_conformance;
 
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use crate::engineio::{self, EioApp, EioWs, TransportKind};
 use crate::http::parse::{Method, RequestHead};
 use crate::metrics::{self, render_prometheus};
 use crate::shard::Shard;
-use crate::socketio::{Namespace, SocketIo};
+use crate::socketio::SocketIo;
 use crate::ws::WsHandler;
 
 /// The applications a shard serves, built on the shard itself so handlers may be `!Send`.
@@ -22,6 +23,8 @@ pub struct Apps {
     pub eio_echo: Option<Rc<dyn EioApp>>,
     /// `/socket.io/`: the Socket.IO server.
     pub socketio: Option<Rc<SocketIo>>,
+    /// `/ws`: the application's routes and hooks for the native protocol, if it has any.
+    pub chat: Option<Rc<crate::chat::router::ChatApp>>,
 }
 
 /// Builds the Socket.IO server of one shard; called on each shard's own thread, so what it
@@ -29,19 +32,21 @@ pub struct Apps {
 pub type SocketIoFactory = std::sync::Arc<dyn Fn() -> SocketIo + Send + Sync>;
 
 impl Apps {
-    pub fn new(config: &Config, factory: Option<&SocketIoFactory>) -> Self {
+    pub fn new(config: &Config, factories: &crate::node::AppFactories) -> Self {
+        let chat = factories.chat.as_ref().map(|f| Rc::new(f()));
         if config.conformance {
             return Self {
                 eio_echo: Some(Rc::new(eio_echo::EioEcho)),
                 socketio: Some(Rc::new(sio_conformance::build(config.sio.clone()))),
+                chat,
             };
         }
-        let socketio = match factory {
+        let socketio = match &factories.socketio {
             Some(f) => f(),
-            // Without an application, `/socket.io/` accepts connections to `/` and nothing else.
-            None => SocketIo::new(config.sio.clone(), vec![Namespace::new("/")]),
+            // Without an application, `/socket.io/` serves the IM events (`im`).
+            None => im::build(config),
         };
-        Self { eio_echo: None, socketio: Some(Rc::new(socketio)) }
+        Self { eio_echo: None, socketio: Some(Rc::new(socketio)), chat }
     }
 }
 
@@ -92,8 +97,13 @@ pub fn route(shard: &Shard, head: &RequestHead) -> Route {
     }
     match path {
         "/ws-echo" if get && head.is_websocket_upgrade() => Route::WebSocket(Rc::new(echo::Echo)),
+        "/ws" if get && head.is_websocket_upgrade() => match crate::chat::session::accept(shard, head) {
+            Ok(handler) => Route::WebSocket(handler),
+            Err(refusal) => Route::Http(HttpRoute::Fixed(refusal)),
+        },
+        "/ws" if get => Route::Http(HttpRoute::UpgradeRequired),
         "/ws-echo" if get => Route::Http(HttpRoute::UpgradeRequired),
-        "/health" | "/metrics" | "/ws-echo" if !get => Route::Http(HttpRoute::MethodNotAllowed),
+        "/health" | "/metrics" | "/ws-echo" | "/ws" if !get => Route::Http(HttpRoute::MethodNotAllowed),
         "/health" => Route::Http(HttpRoute::Health),
         "/metrics" => Route::Http(HttpRoute::Metrics),
         _ => Route::Http(HttpRoute::NotFound),
@@ -134,7 +144,13 @@ fn engine_route(shard: &Shard, app: Rc<dyn EioApp>, head: &RequestHead) -> Route
             },
         },
     };
-    Route::WebSocket(Rc::new(EioWs::new(app, upgrade_of)))
+    if upgrade_of.is_some() {
+        return Route::WebSocket(Rc::new(EioWs::new(app, upgrade_of)));
+    }
+    match engineio::admit(shard, head) {
+        Ok(identity) => Route::WebSocket(Rc::new(EioWs::new(app, None).with_identity(identity))),
+        Err(refused) => Route::Http(HttpRoute::Fixed(refused)),
+    }
 }
 
 pub async fn respond(shard: &Rc<Shard>, route: HttpRoute, head: &RequestHead, body: &[u8]) -> Response {

@@ -18,6 +18,11 @@ pub struct FileConfig {
     pub engineio: EngineIoSection,
     pub socketio: SocketIoSection,
     pub log: LogSection,
+    pub auth: crate::auth::AuthSection,
+    pub limits: crate::limits::LimitsSection,
+    pub chat: crate::chat::ChatSection,
+    pub store: crate::store::StoreSection,
+    pub membership: crate::membership::MembershipSection,
 }
 
 /// `[socketio]`: Socket.IO v5 at `/socket.io/`.

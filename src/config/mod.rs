@@ -114,6 +114,15 @@ pub struct Config {
     pub log_level: String,
     /// Serve the conformance application (set by `imks conformance`, not by the file).
     pub conformance: bool,
+    /// Keys are not printed by `imks config check`.
+    #[serde(skip)]
+    pub auth: crate::auth::AuthConfig,
+    pub limits: crate::limits::LimitsConfig,
+    pub chat: crate::chat::ChatConfig,
+    #[serde(skip)]
+    pub store: crate::store::StoreConfig,
+    #[serde(skip)]
+    pub membership: crate::membership::MembershipConfig,
 }
 
 impl Config {
@@ -242,6 +251,18 @@ impl Config {
             return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
         }
         positive("sidecar.probe_timeout_ms", file.sidecar.probe_timeout_ms)?;
+        let auth = crate::auth::resolve(&file.auth).map_err(|e| invalid("auth", e.to_string()))?;
+        let limits = crate::limits::resolve(&file.limits).map_err(|e| invalid("limits", e.to_string()))?;
+        positive("chat.handler_timeout_ms", file.chat.handler_timeout_ms)?;
+        positive("chat.max_sessions_per_user", file.chat.max_sessions_per_user as u64)?;
+        let chat = crate::chat::ChatConfig {
+            duplicate_login: file.chat.duplicate_login,
+            max_sessions_per_user: file.chat.max_sessions_per_user,
+            handler_timeout: Duration::from_millis(file.chat.handler_timeout_ms),
+        };
+        let store = crate::store::config::resolve(&file.store).map_err(|e| invalid("store", e.to_string()))?;
+        let membership =
+            crate::membership::resolve(&file.membership).map_err(|e| invalid("membership", e.to_string()))?;
 
         let allowed = if s.pin_threads { allowed_cpus() } else { Vec::new() };
         let per_shard_conns = s.max_connections.div_ceil(shard_count);
@@ -300,7 +321,22 @@ impl Config {
             sio,
             log_level: file.log.level.clone(),
             conformance: false,
+            auth,
+            limits,
+            chat,
+            store,
+            membership,
         })
+    }
+
+    /// Turns this configuration into the conformance application's (`imks conformance`): the
+    /// test application of `conformance-server.md`, driven by public suites and benchmark
+    /// load generators from any origin and at any rate, so the origin policy allows any origin
+    /// and the per-session message rate is not limited.
+    pub fn conformance_mode(&mut self) {
+        self.conformance = true;
+        self.auth.allow_any_origin = true;
+        self.limits.rate = None;
     }
 
     /// A configuration from defaults alone (what `make run` uses without a file).

@@ -116,6 +116,9 @@ pub struct EioSession {
     closed: Cell<bool>,
     /// Set on close, so tasks waiting on the session's timers let go of it at once.
     closed_event: crate::util::LocalEvent,
+    /// Who the handshake's token (`?token=` or `Authorization: Bearer`) said the client is;
+    /// Socket.IO uses it when a CONNECT carries no token of its own.
+    pub identity: RefCell<Option<Rc<crate::auth::Identity>>>,
 }
 
 impl EioSession {
@@ -289,6 +292,7 @@ impl Engine {
             ping_due: Cell::new(Instant::now() + shard.node.config.eio.ping_interval),
             closed: Cell::new(false),
             closed_event: crate::util::LocalEvent::default(),
+            identity: RefCell::new(None),
         });
         entry.insert(s.clone());
         Some(s)
@@ -328,7 +332,12 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
             }
             if !c.reader_done.get() {
                 let (code, why) = ws_close_for(reason);
-                shard.close_session(&c, code, "", why);
+                if why == crate::metrics::CloseReason::Policy {
+                    // What explains the close (an `error` event) goes out first.
+                    shard.close_session_keeping_data(&c, code, reason, why);
+                } else {
+                    shard.close_session(&c, code, "", why);
+                }
             }
         }
         None if notify => s.queue.borrow_mut().push_back(Packet::Close),
@@ -354,6 +363,7 @@ fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
         "parse error" => (1002, CloseReason::Protocol),
         "ping timeout" => (1000, CloseReason::PingTimeout),
         "transport error" => (1000, CloseReason::Io),
+        "rate limited" => (1008, CloseReason::Policy),
         _ => (1000, CloseReason::Client),
     }
 }
@@ -507,7 +517,10 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
         return RequestError::BadRequest.response(head, cfg);
     }
     let mut r = match (&q.sid, head.method) {
-        (None, Method::Get) => handshake(shard, app),
+        (None, Method::Get) => match admit(shard, head) {
+            Ok(identity) => handshake(shard, app, identity),
+            Err(refused) => refused,
+        },
         (None, _) => return RequestError::BadHandshakeMethod.response(head, cfg),
         (Some(sid), m @ (Method::Get | Method::Post)) => {
             let post = m == Method::Post;
@@ -550,7 +563,13 @@ fn error_body(e: RequestError) -> Response {
 }
 
 /// Serves a WebSocket another shard accepted and upgraded for a session of this one.
-pub fn adopt(shard: &Rc<Shard>, fd: std::os::fd::OwnedFd, sid: &str, leftover: Vec<u8>) {
+pub fn adopt(
+    shard: &Rc<Shard>,
+    fd: std::os::fd::OwnedFd,
+    sid: &str,
+    leftover: Vec<u8>,
+    ip: Option<crate::limits::IpGuard>,
+) {
     let std_stream = std::net::TcpStream::from(fd);
     let Some(s) = shard.engine.get(shard, sid) else {
         // The session ended meanwhile: the socket closes when dropped.
@@ -561,7 +580,7 @@ pub fn adopt(shard: &Rc<Shard>, fd: std::os::fd::OwnedFd, sid: &str, leftover: V
     }
     let Ok(stream) = monoio::net::TcpStream::from_std(std_stream) else { return };
     let handler: Rc<dyn WsHandler> = Rc::new(EioWs::new(s.app.clone(), Some(s)));
-    monoio::spawn(crate::http::conn::serve_adopted(shard.clone(), stream, leftover, handler));
+    monoio::spawn(crate::http::conn::serve_adopted(shard.clone(), stream, leftover, handler, ip));
 }
 
 fn payload_response(s: &EioSession) -> Response {
@@ -571,10 +590,30 @@ fn payload_response(s: &EioSession) -> Response {
     Response::new(200, "text/plain; charset=UTF-8", body)
 }
 
-fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>) -> Response {
+/// Decides a new session's handshake before anything is created: an Origin the policy
+/// refuses gets 403, a token that is given but invalid gets 401. A missing token is not an
+/// error here; Socket.IO asks for one in CONNECT.
+pub fn admit(shard: &Shard, head: &RequestHead) -> Result<Option<Rc<crate::auth::Identity>>, Response> {
+    let node = &shard.node;
+    if !node.origins.allows(head.header("origin"), head.header("host")) {
+        crate::metrics::add(&shard.stats.origin_refused, 1);
+        return Err(crate::chat::session::refusal(403, "origin_not_allowed", "this Origin may not connect"));
+    }
+    let Some(token) = crate::auth::token_from_request(head) else { return Ok(None) };
+    match node.auth.authenticate(Some(&token), crate::chat::session::unix_now()) {
+        Ok(identity) => Ok(Some(Rc::new(identity))),
+        Err(e) => {
+            crate::metrics::add(&shard.stats.auth_failures, 1);
+            Err(crate::chat::session::refusal(401, e.code(), &e.to_string()))
+        }
+    }
+}
+
+fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, identity: Option<Rc<crate::auth::Identity>>) -> Response {
     let Some(s) = shard.engine.create(shard, app.clone(), Transport::Polling) else {
         return Response::new(503, "text/plain", "no session slots\n");
     };
+    *s.identity.borrow_mut() = identity;
     s.queue.borrow_mut().push_back(open_packet(shard, &s, &["websocket"]));
     start_heartbeat(shard, &s);
     app.on_open(shard, &s);
@@ -659,11 +698,19 @@ pub struct EioWs {
     session: RefCell<Option<Rc<EioSession>>>,
     /// The session being upgraded onto this connection, until its `5` arrives.
     upgrade_of: Option<Rc<EioSession>>,
+    /// For a fresh session: who the upgrade request's token said the client is.
+    identity: RefCell<Option<Rc<crate::auth::Identity>>>,
 }
 
 impl EioWs {
     pub fn new(app: Rc<dyn EioApp>, upgrade_of: Option<Rc<EioSession>>) -> Self {
-        Self { app, session: RefCell::new(None), upgrade_of }
+        Self { app, session: RefCell::new(None), upgrade_of, identity: RefCell::new(None) }
+    }
+
+    /// A fresh session whose handshake was [`admit`]ted with this identity.
+    pub fn with_identity(self, identity: Option<Rc<crate::auth::Identity>>) -> Self {
+        *self.identity.borrow_mut() = identity;
+        self
     }
 }
 
@@ -683,6 +730,7 @@ impl WsHandler for EioWs {
             shard.close_session(conn, 1013, "no session slots", crate::metrics::CloseReason::Limit);
             return;
         };
+        *s.identity.borrow_mut() = self.identity.borrow_mut().take();
         shard.deliver(conn, ws_frame(&open_packet(shard, &s, &[])));
         *self.session.borrow_mut() = Some(s.clone());
         start_heartbeat(shard, &s);

@@ -23,27 +23,26 @@ use crate::shard::Shard;
 use crate::ws::handshake::{validate_upgrade, write_upgrade_response, HandshakeError};
 
 /// Serves one accepted connection until it closes, then removes it from the shard.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
-    let Some(conn) = shard.register(stream.as_raw_fd()) else {
-        reject_over_limit(&shard, stream).await;
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let max_per_ip = shard.node.config.limits.max_connections_per_ip;
+    let Some(ip) = shard.node.ip_counter.try_acquire(peer.ip(), max_per_ip) else {
+        metrics::add(&shard.stats.limit_ip, 1);
+        reject_over_limit(&shard, stream, b"too many connections from this address\n").await;
         return;
     };
-    let reason = http_loop(&shard, &conn, stream).await;
+    let Some(conn) = shard.register(stream.as_raw_fd()) else {
+        reject_over_limit(&shard, stream, b"connection limit reached\n").await;
+        return;
+    };
+    let mut ip = Some(ip);
+    let reason = http_loop(&shard, &conn, stream, &mut ip).await;
     shard.unregister(&conn);
     shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
 }
 
-async fn reject_over_limit(shard: &Shard, mut stream: TcpStream) {
+async fn reject_over_limit(shard: &Shard, mut stream: TcpStream, body: &[u8]) {
     let mut out = Vec::with_capacity(256);
-    write_response(
-        &mut out,
-        503,
-        "text/plain",
-        &[("Retry-After", "1")],
-        b"connection limit reached\n",
-        false,
-        &http_date(),
-    );
+    write_response(&mut out, 503, "text/plain", &[("Retry-After", "1")], body, false, &http_date());
     let write = stream.write_all(out);
     let _ = monoio::time::timeout(shard.node.config.http.header_timeout, write).await;
     shard.stats.closed(CloseReason::Limit);
@@ -56,7 +55,13 @@ fn error_reason(e: &HttpError) -> CloseReason {
     }
 }
 
-async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) -> CloseReason {
+/// `ip` is the connection's count against its address; a hand-off takes it along.
+async fn http_loop(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    mut stream: TcpStream,
+    ip: &mut Option<crate::limits::IpGuard>,
+) -> CloseReason {
     let cfg = &shard.node.config.http;
     let limits =
         Limits { max_head_bytes: cfg.max_head_bytes, max_headers: cfg.max_headers, max_body_bytes: cfg.max_body_bytes };
@@ -108,7 +113,7 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
                             if flush(shard, conn, &mut stream, &mut out).await.is_err() {
                                 return CloseReason::Io;
                             }
-                            hand_off(shard, stream, owner, sid, buf[body_end..].to_vec()).await
+                            hand_off(shard, stream, owner, sid, buf[body_end..].to_vec(), ip.take()).await
                         }
                         Err(e) => {
                             handshake_error(&mut out, &e);
@@ -179,7 +184,14 @@ async fn http_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut stream: TcpStream) ->
 /// Moves an upgraded socket to the shard that owns its session: a duplicate of the descriptor
 /// travels over the ring and this shard's copy is closed, so the socket is registered with one
 /// driver at a time.
-async fn hand_off(shard: &Shard, stream: TcpStream, owner: usize, sid: String, leftover: Vec<u8>) -> CloseReason {
+async fn hand_off(
+    shard: &Shard,
+    stream: TcpStream,
+    owner: usize,
+    sid: String,
+    leftover: Vec<u8>,
+    ip: Option<crate::limits::IpGuard>,
+) -> CloseReason {
     // SAFETY: `dup` on a descriptor we own; the result is checked before use.
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     drop(stream);
@@ -188,7 +200,7 @@ async fn hand_off(shard: &Shard, stream: TcpStream, owner: usize, sid: String, l
     }
     // SAFETY: `fd` was just returned by `dup` and is owned by nothing else.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    shard.hand_off(owner, owned, sid, leftover).await;
+    shard.hand_off(owner, owned, sid, leftover, ip).await;
     CloseReason::Moved
 }
 
@@ -198,7 +210,10 @@ pub async fn serve_adopted(
     stream: TcpStream,
     leftover: Vec<u8>,
     handler: Rc<dyn crate::ws::WsHandler>,
+    ip: Option<crate::limits::IpGuard>,
 ) {
+    // Held until the socket closes here: it still counts against its address.
+    let _ip = ip;
     let Some(conn) = shard.register(stream.as_raw_fd()) else {
         shard.stats.closed(CloseReason::Limit);
         return;

@@ -42,13 +42,15 @@ pub enum ShardMsg {
     EioPollReply { token: u64, response: crate::app::Response },
     /// A TCP connection, already upgraded to WebSocket, whose Engine.IO session this shard
     /// owns: the receiving shard adopts the socket and serves it from here on.
-    EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8> },
+    EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8>, ip: Option<crate::limits::IpGuard> },
     /// A Socket.IO broadcast for this shard's members, encoded once by the sender.
     SioBroadcast(Arc<crate::socketio::RemoteBroadcast>),
     /// A client reconnected on shard `from` and claims a socket this shard keeps for recovery.
     SioRestore { from: usize, token: u64, pid: String, offset: Option<String> },
     /// The answer to [`ShardMsg::SioRestore`].
     SioRestored { token: u64, result: Option<crate::socketio::recovery::Restored> },
+    /// Work for the receiving shard's chat worker (identities, presence, chat delivery).
+    Chat(Box<crate::chat::ChatMsg>),
 }
 
 /// Why a shard could not start.
@@ -97,6 +99,8 @@ pub struct Shard {
     pub engine: crate::engineio::Engine,
     /// The applications this shard serves, built on the shard (handlers may be `!Send`).
     pub apps: crate::app::Apps,
+    /// This shard's part of the identity directory and of the message store.
+    pub chat: crate::chat::Hub,
     /// Set when the node begins a graceful shutdown.
     pub stopping: LocalEvent,
     /// Set when the last connection is gone after `stopping`.
@@ -172,7 +176,9 @@ async fn shard_main(init: ShardInit) {
     let index = cfg.index;
     let ShardRings { outboxes, inboxes, bell, .. } = rings;
     let node_config = node.config.clone();
-    let apps = crate::app::Apps::new(&node_config, node.socketio.as_ref());
+    let apps = crate::app::Apps::new(&node_config, &node.factories);
+    let store: Rc<dyn crate::store::Store> = Rc::new(crate::store::MemoryStore::new(node_config.store.clone()));
+    let chat = crate::chat::Hub::new(node_config.chat.clone(), store);
     let shard = Rc::new(Shard {
         index,
         stats: node.stats[index].clone(),
@@ -192,6 +198,7 @@ async fn shard_main(init: ShardInit) {
         next_remote_poll: Cell::new(0),
         engine: crate::engineio::Engine::default(),
         apps,
+        chat,
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
     });
@@ -201,6 +208,7 @@ async fn shard_main(init: ShardInit) {
     monoio::spawn(backlog_pump(shard.clone()));
     monoio::spawn(sidecar_pump(shard.clone(), sidecar.rx));
     monoio::spawn(ticker(shard.clone()));
+    monoio::spawn(crate::chat::worker(shard.clone()));
     serve(&shard, ready).await;
     // The pumps and the ticker never finish and monoio does not drop suspended tasks, so the
     // shard's `Rc` outlives this function: release the sidecar explicitly.
@@ -372,10 +380,21 @@ async fn ticker(shard: Rc<Shard>) {
 }
 
 impl Shard {
-    /// Adds a connection to the slab and returns its entry.
+    /// How many shards the node runs.
+    pub fn shard_count(&self) -> usize {
+        self.node.stats.len()
+    }
+
+    /// Adds a connection to the slab and returns its entry; `None` over the shard's or the
+    /// node's connection limit (counted in `imks_limits_exceeded_total`).
     pub fn register(&self, fd: std::os::fd::RawFd) -> Option<Rc<Conn>> {
         let mut conns = self.conns.borrow_mut();
         if conns.len() >= self.cfg.max_connections {
+            metrics::add(&self.stats.limit_shard, 1);
+            return None;
+        }
+        if !self.node.connections.try_acquire(self.node.config.max_connections) {
+            metrics::add(&self.stats.limit_node, 1);
             return None;
         }
         let generation = self.next_generation.get().wrapping_add(1);
@@ -401,6 +420,7 @@ impl Shard {
         let mut conns = self.conns.borrow_mut();
         if conns.get(slot).is_some_and(|c| c.id == conn.id) {
             conns.remove(slot);
+            self.node.connections.release();
             self.stats.connections_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let empty = conns.is_empty();
@@ -491,14 +511,25 @@ impl Shard {
     /// Starts the server side of a WebSocket close: queued data is dropped unless this is a
     /// shutdown (which drains it first), then a close frame is queued and the close timeout runs.
     pub fn close_session(&self, c: &Conn, code: u16, text: &str, reason: CloseReason) {
+        self.close_with(c, code, text, reason, reason == CloseReason::Shutdown);
+    }
+
+    /// As [`Shard::close_session`], but what is already queued (an `error` or `kicked`
+    /// message explaining the close) goes out before the close frame.
+    pub fn close_session_keeping_data(&self, c: &Conn, code: u16, text: &str, reason: CloseReason) {
+        self.close_with(c, code, text, reason, true);
+    }
+
+    fn close_with(&self, c: &Conn, code: u16, text: &str, reason: CloseReason, keep_data: bool) {
         if c.closing_since.get().is_some() {
             return;
         }
         c.set_reason(reason);
-        if reason != CloseReason::Shutdown {
+        if !keep_data {
             c.queue.borrow_mut().clear_data();
         }
         c.closing_since.set(Some(Instant::now()));
+        c.close_code.set(Some(code));
         c.enqueue(FrameKind::Close, encode_close(code, text));
     }
 
@@ -555,7 +586,8 @@ impl Shard {
                     let _ = w.send(response);
                 }
             }
-            ShardMsg::EioAdopt { fd, sid, leftover } => crate::engineio::adopt(self, fd, &sid, leftover),
+            ShardMsg::EioAdopt { fd, sid, leftover, ip } => crate::engineio::adopt(self, fd, &sid, leftover, ip),
+            ShardMsg::Chat(m) => self.chat.accept(*m),
             ShardMsg::SioBroadcast(b) => {
                 if let Some(io) = &self.apps.socketio {
                     io.deliver_local(self, &b);
@@ -627,8 +659,15 @@ impl Shard {
     }
 
     /// Hands an upgraded connection to the shard that owns its Engine.IO session.
-    pub async fn hand_off(&self, owner: usize, fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8>) {
-        self.push_ring(owner, ShardMsg::EioAdopt { fd, sid, leftover }).await;
+    pub async fn hand_off(
+        &self,
+        owner: usize,
+        fd: std::os::fd::OwnedFd,
+        sid: String,
+        leftover: Vec<u8>,
+        ip: Option<crate::limits::IpGuard>,
+    ) {
+        self.push_ring(owner, ShardMsg::EioAdopt { fd, sid, leftover, ip }).await;
     }
 
     /// Pushes onto the ring to shard `to`, applying `rings.full_policy` when it is full. The

@@ -253,6 +253,8 @@ pub struct Conn {
     pub close_reason: Cell<Option<CloseReason>>,
     /// When a close frame was queued by us (the close timeout runs from here).
     pub closing_since: Cell<Option<Instant>>,
+    /// The WebSocket close code we sent, or the client's when it closed first.
+    pub close_code: Cell<Option<u16>>,
     /// Last time bytes arrived.
     pub last_rx: Cell<Instant>,
     /// When we sent a ping that has not been answered by any traffic yet.
@@ -277,6 +279,7 @@ impl Conn {
             deadline: Cell::new(None),
             close_reason: Cell::new(None),
             closing_since: Cell::new(None),
+            close_code: Cell::new(None),
             last_rx: Cell::new(now),
             ping_sent: Cell::new(None),
             write_started: Cell::new(None),

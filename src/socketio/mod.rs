@@ -166,6 +166,18 @@ pub struct Socket {
     log: RefCell<std::collections::VecDeque<Logged>>,
     /// This socket resumed a disconnected one: same id, rooms and missed packets.
     pub recovered: bool,
+    /// Who the client is: from the CONNECT auth `{token}`, else the handshake's token, else
+    /// the anonymous identity when `auth.mode` allows it.
+    pub identity: Rc<crate::auth::Identity>,
+}
+
+/// Why a socket could not join a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Name(#[from] crate::limits::NameError),
+    #[error("a socket may be in at most {0} rooms")]
+    TooManyRooms(usize),
 }
 
 impl Socket {
@@ -255,7 +267,32 @@ impl Socket {
     }
 
     /// Joins a room of this namespace (on every shard's view, since broadcasts go to all).
-    pub fn join(self: &Rc<Self>, io: &SocketIo, room: &str) {
+    /// The name is validated and the socket's rooms are bounded (`[limits]`); its own-id room
+    /// does not count.
+    pub fn join(self: &Rc<Self>, io: &SocketIo, room: &str) -> Result<(), JoinError> {
+        if self.rooms.borrow().contains(room) {
+            return Ok(());
+        }
+        let shard = crate::shard::current();
+        let limits = shard.as_ref().map(|s| s.node.config.limits.clone()).unwrap_or_default();
+        if let Err(e) = crate::limits::validate_name("room", room, limits.max_name_bytes) {
+            if let Some(s) = &shard {
+                crate::metrics::add(&s.stats.limit_names, 1);
+            }
+            return Err(e.into());
+        }
+        // The socket's own room is not the application's doing.
+        if self.rooms.borrow().len() > limits.max_rooms_per_session {
+            if let Some(s) = &shard {
+                crate::metrics::add(&s.stats.limit_rooms, 1);
+            }
+            return Err(JoinError::TooManyRooms(limits.max_rooms_per_session));
+        }
+        self.join_unchecked(io, room);
+        Ok(())
+    }
+
+    fn join_unchecked(self: &Rc<Self>, io: &SocketIo, room: &str) {
         let room: Rc<str> = room.into();
         if self.rooms.borrow_mut().insert(room.clone()) {
             io.index_join(self, room);
@@ -368,6 +405,8 @@ struct SioConn {
     assembler: RefCell<BinaryAssembler>,
     /// Some namespace was joined at least once (the connect timeout no longer applies).
     joined: Cell<bool>,
+    /// The connection's message rate (`limits.message_rate`), over every namespace.
+    bucket: Cell<Option<crate::limits::TokenBucket>>,
 }
 
 /// Sockets by id.
@@ -575,6 +614,11 @@ impl SocketIo {
         if conn.sockets.borrow().contains_key(&nsp) {
             return; // already connected to it: ignore the repeat, as the reference server does
         }
+        if crate::limits::validate_name("namespace", &nsp, shard.node.config.limits.max_name_bytes).is_err() {
+            crate::metrics::add(&shard.stats.limit_names, 1);
+            eio.send(shard, text_packet(packet::encode_connect_error(&nsp, "Invalid namespace")));
+            return;
+        }
         let Some(ns_index) = self.namespaces.iter().position(|n| n.matches(&nsp)) else {
             eio.send(shard, text_packet(packet::encode_connect_error(&nsp, "Invalid namespace")));
             return;
@@ -635,6 +679,21 @@ impl SocketIo {
         restored: Option<Restored>,
     ) {
         let Some(ns) = self.namespaces.get(ns_index) else { return };
+        let identity = match authenticate(shard, eio, auth) {
+            Ok(i) => i,
+            Err(e) => {
+                crate::metrics::add(&shard.stats.auth_failures, 1);
+                let data = format!(
+                    "{{\"message\":{},\"data\":{{\"code\":{},\"message\":{}}}}}",
+                    json_string(e.code()),
+                    json_string(e.code()),
+                    json_string(&e.to_string())
+                );
+                let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
+                eio.send(shard, text_packet(text));
+                return;
+            }
+        };
         let recovering = self.cfg.recovery.is_some();
         let (id, pid, recovered): (Rc<str>, Option<Rc<str>>, bool) = match &restored {
             Some(r) => (Rc::from(&*r.sid), Some(Rc::from(&*r.pid)), true),
@@ -653,6 +712,7 @@ impl SocketIo {
             pid,
             log: RefCell::new(std::collections::VecDeque::new()),
             recovered,
+            identity,
         });
         // A recovered socket already passed the middleware when it first connected.
         if !recovered {
@@ -674,7 +734,7 @@ impl SocketIo {
         self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere.
         let own = socket.id.clone();
-        socket.join(self, &own);
+        socket.join_unchecked(self, &own);
         let answer = match &socket.pid {
             Some(pid) => {
                 let data = format!("{{\"sid\":{},\"pid\":{}}}", json_string(&socket.id), json_string(pid));
@@ -685,7 +745,7 @@ impl SocketIo {
         eio.send_flushed(shard, text_packet(answer));
         if let Some(r) = restored {
             for room in &r.rooms {
-                socket.join(self, room);
+                socket.join_unchecked(self, room);
             }
             let max = self.cfg.recovery.as_ref().map_or(0, |c| c.max_packets);
             for (offset, text, binaries) in r.missed {
@@ -762,6 +822,26 @@ impl SocketIo {
     }
 }
 
+/// Who a CONNECT is from: the `token` of its auth payload, else the handshake's identity, else
+/// what the authenticator makes of no token (anonymous, or `missing_token`).
+fn authenticate(
+    shard: &Shard,
+    eio: &EioSession,
+    auth: Option<&str>,
+) -> Result<Rc<crate::auth::Identity>, crate::auth::AuthError> {
+    #[derive(serde::Deserialize)]
+    struct Auth {
+        token: Option<String>,
+    }
+    let token = auth.and_then(|a| serde_json::from_str::<Auth>(a).ok()).and_then(|a| a.token);
+    if token.is_none() {
+        if let Some(i) = eio.identity.borrow().as_ref() {
+            return Ok(i.clone());
+        }
+    }
+    shard.node.auth.authenticate(token.as_deref(), crate::chat::session::unix_now()).map(Rc::new)
+}
+
 /// A Socket.IO socket id: 120 random bits as 20 base64url characters.
 fn random_id() -> String {
     use base64::Engine as _;
@@ -782,10 +862,18 @@ impl EioApp for SocketIo {
             sockets: RefCell::new(HashMap::new()),
             assembler: RefCell::new(BinaryAssembler::new()),
             joined: Cell::new(false),
+            bucket: Cell::new(
+                _shard.node.config.limits.rate.map(|r| crate::limits::TokenBucket::new(r, std::time::Instant::now())),
+            ),
         });
         self.conns.borrow_mut().insert(s.id, conn);
-        // A connection that joins no namespace in time is closed.
-        let (s, timeout) = (s.clone(), self.cfg.connect_timeout);
+        // A connection that joins no namespace in time is closed; when a token is required,
+        // the auth timeout bounds that wait too.
+        let mut timeout = self.cfg.connect_timeout;
+        if _shard.node.auth.requires_token() {
+            timeout = timeout.min(_shard.node.config.auth.timeout);
+        }
+        let s = s.clone();
         monoio::spawn(async move {
             monoio::select! {
                 _ = monoio::time::sleep(timeout) => {},
@@ -802,6 +890,23 @@ impl EioApp for SocketIo {
 
     fn on_message(&self, shard: &Shard, s: &Rc<EioSession>, msg: Payload) {
         let Some(conn) = self.conns.borrow().get(&s.id).cloned() else { return };
+        if let (Some(limit), Some(mut bucket)) = (shard.node.config.limits.rate, conn.bucket.get()) {
+            let ok = bucket.take(limit, std::time::Instant::now());
+            conn.bucket.set(Some(bucket));
+            if !ok {
+                crate::metrics::add(&shard.stats.limit_rate, 1);
+                let data = format!(
+                    "{{\"code\":\"rate_limited\",\"message\":\"more than {} messages per second\"}}",
+                    limit.per_second
+                );
+                let sockets: Vec<Rc<Socket>> = conn.sockets.borrow().values().cloned().collect();
+                for socket in sockets {
+                    socket.emit(shard, "error", &data);
+                }
+                engineio::close(shard, s, "rate limited", true);
+                return;
+            }
+        }
         let assembled = match msg {
             Payload::Text(t) => match std::str::from_utf8(&t) {
                 Ok(text) => conn.assembler.borrow_mut().push_text(text, self.cfg.max_attachments),

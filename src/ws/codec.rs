@@ -323,6 +323,11 @@ fn put_header(buf: &mut BytesMut, op: Opcode, len: usize) {
     }
 }
 
+/// A server text frame holding `text`.
+pub fn encode_text(text: &str) -> Bytes {
+    encode_frame(Opcode::Text, text.as_bytes())
+}
+
 /// Encodes one complete (FIN) unmasked server frame. The buffer is sized exactly once, so a
 /// frame costs a single allocation and a single payload copy.
 pub fn encode_frame(op: Opcode, payload: &[u8]) -> Bytes {

@@ -159,9 +159,10 @@ fn process(shard: &Shard, conn: &Rc<Conn>, codec: &mut WsCodec, handler: &dyn Ws
                 metrics::add(&shard.stats.frames_in, 1);
                 handler.on_message(shard, conn, msg);
             }
-            Ok(Some(Message::Close(_))) => {
+            Ok(Some(Message::Close(frame))) => {
                 let reply = codec.take_output();
                 if conn.closing_since.get().is_none() {
+                    conn.close_code.set(Some(frame.map_or(1005, |f| u16::from(f.code))));
                     // The client started the close: answer it (after queued data) and end.
                     conn.set_reason(CloseReason::Client);
                     conn.closing_since.set(Some(Instant::now()));

@@ -24,7 +24,7 @@ pub fn start_conformance(driver: &str, shards: usize, ping_ms: (u64, u64)) -> (N
         shards,
         |f| f.server.tick_ms = 20,
         |c| {
-            c.conformance = true;
+            c.conformance_mode();
             c.sio.connect_timeout = Duration::from_millis(1000);
             c.eio.ping_interval = Duration::from_millis(ping_ms.0);
             c.eio.ping_timeout = Duration::from_millis(ping_ms.1);

@@ -1,0 +1,643 @@
+//! Identities and chat on a node: who is online where, presence, and message delivery with
+//! `sent` / `delivered` / `read` acknowledgements, for the native protocol at `/ws`
+//! ([`session`]) and the embeddable API ([`router`]).
+//!
+//! # Ownership (shared nothing)
+//! - A user's **home shard**, `hash(tenant, user) % shards`, keeps the user's sessions (on any
+//!   shard), the sessions watching the user's presence, and the user's offline queue. Logins,
+//!   logouts and deliveries to the user are all serialised there, so a message can never fall
+//!   between "the user has no session" and "the user just connected".
+//! - A conversation's **owner shard**, `hash(conversation key) % shards`, stores its messages,
+//!   de-duplicates client `msgId`s and assigns order, and sends the sender's acks.
+//!
+//! A direct message from A (session on shard S) to B travels S → owner(conversation) [stored,
+//! `ack sent` to S] → home(B) [to each of B's sessions, or B's offline queue] → each session's
+//! shard [queued on the socket] → owner(conversation) [marked delivered once, `ack delivered`
+//! to S]. Every hop is a FIFO ring (or the local queue when both ends are one shard), and the
+//! acks for one message both travel owner → S on one ring, so a sender sees `sent` before
+//! `delivered`, and its messages' acks in the order it sent them.
+//!
+//! Each shard runs one chat worker that takes [`ChatMsg`]s in arrival order and awaits the
+//! store for each, so store operations of one conversation happen in order even when the
+//! store answers asynchronously.
+
+pub mod envelope;
+pub mod router;
+pub mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::metrics::{self, CloseReason};
+use crate::shard::session::SessionId;
+use crate::shard::{Shard, ShardMsg};
+use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store};
+use envelope::{encode, encode_ack, encode_error, encode_presence, AckStatus, ErrorCode};
+
+/// What a second login of the same user does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateLogin {
+    /// Every session stays (several devices).
+    Allow,
+    /// The oldest session gets `kicked` and is closed with 4001.
+    KickOldest,
+}
+
+/// `[chat]`: the native protocol.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatSection {
+    /// What a second login of the same user does: `allow` or `kick_oldest`. Default `allow`.
+    pub duplicate_login: DuplicateLogin,
+    /// Most sessions one user may have at once under `allow`; the oldest is kicked beyond it.
+    /// Default 16.
+    pub max_sessions_per_user: usize,
+    /// Longest timeout an application route may run before it is answered `timeout`, in
+    /// milliseconds (the router's timeout middleware). Default 5000.
+    pub handler_timeout_ms: u64,
+}
+
+impl Default for ChatSection {
+    fn default() -> Self {
+        Self { duplicate_login: DuplicateLogin::Allow, max_sessions_per_user: 16, handler_timeout_ms: 5000 }
+    }
+}
+
+/// The resolved `[chat]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatConfig {
+    pub duplicate_login: DuplicateLogin,
+    pub max_sessions_per_user: usize,
+    pub handler_timeout: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        let s = ChatSection::default();
+        Self {
+            duplicate_login: s.duplicate_login,
+            max_sessions_per_user: s.max_sessions_per_user,
+            handler_timeout: Duration::from_millis(s.handler_timeout_ms),
+        }
+    }
+}
+
+/// Close code of a session kicked by a newer login of the same user.
+pub const CLOSE_KICKED: u16 = 4001;
+
+fn shard_of(key: impl Hash, shards: usize) -> usize {
+    // `DefaultHasher::new()` has fixed keys: every shard computes the same owner.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}
+
+/// The shard that keeps a user's sessions, presence watchers and offline queue.
+pub fn home_shard(tenant: &str, user: &str, shards: usize) -> usize {
+    shard_of((tenant, user), shards)
+}
+
+/// The shard that stores a conversation.
+pub fn conversation_shard(key: &ConversationKey, shards: usize) -> usize {
+    key.owner_shard(shards)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A user on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserKey {
+    pub tenant: Arc<str>,
+    pub user: Arc<str>,
+}
+
+/// Work for a shard's chat worker, from any shard (or its own).
+pub enum ChatMsg {
+    /// To the user's home shard: a session of the user opened.
+    Register {
+        user: UserKey,
+        session: SessionId,
+    },
+    /// To the user's home shard: a session of the user closed.
+    Unregister {
+        user: UserKey,
+        session: SessionId,
+    },
+    /// To `user`'s home shard: `watcher` wants `online`/`offline` for `user`.
+    Watch {
+        user: UserKey,
+        watcher: SessionId,
+    },
+    Unwatch {
+        user: UserKey,
+        watcher: SessionId,
+    },
+    /// To the conversation's owner: store, ack `sent` to `sender`, then deliver.
+    Store {
+        new: NewMessage,
+        sender: SessionId,
+        envelope_id: Option<String>,
+        to: Delivery,
+    },
+    /// To the recipient's home shard: a stored message for every session of `user`, or the
+    /// offline queue.
+    Route {
+        user: UserKey,
+        message: Box<Message>,
+        sender: SessionId,
+    },
+    /// To a session's shard: a stored message to queue on that session.
+    Deliver {
+        session: SessionId,
+        frame: Bytes,
+        conversation: ConversationKey,
+        id: MessageId,
+        sender: Option<SessionId>,
+    },
+    /// To the conversation's owner: a message reached a recipient session. `sender` is the
+    /// session that sent it, when the message was routed live; a message from the offline
+    /// queue acknowledges to every session of its author instead.
+    Delivered {
+        conversation: ConversationKey,
+        id: MessageId,
+        sender: Option<SessionId>,
+    },
+    /// To the conversation's owner: `reader` read these messages.
+    Read {
+        tenant: Arc<str>,
+        reader: Arc<str>,
+        conversation: ConversationKey,
+        ids: Vec<MessageId>,
+    },
+    /// To the user's home shard: a frame for every session of the user.
+    ToIdentity {
+        user: UserKey,
+        frame: Bytes,
+    },
+    /// To a session's shard: close it, a newer login took its place.
+    Kick {
+        session: SessionId,
+    },
+    /// To the user's home shard: which sessions does the user have? Answered with
+    /// [`ChatMsg::Sessions`] to shard `from`.
+    Query {
+        user: UserKey,
+        from: usize,
+        token: u64,
+    },
+    Sessions {
+        token: u64,
+        sessions: Vec<SessionId>,
+    },
+    /// To every shard: a room message for the local members of `room`, except one session.
+    Room {
+        room: Arc<str>,
+        frame: Bytes,
+        except: Option<SessionId>,
+    },
+    /// To a conversation's owner: an IM operation from Socket.IO ([`crate::app::im`]).
+    Im {
+        op: Box<crate::app::im::ImOp>,
+        reply: crate::app::im::Reply,
+    },
+    /// To an Engine.IO session's shard: a Socket.IO packet (an ack) for that session.
+    SioPacket {
+        session: SessionId,
+        packet: String,
+    },
+}
+
+/// Where a stored message goes after the `sent` ack.
+pub enum Delivery {
+    User(UserKey),
+    Room(Arc<str>),
+}
+
+/// A user whose home is this shard.
+#[derive(Default)]
+struct HomeEntry {
+    /// Open sessions, oldest first.
+    sessions: Vec<SessionId>,
+    watchers: HashSet<SessionId>,
+}
+
+/// One shard's chat state: its share of the directory, its store partition and its worker's
+/// queue.
+pub struct Hub {
+    config: ChatConfig,
+    store: Rc<dyn Store>,
+    homes: RefCell<HashMap<UserKey, HomeEntry>>,
+    inbox: RefCell<VecDeque<ChatMsg>>,
+    worker: RefCell<Option<Waker>>,
+    queries: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Vec<SessionId>>>>,
+    next_query: Cell<u64>,
+    /// Users homed here with at least one session (node total = sum over shards, in metrics).
+    online: Cell<u64>,
+}
+
+impl Hub {
+    pub fn new(config: ChatConfig, store: Rc<dyn Store>) -> Self {
+        Self {
+            config,
+            store,
+            homes: RefCell::new(HashMap::new()),
+            inbox: RefCell::new(VecDeque::new()),
+            worker: RefCell::new(None),
+            queries: RefCell::new(HashMap::new()),
+            next_query: Cell::new(0),
+            online: Cell::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Queues work for this shard's worker.
+    pub fn accept(&self, msg: ChatMsg) {
+        self.inbox.borrow_mut().push_back(msg);
+        if let Some(w) = self.worker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Sends `msg` to the chat worker of shard `to`: the local queue when that is this shard,
+/// otherwise the ring (ordered behind earlier posts).
+pub fn post(shard: &Shard, to: usize, msg: ChatMsg) {
+    if to == shard.index {
+        shard.chat.accept(msg);
+    } else {
+        shard.post(to, ShardMsg::Chat(Box::new(msg)));
+    }
+}
+
+fn post_home(shard: &Shard, user: &UserKey, msg: ChatMsg) {
+    post(shard, home_shard(&user.tenant, &user.user, shard.shard_count()), msg);
+}
+
+/// Sends one encoded frame to a session on any shard.
+pub fn to_session(shard: &Shard, id: SessionId, frame: Bytes) {
+    if usize::from(id.shard) == shard.index {
+        if let Some(c) = shard.session(id) {
+            shard.deliver(&c, frame);
+        }
+    } else {
+        shard.post(usize::from(id.shard), ShardMsg::ToSession { id, frame });
+    }
+}
+
+/// Sends a frame to every session of a user, on any shard (several devices).
+pub fn send_to_identity(shard: &Shard, tenant: &str, user: &str, frame: Bytes) {
+    let user = UserKey { tenant: tenant.into(), user: user.into() };
+    post_home(shard, &user.clone(), ChatMsg::ToIdentity { user, frame });
+}
+
+/// The sessions a user has on this node, asked of the user's home shard.
+pub async fn identity_sessions(shard: &Shard, tenant: &str, user: &str) -> Vec<SessionId> {
+    let user = UserKey { tenant: tenant.into(), user: user.into() };
+    let home = home_shard(&user.tenant, &user.user, shard.shard_count());
+    if home == shard.index {
+        return shard.chat.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let token = shard.chat.next_query.get().wrapping_add(1);
+    shard.chat.next_query.set(token);
+    shard.chat.queries.borrow_mut().insert(token, tx);
+    post(shard, home, ChatMsg::Query { user, from: shard.index, token });
+    let answer = monoio::select! {
+        r = rx => r.ok(),
+        _ = monoio::time::sleep(Duration::from_secs(5)) => None,
+    };
+    shard.chat.queries.borrow_mut().remove(&token);
+    answer.unwrap_or_default()
+}
+
+/// Whether a user has a session anywhere on this node.
+pub async fn is_online(shard: &Shard, tenant: &str, user: &str) -> bool {
+    !identity_sessions(shard, tenant, user).await.is_empty()
+}
+
+/// Distinct users online on the node.
+pub fn online_count(shard: &Shard) -> u64 {
+    shard.node.stats.iter().map(|s| metrics::get(&s.identities_online)).sum()
+}
+
+/// The shard's chat worker: takes queued work in order and awaits the store for each.
+pub async fn worker(shard: Rc<Shard>) {
+    loop {
+        let next = poll_fn(|cx| match shard.chat.inbox.borrow_mut().pop_front() {
+            Some(m) => Poll::Ready(m),
+            None => {
+                *shard.chat.worker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        handle(&shard, next).await;
+    }
+}
+
+/// The `chat` message a recipient receives.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Delivered<'a> {
+    msg_id: String,
+    from_user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a str>,
+    content: &'a str,
+    content_type: &'a str,
+    created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_msg_id: Option<&'a str>,
+}
+
+/// Encodes a stored message as the `chat` a recipient gets.
+pub fn encode_message(m: &Message) -> Bytes {
+    let (to_user_id, room_id) = match &m.target {
+        crate::store::Target::User(u) => (Some(&**u), None),
+        crate::store::Target::Room(r) => (None, Some(&**r)),
+    };
+    let d = Delivered {
+        msg_id: m.id.to_string(),
+        from_user_id: &m.author,
+        to_user_id,
+        room_id,
+        content: &m.body,
+        content_type: &m.content_type,
+        created_at: m.created_at_ms,
+        client_msg_id: m.client_msg_id.as_deref(),
+    };
+    crate::ws::codec::encode_text(&encode("chat", None, &d))
+}
+
+fn text(s: String) -> Bytes {
+    crate::ws::codec::encode_text(&s)
+}
+
+async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
+    let hub = &shard.chat;
+    match msg {
+        ChatMsg::Register { user, session } => register(shard, user, session).await,
+        ChatMsg::Unregister { user, session } => {
+            let mut homes = hub.homes.borrow_mut();
+            let Some(e) = homes.get_mut(&user) else { return };
+            let before = e.sessions.len();
+            e.sessions.retain(|s| *s != session);
+            if before > 0 && e.sessions.is_empty() {
+                hub.online.set(hub.online.get().saturating_sub(1));
+                metrics::sub(&shard.stats.identities_online, 1);
+                let frame = text(encode_presence(false, &user.user, now_ms()));
+                for w in &e.watchers {
+                    to_session(shard, *w, frame.clone());
+                }
+            }
+            if e.sessions.is_empty() && e.watchers.is_empty() {
+                homes.remove(&user);
+            }
+        }
+        ChatMsg::Watch { user, watcher } => {
+            let online = {
+                let mut homes = hub.homes.borrow_mut();
+                let e = homes.entry(user.clone()).or_default();
+                e.watchers.insert(watcher);
+                !e.sessions.is_empty()
+            };
+            // The current state, so the watcher need not guess until the next change.
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct State<'a> {
+                user_id: &'a str,
+                online: bool,
+            }
+            to_session(shard, watcher, text(encode("presence", None, &State { user_id: &user.user, online })));
+        }
+        ChatMsg::Unwatch { user, watcher } => {
+            let mut homes = hub.homes.borrow_mut();
+            if let Some(e) = homes.get_mut(&user) {
+                e.watchers.remove(&watcher);
+                if e.sessions.is_empty() && e.watchers.is_empty() {
+                    homes.remove(&user);
+                }
+            }
+        }
+        ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
+        ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
+        ChatMsg::Deliver { session, frame, conversation, id, sender } => match shard.session(session) {
+            Some(c) if c.closing_since.get().is_none() => {
+                shard.deliver(&c, frame);
+                let owner = conversation_shard(&conversation, shard.shard_count());
+                post(shard, owner, ChatMsg::Delivered { conversation, id, sender });
+            }
+            // The session closed on the way; its home shard has (or will have) dropped it, and
+            // the message stays undelivered for it. Other sessions of the user may have it.
+            _ => metrics::add(&shard.stats.chat_missed, 1),
+        },
+        ChatMsg::Delivered { conversation, id, sender } => {
+            if let Ok(true) = hub.store.mark_delivered(&conversation, id).await {
+                if let Ok(Some(m)) = hub.store.get(&conversation, id).await {
+                    let ack =
+                        encode_ack(None, &id.to_string(), m.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
+                    match sender {
+                        Some(s) => to_session(shard, s, text(ack)),
+                        None => send_to_identity(shard, &m.tenant, &m.author, text(ack)),
+                    }
+                }
+            }
+        }
+        ChatMsg::Read { tenant, reader, conversation, ids } => {
+            let Ok(read) = hub.store.mark_read(&tenant, &reader, &conversation, &ids).await else { return };
+            let now = now_ms();
+            for m in read {
+                let ack = encode_ack(None, &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Read, now);
+                send_to_identity(shard, &m.tenant, &m.author, text(ack));
+            }
+        }
+        ChatMsg::ToIdentity { user, frame } => {
+            if let Some(e) = hub.homes.borrow().get(&user) {
+                for s in &e.sessions {
+                    to_session(shard, *s, frame.clone());
+                }
+            }
+        }
+        ChatMsg::Kick { session } => {
+            if let Some(c) = shard.session(session) {
+                #[derive(Serialize)]
+                struct Kicked {
+                    reason: &'static str,
+                }
+                shard.deliver(&c, text(encode("kicked", None, &Kicked { reason: "duplicate_login" })));
+                shard.close_session_keeping_data(&c, CLOSE_KICKED, "kicked: duplicate login", CloseReason::Policy);
+            }
+        }
+        ChatMsg::Query { user, from, token } => {
+            let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+            post(shard, from, ChatMsg::Sessions { token, sessions });
+        }
+        ChatMsg::Sessions { token, sessions } => {
+            if let Some(tx) = hub.queries.borrow_mut().remove(&token) {
+                let _ = tx.send(sessions);
+            }
+        }
+        ChatMsg::Room { room, frame, except } => deliver_room(shard, &room, &frame, except),
+        ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
+        ChatMsg::SioPacket { session, packet } => {
+            if let Some(s) = shard.engine.get(shard, &session.to_string()) {
+                let text = crate::engineio::packet::Packet::Message(crate::engineio::packet::Payload::Text(
+                    Bytes::from(packet),
+                ));
+                s.send(shard, text);
+            }
+        }
+    }
+}
+
+fn deliver_room(shard: &Shard, room: &str, frame: &Bytes, except: Option<SessionId>) {
+    let members: Vec<SessionId> = shard.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
+    for id in members {
+        if let Some(c) = shard.session(id) {
+            shard.deliver(&c, frame.clone());
+        }
+    }
+}
+
+async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
+    let hub = &shard.chat;
+    let (first, kick, watchers) = {
+        let mut homes = hub.homes.borrow_mut();
+        let e = homes.entry(user.clone()).or_default();
+        let first = e.sessions.is_empty();
+        e.sessions.push(session);
+        let keep = match hub.config.duplicate_login {
+            DuplicateLogin::KickOldest => 1,
+            DuplicateLogin::Allow => hub.config.max_sessions_per_user.max(1),
+        };
+        let excess = e.sessions.len().saturating_sub(keep);
+        let kick: Vec<SessionId> = e.sessions.drain(..excess).collect();
+        let watchers: Vec<SessionId> = if first { e.watchers.iter().copied().collect() } else { Vec::new() };
+        (first, kick, watchers)
+    };
+    if first {
+        hub.online.set(hub.online.get() + 1);
+        metrics::add(&shard.stats.identities_online, 1);
+        let frame = text(encode_presence(true, &user.user, now_ms()));
+        for w in watchers {
+            to_session(shard, w, frame.clone());
+        }
+    }
+    for k in kick {
+        post(shard, usize::from(k.shard), ChatMsg::Kick { session: k });
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Connected<'a> {
+        user_id: &'a str,
+        tenant: &'a str,
+        session_id: String,
+        online_count: u64,
+    }
+    let hello = Connected {
+        user_id: &user.user,
+        tenant: &user.tenant,
+        session_id: session.to_string(),
+        online_count: online_count(shard),
+    };
+    to_session(shard, session, text(encode("connected", None, &hello)));
+    // Offline messages, oldest first, ahead of anything routed to the user after this point
+    // (which this worker handles only once this function returns).
+    let queued = match hub.store.take_offline(&user.tenant, &user.user).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the offline queue");
+            Vec::new()
+        }
+    };
+    for m in queued {
+        let frame = encode_message(&m);
+        post(
+            shard,
+            usize::from(session.shard),
+            ChatMsg::Deliver { session, frame, conversation: m.conversation.clone(), id: m.id, sender: None },
+        );
+    }
+}
+
+async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_id: Option<String>, to: Delivery) {
+    let hub = &shard.chat;
+    let client_msg_id = new.client_msg_id.clone();
+    let appended = match hub.store.append(new).await {
+        Ok(a) => a,
+        Err(e) => {
+            let err =
+                encode_error(envelope_id.as_deref(), client_msg_id.as_deref(), ErrorCode::StoreFailed, &e.to_string());
+            to_session(shard, sender, text(err));
+            return;
+        }
+    };
+    let m = &appended.message;
+    let ack =
+        encode_ack(envelope_id.as_deref(), &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Sent, now_ms());
+    to_session(shard, sender, text(ack));
+    if appended.duplicate {
+        // Already delivered (or queued) the first time: acknowledge again, deliver nothing.
+        metrics::add(&shard.stats.chat_duplicates, 1);
+        return;
+    }
+    metrics::add(&shard.stats.chat_stored, 1);
+    match to {
+        Delivery::User(user) => {
+            let message = Box::new(appended.message);
+            post_home(shard, &user.clone(), ChatMsg::Route { user, message, sender });
+        }
+        Delivery::Room(room) => {
+            let frame = encode_message(&appended.message);
+            for to in 0..shard.shard_count() {
+                post(shard, to, ChatMsg::Room { room: room.clone(), frame: frame.clone(), except: Some(sender) });
+            }
+        }
+    }
+}
+
+async fn route(shard: &Rc<Shard>, user: UserKey, message: Message, sender: SessionId) {
+    let hub = &shard.chat;
+    let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+    if sessions.is_empty() {
+        metrics::add(&shard.stats.chat_offline_queued, 1);
+        match hub.store.push_offline(&user.tenant, &user.user, message).await {
+            Ok(dropped) if dropped > 0 => metrics::add(&shard.stats.chat_offline_dropped, dropped as u64),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot queue an offline message"),
+        }
+        return;
+    }
+    let frame = encode_message(&message);
+    for s in sessions {
+        post(
+            shard,
+            usize::from(s.shard),
+            ChatMsg::Deliver {
+                session: s,
+                frame: frame.clone(),
+                conversation: message.conversation.clone(),
+                id: message.id,
+                sender: Some(sender),
+            },
+        );
+    }
+}
