@@ -1,0 +1,534 @@
+//! The native JSON protocol at `/ws`, driven by a plain WebSocket client (tungstenite) against a
+//! real node: auth before the upgrade, chat with sent/delivered/read acks across shards,
+//! offline delivery, de-duplication, presence, duplicate logins and errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use imks::config::file::FileConfig;
+use imks::Node;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+/// Static tokens for alice, bob, carol and dave in tenant `acme`, and eve in tenant `other`.
+pub const STATIC_AUTH: &str = r#"
+mode = "static"
+static_tokens = [
+  { token = "t-alice", tenant = "acme", user_id = "alice" },
+  { token = "t-bob", tenant = "acme", user_id = "bob" },
+  { token = "t-carol", tenant = "acme", user_id = "carol" },
+  { token = "t-dave", tenant = "acme", user_id = "dave" },
+  { token = "t-eve", tenant = "other", user_id = "bob" },
+]
+"#;
+
+fn static_auth(f: &mut FileConfig) {
+    f.auth = toml::from_str(STATIC_AUTH).expect("auth section");
+}
+
+/// A node with two shards, each on its own loopback address, so a test chooses the shard a
+/// client lands on.
+fn two_shards(driver: &str, tweak: impl FnOnce(&mut FileConfig)) -> (Node, [SocketAddr; 2]) {
+    let (node, _) = start_full(
+        driver,
+        2,
+        |f| {
+            static_auth(f);
+            tweak(f);
+        },
+        |c| {
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        },
+    );
+    let addrs = [node.shard_addrs(0)[0], node.shard_addrs(1)[0]];
+    (node, addrs)
+}
+
+struct Client {
+    ws: Ws,
+}
+
+impl Client {
+    /// Connects with `?token=` and returns the client and its `connected` message.
+    fn connect(addr: SocketAddr, token: &str) -> (Client, Value) {
+        let ws = ws(addr, &format!("/ws?token={token}"));
+        let mut c = Client { ws };
+        let hello = c.recv();
+        assert_eq!(hello["type"], "connected", "{hello}");
+        (c, hello)
+    }
+
+    fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t)).unwrap();
+    }
+
+    /// The next JSON message; panics on close or timeout.
+    fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return serde_json::from_str(&t).unwrap(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message of type `kind`, skipping others (presence noise and the like).
+    fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// The close code the server ends with, reading past any messages.
+    fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn chat_to(&mut self, user: &str, msg_id: &str, content: &str) {
+        self.send(json!({"type": "chat", "data": {"msgId": msg_id, "toUserId": user, "content": content}}));
+    }
+}
+
+/// An upgrade to `/ws` with extra headers; returns the HTTP status and body.
+fn upgrade_status(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = connect(addr);
+    let mut req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn connected_ping_and_errors_that_keep_the_session() {
+    on_both_drivers(|d| {
+        let (_node, [a, _]) = two_shards(d, |_| {});
+        let (mut alice, hello) = Client::connect(a, "t-alice");
+        assert_eq!(hello["data"]["userId"], "alice");
+        assert!(hello["data"]["onlineCount"].as_u64().unwrap() >= 1, "{hello}");
+        alice.send(json!({"type": "ping", "id": "p1"}));
+        let pong = alice.recv();
+        assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("p1")));
+        for (bad, code) in [
+            ("not json", "bad_json"),
+            (r#"{"data":{}}"#, "bad_envelope"),
+            (r#"{"type":"chat","id":"x","data":{"content":"no recipient"}}"#, "bad_data"),
+            (r#"{"type":"no-such-type"}"#, "unknown_type"),
+            (r#"{"type":"join","data":{"roomId":"bad\u0007name"}}"#, "invalid_name"),
+            (r#"{"type":"read","data":{"peerId":"bob","msgIds":["not-a-uuid"]}}"#, "bad_data"),
+        ] {
+            alice.send_text(bad);
+            let e = alice.recv();
+            assert_eq!(e["type"], "error", "{bad}: {e}");
+            assert_eq!(e["data"]["code"], code, "{bad}: {e}");
+        }
+        let e = {
+            alice.send_text(r#"{"type":"chat","id":"x","data":{"content":"c"}}"#);
+            alice.recv()
+        };
+        assert_eq!(e["id"], "x", "the envelope id is echoed on errors");
+        alice.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+        assert_eq!(alice.recv()["data"]["code"], "bad_json");
+        // Still open.
+        alice.send(json!({"type": "ping"}));
+        assert_eq!(alice.recv()["type"], "pong");
+    });
+}
+
+/// The acceptance scenario: sender and recipient on different shards exchange 10,000
+/// messages; each gets exactly one `sent` and one `delivered` ack, in order, none lost.
+#[test]
+fn ten_thousand_messages_across_shards_each_acked_sent_then_delivered_in_order() {
+    const N: usize = 10_000;
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.limits.message_rate = 0; // this test floods on purpose
+        f.websocket.send_queue_len = 65_536;
+    });
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (alice, _) = Client::connect(a, "t-alice");
+    // Write from one thread (raw masked frames on a clone of the socket), read on another.
+    let mut writer: TcpStream = alice.ws.get_ref().try_clone().unwrap();
+    let send = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..N {
+            let text = json!({"type":"chat","data":{"msgId": format!("m{i}"),"toUserId":"bob","content": format!("hello {i}")}})
+                .to_string();
+            batch.extend_from_slice(&frame(true, 1, text.as_bytes(), true));
+            if batch.len() > 32 * 1024 {
+                writer.write_all(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        writer.write_all(&batch).unwrap();
+    });
+    let recv_bob = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(N);
+        while got.len() < N {
+            let m = bob.recv();
+            if m["type"] == "chat" {
+                assert_eq!(m["data"]["fromUserId"], "alice");
+                got.push(m["data"]["clientMsgId"].as_str().unwrap().to_string());
+            }
+        }
+        got
+    });
+    let mut alice = alice;
+    let mut sent = Vec::with_capacity(N);
+    let mut delivered = Vec::with_capacity(N);
+    let mut server_ids: HashMap<String, String> = HashMap::new();
+    while sent.len() < N || delivered.len() < N {
+        let m = alice.recv_type("ack");
+        let client_id = m["data"]["clientMsgId"].as_str().unwrap().to_string();
+        let id = m["data"]["msgId"].as_str().unwrap().to_string();
+        match m["data"]["status"].as_str().unwrap() {
+            "sent" => {
+                assert!(server_ids.insert(client_id.clone(), id).is_none(), "second sent ack for {client_id}");
+                sent.push(client_id);
+            }
+            "delivered" => {
+                assert_eq!(server_ids.get(&client_id), Some(&id), "delivered before sent for {client_id}");
+                delivered.push(client_id);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    send.join().unwrap();
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert_eq!(sent, expected, "sent acks, once each, in order");
+    assert_eq!(delivered, expected, "delivered acks, once each, in order");
+    assert_eq!(recv_bob.join().unwrap(), expected, "bob got every message once, in order");
+    // Server ids are UUID v7: they sort in creation order.
+    let mut ids: Vec<&String> = expected.iter().map(|c| &server_ids[c]).collect();
+    let unsorted = ids.clone();
+    ids.sort();
+    assert_eq!(ids, unsorted);
+    assert!(server_ids.values().all(|id| id.as_bytes()[14] == b'7'), "UUID version 7");
+}
+
+#[test]
+fn offline_messages_are_pushed_in_order_on_connect_then_marked_delivered() {
+    on_both_drivers(|d| {
+        let (_node, [a, b]) = two_shards(d, |_| {});
+        let (mut alice, _) = Client::connect(a, "t-alice");
+        for i in 0..50 {
+            alice.chat_to("bob", &format!("o{i}"), &format!("while you were away {i}"));
+        }
+        for i in 0..50 {
+            let ack = alice.recv_type("ack");
+            assert_eq!(
+                (ack["data"]["status"].as_str(), ack["data"]["clientMsgId"].as_str()),
+                (Some("sent"), Some(&*format!("o{i}")))
+            );
+        }
+        let (mut bob, hello) = Client::connect(b, "t-bob");
+        assert_eq!(hello["data"]["userId"], "bob");
+        for i in 0..50 {
+            let m = bob.recv();
+            assert_eq!(m["type"], "chat", "{m}");
+            assert_eq!(m["data"]["content"], format!("while you were away {i}"));
+            assert!(m["data"]["createdAt"].as_i64().unwrap() > 0);
+        }
+        for i in 0..50 {
+            let ack = alice.recv_type("ack");
+            assert_eq!(ack["data"]["status"], "delivered");
+            assert_eq!(ack["data"]["clientMsgId"], format!("o{i}"));
+        }
+        // The queue is empty now: a reconnect gets nothing old.
+        drop(bob);
+        let (mut bob2, _) = Client::connect(b, "t-bob");
+        bob2.send(json!({"type": "ping"}));
+        assert_eq!(bob2.recv()["type"], "pong");
+    });
+}
+
+#[test]
+fn a_repeated_msg_id_is_stored_and_delivered_once() {
+    let (_node, [a, b]) = two_shards("io_uring", |_| {});
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    alice.chat_to("bob", "same", "first");
+    alice.chat_to("bob", "same", "retransmitted");
+    alice.chat_to("bob", "next", "second");
+    let mut sent_ids = Vec::new();
+    while sent_ids.len() < 3 {
+        let ack = alice.recv_type("ack");
+        if ack["data"]["status"] == "sent" {
+            sent_ids.push(ack["data"]["msgId"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(sent_ids[0], sent_ids[1], "the duplicate is acked with the original id");
+    assert_ne!(sent_ids[1], sent_ids[2]);
+    let first = bob.recv_type("chat");
+    assert_eq!(first["data"]["content"], "first");
+    let second = bob.recv_type("chat");
+    assert_eq!(second["data"]["content"], "second", "the retransmission is not delivered");
+}
+
+#[test]
+fn read_receipts_reach_the_sender() {
+    let (_node, [a, b]) = two_shards("epoll", |_| {});
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    alice.chat_to("bob", "r1", "read me");
+    let m = bob.recv_type("chat");
+    let id = m["data"]["msgId"].as_str().unwrap().to_string();
+    bob.send(json!({"type": "read", "data": {"peerId": "alice", "msgIds": [id]}}));
+    loop {
+        let ack = alice.recv_type("ack");
+        if ack["data"]["status"] == "read" {
+            assert_eq!(ack["data"]["msgId"], id);
+            assert_eq!(ack["data"]["clientMsgId"], "r1");
+            break;
+        }
+    }
+    // Reading again sends nothing new: the next ack-free exchange is a pong.
+    bob.send(json!({"type": "read", "data": {"peerId": "alice", "msgIds": [id]}}));
+    alice.send(json!({"type": "ping"}));
+    assert_eq!(alice.recv()["type"], "pong");
+}
+
+#[test]
+fn every_device_of_a_recipient_gets_the_message_on_any_shard() {
+    let (_node, [a, b]) = two_shards("io_uring", |_| {});
+    let (mut phone, _) = Client::connect(a, "t-bob");
+    let (mut laptop, _) = Client::connect(b, "t-bob");
+    let (mut alice, _) = Client::connect(b, "t-alice");
+    alice.chat_to("bob", "d1", "to all devices");
+    assert_eq!(phone.recv_type("chat")["data"]["content"], "to all devices");
+    assert_eq!(laptop.recv_type("chat")["data"]["content"], "to all devices");
+    let statuses: Vec<String> =
+        (0..2).map(|_| alice.recv_type("ack")["data"]["status"].as_str().unwrap().to_string()).collect();
+    assert_eq!(statuses, ["sent", "delivered"]);
+    // Exactly one delivered ack even with two devices: nothing else is pending.
+    alice.send(json!({"type": "ping"}));
+    assert_eq!(alice.recv()["type"], "pong");
+    // Tenants are separate: eve is "bob" in another tenant and gets nothing.
+    let (mut eve, _) = Client::connect(a, "t-eve");
+    alice.chat_to("bob", "d2", "acme only");
+    assert_eq!(phone.recv_type("chat")["data"]["content"], "acme only");
+    eve.send(json!({"type": "ping"}));
+    assert_eq!(eve.recv()["type"], "pong");
+}
+
+#[test]
+fn presence_subscribers_see_online_and_offline() {
+    on_both_drivers(|d| {
+        let (_node, [a, b]) = two_shards(d, |_| {});
+        let (mut carol, _) = Client::connect(a, "t-carol");
+        carol.send(json!({"type": "presence:subscribe", "data": {"userIds": ["bob"]}}));
+        let state = carol.recv_type("presence");
+        assert_eq!((state["data"]["userId"].as_str(), state["data"]["online"].as_bool()), (Some("bob"), Some(false)));
+        let (bob, _) = Client::connect(b, "t-bob");
+        let on = carol.recv();
+        assert_eq!((on["type"].as_str(), on["data"]["userId"].as_str()), (Some("online"), Some("bob")));
+        assert!(on["data"]["timestamp"].as_i64().unwrap() > 0);
+        // A second device is not a new `online`; its close is not an `offline` either.
+        let (second, _) = Client::connect(a, "t-bob");
+        drop(second);
+        drop(bob);
+        let off = carol.recv();
+        assert_eq!((off["type"].as_str(), off["data"]["userId"].as_str()), (Some("offline"), Some("bob")));
+        carol.send(json!({"type": "presence:unsubscribe", "data": {"userIds": ["bob"]}}));
+        let (_bob, _) = Client::connect(b, "t-bob");
+        carol.send(json!({"type": "ping"}));
+        assert_eq!(carol.recv()["type"], "pong", "no more notices after unsubscribe");
+    });
+}
+
+#[test]
+fn kick_oldest_policy_kicks_the_first_session() {
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.chat = toml::from_str(r#"duplicate_login = "kick_oldest""#).unwrap();
+    });
+    let (mut first, _) = Client::connect(a, "t-bob");
+    let (mut second, _) = Client::connect(b, "t-bob");
+    let kicked = first.recv();
+    assert_eq!(kicked["type"], "kicked", "{kicked}");
+    assert_eq!(first.close_code(), Some(4001));
+    second.send(json!({"type": "ping"}));
+    assert_eq!(second.recv()["type"], "pong");
+}
+
+#[test]
+fn room_chat_reaches_joined_members_on_every_shard() {
+    let (_node, [a, b]) = two_shards("io_uring", |_| {});
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut carol, _) = Client::connect(a, "t-carol");
+    for c in [&mut alice, &mut bob] {
+        c.send(json!({"type": "join", "id": "j", "data": {"roomId": "general"}}));
+        let j = c.recv_type("joined");
+        assert_eq!((j["id"].as_str(), j["data"]["roomId"].as_str()), (Some("j"), Some("general")));
+    }
+    alice.send(json!({"type": "chat", "data": {"roomId": "general", "content": "hi all", "msgId": "g1"}}));
+    assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+    let m = bob.recv_type("chat");
+    assert_eq!((m["data"]["roomId"].as_str(), m["data"]["content"].as_str()), (Some("general"), Some("hi all")));
+    // Carol did not join: she gets nothing.
+    carol.send(json!({"type": "ping"}));
+    assert_eq!(carol.recv()["type"], "pong");
+}
+
+#[test]
+fn auth_failures_are_refused_before_the_upgrade() {
+    let (_node, [a, _]) = two_shards("io_uring", |_| {});
+    let (status, body) = upgrade_status(a, "/ws", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    assert_eq!(upgrade_status(a, "/ws?token=wrong", &[]).0, 401);
+    // The token may come from the Authorization header instead.
+    let mut req = format!("ws://{a}/ws").into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", "Bearer t-dave".parse().unwrap());
+    let (mut ws, resp) = tungstenite::client::client(req, connect(a)).unwrap();
+    assert_eq!(resp.status(), 101);
+    let hello: Value = match ws.read().unwrap() {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(hello["data"]["userId"], "dave");
+    // Origins: same-origin and no Origin pass; another origin is refused with 403.
+    assert_eq!(upgrade_status(a, "/ws?token=t-alice", &[("Origin", "https://evil.example")]).0, 403);
+    assert_eq!(upgrade_status(a, "/ws?token=t-alice", &[("Origin", &format!("http://{a}"))]).0, 101);
+    assert!(metric_sum(a, "imks_auth_failures_total") >= 2);
+    assert!(metric_sum(a, "imks_origin_refused_total") >= 1);
+}
+
+#[test]
+fn a_flooding_client_is_limited_and_the_others_are_not() {
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.limits.message_rate = 20;
+        f.limits.message_burst = 20;
+    });
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut flood, _) = Client::connect(a, "t-carol");
+    for _ in 0..100 {
+        if flood.ws.send(Message::text(r#"{"type":"ping"}"#)).is_err() {
+            break;
+        }
+    }
+    let mut saw_error = false;
+    let code = loop {
+        match flood.ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["data"]["code"], "rate_limited");
+                    saw_error = true;
+                }
+            }
+            Ok(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert!(saw_error, "an error precedes the close");
+    assert_eq!(code, Some(1008));
+    // Alice, on the same shard, is unaffected.
+    for i in 0..10 {
+        alice.chat_to("bob", &format!("f{i}"), "still fine");
+        assert_eq!(bob.recv_type("chat")["data"]["content"], "still fine");
+    }
+    assert!(metric_sum(a, "imks_limits_exceeded_total{shard=\"0\",limit=\"message_rate\"") >= 1);
+}
+
+#[test]
+fn room_count_and_name_limits() {
+    let (_node, [a, _]) = two_shards("io_uring", |f| {
+        f.limits.max_rooms_per_session = 3;
+        f.limits.max_name_bytes = 16;
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    for i in 0..3 {
+        alice.send(json!({"type": "join", "data": {"roomId": format!("r{i}")}}));
+        assert_eq!(alice.recv()["type"], "joined");
+    }
+    alice.send(json!({"type": "join", "data": {"roomId": "r3"}}));
+    assert_eq!(alice.recv()["data"]["code"], "too_many");
+    alice.send(json!({"type": "join", "data": {"roomId": "r0"}}));
+    assert_eq!(alice.recv()["type"], "joined", "joining a room again is not a new room");
+    alice.send(json!({"type": "join", "data": {"roomId": "x".repeat(17)}}));
+    assert_eq!(alice.recv()["data"]["code"], "invalid_name");
+    alice.send(json!({"type": "leave", "data": {"roomId": "r1"}}));
+    assert_eq!(alice.recv()["type"], "left");
+    alice.send(json!({"type": "join", "data": {"roomId": "r3"}}));
+    assert_eq!(alice.recv()["type"], "joined", "leaving frees a place");
+    assert!(metric_sum(a, "imks_limits_exceeded_total{shard=\"0\",limit=\"rooms_per_session\"") >= 1);
+}
+
+#[test]
+fn connection_limits_per_ip_node_and_shard_answer_503() {
+    // Per IP.
+    let (_node, [a, _]) = two_shards("io_uring", |f| f.limits.max_connections_per_ip = 2);
+    let (_c1, _) = Client::connect(a, "t-alice");
+    let (_c2, _) = Client::connect(a, "t-bob");
+    let (status, _) = upgrade_status(a, "/ws?token=t-carol", &[]);
+    assert_eq!(status, 503);
+    drop(_c1);
+    assert!(wait_until(Duration::from_secs(5), || upgrade_status(a, "/ws?token=t-carol", &[]).0 == 101));
+    drop(_c2);
+    let refused = || metric_sum(a, "imks_limits_exceeded_total{shard=\"0\",limit=\"ip_connections\"");
+    assert!(wait_until(Duration::from_secs(5), || refused() >= 1));
+
+    // Per node: two connections over two shards, each shard allowing more.
+    let (node2, _) = start_full(
+        "io_uring",
+        2,
+        |f| {
+            static_auth(f);
+            f.server.max_connections = 2;
+        },
+        |c| {
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.shards[0].max_connections = 10;
+            c.shards[1].max_connections = 10;
+        },
+    );
+    let (a2, b2) = (node2.shard_addrs(0)[0], node2.shard_addrs(1)[0]);
+    let (_d1, _) = Client::connect(a2, "t-alice");
+    let (_d2, _) = Client::connect(a2, "t-bob");
+    assert_eq!(upgrade_status(a2, "/ws?token=t-carol", &[]).0, 503);
+    assert_eq!(upgrade_status(b2, "/ws?token=t-carol", &[]).0, 503, "the other shard is full too");
+    drop(_d1);
+    let node_refusals = || metric_sum(b2, "imks_limits_exceeded_total{shard=\"1\",limit=\"node_connections\"");
+    assert!(wait_until(Duration::from_secs(5), || node_refusals() >= 1));
+
+    // Per shard: shard 0 may hold one connection, shard 1 is not affected.
+    let (node3, _) = start_full("epoll", 2, static_auth, |c| {
+        c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        c.shards[0].max_connections = 1;
+    });
+    let (a3, b3) = (node3.shard_addrs(0)[0], node3.shard_addrs(1)[0]);
+    let (_e1, _) = Client::connect(a3, "t-alice");
+    assert_eq!(upgrade_status(a3, "/ws?token=t-bob", &[]).0, 503);
+    let (_e2, _) = Client::connect(b3, "t-bob");
+}
