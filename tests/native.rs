@@ -532,3 +532,34 @@ fn connection_limits_per_ip_node_and_shard_answer_503() {
     assert_eq!(upgrade_status(a3, "/ws?token=t-bob", &[]).0, 503);
     let (_e2, _) = Client::connect(b3, "t-bob");
 }
+
+/// A message routed to a session that is closing is not lost: when every session it was
+/// routed to missed it, the recipient's home shard queues it offline, and the next login gets
+/// it.
+#[test]
+fn a_message_that_misses_a_closing_session_is_queued_for_the_next_login() {
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.limits.message_rate = 5;
+        f.limits.message_burst = 5;
+        f.websocket.close_timeout_ms = 30_000;
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    // Bob floods: the server starts closing his session and waits for his close reply, which
+    // this client does not send until it reads again.
+    for _ in 0..10 {
+        bob.send_text(r#"{"type":"ping"}"#);
+    }
+    let err = bob.recv_type("error");
+    assert_eq!(err["data"]["code"], "rate_limited");
+    alice.chat_to("bob", "late", "are you there?");
+    assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+    assert!(wait_until(Duration::from_secs(5), || metric_sum(b, "imks_chat_missed_total") >= 1));
+    assert_eq!(bob.close_code(), Some(1008));
+    drop(bob);
+    let (mut bob, _) = Client::connect(a, "t-bob");
+    let m = bob.recv_type("chat");
+    assert_eq!((m["data"]["clientMsgId"].as_str(), m["data"]["content"].as_str()), (Some("late"), Some("are you there?")));
+    let ack = alice.recv_type("ack");
+    assert_eq!((ack["data"]["status"].as_str(), ack["data"]["clientMsgId"].as_str()), (Some("delivered"), Some("late")));
+}

@@ -40,7 +40,7 @@ use serde::Serialize;
 use crate::metrics::{self, CloseReason};
 use crate::shard::session::SessionId;
 use crate::shard::{Shard, ShardMsg};
-use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store};
+use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store, Target};
 use envelope::{encode, encode_ack, encode_error, encode_presence, AckStatus, ErrorCode};
 
 /// What a second login of the same user does.
@@ -159,14 +159,13 @@ pub enum ChatMsg {
         message: Box<Message>,
         sender: SessionId,
     },
-    /// To a session's shard: a stored message to queue on that session.
-    Deliver {
-        session: SessionId,
-        frame: Bytes,
-        conversation: ConversationKey,
-        id: MessageId,
-        sender: Option<SessionId>,
-    },
+    /// To a session's shard: a stored message to queue on that session, one of `targets`
+    /// (the recipient's sessions when its home shard routed it).
+    Deliver { session: SessionId, frame: Bytes, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
+    /// To the recipient's home shard: a session of `targets` closed before the message
+    /// reached it. When every target missed it, the home shard routes it again (to sessions
+    /// opened since, or the offline queue), so a message is never dropped between devices.
+    Missed { message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
     /// To the conversation's owner: a message reached a recipient session. `sender` is the
     /// session that sent it, when the message was routed live; a message from the offline
     /// queue acknowledges to every session of its author instead.
@@ -246,6 +245,7 @@ pub struct Hub {
     next_query: Cell<u64>,
     /// Users homed here with at least one session (node total = sum over shards, in metrics).
     online: Cell<u64>,
+    misses: RefCell<Misses>,
 }
 
 impl Hub {
@@ -259,6 +259,7 @@ impl Hub {
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             online: Cell::new(0),
+            misses: RefCell::new(Misses::default()),
         }
     }
 
@@ -439,16 +440,42 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         }
         ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
         ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
-        ChatMsg::Deliver { session, frame, conversation, id, sender } => match shard.session(session) {
+        ChatMsg::Deliver { session, frame, message, sender, targets } => match shard.session(session) {
             Some(c) if c.closing_since.get().is_none() => {
                 shard.deliver(&c, frame);
+                let conversation = message.conversation.clone();
                 let owner = conversation_shard(&conversation, shard.shard_count());
-                post(shard, owner, ChatMsg::Delivered { conversation, id, sender });
+                post(shard, owner, ChatMsg::Delivered { conversation, id: message.id, sender });
             }
-            // The session closed on the way; its home shard has (or will have) dropped it, and
-            // the message stays undelivered for it. Other sessions of the user may have it.
-            _ => metrics::add(&shard.stats.chat_missed, 1),
+            // The session closed on the way: tell the recipient's home shard, which routes the
+            // message again if no session of the user got it.
+            _ => {
+                metrics::add(&shard.stats.chat_missed, 1);
+                if let Target::User(u) = &message.target {
+                    let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
+                    post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
+                }
+            }
         },
+        ChatMsg::Missed { message, sender, targets } => {
+            let all_missed = {
+                let mut misses = hub.misses.borrow_mut();
+                let n = misses.count(message.id);
+                n >= targets.len()
+            };
+            if all_missed {
+                hub.misses.borrow_mut().forget(message.id);
+                let Target::User(u) = &message.target else { return };
+                let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
+                let sessions: Vec<SessionId> = hub
+                    .homes
+                    .borrow()
+                    .get(&user)
+                    .map(|e| e.sessions.iter().filter(|s| !targets.contains(s)).copied().collect())
+                    .unwrap_or_default();
+                deliver_or_queue(shard, user, message, sender, sessions).await;
+            }
+        }
         ChatMsg::Delivered { conversation, id, sender } => {
             if let Ok(true) = hub.store.mark_delivered(&conversation, id).await {
                 if let Ok(Some(m)) = hub.store.get(&conversation, id).await {
@@ -568,13 +595,11 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
             Vec::new()
         }
     };
+    let targets: Arc<[SessionId]> = Arc::from([session]);
     for m in queued {
         let frame = encode_message(&m);
-        post(
-            shard,
-            usize::from(session.shard),
-            ChatMsg::Deliver { session, frame, conversation: m.conversation.clone(), id: m.id, sender: None },
-        );
+        let msg = ChatMsg::Deliver { session, frame, message: Arc::new(m), sender: None, targets: targets.clone() };
+        post(shard, usize::from(session.shard), msg);
     }
 }
 
@@ -615,10 +640,23 @@ async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_i
 }
 
 async fn route(shard: &Rc<Shard>, user: UserKey, message: Message, sender: SessionId) {
+    let sessions = shard.chat.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+    deliver_or_queue(shard, user, Arc::new(message), Some(sender), sessions).await;
+}
+
+/// On the recipient's home shard: the message to each of `sessions`, or to the offline queue
+/// when there are none.
+async fn deliver_or_queue(
+    shard: &Rc<Shard>,
+    user: UserKey,
+    message: Arc<Message>,
+    sender: Option<SessionId>,
+    sessions: Vec<SessionId>,
+) {
     let hub = &shard.chat;
-    let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
     if sessions.is_empty() {
         metrics::add(&shard.stats.chat_offline_queued, 1);
+        let message = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
         match hub.store.push_offline(&user.tenant, &user.user, message).await {
             Ok(dropped) if dropped > 0 => metrics::add(&shard.stats.chat_offline_dropped, dropped as u64),
             Ok(_) => {}
@@ -627,17 +665,48 @@ async fn route(shard: &Rc<Shard>, user: UserKey, message: Message, sender: Sessi
         return;
     }
     let frame = encode_message(&message);
-    for s in sessions {
-        post(
-            shard,
-            usize::from(s.shard),
-            ChatMsg::Deliver {
-                session: s,
-                frame: frame.clone(),
-                conversation: message.conversation.clone(),
-                id: message.id,
-                sender: Some(sender),
-            },
-        );
+    let targets: Arc<[SessionId]> = sessions.into();
+    for s in targets.iter().copied() {
+        let msg = ChatMsg::Deliver {
+            session: s,
+            frame: frame.clone(),
+            message: message.clone(),
+            sender,
+            targets: targets.clone(),
+        };
+        post(shard, usize::from(s.shard), msg);
+    }
+}
+
+/// How many target sessions missed each message, on the recipient's home shard. Bounded: the
+/// oldest counts are forgotten first (a message all but one of whose targets missed it was
+/// delivered, and its count is never completed).
+#[derive(Default)]
+struct Misses {
+    counts: HashMap<MessageId, usize>,
+    order: VecDeque<MessageId>,
+}
+
+const MAX_TRACKED_MISSES: usize = 65_536;
+
+impl Misses {
+    /// Counts one more miss of `id`; returns the total.
+    fn count(&mut self, id: MessageId) -> usize {
+        let n = self.counts.entry(id).or_insert(0);
+        *n += 1;
+        let total = *n;
+        if total == 1 {
+            self.order.push_back(id);
+            if self.order.len() > MAX_TRACKED_MISSES {
+                if let Some(old) = self.order.pop_front() {
+                    self.counts.remove(&old);
+                }
+            }
+        }
+        total
+    }
+
+    fn forget(&mut self, id: MessageId) {
+        self.counts.remove(&id);
     }
 }
