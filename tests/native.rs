@@ -559,7 +559,13 @@ fn a_message_that_misses_a_closing_session_is_queued_for_the_next_login() {
     drop(bob);
     let (mut bob, _) = Client::connect(a, "t-bob");
     let m = bob.recv_type("chat");
-    assert_eq!((m["data"]["clientMsgId"].as_str(), m["data"]["content"].as_str()), (Some("late"), Some("are you there?")));
+    assert_eq!(
+        (m["data"]["clientMsgId"].as_str(), m["data"]["content"].as_str()),
+        (Some("late"), Some("are you there?"))
+    );
     let ack = alice.recv_type("ack");
-    assert_eq!((ack["data"]["status"].as_str(), ack["data"]["clientMsgId"].as_str()), (Some("delivered"), Some("late")));
+    assert_eq!(
+        (ack["data"]["status"].as_str(), ack["data"]["clientMsgId"].as_str()),
+        (Some("delivered"), Some("late"))
+    );
 }

@@ -161,11 +161,21 @@ pub enum ChatMsg {
     },
     /// To a session's shard: a stored message to queue on that session, one of `targets`
     /// (the recipient's sessions when its home shard routed it).
-    Deliver { session: SessionId, frame: Bytes, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
+    Deliver {
+        session: SessionId,
+        frame: Bytes,
+        message: Arc<Message>,
+        sender: Option<SessionId>,
+        targets: Arc<[SessionId]>,
+    },
     /// To the recipient's home shard: a session of `targets` closed before the message
     /// reached it. When every target missed it, the home shard routes it again (to sessions
     /// opened since, or the offline queue), so a message is never dropped between devices.
-    Missed { message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
+    Missed {
+        message: Arc<Message>,
+        sender: Option<SessionId>,
+        targets: Arc<[SessionId]>,
+    },
     /// To the conversation's owner: a message reached a recipient session. `sender` is the
     /// session that sent it, when the message was routed live; a message from the offline
     /// queue acknowledges to every session of its author instead.
