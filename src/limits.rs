@@ -5,7 +5,7 @@
 //! The per-shard connection limit lives in the shard's slab ([`crate::shard::Shard::register`]);
 //! the node and per-IP counters here are shared by every shard, so they are atomics and, for
 //! the per-IP map, a striped mutex touched only on accept and close (never per message; see
-//! `docs/adr/005-per-ip-connection-counter.md`).
+//! `docs/adr/006-per-ip-connection-counter.md`).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

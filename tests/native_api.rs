@@ -83,6 +83,8 @@ fn start(log: Log) -> (Node, [std::net::SocketAddr; 2]) {
     f.server.pin_threads = false;
     f.log.level = "warn".into();
     f.auth = toml::from_str(AUTH).unwrap();
+    // Tighter than the application's own 200 ms `Timeout` layer: the node's bound wins.
+    f.chat.handler_timeout_ms = 100;
     let mut c = Config::resolve(f, |_| Ok(None)).unwrap();
     c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
@@ -133,6 +135,7 @@ fn routes_middleware_and_hooks() {
     assert_eq!((e["type"].as_str(), e["data"]["code"].as_str()), (Some("error"), Some("internal")));
     let e = call(&mut alice, "app:slow", json!({}));
     assert_eq!(e["data"]["code"], "timeout");
+    assert_eq!(e["data"]["message"], "handler did not finish within 100ms", "chat.handler_timeout_ms applies");
     let e = call(&mut alice, "app:refuse", json!({}));
     assert_eq!((e["data"]["code"].as_str(), e["data"]["message"].as_str()), (Some("nope"), Some("refused by the app")));
     assert_eq!(call(&mut alice, "app:echo", json!({"n": 2}))["data"]["echo"]["n"], 2);

@@ -62,8 +62,9 @@ pub struct ChatSection {
     /// Most sessions one user may have at once under `allow`; the oldest is kicked beyond it.
     /// Default 16.
     pub max_sessions_per_user: usize,
-    /// Longest timeout an application route may run before it is answered `timeout`, in
-    /// milliseconds (the router's timeout middleware). Default 5000.
+    /// Longest an application route's handler may run before the client is answered
+    /// `error timeout`, in milliseconds (an application's own `Timeout` layer may be
+    /// stricter). Default 5000.
     pub handler_timeout_ms: u64,
 }
 

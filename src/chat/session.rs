@@ -306,8 +306,13 @@ impl NativeWs {
         };
         let (app, conn, identity) = (app.clone(), conn.clone(), self.identity.clone());
         let (kind, id) = (kind.to_string(), id.map(str::to_string));
+        // Every handler is bounded by `chat.handler_timeout_ms`, whatever its own layers say.
+        let limit = shard.node.config.chat.handler_timeout;
         monoio::spawn(async move {
-            let result = fut.await;
+            let result = monoio::select! {
+                r = fut => r,
+                _ = monoio::time::sleep(limit) => Err(super::router::HandlerError::Timeout(limit)),
+            };
             match result {
                 Ok(Some(data)) => me.deliver(&conn, encode_text(&encode(&kind, id.as_deref(), &data))),
                 Ok(None) => {}

@@ -23,6 +23,9 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// A section's own validation failed; its message already names the field.
+    #[error("{0}")]
+    Section(String),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -251,8 +254,8 @@ impl Config {
             return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
         }
         positive("sidecar.probe_timeout_ms", file.sidecar.probe_timeout_ms)?;
-        let auth = crate::auth::resolve(&file.auth).map_err(|e| invalid("auth", e.to_string()))?;
-        let limits = crate::limits::resolve(&file.limits).map_err(|e| invalid("limits", e.to_string()))?;
+        let auth = crate::auth::resolve(&file.auth).map_err(|e| ConfigError::Section(e.to_string()))?;
+        let limits = crate::limits::resolve(&file.limits).map_err(|e| ConfigError::Section(e.to_string()))?;
         positive("chat.handler_timeout_ms", file.chat.handler_timeout_ms)?;
         positive("chat.max_sessions_per_user", file.chat.max_sessions_per_user as u64)?;
         let chat = crate::chat::ChatConfig {
@@ -260,9 +263,9 @@ impl Config {
             max_sessions_per_user: file.chat.max_sessions_per_user,
             handler_timeout: Duration::from_millis(file.chat.handler_timeout_ms),
         };
-        let store = crate::store::config::resolve(&file.store).map_err(|e| invalid("store", e.to_string()))?;
+        let store = crate::store::config::resolve(&file.store).map_err(|e| ConfigError::Section(e.to_string()))?;
         let membership =
-            crate::membership::resolve(&file.membership).map_err(|e| invalid("membership", e.to_string()))?;
+            crate::membership::resolve(&file.membership).map_err(|e| ConfigError::Section(e.to_string()))?;
 
         let allowed = if s.pin_threads { allowed_cpus() } else { Vec::new() };
         let per_shard_conns = s.max_connections.div_ceil(shard_count);
@@ -525,6 +528,25 @@ mod tests {
         assert!(err.starts_with("websocket.send_queue_len"), "{err}");
         let err = load_str("[server]\nshards = 2\ncpus = [0]\n", &[]).unwrap_err().to_string();
         assert!(err.starts_with("server.cpus"), "{err}");
+    }
+
+    #[test]
+    fn section_errors_name_their_field_once() {
+        for (text, start) in [
+            ("[auth]\nmode = \"jwt\"\n", "auth.jwt"),
+            ("[auth]\nmode = \"static\"\n", "auth.static_tokens"),
+            ("[limits]\nmessage_burst = 0\n", "limits.message_burst"),
+            ("[store]\nmax_conversations = 0\n", "store.max_conversations"),
+            ("[membership]\nmode = \"config\"\nchannels = [{ id = \"\", members = [] }]\n", "membership.channels[0]"),
+            ("[chat]\nmax_sessions_per_user = 0\n", "chat.max_sessions_per_user"),
+            ("[chat]\nduplicate_login = \"sometimes\"\n", "chat.duplicate_login"),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(start), "{text}: {err}");
+        }
+        let c = load_str("[chat]\nduplicate_login = \"kick_oldest\"\n[limits]\nmessage_rate = 0\n", &[]).unwrap();
+        assert_eq!(c.chat.duplicate_login, crate::chat::DuplicateLogin::KickOldest);
+        assert!(c.limits.rate.is_none());
     }
 
     #[test]
