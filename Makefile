@@ -42,7 +42,7 @@ js-tests: build
 	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
 
 bench-codec:
-	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet
+	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet --bench native_envelope
 
 ## bench: imks side by side with socket.io (node), socketioxide and a raw baseline, server on
 ## core 0 and load on core 1 (about 10 minutes); prints the tables and writes docs/benchmarks.md
