@@ -300,10 +300,11 @@ impl Socket {
         }
     }
 
-    pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) {
-        if let Some(room) = self.rooms.borrow_mut().take(room) {
-            io.index_leave(self, &room);
-        }
+    /// Leaves a room; returns whether the socket was in it.
+    pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) -> bool {
+        let Some(room) = self.rooms.borrow_mut().take(room) else { return false };
+        io.index_leave(self, &room);
+        true
     }
 
     pub fn rooms(&self) -> Vec<Rc<str>> {
