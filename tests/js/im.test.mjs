@@ -356,6 +356,24 @@ describe("IM events, static tokens, two shards", () => {
     assert.ok(!received(dave, "presence:update").some((p) => p.user_id === "dave"), "no presence about oneself");
   });
 
+  test("leaving a channel one is not in tells that channel nothing", T, async () => {
+    const alice = connect(server.shardUrl(0), { token: "t-alice" });
+    const bob = connect(server.shardUrl(1), { token: "t-bob" });
+    const carol = connect(server.shardUrl(1), { token: "t-carol" });
+    await Promise.all([connected(alice), connected(bob), connected(carol)]);
+    await join(alice, "general");
+    await join(bob, "general");
+    assert.deepEqual(await call(carol, "channel:leave", { channel_id: "general" }), { ok: true });
+    // bob's typing crosses the same ring (shard 1 to 0) after carol's leave was done.
+    await call(bob, "typing:start", { channel_id: "general" });
+    await waitFor(alice, "typing", (t) => t.user_id === "bob");
+    assert.deepEqual(
+      received(alice, "presence:update").map((p) => `${p.user_id} ${p.status}`),
+      ["bob online"],
+      "a non-member cannot post presence into the channel",
+    );
+  });
+
   test("history pages newest first, without gaps or repeats", T, async () => {
     const { alice, bob } = await pair("history");
     const sent = [];
