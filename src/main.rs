@@ -128,6 +128,14 @@ fn run(config: Config) -> ExitCode {
     for addr in node.local_addrs() {
         tracing::info!(%addr, shards, "imks listening");
     }
+    // Shards with their own `listen` (shard files) are reachable only there: say where.
+    for i in 1..shards {
+        if node.shard_addrs(i) != node.local_addrs() {
+            for addr in node.shard_addrs(i) {
+                tracing::info!(shard = i, %addr, "imks shard listening");
+            }
+        }
+    }
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }

@@ -273,9 +273,11 @@ fn join(shard: &Shard, s: &Rc<Socket>, ev: &Event<'_>, join: bool) {
         let body = presence(&d.channel_id, &s.identity, "online");
         io.of(&s.nsp).to(&room).except_socket(&s.id).emit(shard, "presence:update", &body);
     } else {
-        s.leave(&io, &room);
-        let body = presence(&d.channel_id, &s.identity, "offline");
-        io.of(&s.nsp).to(&room).emit(shard, "presence:update", &body);
+        // Only a socket that was in the channel may tell it that it went offline.
+        if s.leave(&io, &room) {
+            let body = presence(&d.channel_id, &s.identity, "offline");
+            io.of(&s.nsp).to(&room).emit(shard, "presence:update", &body);
+        }
     }
     ack(shard, s, ev, r#"{"ok":true}"#);
 }

@@ -43,7 +43,11 @@ fn on_main_connection(shard: &Shard, s: &Rc<Socket>, auth: Option<&str>) {
             let _ = s.join(io, room);
         })
     });
-    s.on("leave", |shard, s, ev| with_room(shard, s, ev, |io, s, room| s.leave(io, room)));
+    s.on("leave", |shard, s, ev| {
+        with_room(shard, s, ev, |io, s, room| {
+            s.leave(io, room);
+        })
+    });
     s.on("publish", |shard, _s, ev| {
         let Some(io) = &shard.apps.socketio else { return };
         let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };

@@ -186,7 +186,8 @@ impl Socket {
         self.events.borrow_mut().insert(name.to_string(), Rc::new(f));
     }
 
-    /// Called once when the socket leaves its namespace, with the reason.
+    /// Called once when the socket leaves its namespace, with the reason. Broadcasts no longer
+    /// reach the socket by then, but [`Socket::rooms`] still lists the rooms it was in.
     pub fn on_disconnect(&self, f: impl Fn(&Shard, &Rc<Socket>, &str) + 'static) {
         self.on_disconnect.borrow_mut().push(Rc::new(f));
     }
@@ -299,10 +300,11 @@ impl Socket {
         }
     }
 
-    pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) {
-        if let Some(room) = self.rooms.borrow_mut().take(room) {
-            io.index_leave(self, &room);
-        }
+    /// Leaves a room; returns whether the socket was in it.
+    pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) -> bool {
+        let Some(room) = self.rooms.borrow_mut().take(room) else { return false };
+        io.index_leave(self, &room);
+        true
     }
 
     pub fn rooms(&self) -> Vec<Rc<str>> {
@@ -589,7 +591,10 @@ impl SocketIo {
                 self.store(shard, pid.clone(), Stored::from_socket(s, cfg.window));
             }
         }
-        let rooms: Vec<Rc<str>> = s.rooms.borrow_mut().drain().collect();
+        // Out of the room index first, so that nothing broadcast from here on reaches the
+        // socket; `s.rooms` is kept until the handlers ran, which need to know where it was
+        // (the IM app tells those channels the user went offline).
+        let rooms: Vec<Rc<str>> = s.rooms.borrow().iter().cloned().collect();
         for r in &rooms {
             self.index_leave(s, r);
         }
@@ -606,6 +611,11 @@ impl SocketIo {
         let handlers = s.on_disconnect.borrow().clone();
         for h in handlers {
             h(shard, s, reason);
+        }
+        // Again, for any room a handler joined.
+        let rooms: Vec<Rc<str>> = s.rooms.borrow_mut().drain().collect();
+        for r in &rooms {
+            self.index_leave(s, r);
         }
     }
 
