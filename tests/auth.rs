@@ -187,11 +187,12 @@ fn socketio_refuses_bad_tokens_with_connect_error_and_a_bad_handshake_token_with
     c.send(Message::text("40")).unwrap();
     assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
     // A foreign Origin is refused at the handshake.
-    let (status, _, _) = http(
+    let (status, head, _) = http(
         addr,
         "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(status, 403);
+    assert!(!head.contains("Access-Control-Allow-Origin"), "a refused page may not read the answer: {head}");
 }
 
 #[test]

@@ -267,11 +267,15 @@ fn join(shard: &Shard, s: &Rc<Socket>, ev: &Event<'_>, join: bool) {
         if !member(shard, s, ev, &d.channel_id) {
             return;
         }
+        let already = s.rooms().iter().any(|r| **r == *room);
         if let Err(e) = s.join(&io, &room) {
             return ack(shard, s, ev, &failure("too_many", &e.to_string()));
         }
-        let body = presence(&d.channel_id, &s.identity, "online");
-        io.of(&s.nsp).to(&room).except_socket(&s.id).emit(shard, "presence:update", &body);
+        // Joining again is not news.
+        if !already {
+            let body = presence(&d.channel_id, &s.identity, "online");
+            io.of(&s.nsp).to(&room).except_socket(&s.id).emit(shard, "presence:update", &body);
+        }
     } else {
         // Only a socket that was in the channel may tell it that it went offline.
         if s.leave(&io, &room) {

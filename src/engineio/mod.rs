@@ -519,6 +519,8 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
     let mut r = match (&q.sid, head.method) {
         (None, Method::Get) => match admit(shard, head) {
             Ok(identity) => handshake(shard, app, identity),
+            // A refused origin gets no CORS headers: its page may not read the answer.
+            Err(refused) if refused.status == 403 => return refused,
             Err(refused) => refused,
         },
         (None, _) => return RequestError::BadHandshakeMethod.response(head, cfg),
