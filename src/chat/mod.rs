@@ -254,8 +254,6 @@ pub struct Hub {
     worker: RefCell<Option<Waker>>,
     queries: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Vec<SessionId>>>>,
     next_query: Cell<u64>,
-    /// Users homed here with at least one session (node total = sum over shards, in metrics).
-    online: Cell<u64>,
     misses: RefCell<Misses>,
 }
 
@@ -269,7 +267,6 @@ impl Hub {
             worker: RefCell::new(None),
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
-            online: Cell::new(0),
             misses: RefCell::new(Misses::default()),
         }
     }
@@ -413,7 +410,6 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             let before = e.sessions.len();
             e.sessions.retain(|s| *s != session);
             if before > 0 && e.sessions.is_empty() {
-                hub.online.set(hub.online.get().saturating_sub(1));
                 metrics::sub(&shard.stats.identities_online, 1);
                 let frame = text(encode_presence(false, &user.user, now_ms()));
                 for w in &e.watchers {
@@ -572,7 +568,6 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
         (first, kick, watchers)
     };
     if first {
-        hub.online.set(hub.online.get() + 1);
         metrics::add(&shard.stats.identities_online, 1);
         let frame = text(encode_presence(true, &user.user, now_ms()));
         for w in watchers {
