@@ -158,9 +158,3 @@ fn worker_processes_merge_into_one_report() {
     assert_eq!(r.connections.established, 10);
     assert_complete(&r, 1000, 1000);
 }
-
-#[test]
-fn chat_is_refused() {
-    let p = Params::new(Scenario::Chat, "ws://127.0.0.1:9");
-    assert!(matches!(imks_loadgen::run(&p), Err(imks_loadgen::Error::Unsupported(_))));
-}
