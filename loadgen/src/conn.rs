@@ -166,13 +166,15 @@ pub struct Conn {
     max_message: usize,
 }
 
-/// Connects to the run's target and completes the handshakes of `protocol`.
+/// Connects to the run's target and completes the handshakes of `protocol`, presenting `token`
+/// (see [`crate::token`]) on the upgrade when given.
 pub async fn connect(
     target: &Target,
     source: Option<IpAddr>,
     protocol: Protocol,
     max_message: usize,
     seed: u64,
+    token: Option<&str>,
 ) -> Result<Conn, ConnError> {
     let stream = tcp_connect(target.addr, source).await.map_err(ConnError::Connect)?;
     let mut c = Conn {
@@ -185,7 +187,7 @@ pub async fn connect(
         close_sent: false,
         max_message,
     };
-    c.upgrade(target).await?;
+    c.upgrade(target, token).await?;
     if protocol == Protocol::Sio {
         c.sio_connect().await?;
     }
@@ -193,12 +195,12 @@ pub async fn connect(
 }
 
 impl Conn {
-    async fn upgrade(&mut self, target: &Target) -> Result<(), ConnError> {
+    async fn upgrade(&mut self, target: &Target, token: Option<&str>) -> Result<(), ConnError> {
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.io.random().to_le_bytes());
         nonce[8..].copy_from_slice(&self.io.random().to_le_bytes());
         let key = ws::client_key(nonce);
-        ws::write_request(&mut self.io.wbuf, &target.host, &target.path, &key);
+        ws::write_request(&mut self.io.wbuf, &target.host, &target.path, &key, token);
         self.flush().await?;
         loop {
             if let Some(head) = ws::parse_response(&self.rbuf, &key)? {

@@ -8,9 +8,6 @@ pub enum Error {
     /// A parameter out of range or a combination that makes no sense; names the flag.
     #[error("invalid parameter: {0}")]
     Config(String),
-    /// Something asked for that does not exist yet (the `chat` scenario).
-    #[error("not supported: {0}")]
-    Unsupported(String),
     #[error("bad URL {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error("building the runtime: {0}")]

@@ -5,10 +5,12 @@
 //! - [`target`]: the one address a run connects to.
 //! - [`multiproc`]: several worker processes for more connections than one may open.
 //! - [`worker`]: one process's run: set-up, warm-up, measurement, drain.
-//! - [`scenario`]: who each connection is, pacing, and the echo / ack / fan-out / connect / idle
-//!   behaviors.
+//! - [`scenario`]: who each connection is, pacing, and the echo / ack / fan-out / chat / connect /
+//!   idle behaviors.
+//! - [`token`]: the token each connection presents on its upgrade (`--token`, `--jwt-secret`).
 //! - [`conn`]: one connection on tokio: connect, handshakes, the readiness-driven loop.
-//! - [`proto`]: the pure wire codecs (WebSocket, Engine.IO / Socket.IO, message stamps).
+//! - [`proto`]: the pure wire codecs (WebSocket, Engine.IO / Socket.IO, imks's native JSON,
+//!   message stamps).
 //! - [`shared`]: the state a process's connections share: phase, counters, timer, feedback.
 //! - [`clock`]: the monotonic clock and the precise timer for open-loop sends.
 //! - [`stats`]: tallies, sharded counters and hdrhistograms.
@@ -29,6 +31,7 @@ pub mod shared;
 pub mod stats;
 pub mod sys;
 pub mod target;
+pub mod token;
 pub mod worker;
 
 pub use error::Error;
@@ -77,6 +80,7 @@ pub fn progress_line(p: &Params, t: &Tick) -> String {
     let rate = |n: u64| if t.dur_s > 0.0 { report::si(n as f64 / t.dur_s) } else { "-".into() };
     let (sent, received) = match p.scenario {
         Scenario::Fanout => ("publishes", "deliveries"),
+        Scenario::Chat => ("messages", "deliveries"),
         Scenario::Connect => ("started", "connected"),
         _ => ("sent", "received"),
     };

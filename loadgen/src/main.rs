@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         };
     }
     let Some(scenario) = cli.scenario else {
-        eprintln!("imks-loadgen: a scenario is required (echo, ack, fanout, connect, idle)");
+        eprintln!("imks-loadgen: a scenario is required (echo, ack, fanout, chat, connect, idle)");
         return ExitCode::from(2);
     };
     let mut p = cli.params(scenario);
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("imks-loadgen: {e}");
             return ExitCode::from(match e {
-                Error::Config(_) | Error::Unsupported(_) | Error::Url { .. } => 2,
+                Error::Config(_) | Error::Url { .. } => 2,
                 _ => 1,
             });
         }

@@ -30,7 +30,8 @@ pub enum Scenario {
     Connect,
     /// Hold N connections for the duration.
     Idle,
-    /// Point-to-point with acks over imks's native protocol (not built yet).
+    /// Point-to-point chat with `sent` and `delivered` acks over imks's native protocol (`/ws`):
+    /// connections in pairs, each sending to the other's user.
     Chat,
 }
 
@@ -70,16 +71,18 @@ pub struct WorkerSlot {
 pub struct Params {
     pub scenario: Scenario,
     pub protocol: Protocol,
-    /// `ws://host:port[/path]`; the path defaults to `/ws-echo` (ws) or `/socket.io/` (sio).
+    /// `ws://host:port[/path]`; the path defaults to `/ws-echo` (ws), `/ws-fanout` (ws
+    /// fan-out), `/ws` (chat) or `/socket.io/` (sio).
     pub url: String,
-    /// Connections (echo, ack, idle) or concurrent handshakes (connect). Fan-out derives its
-    /// own: rooms × subscribers + publishers.
+    /// Connections (echo, ack, chat, idle) or concurrent handshakes (connect). Fan-out derives
+    /// its own: rooms × subscribers + publishers.
     pub connections: usize,
     pub rooms: usize,
     pub subscribers: usize,
     pub publishers: usize,
     pub load: Load,
-    /// Size in bytes of each message's payload (the JSON object, or the binary body).
+    /// Size in bytes of each message's payload (the JSON object, the binary body, or a chat
+    /// message's `content`).
     pub size: usize,
     pub duration_s: f64,
     pub warmup_s: f64,
@@ -108,6 +111,14 @@ pub struct Params {
     /// between go out together, late by at most this (counted in their latency); fewer
     /// wake-ups cost the generator less CPU at high rates. Default 50.
     pub timer_slack_us: u64,
+    /// Token presented on every upgrade as `Authorization: Bearer`; `{i}` is replaced by the
+    /// connection's index (see [`crate::token`]). Written as `<redacted>` in reports.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// HS256 secret to mint a JWT per connection with (`sub` = `lg-<i>`). Written as
+    /// `<redacted>` in reports.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
     /// Print a progress line every second on stderr.
     pub progress: bool,
     /// The binary to start worker processes from (default: this executable).
@@ -123,7 +134,10 @@ impl Params {
     pub fn new(scenario: Scenario, url: &str) -> Params {
         Params {
             scenario,
-            protocol: if scenario == Scenario::Echo { Protocol::Ws } else { Protocol::Sio },
+            protocol: match scenario {
+                Scenario::Echo | Scenario::Chat => Protocol::Ws,
+                _ => Protocol::Sio,
+            },
             url: url.to_string(),
             connections: 100,
             rooms: 1,
@@ -146,6 +160,8 @@ impl Params {
             ws_text: false,
             max_message: 16 << 20,
             timer_slack_us: 50,
+            token: None,
+            jwt_secret: None,
             progress: false,
             worker_exe: None,
             worker: None,
@@ -163,19 +179,15 @@ impl Params {
     /// Checks every bound; the message names the flag.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.scenario == Scenario::Chat {
-            return Err(Error::Unsupported(
-                "the `chat` scenario needs imks's native chat protocol, which does not exist yet; \
-                 use `ack` or `fanout` over Socket.IO"
-                    .into(),
-            ));
-        }
         match (self.scenario, self.protocol) {
             (Scenario::Echo, Protocol::Sio) => {
                 return bad("--scenario echo is a raw WebSocket round trip; use `ack` for Socket.IO".into())
             }
             (Scenario::Ack, Protocol::Ws) => {
                 return bad("--scenario ack is a Socket.IO emit with ack; use `echo` for raw WebSocket".into())
+            }
+            (Scenario::Chat, Protocol::Sio) => {
+                return bad("--scenario chat speaks imks's native protocol over raw WebSocket (--protocol ws)".into())
             }
             _ => {}
         }
@@ -199,6 +211,30 @@ impl Params {
             if self.processes > 1 && self.subscribers < self.processes {
                 return bad("fan-out over several processes needs --subscribers >= --processes".into());
             }
+        }
+        if self.scenario == Scenario::Chat {
+            if self.connections < 2 || self.connections % 2 != 0 {
+                return bad("chat pairs its connections: --connections must be even and at least 2".into());
+            }
+            if self.processes > self.connections / 2 {
+                return bad("chat keeps each pair in one process: --processes must be at most --connections / 2".into());
+            }
+            if self.processes > 1 && crate::token::shared(self) {
+                return bad("a --token without {i} makes every connection one user, whose deliveries can only be \
+                            counted in one process: use --processes 1"
+                    .into());
+            }
+        }
+        if self.token.is_some() && self.jwt_secret.is_some() {
+            return bad("--token and --jwt-secret exclude each other".into());
+        }
+        if let Some(t) = &self.token {
+            if t.is_empty() || t.len() > 8192 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad("--token must be 1 to 8192 visible ASCII characters".into());
+            }
+        }
+        if self.jwt_secret.as_ref().is_some_and(String::is_empty) {
+            return bad("--jwt-secret must not be empty".into());
         }
         let n = self.total_connections();
         if n == 0 || n > MAX_CONNECTIONS {
@@ -255,11 +291,11 @@ pub struct Cli {
     #[arg(long, default_value = "ws://127.0.0.1:3000")]
     pub url: String,
 
-    /// Wire protocol. Default: ws for echo, sio otherwise.
+    /// Wire protocol. Default: ws for echo and chat, sio otherwise.
     #[arg(long, value_enum)]
     pub protocol: Option<Protocol>,
 
-    /// Connections (echo, ack, idle) or concurrent handshakes (connect). Default 100.
+    /// Connections (echo, ack, chat, idle) or concurrent handshakes (connect). Default 100.
     #[arg(long, short = 'c')]
     pub connections: Option<usize>,
 
@@ -283,7 +319,7 @@ pub struct Cli {
     #[arg(long)]
     pub window: Option<usize>,
 
-    /// Payload size in bytes.
+    /// Payload size in bytes (chat: the message's `content`).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
 
@@ -350,6 +386,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 50)]
     pub timer_slack_us: u64,
 
+    /// Token sent on every upgrade as `Authorization: Bearer`; `{i}` becomes the connection's
+    /// index (for a static token list t-0, t-1, ...). Without `{i}` every connection is one user.
+    #[arg(long, conflicts_with = "jwt_secret")]
+    pub token: Option<String>,
+
+    /// Mint an HS256 JWT per connection with this secret, `sub` = `lg-<i>` (for a server in
+    /// `jwt` auth mode with the same secret).
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+
     /// Write the JSON report here (`-` for stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -400,6 +446,8 @@ impl Cli {
         p.ws_text = self.ws_text;
         p.max_message = self.max_message;
         p.timer_slack_us = self.timer_slack_us;
+        p.token = self.token.clone();
+        p.jwt_secret = self.jwt_secret.clone();
         p
     }
 }
@@ -441,9 +489,25 @@ mod tests {
         let mut p = ok.clone();
         p.connections = MAX_CONNECTIONS + 1;
         assert!(p.validate().is_err());
-        let mut p = ok.clone();
-        p.scenario = Scenario::Chat;
-        assert!(matches!(p.validate(), Err(Error::Unsupported(_))));
+        let mut chat = Params::new(Scenario::Chat, "ws://127.0.0.1:1");
+        assert!(chat.validate().is_ok());
+        chat.connections = 3;
+        assert!(chat.validate().is_err());
+        chat.connections = 4;
+        chat.protocol = Protocol::Sio;
+        assert!(chat.validate().is_err());
+        chat.protocol = Protocol::Ws;
+        chat.processes = 2;
+        chat.token = Some("one".into());
+        assert!(chat.validate().is_err());
+        chat.token = Some("t-{i}".into());
+        assert!(chat.validate().is_ok());
+        chat.token = Some("bad token".into());
+        assert!(chat.validate().is_err());
+        chat.token = Some("t".into());
+        chat.jwt_secret = Some("s".into());
+        chat.processes = 1;
+        assert!(chat.validate().is_err());
         let mut p = ok.clone();
         p.protocol = Protocol::Ws;
         assert!(p.validate().is_err());

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::params::{Load, Params, Protocol, Scenario};
 use crate::probe::{Memory, ServerCpu};
-use crate::stats::{add_raw, new_hist, percentiles, Percentiles};
+use crate::stats::{add_raw, new_hist, percentiles, Hist, Percentiles, DUP_DELIVERED_ACK, DUP_DELIVERY, DUP_SENT_ACK};
 use crate::sys::CpuTimes;
 
 /// One second of one worker (the last one may be shorter: see `dur_s`).
@@ -45,6 +45,9 @@ pub struct WorkerReport {
     pub errors: BTreeMap<String, u64>,
     pub latency: Vec<(u64, u64)>,
     pub setup_latency: Vec<(u64, u64)>,
+    /// Chat's acknowledgements and expected deliveries.
+    #[serde(default)]
+    pub chat: Option<WorkerChat>,
     pub series: Vec<Tick>,
     pub cpu: CpuTimes,
     /// Peak resident memory of the worker process, KiB.
@@ -53,6 +56,17 @@ pub struct WorkerReport {
     pub wall_s: f64,
     /// Measurement start to the end of sending (shorter than `--duration` with `--total`).
     pub measured_s: f64,
+}
+
+/// One process's chat figures beyond `sent` and `received` (the deliveries).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerChat {
+    /// Deliveries owed to the measured messages: one per session of the recipient.
+    pub expected: u64,
+    pub sent_acks: Vec<(u64, u64)>,
+    pub delivered_acks: Vec<(u64, u64)>,
+    /// Repeats of a sent ack, a delivered ack, a delivery.
+    pub duplicates: [u64; 3],
 }
 
 /// What the server figures were read from and what they said.
@@ -142,6 +156,30 @@ pub struct ServerReport {
     pub health_connections_after_setup: Option<u64>,
 }
 
+/// One kind of thing a chat message brings back: its `sent` ack, its `delivered` ack, or its
+/// delivery to the recipient.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatKind {
+    /// One per message for the acks; one per session of the recipient for deliveries.
+    pub expected: u64,
+    /// Distinct ones received (each message's first).
+    pub received: u64,
+    /// `expected − received`.
+    pub lost: u64,
+    /// Received again for a message already counted.
+    pub duplicates: u64,
+    /// From the message's (intended) send time to the arrival of the first one.
+    pub latency_us: Percentiles,
+}
+
+/// The chat scenario's figures per kind (`counts` and `latency_us` repeat the deliveries).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatReport {
+    pub sent_acks: ChatKind,
+    pub delivered_acks: ChatKind,
+    pub deliveries: ChatKind,
+}
+
 /// One second of the whole run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -177,6 +215,9 @@ pub struct Report {
     pub rates: Rates,
     pub latency_us: Percentiles,
     pub setup_latency_us: Percentiles,
+    /// Chat only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatReport>,
     pub errors: BTreeMap<String, u64>,
     pub loadgen: LoadgenUse,
     pub server: Option<ServerReport>,
@@ -186,7 +227,8 @@ pub struct Report {
 
 fn units(s: Scenario) -> Units {
     let (sent, received) = match s {
-        Scenario::Echo | Scenario::Ack | Scenario::Chat => ("requests", "answers"),
+        Scenario::Echo | Scenario::Ack => ("requests", "answers"),
+        Scenario::Chat => ("messages", "deliveries"),
         Scenario::Fanout => ("publishes", "deliveries"),
         Scenario::Connect => ("handshakes started", "handshakes connected"),
         Scenario::Idle => ("connections established", "connections alive at the end"),
@@ -211,7 +253,17 @@ impl Report {
         let (mut cpu, mut wall_s, mut measured_s, mut threads) = (CpuTimes::default(), 0f64, 0f64, 0usize);
         let mut peak_rss_kb = 0;
         let mut series: Vec<Point> = Vec::new();
+        let (mut sent_acks, mut delivered_acks) = (new_hist()?, new_hist()?);
+        let (mut chat_expected, mut duplicates) = (0u64, [0u64; 3]);
         for w in workers {
+            if let Some(c) = &w.chat {
+                add_raw(&mut sent_acks, &c.sent_acks);
+                add_raw(&mut delivered_acks, &c.delivered_acks);
+                chat_expected += c.expected;
+                for (d, n) in duplicates.iter_mut().zip(c.duplicates) {
+                    *d += n;
+                }
+            }
             add_raw(&mut lat, &w.latency);
             add_raw(&mut setup_lat, &w.setup_latency);
             for (k, v) in &w.errors {
@@ -261,8 +313,21 @@ impl Report {
         let expected = match p.scenario {
             Scenario::Fanout => sent * p.subscribers as u64,
             Scenario::Idle => p.connections as u64,
+            Scenario::Chat => chat_expected,
             _ => sent,
         };
+        let kind = |expected: u64, received: u64, duplicates: u64, lat: &Hist| ChatKind {
+            expected,
+            received,
+            lost: expected.saturating_sub(received),
+            duplicates,
+            latency_us: percentiles(lat),
+        };
+        let chat = (p.scenario == Scenario::Chat).then(|| ChatReport {
+            sent_acks: kind(sent, sent_acks.len(), duplicates[DUP_SENT_ACK], &sent_acks),
+            delivered_acks: kind(sent, delivered_acks.len(), duplicates[DUP_DELIVERED_ACK], &delivered_acks),
+            deliveries: kind(expected, received, duplicates[DUP_DELIVERY], &lat),
+        });
         let per_s = |n: u64| if measured_s > 0.0 { n as f64 / measured_s } else { 0.0 };
         let cpu_pct = if wall_s > 0.0 { cpu.total() / wall_s * 100.0 } else { 0.0 };
         let usable = threads.min(cores_available).max(1);
@@ -306,7 +371,12 @@ impl Report {
                 received,
                 expected,
                 lost: expected.saturating_sub(received),
-                duplicates: received.saturating_sub(expected),
+                // Chat tells repeats apart by message id (and counts only first receipts as
+                // received); the others can only see more than expected.
+                duplicates: match p.scenario {
+                    Scenario::Chat => duplicates[DUP_DELIVERY],
+                    _ => received.saturating_sub(expected),
+                },
                 failed,
                 unsent,
                 errors: errors.values().sum(),
@@ -315,6 +385,7 @@ impl Report {
             rates: Rates { sent_per_s: per_s(sent), received_per_s: per_s(received) },
             latency_us: percentiles(&lat),
             setup_latency_us: percentiles(&setup_lat),
+            chat,
             errors,
             loadgen: LoadgenUse {
                 processes: workers.len(),
@@ -329,7 +400,7 @@ impl Report {
             },
             server,
             timeseries: series,
-            params: p.clone(),
+            params: redacted(p),
         })
     }
 
@@ -399,6 +470,23 @@ impl Report {
                 l.count
             );
         }
+        if let Some(c) = &self.chat {
+            for (name, k) in [("sent acks", &c.sent_acks), ("delivered acks", &c.delivered_acks)] {
+                let l = &k.latency_us;
+                let _ = writeln!(
+                    s,
+                    "  {name:<14} {} of {}, lost {}, duplicates {}; µs p50 {}  p99 {}  p99.9 {}  max {}",
+                    k.received,
+                    k.expected,
+                    k.lost,
+                    k.duplicates,
+                    us(l.p50_us),
+                    us(l.p99_us),
+                    us(l.p999_us),
+                    us(l.max_us)
+                );
+            }
+        }
         let l = &self.setup_latency_us;
         if l.count > 0 && self.scenario != Scenario::Connect {
             let _ = writeln!(s, "  set-up µs     p50 {}  p99 {}  max {}", us(l.p50_us), us(l.p99_us), us(l.max_us));
@@ -437,6 +525,19 @@ impl Report {
         }
         s
     }
+}
+
+/// The parameters as a report shows them: without the token or the secret.
+fn redacted(p: &Params) -> Params {
+    let mut p = p.clone();
+    let hide = |s: &mut Option<String>| {
+        if s.is_some() {
+            *s = Some("<redacted>".into());
+        }
+    };
+    hide(&mut p.token);
+    hide(&mut p.jwt_secret);
+    p
 }
 
 fn short(unit: &str) -> &str {

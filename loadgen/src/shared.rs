@@ -1,9 +1,11 @@
 //! The state one process shares between its connections: parameters, the phase and its
-//! timestamps, counters, the precise timer, and fan-out's delivery feedback.
+//! timestamps, counters, the precise timer, fan-out's delivery feedback and chat's directory of
+//! users.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
 use futures_util::task::AtomicWaker;
@@ -12,7 +14,7 @@ use crate::clock::TimerHandle;
 use crate::error::Error;
 use crate::params::{Load, Params};
 use crate::scenario::Plan;
-use crate::stats::{new_hist, Hist, Stats, Tally};
+use crate::stats::{new_hist, Ack, Hist, Stats, Tally};
 use crate::target::Target;
 
 /// Connections are being set up; nothing is sent.
@@ -137,6 +139,35 @@ impl Feedback {
     }
 }
 
+/// Chat: the user each connection is (from the server's `connected`), so a sender can address
+/// its peer, and how many of this process's sessions each user has, which is how many
+/// deliveries a message to that user is owed. Filled during set-up, read once per sender when
+/// sending starts (set-up is over by then), so the lock is never on the hot path.
+#[derive(Debug, Default)]
+pub struct Directory {
+    users: Vec<Option<Arc<str>>>,
+    sessions: HashMap<Arc<str>, u64>,
+}
+
+impl Directory {
+    /// Connection `slot` is `user`.
+    pub fn register(&mut self, slot: usize, user: &str) {
+        if self.users.len() <= slot {
+            self.users.resize(slot + 1, None);
+        }
+        let user: Arc<str> = user.into();
+        *self.sessions.entry(user.clone()).or_insert(0) += 1;
+        self.users[slot] = Some(user);
+    }
+
+    /// The user of connection `slot` and how many sessions it has here; `None` when that
+    /// connection was never set up.
+    pub fn user(&self, slot: usize) -> Option<(Arc<str>, u64)> {
+        let u = self.users.get(slot)?.as_ref()?;
+        Some((u.clone(), self.sessions.get(u).copied().unwrap_or(1)))
+    }
+}
+
 /// Everything a process's connections share.
 pub struct Run {
     pub params: Params,
@@ -154,6 +185,7 @@ pub struct Run {
     pub alive: AtomicUsize,
     /// Time to connected of the set-up handshakes.
     pub setup_hist: Mutex<Hist>,
+    pub directory: Mutex<Directory>,
 }
 
 impl Run {
@@ -177,6 +209,7 @@ impl Run {
             setup_failed: AtomicUsize::new(0),
             alive: AtomicUsize::new(0),
             setup_hist: Mutex::new(new_hist()?),
+            directory: Mutex::new(Directory::default()),
         })
     }
 
@@ -212,6 +245,13 @@ impl Run {
     pub fn record(&self, t: u64, now: u64, tally: &mut Tally) {
         if self.measured(t) {
             tally.record(now.saturating_sub(t));
+        }
+    }
+
+    /// Chat: counts an acknowledgement of a message stamped `t`, received at `now`.
+    pub fn record_ack(&self, ack: Ack, t: u64, now: u64, tally: &mut Tally) {
+        if self.measured(t) {
+            tally.record_ack(ack, now.saturating_sub(t));
         }
     }
 }

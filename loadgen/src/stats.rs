@@ -68,6 +68,21 @@ pub fn add_raw(h: &mut Hist, raw: &[(u64, u64)]) {
     }
 }
 
+/// The chat scenario's acknowledgements, counted beside its deliveries (which are the
+/// scenario's `received`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// `ack` with `status: "sent"`: the message is stored.
+    Sent = 0,
+    /// `ack` with `status: "delivered"`: it reached a session of the recipient.
+    Delivered = 1,
+}
+
+/// What a repeat was a repeat of, in [`Tally::duplicates`].
+pub const DUP_SENT_ACK: usize = 0;
+pub const DUP_DELIVERED_ACK: usize = 1;
+pub const DUP_DELIVERY: usize = 2;
+
 /// One connection's unflushed counts.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -80,6 +95,10 @@ pub struct Tally {
     /// Intended open-loop sends that could not go out before the end of the window.
     pub unsent: u64,
     pub lat: Vec<u64>,
+    /// Chat: latencies of measured acks, by [`Ack`].
+    pub acks: [Vec<u64>; 2],
+    /// Chat: repeats of a measured ack or delivery already counted, by `DUP_*`.
+    pub duplicates: [u64; 3],
 }
 
 impl Tally {
@@ -88,8 +107,17 @@ impl Tally {
         self.lat.push(latency_ns);
     }
 
+    pub fn record_ack(&mut self, ack: Ack, latency_ns: u64) {
+        self.acks[ack as usize].push(latency_ns);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.sent == 0 && self.received == 0 && self.failed == 0 && self.unsent == 0
+        self.sent == 0
+            && self.received == 0
+            && self.failed == 0
+            && self.unsent == 0
+            && self.acks.iter().all(Vec::is_empty)
+            && self.duplicates == [0; 3]
     }
 }
 
@@ -102,6 +130,8 @@ struct Shard {
     i_sent: u64,
     i_received: u64,
     i_failed: u64,
+    acks: [Hist; 2],
+    duplicates: [u64; 3],
 }
 
 /// Keeps each shard on its own cache lines.
@@ -125,6 +155,10 @@ pub struct Totals {
     pub failed: u64,
     pub unsent: u64,
     pub lat: Hist,
+    /// Chat: deliveries the measured sends are owed.
+    pub expected: u64,
+    pub acks: [Hist; 2],
+    pub duplicates: [u64; 3],
 }
 
 pub struct Stats {
@@ -133,6 +167,9 @@ pub struct Stats {
     /// the drain never sees an answer arrive for a send it does not know of (see
     /// [`crate::shared::Run::admit`]).
     sent: Box<[Padded<AtomicU64>]>,
+    /// Chat: deliveries owed to measured sends (one per session of the recipient), counted
+    /// like `sent`, before the message is written.
+    expected: Box<[Padded<AtomicU64>]>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     interval_errors: AtomicU64,
     tickets: AtomicU64,
@@ -155,13 +192,17 @@ impl Stats {
                     i_sent: 0,
                     i_received: 0,
                     i_failed: 0,
+                    acks: [template.clone(), template.clone()],
+                    duplicates: [0; 3],
                 }))
             })
             .collect();
         let sent = (0..shards.len()).map(|_| Padded(AtomicU64::new(0))).collect();
+        let expected = (0..shards.len()).map(|_| Padded(AtomicU64::new(0))).collect();
         Ok(Stats {
             shards,
             sent,
+            expected,
             errors: Mutex::new(BTreeMap::new()),
             interval_errors: AtomicU64::new(0),
             tickets: AtomicU64::new(0),
@@ -212,6 +253,15 @@ impl Stats {
         self.sent.iter().map(|s| s.0.load(Ordering::SeqCst)).sum()
     }
 
+    /// Chat: `n` more deliveries owed, for a measured send just admitted on `shard`.
+    pub fn count_expected(&self, shard: usize, n: u64) {
+        self.expected[shard % self.expected.len()].0.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn expected_total(&self) -> u64 {
+        self.expected.iter().map(|s| s.0.load(Ordering::SeqCst)).sum()
+    }
+
     /// Adds a connection's tally to shard `shard` and empties it. Its `sent` only feeds the
     /// per-second series; the total comes from [`Stats::count_sent`].
     pub fn flush(&self, shard: usize, t: &mut Tally) {
@@ -226,12 +276,22 @@ impl Stats {
             s.lat.saturating_record(ns.max(1));
             s.interval.saturating_record(ns.max(1));
         }
+        for (h, lat) in s.acks.iter_mut().zip(&t.acks) {
+            for &ns in lat {
+                h.saturating_record(ns.max(1));
+            }
+        }
+        for (d, n) in s.duplicates.iter_mut().zip(t.duplicates) {
+            *d += n;
+        }
         drop(s);
         t.sent = 0;
         t.received = 0;
         t.failed = 0;
         t.unsent = 0;
         t.lat.clear();
+        t.acks.iter_mut().for_each(Vec::clear);
+        t.duplicates = [0; 3];
     }
 
     /// The counts since the previous call, and their p99.
@@ -259,14 +319,39 @@ impl Stats {
         (sent, received, failed)
     }
 
+    /// Chat: `(expected deliveries, sent acks, delivered acks)` so far, for the drain to know
+    /// when everything owed has arrived.
+    pub fn chat_progress(&self) -> (u64, u64, u64) {
+        let expected = self.expected_total();
+        let acks = self.shards.iter().filter_map(|s| s.0.lock().ok()).fold((0, 0), |(a, b), s| {
+            (a + s.acks[Ack::Sent as usize].len(), b + s.acks[Ack::Delivered as usize].len())
+        });
+        (expected, acks.0, acks.1)
+    }
+
     pub fn totals(&self) -> Result<Totals, Error> {
-        let mut t = Totals { sent: self.sent_total(), received: 0, failed: 0, unsent: 0, lat: new_hist()? };
+        let mut t = Totals {
+            sent: self.sent_total(),
+            received: 0,
+            failed: 0,
+            unsent: 0,
+            lat: new_hist()?,
+            expected: self.expected_total(),
+            acks: [new_hist()?, new_hist()?],
+            duplicates: [0; 3],
+        };
         for shard in self.shards.iter() {
             let Ok(s) = shard.0.lock() else { continue };
             t.received += s.received;
             t.failed += s.failed;
             t.unsent += s.unsent;
             let _ = t.lat.add(&s.lat);
+            for (h, sh) in t.acks.iter_mut().zip(&s.acks) {
+                let _ = h.add(sh);
+            }
+            for (d, n) in t.duplicates.iter_mut().zip(s.duplicates) {
+                *d += n;
+            }
         }
         Ok(t)
     }

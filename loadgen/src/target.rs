@@ -20,6 +20,7 @@ impl Target {
         let default_path = match (p.scenario, p.protocol) {
             (_, Protocol::Sio) => "/socket.io/",
             (Scenario::Fanout, Protocol::Ws) => "/ws-fanout",
+            (Scenario::Chat, Protocol::Ws) => "/ws",
             (_, Protocol::Ws) => "/ws-echo",
         };
         let mut t = parse(&p.url, 80, default_path)?;

@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use crate::clock::{now_ns, secs_to_ns, Timer};
 use crate::error::Error;
 use crate::params::{share, Params, Scenario};
-use crate::report::{Tick, WorkerReport};
+use crate::report::{Tick, WorkerChat, WorkerReport};
 use crate::scenario::{self, conn_task, Outcome};
 use crate::shared::{Run, DRAIN, STOP};
-use crate::stats::to_raw;
+use crate::stats::{to_raw, Ack};
 use crate::sys;
 use crate::target::Target;
 
@@ -188,7 +188,11 @@ async fn measure(
         let now = now_ns();
         let (sent, received, failed) = run.stats.progress();
         let complete = match p.scenario {
-            Scenario::Echo | Scenario::Ack | Scenario::Chat => received >= sent,
+            Scenario::Echo | Scenario::Ack => received >= sent,
+            Scenario::Chat => {
+                let (expected, sent_acks, delivered_acks) = run.stats.chat_progress();
+                received >= expected && sent_acks >= sent && delivered_acks >= sent
+            }
             Scenario::Fanout if !multi => received >= sent * p.subscribers as u64,
             Scenario::Fanout => {
                 if received != last_seen.0 {
@@ -232,6 +236,12 @@ async fn measure(
     .await;
     let totals = run.stats.totals()?;
     let setup_latency = run.setup_hist.lock().map(|h| to_raw(&h)).unwrap_or_default();
+    let chat = (p.scenario == Scenario::Chat).then(|| WorkerChat {
+        expected: totals.expected,
+        sent_acks: to_raw(&totals.acks[Ack::Sent as usize]),
+        delivered_acks: to_raw(&totals.acks[Ack::Delivered as usize]),
+        duplicates: totals.duplicates,
+    });
     Ok(WorkerReport {
         index: p.worker.map(|w| w.index).unwrap_or(0),
         threads,
@@ -252,6 +262,7 @@ async fn measure(
         errors: run.stats.errors(),
         latency: to_raw(&totals.lat),
         setup_latency,
+        chat,
         series,
         cpu,
         peak_rss_kb: sys::self_peak_rss_kb(),

@@ -1,5 +1,6 @@
-//! imks-loadgen's protocol code against a real, in-process imks conformance node: short, small
-//! runs of every scenario. Not timed: each asserts that the run completed with nothing lost.
+//! imks-loadgen's protocol code against a real, in-process imks node (the conformance node, or a
+//! two-shard node for the native protocol): short, small runs of every scenario. Not timed: each
+//! asserts that the run completed with nothing lost.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,23 @@ fn start_conformance() -> (Node, SocketAddr) {
     c.conformance_mode();
     c.eio.ping_interval = Duration::from_secs(20);
     c.eio.ping_timeout = Duration::from_secs(20);
+    let node = Node::start(c).expect("node starts");
+    let addr = node.local_addrs()[0];
+    (node, addr)
+}
+
+/// A node with two shards serving the native protocol at `/ws`, without the per-session message
+/// rate limit (the closed-loop run sends as fast as the node answers). `tweak` sets auth.
+fn start_native(tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
+    let mut f = FileConfig::default();
+    f.server.listen = vec!["127.0.0.1:0".into()];
+    f.server.shards = 2;
+    f.server.pin_threads = false;
+    f.server.shutdown_timeout_ms = 3000;
+    f.log.level = "warn".into();
+    f.limits.message_rate = 0;
+    tweak(&mut f);
+    let c = Config::resolve(f, |_| Ok(None)).expect("valid config");
     let node = Node::start(c).expect("node starts");
     let addr = node.local_addrs()[0];
     (node, addr)
@@ -159,8 +177,51 @@ fn worker_processes_merge_into_one_report() {
     assert_complete(&r, 1000, 1000);
 }
 
+/// Everything a chat run sent came back exactly once: one `sent` ack, one `delivered` ack and
+/// one delivery per message.
+fn assert_chat_complete(r: &Report, sent: u64) {
+    assert_complete(r, sent, sent);
+    let c = r.chat.as_ref().expect("chat figures");
+    for (name, k) in [("sent", &c.sent_acks), ("delivered", &c.delivered_acks), ("deliveries", &c.deliveries)] {
+        assert_eq!((k.expected, k.received, k.lost, k.duplicates), (sent, sent, 0, 0), "{name}: {:?}", r.errors);
+        assert_eq!(k.latency_us.count, sent, "{name}");
+        assert!(k.latency_us.p50_us > 0.0, "{name}");
+    }
+    assert_eq!(r.counts.errors, 0, "{:?}", r.errors);
+}
+
 #[test]
-fn chat_is_refused() {
-    let p = Params::new(Scenario::Chat, "ws://127.0.0.1:9");
-    assert!(matches!(imks_loadgen::run(&p), Err(imks_loadgen::Error::Unsupported(_))));
+fn chat_over_the_native_protocol() {
+    let (_node, addr) = start_native(|_| {});
+    // Anonymous: each connection learns its random user from `connected`.
+    let mut p = params(Scenario::Chat, addr);
+    assert_eq!(p.protocol, Protocol::Ws);
+    p.total = Some(1000);
+    let r = run(&p);
+    assert_chat_complete(&r, 1000);
+    assert_eq!(r.connections.alive_at_end, 10);
+    assert!(r.summary().contains("delivered acks"));
+
+    // Open loop, bigger messages.
+    p.load = Load::Open { rate: 1000.0 };
+    p.size = 300;
+    p.total = Some(300);
+    assert_chat_complete(&run(&p), 300);
+}
+
+#[test]
+fn chat_with_minted_jwts() {
+    let (_node, addr) = start_native(|f| {
+        f.auth.mode = imks::auth::config::AuthMode::Jwt;
+        f.auth.jwt.secret = Some("loadgen-test-secret".into());
+    });
+    let mut p = params(Scenario::Chat, addr);
+    p.connections = 4;
+    p.total = Some(200);
+    p.jwt_secret = Some("wrong".into());
+    assert!(matches!(imks_loadgen::run(&p), Err(imks_loadgen::Error::NoConnections(_))));
+    p.jwt_secret = Some("loadgen-test-secret".into());
+    let r = run(&p);
+    assert_chat_complete(&r, 200);
+    assert_eq!(r.params.jwt_secret.as_deref(), Some("<redacted>"));
 }

@@ -4,7 +4,9 @@
 //! - [`sio`]: Engine.IO v4 packets carried in WebSocket text messages and the Socket.IO v5
 //!   packets inside them.
 //! - [`stamp`]: the sequence number and send time every scenario message carries.
+//! - [`native`]: imks's native JSON protocol at `/ws` (the `chat` scenario).
 
+pub mod native;
 pub mod sio;
 pub mod stamp;
 pub mod ws;

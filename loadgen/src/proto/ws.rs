@@ -66,8 +66,10 @@ pub fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// Appends the upgrade request for `path` (with its query) on `host`.
-pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
+/// Appends the upgrade request for `path` (with its query) on `host`, with
+/// `Authorization: Bearer <token>` when a token is given (checked for header-safe bytes by
+/// [`crate::params::Params::validate`]).
+pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str, token: Option<&str>) {
     for part in [
         "GET ",
         path,
@@ -75,10 +77,16 @@ pub fn write_request(out: &mut Vec<u8>, host: &str, path: &str, key: &str) {
         host,
         "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
         key,
-        "\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "\r\nSec-WebSocket-Version: 13\r\n",
     ] {
         out.extend_from_slice(part.as_bytes());
     }
+    if let Some(t) = token {
+        out.extend_from_slice(b"Authorization: Bearer ");
+        out.extend_from_slice(t.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Checks the server's answer to the upgrade request sent with `key`: `Ok(None)` while the head
@@ -338,6 +346,17 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_example() {
         assert_eq!(accept_for("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn request_carries_the_token_as_a_bearer_header() {
+        let mut out = Vec::new();
+        write_request(&mut out, "h:1", "/ws", "k", None);
+        assert!(!out.windows(13).any(|w| w == b"Authorization"));
+        assert!(out.ends_with(b"Version: 13\r\n\r\n"));
+        out.clear();
+        write_request(&mut out, "h:1", "/ws", "k", Some("a.b.c"));
+        assert!(out.ends_with(b"Version: 13\r\nAuthorization: Bearer a.b.c\r\n\r\n"));
     }
 
     #[test]

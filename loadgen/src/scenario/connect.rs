@@ -20,6 +20,7 @@ use crate::params::{share, Load};
 use crate::scenario::Sched;
 use crate::shared::{Run, RUN};
 use crate::stats::Tally;
+use crate::token;
 
 /// How long a closed connection waits for the server's FIN before resetting.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -57,9 +58,10 @@ pub async fn storm(run: Arc<Run>) {
                 n += 1;
                 let (run, sem) = (run.clone(), sem.clone());
                 let seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t;
+                let index = n as usize * wk + wi;
                 tasks.spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
-                    handshake(&run, t, seed, &mut tally).await;
+                    handshake(&run, t, seed, index, &mut tally).await;
                     run.stats.flush(n as usize, &mut tally);
                 });
                 sched.advance();
@@ -79,17 +81,18 @@ async fn closed_loop(run: &Arc<Run>, id: usize) {
             break;
         }
         n += 1;
-        handshake(run, t, (id as u64) << 32 ^ n ^ t, &mut tally).await;
+        handshake(run, t, (id as u64) << 32 ^ n ^ t, id, &mut tally).await;
         run.stats.flush(id, &mut tally);
     }
 }
 
-/// One handshake intended at `t`.
-async fn handshake(run: &Arc<Run>, t: u64, seed: u64, tally: &mut Tally) {
+/// One handshake intended at `t`, by connection `index` (which picks its token).
+async fn handshake(run: &Arc<Run>, t: u64, seed: u64, index: usize, tally: &mut Tally) {
     let p = &run.params;
     let timeout = Duration::from_nanos(secs_to_ns(p.connect_timeout_s));
-    let res =
-        tokio::time::timeout(timeout, conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed)).await;
+    let token = token::for_connection(p, index);
+    let connect = conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed, token.as_deref());
+    let res = tokio::time::timeout(timeout, connect).await;
     let err = match res {
         Ok(Ok(c)) => {
             run.record(t, now_ns(), tally);

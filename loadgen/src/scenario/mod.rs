@@ -1,8 +1,10 @@
 //! The scenarios: who each connection is ([`Plan`]), how sends are paced ([`Sched`]), how a
 //! connection is set up and driven ([`conn_task`]), and the behaviors themselves:
-//! [`roundtrip`] (echo, ack), [`fanout`] (subscribers and publishers), [`connect`] (the
-//! handshake storm); idle connections only answer heartbeats.
+//! [`roundtrip`] (echo, ack), [`fanout`] (subscribers and publishers), [`chat`] (pairs over
+//! imks's native protocol), [`connect`] (the handshake storm); idle connections only answer
+//! heartbeats.
 
+pub mod chat;
 pub mod connect;
 pub mod fanout;
 pub mod roundtrip;
@@ -16,6 +18,7 @@ use crate::clock::{now_ns, secs_to_ns};
 use crate::conn::{self, drive, Behavior, ConnError, End};
 use crate::params::{share, Load, Params, Scenario};
 use crate::shared::{Run, SETUP, STOP};
+use crate::token;
 
 /// What one connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +33,23 @@ pub enum Role {
     Publisher {
         index: usize,
     },
+    /// One of a chat pair: `index` over the run's connections, `peer` the other one's local slot.
+    Chat {
+        index: usize,
+        peer: usize,
+    },
     Idle,
+}
+
+impl Role {
+    /// The connection's index over the run (worker processes included), which picks its token.
+    fn index(self, slot: usize, worker: usize, workers: usize) -> usize {
+        match self {
+            Role::RoundTrip { sender } => sender,
+            Role::Chat { index, .. } => index,
+            _ => slot * workers + worker,
+        }
+    }
 }
 
 /// This process's share of the run.
@@ -48,6 +67,7 @@ pub struct Plan {
 /// Splits the run between worker processes. Fan-out deals each room's subscribers round-robin
 /// so every process holds some of every room, and publisher `i` runs in process `i % K`: a
 /// publisher then sees deliveries of its own messages locally, which closed-loop fan-out needs.
+/// Chat deals out pairs, connections `2k` and `2k + 1`, so each learns its peer's user locally.
 pub fn plan(p: &Params) -> Plan {
     let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
     let mut plan = Plan::default();
@@ -78,7 +98,17 @@ pub fn plan(p: &Params) -> Plan {
             }
             plan.senders = p.publishers;
         }
-        Scenario::Connect | Scenario::Chat => {}
+        Scenario::Chat => {
+            let (first, pairs) = share(p.connections / 2, wi, wk);
+            for pair in 0..pairs {
+                let (a, b) = (2 * pair, 2 * pair + 1);
+                let index = 2 * (first + pair);
+                plan.roles.push(Role::Chat { index, peer: b });
+                plan.roles.push(Role::Chat { index: index + 1, peer: a });
+            }
+            plan.senders = p.connections;
+        }
+        Scenario::Connect => {}
     }
     plan
 }
@@ -181,10 +211,20 @@ pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Ro
     let p = &run.params;
     let seed = (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t0;
     let timeout = std::time::Duration::from_nanos(secs_to_ns(p.connect_timeout_s));
+    let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
+    let token = token::for_connection(p, role.index(slot, wi, wk));
     let res = tokio::time::timeout(timeout, async {
-        let mut c = conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed).await?;
-        if let Role::Subscriber { room } = role {
-            fanout::join(&mut c, &room_name(room)).await?;
+        let mut c =
+            conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed, token.as_deref()).await?;
+        match role {
+            Role::Subscriber { room } => fanout::join(&mut c, &room_name(room)).await?,
+            Role::Chat { .. } => {
+                let user = chat::hello(&mut c).await?;
+                if let Ok(mut d) = run.directory.lock() {
+                    d.register(slot, &user);
+                }
+            }
+            _ => {}
         }
         Ok::<_, ConnError>(c)
     })
@@ -204,6 +244,7 @@ pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Ro
         Role::RoundTrip { sender } => go(conn, roundtrip::RoundTrip::new(p, sender), &run, slot).await,
         Role::Subscriber { .. } => go(conn, fanout::Subscriber, &run, slot).await,
         Role::Publisher { index } => go(conn, fanout::Publisher::new(p, index), &run, slot).await,
+        Role::Chat { index, peer } => go(conn, chat::Chat::new(p, index, peer), &run, slot).await,
         Role::Idle => go(conn, IdleConn, &run, slot).await,
     };
     run.alive.fetch_sub(1, Ordering::Relaxed);
@@ -266,5 +307,25 @@ mod tests {
             pubs += plan.local_publishers;
         }
         assert_eq!((subs, pubs), ([5, 5], 3));
+    }
+
+    #[test]
+    fn chat_plan_keeps_pairs_in_one_process() {
+        let mut p = Params::new(Scenario::Chat, "ws://127.0.0.1:1");
+        p.connections = 10;
+        let mut indices = Vec::new();
+        for index in 0..2 {
+            p.worker = Some(WorkerSlot { index, count: 2, source_ip: None });
+            let plan = plan(&p);
+            assert_eq!(plan.senders, 10);
+            for (slot, role) in plan.roles.iter().enumerate() {
+                let Role::Chat { index, peer } = *role else { panic!("{role:?}") };
+                let Role::Chat { index: other, peer: back } = plan.roles[peer] else { panic!() };
+                assert_eq!((index ^ 1, back), (other, slot));
+                indices.push(index);
+            }
+        }
+        indices.sort_unstable();
+        assert_eq!(indices, (0..10).collect::<Vec<_>>());
     }
 }
