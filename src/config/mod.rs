@@ -398,20 +398,26 @@ fn read_shard_file(dir: &Path, index: usize) -> Result<Option<ShardFile>, Config
     })
 }
 
-/// Applies `IMKS_SECTION__KEY=value` variables to the parsed file.
+/// Applies `IMKS_SECTION__KEY=value` variables (or deeper, `IMKS_AUTH__JWT__SECRET`) to the
+/// parsed file.
 fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), ConfigError> {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("IMKS_") else { continue };
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        if path.len() != 2 || path.iter().any(String::is_empty) {
+        if path.len() < 2 || path.iter().any(String::is_empty) {
             return Err(invalid(name.clone(), "IMKS_ variables name a key as IMKS_<SECTION>__<KEY>"));
         }
         let value = parse_env_value(raw);
-        let section = table.entry(path[0].clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(section) = section else {
-            return Err(invalid(name.clone(), format!("`{}` is not a section", path[0])));
-        };
-        section.insert(path[1].clone(), value);
+        let (key, sections) = path.split_last().unwrap_or((&path[0], &[]));
+        let mut here = &mut *table;
+        for section in sections {
+            let entry = here.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(inner) = entry else {
+                return Err(invalid(name.clone(), format!("`{section}` is not a section")));
+            };
+            here = inner;
+        }
+        here.insert(key.clone(), value);
     }
     Ok(())
 }
@@ -547,6 +553,18 @@ mod tests {
         let c = load_str("[chat]\nduplicate_login = \"kick_oldest\"\n[limits]\nmessage_rate = 0\n", &[]).unwrap();
         assert_eq!(c.chat.duplicate_login, crate::chat::DuplicateLogin::KickOldest);
         assert!(c.limits.rate.is_none());
+    }
+
+    #[test]
+    fn env_reaches_nested_sections() {
+        let c = load_str(
+            "[auth]\nmode = \"jwt\"\n",
+            &[("IMKS_AUTH__JWT__SECRET", "from-the-environment-and-long"), ("IMKS_AUTH__JWT__LEEWAY_S", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwt.as_ref().map(|j| j.leeway_s), Some(7));
+        let err = load_str("", &[("IMKS_SERVER__SHARDS__X", "1")]).unwrap_err().to_string();
+        assert!(err.starts_with("server.shards"), "{err}");
     }
 
     #[test]
