@@ -250,6 +250,21 @@ impl Snapshot {
     }
 }
 
+/// Where membership comes from. Checked on every join and send from every shard, so an
+/// implementation must answer without blocking: [`Membership`] (config plus the in-memory
+/// admin API) is the default; an embedding application can supply its own through
+/// `AppFactories::membership` (the account service over gRPC will be one).
+pub trait MembershipSource: Send + Sync {
+    /// Whether `user` may join and send to `channel` of `tenant`.
+    fn is_member(&self, tenant: &str, channel: &str, user: &str) -> bool;
+}
+
+impl MembershipSource for Membership {
+    fn is_member(&self, tenant: &str, channel: &str, user: &str) -> bool {
+        Membership::is_member(self, tenant, channel, user)
+    }
+}
+
 /// Channel membership, shared by all shards (`Send + Sync`, used as `Arc<Membership>`).
 pub struct Membership {
     mode: MembershipMode,

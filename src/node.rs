@@ -26,8 +26,10 @@ pub struct NodeShared {
     /// Verifies tokens for every protocol; shared read-only by all shards.
     pub auth: crate::auth::Authenticator,
     pub origins: crate::auth::OriginPolicy,
-    /// Who may join and send to which channel.
-    pub membership: Arc<crate::membership::Membership>,
+    /// Who may join and send to which channel: the application's source, or `membership_admin`.
+    pub membership: Arc<dyn crate::membership::MembershipSource>,
+    /// The built-in source (`[membership]` plus its in-memory admin API: `add_member`, ...).
+    pub membership_admin: Arc<crate::membership::Membership>,
     /// Open connections on the node (`server.max_connections`).
     pub connections: crate::limits::NodeCounter,
     /// Open connections per client address (`limits.max_connections_per_ip`).
@@ -42,6 +44,8 @@ pub struct AppFactories {
     pub socketio: Option<crate::app::SocketIoFactory>,
     /// Routes and hooks of the native protocol at `/ws`.
     pub chat: Option<crate::chat::router::ChatFactory>,
+    /// Who may use which channel, instead of `[membership]`.
+    pub membership: Option<Arc<dyn crate::membership::MembershipSource>>,
 }
 
 impl NodeShared {
@@ -84,7 +88,7 @@ impl Node {
     /// Starts a node that serves the given Socket.IO application at `/socket.io/` (the
     /// factory runs once on each shard's thread; see `examples/`).
     pub fn start_with(config: Config, socketio: Option<crate::app::SocketIoFactory>) -> Result<Node, NodeError> {
-        Self::start_apps(config, AppFactories { socketio, chat: None })
+        Self::start_apps(config, AppFactories { socketio, ..Default::default() })
     }
 
     /// Starts a node that serves the given applications (Socket.IO and native protocol).
@@ -95,6 +99,11 @@ impl Node {
         let reservations = reserve_ephemeral_ports(&mut config)?;
         let shard_count = config.shards.len();
         let config = Arc::new(config);
+        let membership_admin = Arc::new(crate::membership::Membership::new(&config.membership));
+        let membership: Arc<dyn crate::membership::MembershipSource> = match &factories.membership {
+            Some(source) => source.clone(),
+            None => membership_admin.clone(),
+        };
         let shared = Arc::new(NodeShared {
             stats: (0..shard_count).map(|_| Arc::new(ShardStats::default())).collect(),
             config: config.clone(),
@@ -102,7 +111,8 @@ impl Node {
             factories,
             auth: crate::auth::Authenticator::new(&config.auth),
             origins: crate::auth::OriginPolicy::new(&config.auth),
-            membership: Arc::new(crate::membership::Membership::new(&config.membership)),
+            membership,
+            membership_admin,
             connections: Default::default(),
             ip_counter: Default::default(),
             stopping: AtomicBool::new(false),

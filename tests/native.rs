@@ -569,3 +569,29 @@ fn a_message_that_misses_a_closing_session_is_queued_for_the_next_login() {
         (Some("delivered"), Some("late"))
     );
 }
+
+#[test]
+fn config_membership_and_its_admin_api_decide_who_may_join_and_send() {
+    let (node, [a, b]) = two_shards("io_uring", |f| {
+        f.membership = toml::from_str(
+            "mode = \"config\"\nchannels = [{ tenant = \"acme\", id = \"general\", members = [\"alice\"] }]",
+        )
+        .unwrap();
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    alice.send(json!({"type": "join", "data": {"roomId": "general"}}));
+    assert_eq!(alice.recv()["type"], "joined");
+    bob.send(json!({"type": "join", "data": {"roomId": "general"}}));
+    assert_eq!(bob.recv()["data"]["code"], "forbidden");
+    bob.send(json!({"type": "chat", "data": {"roomId": "general", "content": "let me in", "msgId": "x"}}));
+    let e = bob.recv();
+    assert_eq!((e["data"]["code"].as_str(), e["data"]["msgId"].as_str()), (Some("forbidden"), Some("x")));
+    // The in-memory admin API changes membership at run time, for every shard at once.
+    assert!(node.shared().membership_admin.add_member("acme", "general", "bob").unwrap());
+    bob.send(json!({"type": "join", "data": {"roomId": "general"}}));
+    assert_eq!(bob.recv()["type"], "joined");
+    bob.send(json!({"type": "chat", "data": {"roomId": "general", "content": "thanks", "msgId": "y"}}));
+    assert_eq!(bob.recv_type("ack")["data"]["status"], "sent");
+    assert_eq!(alice.recv_type("chat")["data"]["content"], "thanks");
+}

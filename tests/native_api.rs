@@ -27,6 +27,15 @@ static_tokens = [
 
 type Log = Arc<Mutex<Vec<String>>>;
 
+/// An application's own membership source: `vip-` channels are alice's alone.
+struct VipOnly;
+
+impl imks::membership::MembershipSource for VipOnly {
+    fn is_member(&self, _tenant: &str, channel: &str, user: &str) -> bool {
+        !channel.starts_with("vip-") || user == "alice"
+    }
+}
+
 fn app(log: Log) -> ChatApp {
     let (l1, l2) = (log.clone(), log);
     ChatApp::new()
@@ -88,7 +97,11 @@ fn start(log: Log) -> (Node, [std::net::SocketAddr; 2]) {
     let mut c = Config::resolve(f, |_| Ok(None)).unwrap();
     c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
     c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-    let factories = AppFactories { socketio: None, chat: Some(Arc::new(move || app(log.clone()))) };
+    let factories = AppFactories {
+        socketio: None,
+        chat: Some(Arc::new(move || app(log.clone()))),
+        membership: Some(Arc::new(VipOnly)),
+    };
     let node = Node::start_apps(c, factories).unwrap();
     let addrs = [node.shard_addrs(0)[0], node.shard_addrs(1)[0]];
     (node, addrs)
@@ -143,6 +156,14 @@ fn routes_middleware_and_hooks() {
     assert_eq!(call(&mut alice, "app:echo", json!(2))["data"]["code"], "bad_envelope");
     let again = client(a, "t-bob");
     drop(again);
+
+    // The application's membership source decides who may join.
+    assert_eq!(call(&mut alice, "join", json!({"roomId": "vip-lounge"}))["type"], "joined");
+    {
+        let mut bob = client(b, "t-bob");
+        assert_eq!(call(&mut bob, "join", json!({"roomId": "vip-lounge"}))["data"]["code"], "forbidden");
+        assert_eq!(call(&mut bob, "join", json!({"roomId": "lobby"}))["type"], "joined");
+    }
 
     // on_connect refuses before the upgrade.
     let mut s = connect(a);
