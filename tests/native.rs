@@ -595,3 +595,46 @@ fn config_membership_and_its_admin_api_decide_who_may_join_and_send() {
     assert_eq!(bob.recv_type("ack")["data"]["status"], "sent");
     assert_eq!(alice.recv_type("chat")["data"]["content"], "thanks");
 }
+
+#[test]
+fn history_pages_a_conversation_newest_first() {
+    let (_node, [a, b]) = two_shards("epoll", |_| {});
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    for i in 0..5 {
+        alice.chat_to("bob", &format!("h{i}"), &format!("message {i}"));
+        assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+    }
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    for _ in 0..5 {
+        bob.recv_type("chat");
+    }
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut data = json!({"peerId": "alice", "limit": 2});
+        if let Some(c) = &before {
+            data["before"] = json!(c);
+        }
+        bob.send(json!({"type": "history", "id": "h", "data": data}));
+        let page = bob.recv_type("history");
+        assert_eq!(page["id"], "h");
+        let contents: Vec<String> = page["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect();
+        pages.push(contents);
+        match page["data"]["nextCursor"].as_str() {
+            Some(c) => before = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        pages,
+        vec![vec!["message 4", "message 3"], vec!["message 2", "message 1"], vec!["message 0"]],
+        "newest first, no gaps, no repeats"
+    );
+    bob.send(json!({"type": "history", "data": {"peerId": "alice", "before": "not-a-cursor"}}));
+    assert_eq!(bob.recv()["data"]["code"], "bad_data");
+}

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 ClientMsg::PresenceUnsubscribe { .. } => "presence:unsubscribe".to_string(),
                 ClientMsg::Join { .. } => "join".to_string(),
                 ClientMsg::Leave { .. } => "leave".to_string(),
+                ClientMsg::History { .. } => "history".to_string(),
                 ClientMsg::Custom { kind, data } => {
                     assert!(serde_json::from_str::<serde_json::Value>(data).is_ok(), "raw data is JSON");
                     kind.to_string()

@@ -108,6 +108,13 @@ pub enum ClientMsg<'a> {
     Leave {
         room_id: String,
     },
+    /// A page of a conversation's history, newest first, before `before` (a cursor from an
+    /// earlier page).
+    History {
+        with: Recipient,
+        before: Option<String>,
+        limit: Option<usize>,
+    },
     /// A type with no built-in meaning, for the application's router; `data` is its raw JSON
     /// text (`null` when absent).
     Custom {
@@ -160,6 +167,15 @@ struct UsersData {
 #[serde(rename_all = "camelCase")]
 struct RoomData {
     room_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryData {
+    peer_id: Option<String>,
+    room_id: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
 }
 
 const NULL: &str = "null";
@@ -233,6 +249,21 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, DecodeError> {
         "join" => ClientMsg::Join { room_id: serde_json::from_str::<RoomData>(parse("join")?).map_err(bad)?.room_id },
         "leave" => {
             ClientMsg::Leave { room_id: serde_json::from_str::<RoomData>(parse("leave")?).map_err(bad)?.room_id }
+        }
+        "history" => {
+            let d: HistoryData = serde_json::from_str(parse("history")?).map_err(bad)?;
+            let with = match (d.peer_id, d.room_id) {
+                (Some(p), None) => Recipient::User(p),
+                (None, Some(r)) => Recipient::Room(r),
+                _ => {
+                    return Err(decode_error(
+                        ErrorCode::BadData,
+                        "`history` needs exactly one of `peerId` and `roomId`",
+                        id.as_deref(),
+                    ))
+                }
+            };
+            ClientMsg::History { with, before: d.before, limit: d.limit }
         }
         _ => ClientMsg::Custom { kind, data: data.map_or(NULL, RawValue::get) },
     };
@@ -350,6 +381,15 @@ mod tests {
         );
         assert_eq!(ok(r#"{"type":"join","data":{"roomId":"r"}}"#).msg, ClientMsg::Join { room_id: "r".into() });
         assert_eq!(ok(r#"{"type":"leave","data":{"roomId":"r"}}"#).msg, ClientMsg::Leave { room_id: "r".into() });
+        assert_eq!(
+            ok(r#"{"type":"history","data":{"peerId":"b","before":"9","limit":2}}"#).msg,
+            ClientMsg::History { with: Recipient::User("b".into()), before: Some("9".into()), limit: Some(2) }
+        );
+        assert_eq!(
+            ok(r#"{"type":"history","data":{"roomId":"r"}}"#).msg,
+            ClientMsg::History { with: Recipient::Room("r".into()), before: None, limit: None }
+        );
+        assert_eq!(err(r#"{"type":"history","data":{}}"#).code, ErrorCode::BadData);
     }
 
     #[test]

@@ -228,6 +228,14 @@ pub enum ChatMsg {
         session: SessionId,
         packet: String,
     },
+    /// To the conversation's owner: a page of its history for `session`.
+    History {
+        conversation: ConversationKey,
+        before: Option<crate::store::Cursor>,
+        limit: usize,
+        session: SessionId,
+        envelope_id: Option<String>,
+    },
 }
 
 /// Where a stored message goes after the `sent` ack.
@@ -377,13 +385,12 @@ struct Delivered<'a> {
     client_msg_id: Option<&'a str>,
 }
 
-/// Encodes a stored message as the `chat` a recipient gets.
-pub fn encode_message(m: &Message) -> Bytes {
+fn delivered(m: &Message) -> Delivered<'_> {
     let (to_user_id, room_id) = match &m.target {
-        crate::store::Target::User(u) => (Some(&**u), None),
-        crate::store::Target::Room(r) => (None, Some(&**r)),
+        Target::User(u) => (Some(&**u), None),
+        Target::Room(r) => (None, Some(&**r)),
     };
-    let d = Delivered {
+    Delivered {
         msg_id: m.id.to_string(),
         from_user_id: &m.author,
         to_user_id,
@@ -392,8 +399,27 @@ pub fn encode_message(m: &Message) -> Bytes {
         content_type: &m.content_type,
         created_at: m.created_at_ms,
         client_msg_id: m.client_msg_id.as_deref(),
+    }
+}
+
+/// `history {messages, nextCursor}`: the messages as recipients get them, newest first.
+fn encode_history(id: Option<&str>, page: &crate::store::Page) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct History<'a> {
+        messages: Vec<Delivered<'a>>,
+        next_cursor: Option<String>,
+    }
+    let h = History {
+        messages: page.messages.iter().filter(|m| !m.deleted).map(delivered).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
     };
-    crate::ws::codec::encode_text(&encode("chat", None, &d))
+    encode("history", id, &h)
+}
+
+/// Encodes a stored message as the `chat` a recipient gets.
+pub fn encode_message(m: &Message) -> Bytes {
+    crate::ws::codec::encode_text(&encode("chat", None, &delivered(m)))
 }
 
 fn text(s: String) -> Bytes {
@@ -531,6 +557,13 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         }
         ChatMsg::Room { room, frame, except } => deliver_room(shard, &room, &frame, except),
         ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
+        ChatMsg::History { conversation, before, limit, session, envelope_id } => {
+            let reply = match hub.store.history(&conversation, before, limit).await {
+                Ok(page) => encode_history(envelope_id.as_deref(), &page),
+                Err(e) => encode_error(envelope_id.as_deref(), None, ErrorCode::StoreFailed, &e.to_string()),
+            };
+            to_session(shard, session, text(reply));
+        }
         ChatMsg::SioPacket { session, packet } => {
             if let Some(s) = shard.engine.get(shard, &session.to_string()) {
                 let text = crate::engineio::packet::Packet::Message(crate::engineio::packet::Payload::Text(
@@ -714,5 +747,35 @@ impl Misses {
 
     fn forget(&mut self, id: MessageId) {
         self.counts.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misses_complete_once_every_target_missed_and_stay_bounded() {
+        let mut m = Misses::default();
+        let id = MessageId::now_v7();
+        assert_eq!(m.count(id), 1);
+        assert_eq!(m.count(id), 2);
+        m.forget(id);
+        assert_eq!(m.count(id), 1, "forgotten counts start again");
+        for _ in 0..MAX_TRACKED_MISSES + 10 {
+            m.count(MessageId::now_v7());
+        }
+        assert!(m.counts.len() <= MAX_TRACKED_MISSES);
+        assert!(!m.counts.contains_key(&id), "the oldest count was evicted");
+    }
+
+    #[test]
+    fn owners_are_stable_and_spread() {
+        assert_eq!(home_shard("acme", "alice", 8), home_shard("acme", "alice", 8));
+        assert_eq!(home_shard("acme", "alice", 1), 0);
+        let used: HashSet<usize> = (0..200).map(|i| home_shard("t", &format!("user{i}"), 4)).collect();
+        assert_eq!(used.len(), 4, "200 users reach every one of 4 shards");
+        let k = ConversationKey::direct("acme", "alice", "bob");
+        assert_eq!(conversation_shard(&k, 4), conversation_shard(&ConversationKey::direct("acme", "bob", "alice"), 4));
     }
 }

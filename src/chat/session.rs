@@ -280,6 +280,39 @@ impl NativeWs {
                 shard.rooms.borrow_mut().leave(&key, conn.id);
                 self.send(shard, conn, encode("left", id, &RoomReply { room_id: &room_id }));
             }
+            ClientMsg::History { with, before, limit } => {
+                let before = match before.as_deref().map(str::parse::<crate::store::Cursor>) {
+                    None => None,
+                    Some(Ok(c)) => Some(c),
+                    Some(Err(e)) => return self.error(shard, conn, id, None, ErrorCode::BadData, &e.to_string()),
+                };
+                let tenant = &self.identity.tenant;
+                let conversation = match with {
+                    Recipient::User(peer) => ConversationKey::direct(tenant, &self.identity.user_id, &peer),
+                    Recipient::Room(room) => {
+                        if !shard.node.membership.is_member(tenant, &room, &self.identity.user_id) {
+                            return self.error(
+                                shard,
+                                conn,
+                                id,
+                                None,
+                                ErrorCode::Forbidden,
+                                "not a member of this room",
+                            );
+                        }
+                        ConversationKey::room(tenant, &room)
+                    }
+                };
+                let owner = conversation_shard(&conversation, shards);
+                let msg = ChatMsg::History {
+                    conversation,
+                    before,
+                    limit: limit.unwrap_or(50),
+                    session: conn.id,
+                    envelope_id: id.map(str::to_string),
+                };
+                post(shard, owner, msg);
+            }
             ClientMsg::Custom { kind, data } => self.route(shard, conn, id, &kind, data),
         }
     }
