@@ -1,11 +1,13 @@
 """Drives a real `imks conformance` process with the Python `websockets` client, an RFC 6455
-implementation independent of ours, then stops it with SIGTERM and checks the graceful shutdown.
+implementation independent of ours (the echo endpoint and the native protocol at /ws), then
+stops it with SIGTERM and checks the graceful shutdown.
 
 Run by `make test` as `.venv/bin/python tests/py/run.py path/to/imks`; exits non-zero
 on the first failed check.
 """
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -83,6 +85,47 @@ async def bad_utf8_gets_1007(url):
     print("ok  invalid UTF-8 closes with 1007")
 
 
+async def native_chat(base):
+    """The native protocol at /ws, anonymous (the conformance application's auth): two users
+    exchange a message with sent, delivered and read acks, and presence."""
+    async def hello(ws):
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert msg["type"] == "connected", msg
+        return msg["data"]["userId"]
+
+    async def next_of(ws, kind):
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if msg["type"] == kind:
+                return msg
+
+    async with websockets.connect(f"{base}/ws") as a, websockets.connect(f"{base}/ws") as b:
+        a_id, b_id = await hello(a), await hello(b)
+        assert a_id != b_id and a_id.startswith("anon-"), (a_id, b_id)
+        await a.send(json.dumps({"type": "presence:subscribe", "data": {"userIds": [b_id]}}))
+        state = await next_of(a, "presence")
+        assert state["data"] == {"userId": b_id, "online": True}, state
+        await a.send(json.dumps({"type": "chat", "id": "1",
+                                 "data": {"msgId": "py-1", "toUserId": b_id, "content": "hello from python"}}))
+        sent = await next_of(a, "ack")
+        assert (sent["id"], sent["data"]["status"], sent["data"]["clientMsgId"]) == ("1", "sent", "py-1"), sent
+        got = await next_of(b, "chat")
+        assert (got["data"]["fromUserId"], got["data"]["content"]) == (a_id, "hello from python"), got
+        assert got["data"]["msgId"] == sent["data"]["msgId"]
+        delivered = await next_of(a, "ack")
+        assert delivered["data"]["status"] == "delivered", delivered
+        await b.send(json.dumps({"type": "read", "data": {"peerId": a_id, "msgIds": [got["data"]["msgId"]]}}))
+        read = await next_of(a, "ack")
+        assert (read["data"]["status"], read["data"]["msgId"]) == ("read", sent["data"]["msgId"]), read
+        await b.send("{not json")
+        err = await next_of(b, "error")
+        assert err["data"]["code"] == "bad_json", err
+        await b.close()
+        off = await next_of(a, "offline")
+        assert off["data"]["userId"] == b_id, off
+    print("ok  native protocol: chat with sent/delivered/read acks, presence, errors")
+
+
 async def shutdown_closes_1001(proc, url):
     async with websockets.connect(url) as ws:
         await ws.send("before")
@@ -105,6 +148,7 @@ async def main():
         await echo_cases(url)
         await many_clients(url)
         await bad_utf8_gets_1007(url)
+        await native_chat(f"ws://{addr}")
         await shutdown_closes_1001(proc, url)
     finally:
         if proc.poll() is None:
