@@ -28,9 +28,17 @@ pub struct StoreSection {
     /// Most messages kept per conversation; one more drops that conversation's oldest message,
     /// so its history starts later. Default 10000.
     pub max_messages_per_conversation: usize,
+    /// Most messages one shard keeps over all its conversations (what bounds its memory: about
+    /// 0.5 KiB per short message); past it the conversations appended to least recently are
+    /// evicted whole, never the one being appended to. Default 1000000.
+    pub max_messages: usize,
     /// Most messages queued for one offline user; one more drops the oldest queued message and
     /// counts it in [`super::StoreStats::dropped_offline`]. Default 10000.
     pub max_offline_per_user: usize,
+    /// Most messages in all the offline queues of one shard; past it the queues pushed to least
+    /// recently are dropped whole (never the one being pushed to), their messages counted as
+    /// dropped. Default 1000000.
+    pub max_offline_messages: usize,
     /// Most users with an offline queue on one shard; one more drops the whole queue of the user
     /// pushed to least recently, counting its messages as dropped. Default 100000.
     pub max_offline_users: usize,
@@ -56,7 +64,9 @@ impl Default for StoreSection {
             backend: StoreBackend::Memory,
             max_conversations: 100_000,
             max_messages_per_conversation: 10_000,
+            max_messages: 1_000_000,
             max_offline_per_user: 10_000,
+            max_offline_messages: 1_000_000,
             max_offline_users: 100_000,
             max_dedup_entries: 100_000,
             max_history_page: 100,
@@ -74,7 +84,9 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     pub max_conversations: usize,
     pub max_messages_per_conversation: usize,
+    pub max_messages: usize,
     pub max_offline_per_user: usize,
+    pub max_offline_messages: usize,
     pub max_offline_users: usize,
     pub max_dedup_entries: usize,
     pub max_history_page: usize,
@@ -92,7 +104,9 @@ impl Default for StoreConfig {
             backend: s.backend,
             max_conversations: s.max_conversations,
             max_messages_per_conversation: s.max_messages_per_conversation,
+            max_messages: s.max_messages,
             max_offline_per_user: s.max_offline_per_user,
+            max_offline_messages: s.max_offline_messages,
             max_offline_users: s.max_offline_users,
             max_dedup_entries: s.max_dedup_entries,
             max_history_page: s.max_history_page,
@@ -119,7 +133,9 @@ pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
         backend: s.backend,
         max_conversations: at_least_1("max_conversations", s.max_conversations)?,
         max_messages_per_conversation: at_least_1("max_messages_per_conversation", s.max_messages_per_conversation)?,
+        max_messages: at_least_1("max_messages", s.max_messages)?,
         max_offline_per_user: at_least_1("max_offline_per_user", s.max_offline_per_user)?,
+        max_offline_messages: at_least_1("max_offline_messages", s.max_offline_messages)?,
         max_offline_users: at_least_1("max_offline_users", s.max_offline_users)?,
         max_dedup_entries: at_least_1("max_dedup_entries", s.max_dedup_entries)?,
         max_history_page: at_least_1("max_history_page", s.max_history_page)?,

@@ -34,6 +34,10 @@ struct Inner {
     /// At most `max_offline_users` queues; a new one drops the least recently pushed-to queue.
     offline_lru: Lru<(Arc<str>, Arc<str>)>,
     offline_users: usize,
+    /// Messages over every conversation, at most `max_messages`.
+    total_messages: usize,
+    /// Messages over every offline queue, at most `max_offline_messages`.
+    offline_messages: usize,
     stats: StoreStats,
 }
 
@@ -177,6 +181,8 @@ impl MemoryStore {
                 offline: HashMap::new(),
                 offline_lru: Lru::new(),
                 offline_users: 0,
+                total_messages: 0,
+                offline_messages: 0,
                 stats: StoreStats::default(),
             }),
         }
@@ -210,7 +216,8 @@ impl MemoryStore {
         } else {
             while inner.conversations.len() >= self.cfg.max_conversations {
                 let Some(old) = inner.conversation_lru.pop_oldest() else { break };
-                if inner.conversations.remove(&old).is_some() {
+                if let Some(gone) = inner.conversations.remove(&old) {
+                    inner.total_messages -= gone.messages.len();
                     inner.stats.evicted_conversations += 1;
                 }
             }
@@ -240,10 +247,21 @@ impl MemoryStore {
         };
         conv.by_id.insert(message.id, seq);
         conv.messages.push_back(message.clone());
+        inner.total_messages += 1;
         while conv.messages.len() > self.cfg.max_messages_per_conversation {
             if let Some(old) = conv.messages.pop_front() {
                 conv.by_id.remove(&old.id);
+                inner.total_messages -= 1;
                 inner.stats.evicted_messages += 1;
+            }
+        }
+        // The shard-wide bound: whole conversations, least recently appended to first. The one
+        // just appended to is the most recent, so it goes last, and never while it is alone.
+        while inner.total_messages > self.cfg.max_messages && inner.conversations.len() > 1 {
+            let Some(old) = inner.conversation_lru.pop_oldest() else { break };
+            if let Some(gone) = inner.conversations.remove(&old) {
+                inner.total_messages -= gone.messages.len();
+                inner.stats.evicted_conversations += 1;
             }
         }
         if let Some(key) = dedup_key {
@@ -429,6 +447,7 @@ impl MemoryStore {
                 let Some((t, u)) = inner.offline_lru.pop_oldest() else { break };
                 if let Some(q) = remove_queue(&mut inner.offline, &t, &u) {
                     inner.offline_users -= 1;
+                    inner.offline_messages -= q.messages.len();
                     dropped += q.messages.len();
                 }
             }
@@ -442,9 +461,21 @@ impl MemoryStore {
                 q.tick = inner.offline_lru.touch(q.tick);
             }
             q.messages.push_back(message);
+            inner.offline_messages += 1;
             while q.messages.len() > self.cfg.max_offline_per_user {
                 q.messages.pop_front();
+                inner.offline_messages -= 1;
                 dropped += 1;
+            }
+        }
+        // The shard-wide bound: whole queues, least recently pushed to first; the queue just
+        // pushed to is the most recent, so it goes last, and never while it is alone.
+        while inner.offline_messages > self.cfg.max_offline_messages && inner.offline_users > 1 {
+            let Some((t, u)) = inner.offline_lru.pop_oldest() else { break };
+            if let Some(q) = remove_queue(&mut inner.offline, &t, &u) {
+                inner.offline_users -= 1;
+                inner.offline_messages -= q.messages.len();
+                dropped += q.messages.len();
             }
         }
         inner.stats.dropped_offline += dropped as u64;
@@ -457,6 +488,7 @@ impl MemoryStore {
             Some(q) => {
                 inner.offline_lru.remove(q.tick);
                 inner.offline_users -= 1;
+                inner.offline_messages -= q.messages.len();
                 q.messages.into()
             }
             None => Vec::new(),
@@ -733,6 +765,47 @@ mod tests {
         assert_eq!(send(&*s, &b, "alice", "b again").seq, 1);
         assert_eq!(s.stats().evicted_conversations, 2);
         assert!(now(s.history(&a, None, 10)).unwrap().messages.is_empty(), "a was now the oldest");
+    }
+
+    #[test]
+    fn the_shard_wide_offline_bound_drops_whole_queues_least_recent_first() {
+        let s = store_with(|c| c.max_offline_messages = 3);
+        let m = |body: &str| send(&*s, &ConversationKey::room("t", "r"), "alice", body);
+        assert_eq!(now(s.push_offline("t", "bob", m("1"))).unwrap(), 0);
+        assert_eq!(now(s.push_offline("t", "bob", m("2"))).unwrap(), 0);
+        assert_eq!(now(s.push_offline("t", "carol", m("3"))).unwrap(), 0);
+        // A fourth message: bob's queue, the least recently pushed to, goes whole.
+        assert_eq!(now(s.push_offline("t", "carol", m("4"))).unwrap(), 2);
+        assert_eq!(now(s.offline_len("t", "bob")).unwrap(), 0);
+        assert_eq!(now(s.take_offline("t", "carol")).unwrap().len(), 2);
+        assert_eq!(s.stats().dropped_offline, 2);
+        // Taking a queue frees its share of the bound.
+        for i in 0..3 {
+            assert_eq!(now(s.push_offline("t", "dave", m(&i.to_string()))).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn the_shard_wide_message_bound_evicts_whole_conversations_least_recent_first() {
+        let s = store_with(|c| c.max_messages = 4);
+        let (a, b, c) =
+            (ConversationKey::room("t", "a"), ConversationKey::room("t", "b"), ConversationKey::room("t", "c"));
+        send(&*s, &a, "alice", "a1");
+        send(&*s, &a, "alice", "a2");
+        send(&*s, &b, "alice", "b1");
+        send(&*s, &c, "alice", "c1");
+        assert_eq!(s.stats().evicted_conversations, 0, "4 messages fit");
+        send(&*s, &c, "alice", "c2");
+        assert_eq!(s.stats().evicted_conversations, 1);
+        assert!(now(s.history(&a, None, 10)).unwrap().messages.is_empty(), "a, the least recent, went whole");
+        assert_eq!(now(s.history(&b, None, 10)).unwrap().messages.len(), 1);
+        // One conversation alone is bounded by its own limit, never evicted by this one.
+        let lone = store_with(|c| c.max_messages = 2);
+        for i in 0..5 {
+            send(&*lone, &a, "alice", &format!("m{i}"));
+        }
+        assert_eq!(now(lone.history(&a, None, 10)).unwrap().messages.len(), 5);
+        assert_eq!(lone.stats().evicted_conversations, 0);
     }
 
     #[test]
