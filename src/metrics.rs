@@ -40,12 +40,10 @@ pub enum CloseReason {
     Moved,
     /// A policy ended it: the message rate limit (1008) or a newer login of the same user.
     Policy,
-    /// Refused at the upgrade or handshake: bad token (401), origin (403), an `on_connect` hook.
-    Unauthorized,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Client,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -60,7 +58,6 @@ impl CloseReason {
         CloseReason::Io,
         CloseReason::Moved,
         CloseReason::Policy,
-        CloseReason::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,7 +76,6 @@ impl CloseReason {
             CloseReason::Io => "io_error",
             CloseReason::Moved => "moved",
             CloseReason::Policy => "policy",
-            CloseReason::Unauthorized => "unauthorized",
         }
     }
 }

@@ -215,7 +215,7 @@ impl DisconnectInfo {
             CloseReason::Client => Initiator::Client,
             CloseReason::Shutdown => Initiator::Shutdown,
             CloseReason::SlowConsumer => Initiator::Backpressure,
-            CloseReason::Policy | CloseReason::Unauthorized | CloseReason::Limit | CloseReason::Moved => {
+            CloseReason::Policy | CloseReason::Limit | CloseReason::Moved => {
                 Initiator::Server
             }
             CloseReason::Protocol
