@@ -263,7 +263,14 @@ pub struct Hub {
     queries: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Vec<SessionId>>>>,
     next_query: Cell<u64>,
     misses: RefCell<Misses>,
+    /// The ring pump, waiting for the inbox to drain below [`INBOX_LOW`].
+    room_waiter: RefCell<Option<Waker>>,
 }
+
+/// Queued chat work above which the shard stops taking messages off its rings.
+const INBOX_HIGH: usize = 65_536;
+/// Queued chat work below which it takes them again.
+const INBOX_LOW: usize = INBOX_HIGH / 2;
 
 impl Hub {
     pub fn new(config: ChatConfig, store: Rc<dyn Store>) -> Self {
@@ -276,11 +283,46 @@ impl Hub {
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             misses: RefCell::new(Misses::default()),
+            room_waiter: RefCell::new(None),
         }
     }
 
     pub fn config(&self) -> &ChatConfig {
         &self.config
+    }
+
+    /// Resolves while the worker's queue is below its high watermark; otherwise once it has
+    /// drained to the low one. The ring pump awaits it, so a worker that falls behind makes the
+    /// rings, and through them the senders, wait instead of growing its queue without bound.
+    pub async fn wait_for_room(&self) {
+        poll_fn(|cx| {
+            if self.inbox.borrow().len() < INBOX_HIGH {
+                Poll::Ready(())
+            } else {
+                *self.room_waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    /// The next queued work for the worker; wakes the ring pump once the queue is low again.
+    fn poll_next(&self, cx: &mut std::task::Context<'_>) -> Poll<ChatMsg> {
+        let mut inbox = self.inbox.borrow_mut();
+        match inbox.pop_front() {
+            Some(m) => {
+                if inbox.len() < INBOX_LOW {
+                    if let Some(w) = self.room_waiter.borrow_mut().take() {
+                        w.wake();
+                    }
+                }
+                Poll::Ready(m)
+            }
+            None => {
+                *self.worker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 
     /// Queues work for this shard's worker.
@@ -356,14 +398,7 @@ pub fn online_count(shard: &Shard) -> u64 {
 /// The shard's chat worker: takes queued work in order and awaits the store for each.
 pub async fn worker(shard: Rc<Shard>) {
     loop {
-        let next = poll_fn(|cx| match shard.chat.inbox.borrow_mut().pop_front() {
-            Some(m) => Poll::Ready(m),
-            None => {
-                *shard.chat.worker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
+        let next = poll_fn(|cx| shard.chat.poll_next(cx)).await;
         handle(&shard, next).await;
     }
 }
@@ -767,6 +802,41 @@ mod tests {
         }
         assert!(m.counts.len() <= MAX_TRACKED_MISSES);
         assert!(!m.counts.contains_key(&id), "the oldest count was evicted");
+    }
+
+    #[test]
+    fn the_ring_pump_waits_while_the_worker_is_far_behind() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let store: Rc<dyn Store> = Rc::new(crate::store::MemoryStore::new(Default::default()));
+        let hub = Hub::new(ChatConfig::default(), store);
+        let pumped = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(pumped.clone());
+        let mut cx = Context::from_waker(&waker);
+        let kick = || ChatMsg::Kick { session: SessionId::new(0, 0, 0) };
+        let mut wait = Box::pin(hub.wait_for_room());
+        assert!(wait.as_mut().poll(&mut cx).is_ready(), "an empty queue has room");
+        for _ in 0..INBOX_HIGH {
+            hub.accept(kick());
+        }
+        let mut wait = Box::pin(hub.wait_for_room());
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "a full queue makes the pump wait");
+        let worker = Waker::noop();
+        let mut wcx = Context::from_waker(worker);
+        while hub.inbox.borrow().len() >= INBOX_LOW {
+            assert_eq!(pumped.0.load(Ordering::SeqCst), 0, "not woken above the low watermark");
+            assert!(hub.poll_next(&mut wcx).is_ready());
+        }
+        assert!(hub.poll_next(&mut wcx).is_ready());
+        assert_eq!(pumped.0.load(Ordering::SeqCst), 1, "woken once below it");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]

@@ -215,9 +215,7 @@ impl DisconnectInfo {
             CloseReason::Client => Initiator::Client,
             CloseReason::Shutdown => Initiator::Shutdown,
             CloseReason::SlowConsumer => Initiator::Backpressure,
-            CloseReason::Policy | CloseReason::Limit | CloseReason::Moved => {
-                Initiator::Server
-            }
+            CloseReason::Policy | CloseReason::Limit | CloseReason::Moved => Initiator::Server,
             CloseReason::Protocol
             | CloseReason::InvalidUtf8
             | CloseReason::TooBig

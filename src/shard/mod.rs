@@ -315,6 +315,9 @@ async fn ring_pump(
             shard.stopping.set();
         }
         loop {
+            // Chat work queues up behind the shard's chat worker; while it is far behind, leave
+            // messages in the rings so their senders feel the backpressure.
+            shard.chat.wait_for_room().await;
             let n = rings.drain_all(256, |_, msg| shard.handle_ring(msg));
             metrics::add(&shard.stats.ring_received, n as u64);
             if n == 0 {
