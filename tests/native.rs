@@ -355,8 +355,12 @@ fn presence_subscribers_see_online_and_offline() {
         drop(bob);
         let off = carol.recv();
         assert_eq!((off["type"].as_str(), off["data"]["userId"].as_str()), (Some("offline"), Some("bob")));
+        // The pong proves carol's shard handled the unsubscribe; bob then logs in on the same
+        // shard, so his login reaches his home shard after it (one FIFO ring).
         carol.send(json!({"type": "presence:unsubscribe", "data": {"userIds": ["bob"]}}));
-        let (_bob, _) = Client::connect(b, "t-bob");
+        carol.send(json!({"type": "ping"}));
+        assert_eq!(carol.recv()["type"], "pong");
+        let (_bob, _) = Client::connect(a, "t-bob");
         carol.send(json!({"type": "ping"}));
         assert_eq!(carol.recv()["type"], "pong", "no more notices after unsubscribe");
     });
