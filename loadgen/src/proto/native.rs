@@ -113,22 +113,9 @@ pub fn connected_user(msg: &[u8]) -> Option<String> {
 /// to its closing quote; `None` when absent, not a string, or holding escapes (none of the
 /// values the scenario reads has any).
 pub fn find_str<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let mut from = 0;
-    while let Some(i) = json.get(from..)?.windows(key.len()).position(|w| w == key) {
-        let rest = skip_ws(&json[from + i + key.len()..]);
-        if let Some(after) = rest.strip_prefix(b":") {
-            let s = skip_ws(after).strip_prefix(b"\"")?;
-            let end = s.iter().position(|&b| b == b'"' || b == b'\\')?;
-            return (s[end] == b'"').then_some(&s[..end]);
-        }
-        from += i + 1;
-    }
-    None
-}
-
-fn skip_ws(s: &[u8]) -> &[u8] {
-    let n = s.iter().take_while(|b| b.is_ascii_whitespace()).count();
-    &s[n..]
+    let s = super::stamp::value_of(json, key)?.strip_prefix(b"\"")?;
+    let end = s.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (s[end] == b'"').then_some(&s[..end])
 }
 
 #[cfg(test)]

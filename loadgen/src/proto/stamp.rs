@@ -62,24 +62,29 @@ pub fn read_binary(data: &[u8]) -> Option<(u64, u64)> {
     Some((word(seq), word(t)))
 }
 
-/// The unsigned integer value of `key` (given with its quotes, `b"\"t\""`) anywhere in `json`.
-/// A plain scan: the objects are small and the scenarios' strings never contain a quoted key.
-pub fn find_u64(json: &[u8], key: &[u8]) -> Option<u64> {
+/// What follows `key` (given with its quotes) and its colon, anywhere in `json`, whitespace
+/// skipped. A plain scan: the objects are small and the scenarios' strings never contain a
+/// quoted key.
+pub fn value_of<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     let mut from = 0;
     while let Some(i) = json.get(from..)?.windows(key.len()).position(|w| w == key) {
-        let mut rest = &json[from + i + key.len()..];
-        rest = skip_ws(rest);
+        let rest = skip_ws(&json[from + i + key.len()..]);
         if let Some(after) = rest.strip_prefix(b":") {
-            let after = skip_ws(after);
-            let n = after.iter().take_while(|b| b.is_ascii_digit()).count();
-            if n == 0 || n > 20 {
-                return None;
-            }
-            return after[..n].iter().try_fold(0u64, |acc, &b| acc.checked_mul(10)?.checked_add(u64::from(b - b'0')));
+            return Some(skip_ws(after));
         }
         from += i + 1;
     }
     None
+}
+
+/// The unsigned integer value of `key` (given with its quotes, `b"\"t\""`) anywhere in `json`.
+pub fn find_u64(json: &[u8], key: &[u8]) -> Option<u64> {
+    let after = value_of(json, key)?;
+    let n = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 20 {
+        return None;
+    }
+    after[..n].iter().try_fold(0u64, |acc, &b| acc.checked_mul(10)?.checked_add(u64::from(b - b'0')))
 }
 
 fn skip_ws(s: &[u8]) -> &[u8] {

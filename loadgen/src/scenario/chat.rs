@@ -19,7 +19,7 @@ use crate::conn::{Behavior, Conn, ConnError, Cx, Io, Produce, WBUF_HIGH};
 use crate::params::{Load, Params};
 use crate::proto::native::{self, AckStatus, MsgId, ServerMsg};
 use crate::proto::ws::Opcode;
-use crate::scenario::{Due, Sched};
+use crate::scenario::Sched;
 use crate::stats::{Ack, DUP_DELIVERED_ACK, DUP_DELIVERY, DUP_SENT_ACK};
 
 /// Waits for the server's `connected` and returns the user id it names. Whatever follows it
@@ -218,17 +218,10 @@ impl Behavior for Chat {
             Sched::Closed { window } => window,
         };
         loop {
-            let t = match sched.due(now) {
-                Due::At(d) if d >= end => return Produce::Idle,
-                Due::At(d) => return Produce::At(d),
-                Due::Now(t) => t,
+            let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
+                Ok(t) => t,
+                Err(p) => return p,
             };
-            if t >= end {
-                return Produce::Idle;
-            }
-            if self.inflight >= limit || io.pending() >= WBUF_HIGH {
-                return Produce::Blocked;
-            }
             if !cx.admit(t) {
                 return Produce::Idle;
             }
@@ -244,12 +237,7 @@ impl Behavior for Chat {
     }
 
     fn finish(&mut self, cx: &mut Cx<'_>) {
-        if cx.run.stats.total_reached() {
-            return;
-        }
-        if let Some(s) = &self.sched {
-            cx.tally.unsent += s.remaining(cx.run.control.measure_start(), cx.run.control.planned_end());
-        }
+        super::count_unsent(self.sched.as_ref(), cx);
     }
 }
 

@@ -160,6 +160,20 @@ impl Sched {
         }
     }
 
+    /// The (intended) time of the next send when one is due now and may go; otherwise what the
+    /// sender should do instead: nothing more before `end`, wait until a later time, or wait
+    /// for room (`blocked`: too much in flight or buffered).
+    pub fn next_send(&self, now: u64, end: u64, blocked: bool) -> Result<u64, crate::conn::Produce> {
+        use crate::conn::Produce;
+        match self.due(now) {
+            Due::At(d) if d >= end => Err(Produce::Idle),
+            Due::At(d) => Err(Produce::At(d)),
+            Due::Now(t) if t >= end => Err(Produce::Idle),
+            Due::Now(_) if blocked => Err(Produce::Blocked),
+            Due::Now(t) => Ok(t),
+        }
+    }
+
     pub fn advance(&mut self) {
         if let Sched::Open { base, interval, k, next } = self {
             *k += 1;
@@ -182,6 +196,16 @@ impl Sched {
         };
         let lo = count_before(from.max(next)).max(k);
         count_before(to).saturating_sub(lo)
+    }
+}
+
+/// Counts, at the end of a run, the open-loop sends a sender never made.
+pub fn count_unsent(sched: Option<&Sched>, cx: &mut crate::conn::Cx<'_>) {
+    if cx.run.stats.total_reached() {
+        return;
+    }
+    if let Some(s) = sched {
+        cx.tally.unsent += s.remaining(cx.run.control.measure_start(), cx.run.control.planned_end());
     }
 }
 

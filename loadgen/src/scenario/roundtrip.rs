@@ -7,7 +7,7 @@ use crate::params::{Load, Params, Protocol};
 use crate::proto::sio::{self, Packet};
 use crate::proto::stamp::{self, Stamp};
 use crate::proto::ws::Opcode;
-use crate::scenario::{Due, Sched};
+use crate::scenario::Sched;
 
 const T: &[u8] = b"\"t\"";
 
@@ -83,17 +83,10 @@ impl Behavior for RoundTrip {
             Sched::Closed { window } => window,
         };
         loop {
-            let t = match sched.due(now) {
-                Due::At(d) if d >= end => return Produce::Idle,
-                Due::At(d) => return Produce::At(d),
-                Due::Now(t) => t,
+            let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
+                Ok(t) => t,
+                Err(p) => return p,
             };
-            if t >= end {
-                return Produce::Idle;
-            }
-            if self.inflight >= limit || io.pending() >= WBUF_HIGH {
-                return Produce::Blocked;
-            }
             if !cx.admit(t) {
                 return Produce::Idle;
             }
@@ -116,11 +109,6 @@ impl Behavior for RoundTrip {
     }
 
     fn finish(&mut self, cx: &mut Cx<'_>) {
-        if cx.run.stats.total_reached() {
-            return;
-        }
-        if let Some(s) = &self.sched {
-            cx.tally.unsent += s.remaining(cx.run.control.measure_start(), cx.run.control.planned_end());
-        }
+        super::count_unsent(self.sched.as_ref(), cx);
     }
 }
