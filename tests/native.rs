@@ -169,7 +169,6 @@ fn ten_thousand_messages_across_shards_each_acked_sent_then_delivered_in_order()
     const N: usize = 10_000;
     let (_node, [a, b]) = two_shards("io_uring", |f| {
         f.limits.message_rate = 0; // this test floods on purpose
-        f.websocket.send_queue_len = 65_536;
     });
     let (mut bob, _) = Client::connect(b, "t-bob");
     let (alice, _) = Client::connect(a, "t-alice");
@@ -641,4 +640,47 @@ fn history_pages_a_conversation_newest_first() {
     );
     bob.send(json!({"type": "history", "data": {"peerId": "alice", "before": "not-a-cursor"}}));
     assert_eq!(bob.recv()["data"]["code"], "bad_data");
+}
+
+/// More queued messages than a session's send queue holds (`websocket.send_queue_len`) are
+/// pushed at the pace the client reads, not dropped or answered with "slow consumer".
+#[test]
+fn a_long_offline_queue_is_pushed_at_the_pace_of_the_client() {
+    const N: usize = 5_000;
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.limits.message_rate = 0;
+        f.websocket.send_queue_len = 256;
+    });
+    let (alice, _) = Client::connect(a, "t-alice");
+    let mut writer: TcpStream = alice.ws.get_ref().try_clone().unwrap();
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let text =
+            json!({"type":"chat","data":{"msgId": format!("q{i}"),"toUserId":"bob","content": format!("queued {i}")}})
+                .to_string();
+        batch.extend_from_slice(&frame(true, 1, text.as_bytes(), true));
+    }
+    writer.write_all(&batch).unwrap();
+    let mut alice = alice;
+    for i in 0..N {
+        let ack = alice.recv_type("ack");
+        assert_eq!(ack["data"]["clientMsgId"], format!("q{i}"), "{ack}");
+    }
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    for i in 0..N {
+        let m = bob.recv();
+        assert_eq!(m["type"], "chat", "message {i}: {m}");
+        assert_eq!(m["data"]["content"], format!("queued {i}"));
+        if i % 1000 == 0 {
+            // A slow reader: the server must wait for it, not close it.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for i in 0..N {
+        let ack = alice.recv_type("ack");
+        assert_eq!(
+            (ack["data"]["status"].as_str(), ack["data"]["clientMsgId"].as_str()),
+            (Some("delivered"), Some(&*format!("q{i}")))
+        );
+    }
 }

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::metrics::{self, CloseReason};
-use crate::shard::session::SessionId;
+use crate::shard::session::{Conn, SessionId};
 use crate::shard::{Shard, ShardMsg};
 use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store, Target};
 use envelope::{encode, encode_ack, encode_error, encode_presence, AckStatus, ErrorCode};
@@ -265,6 +265,8 @@ pub struct Hub {
     misses: RefCell<Misses>,
     /// The ring pump, waiting for the inbox to drain below [`INBOX_LOW`].
     room_waiter: RefCell<Option<Waker>>,
+    /// Stored messages waiting for room in a session's send queue, in order.
+    pending: RefCell<HashMap<SessionId, VecDeque<Pending>>>,
 }
 
 /// Queued chat work above which the shard stops taking messages off its rings.
@@ -284,6 +286,7 @@ impl Hub {
             next_query: Cell::new(0),
             misses: RefCell::new(Misses::default()),
             room_waiter: RefCell::new(None),
+            pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -508,23 +511,14 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         }
         ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
         ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
-        ChatMsg::Deliver { session, frame, message, sender, targets } => match shard.session(session) {
-            Some(c) if c.closing_since.get().is_none() => {
-                shard.deliver(&c, frame);
-                let conversation = message.conversation.clone();
-                let owner = conversation_shard(&conversation, shard.shard_count());
-                post(shard, owner, ChatMsg::Delivered { conversation, id: message.id, sender });
+        ChatMsg::Deliver { session, frame, message, sender, targets } => {
+            let p = Pending { frame, message, sender, targets };
+            match shard.session(session) {
+                Some(c) if c.closing_since.get().is_none() => deliver_paced(shard, &c, p),
+                // The session closed on the way.
+                _ => missed(shard, p),
             }
-            // The session closed on the way: tell the recipient's home shard, which routes the
-            // message again if no session of the user got it.
-            _ => {
-                metrics::add(&shard.stats.chat_missed, 1);
-                if let Target::User(u) = &message.target {
-                    let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
-                    post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
-                }
-            }
-        },
+        }
         ChatMsg::Missed { message, sender, targets } => {
             let all_missed = {
                 let mut misses = hub.misses.borrow_mut();
@@ -606,6 +600,87 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 ));
                 s.send(shard, text);
             }
+        }
+    }
+}
+
+/// A stored message on its way into one session's send queue.
+struct Pending {
+    frame: Bytes,
+    message: Arc<Message>,
+    sender: Option<SessionId>,
+    targets: Arc<[SessionId]>,
+}
+
+/// Queues a stored message on a session at the pace the client reads: straight into its send
+/// queue while there is room, else behind the messages already waiting for it, which the
+/// session's writer pulls in as it drains ([`Hub::refill`]). A stored message is never dropped
+/// by the send queue's policy; a client that lets `store.max_offline_per_user` of them pile up
+/// is closed as a slow consumer, and what it had not received goes back to its home shard.
+fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
+    if !c.backlogged.get() && c.queue.borrow().room() > 0 {
+        return enqueue(shard, c, p);
+    }
+    let max = shard.node.config.store.max_offline_per_user;
+    let over = {
+        let mut pending = shard.chat.pending.borrow_mut();
+        let q = pending.entry(c.id).or_default();
+        if q.len() >= max {
+            Some(p)
+        } else {
+            q.push_back(p);
+            None
+        }
+    };
+    c.backlogged.set(true);
+    if let Some(p) = over {
+        shard.close_session(c, 1008, "slow consumer", CloseReason::SlowConsumer);
+        missed(shard, p);
+    }
+}
+
+/// Puts a stored message on the session's socket and reports the delivery to the
+/// conversation's owner.
+fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
+    shard.deliver(c, p.frame);
+    let conversation = p.message.conversation.clone();
+    let owner = conversation_shard(&conversation, shard.shard_count());
+    post(shard, owner, ChatMsg::Delivered { conversation, id: p.message.id, sender: p.sender });
+}
+
+/// A message that did not reach its session: its recipient's home shard routes it again if no
+/// session of the user got it.
+fn missed(shard: &Shard, p: Pending) {
+    metrics::add(&shard.stats.chat_missed, 1);
+    if let Target::User(u) = &p.message.target {
+        let user = UserKey { tenant: p.message.tenant.clone(), user: u.clone() };
+        post_home(shard, &user, ChatMsg::Missed { message: p.message, sender: p.sender, targets: p.targets });
+    }
+}
+
+impl Hub {
+    /// Moves messages waiting for a session into its send queue while it has room; called by
+    /// the session's writer after each write.
+    pub fn refill(&self, shard: &Shard, c: &Conn) {
+        while c.queue.borrow().room() > 0 {
+            let next = self.pending.borrow_mut().get_mut(&c.id).and_then(VecDeque::pop_front);
+            match next {
+                Some(p) => enqueue(shard, c, p),
+                None => {
+                    self.pending.borrow_mut().remove(&c.id);
+                    c.backlogged.set(false);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A session ended with messages still waiting for it: they go back to their recipients'
+    /// home shards.
+    pub fn drop_pending(&self, shard: &Shard, id: SessionId) {
+        let left = self.pending.borrow_mut().remove(&id);
+        for p in left.into_iter().flatten() {
+            missed(shard, p);
         }
     }
 }

@@ -214,6 +214,11 @@ impl SendQueue {
         std::mem::take(&mut self.stopped_at_flush)
     }
 
+    /// Data frames that can be queued before the backpressure policy applies.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.data)
+    }
+
     /// Whether the next data frame would meet the backpressure policy.
     pub fn is_full(&self) -> bool {
         self.data >= self.limit
@@ -268,6 +273,8 @@ pub struct Conn {
     writer: Cell<Option<Waker>>,
     /// The reader has stopped: the writer exits once the queue is empty.
     pub reader_done: Cell<bool>,
+    /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
+    pub backlogged: Cell<bool>,
 }
 
 impl Conn {
@@ -287,6 +294,7 @@ impl Conn {
             queue: RefCell::new(SendQueue::new(queue_len, policy)),
             writer: Cell::new(None),
             reader_done: Cell::new(false),
+            backlogged: Cell::new(false),
         }
     }
 

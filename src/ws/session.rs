@@ -235,6 +235,10 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<Tcp
         }
         metrics::add(&shard.stats.bytes_out, len as u64);
         metrics::add(&shard.stats.frames_out, frames as u64);
+        if conn.backlogged.get() {
+            // Messages waiting for room in the queue (chat deliveries) come in as it drains.
+            shard.chat.refill(&shard, &conn);
+        }
         if close {
             // Our close frame is out: the server closes the TCP connection first (RFC 6455
             // 7.1.1); the reader sees the peer's EOF or the close timeout ends it.
