@@ -25,10 +25,12 @@ pub struct LimitsSection {
     /// Default 0.
     pub max_connections_per_ip: usize,
     /// Messages a session may send per second, sustained (token bucket refill rate). Applies to
-    /// native `/ws` messages and Socket.IO packets. 0 means no limit. Default 100.
+    /// native `/ws` messages and Socket.IO packets. 0 means no limit. A flood guard, not a
+    /// quota: generous enough for a client that catches up (thousands of messages after a
+    /// reconnect), low enough that one connection cannot take a shard's core. Default 2000.
     pub message_rate: u32,
     /// Messages a session may send in a burst above the sustained rate (bucket size).
-    /// Default 200.
+    /// Default 20000.
     pub message_burst: u32,
     /// Most rooms one session (native) or one socket (Socket.IO) may be in. Default 100.
     pub max_rooms_per_session: usize,
@@ -42,8 +44,8 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_connections_per_ip: 0,
-            message_rate: 100,
-            message_burst: 200,
+            message_rate: 2_000,
+            message_burst: 20_000,
             max_rooms_per_session: 100,
             max_name_bytes: 128,
             max_presence_subscriptions: 1000,
