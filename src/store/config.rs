@@ -33,7 +33,7 @@ pub struct StoreSection {
     /// evicted whole, never the one being appended to. Default 1000000.
     pub max_messages: usize,
     /// Most messages queued for one offline user; one more drops the oldest queued message and
-    /// counts it in [`super::StoreStats::dropped_offline`]. Default 10000.
+    /// counts it in [`super::StoreStats::dropped_offline`]. Default 100000.
     pub max_offline_per_user: usize,
     /// Most messages in all the offline queues of one shard; past it the queues pushed to least
     /// recently are dropped whole (never the one being pushed to), their messages counted as
@@ -65,7 +65,7 @@ impl Default for StoreSection {
             max_conversations: 100_000,
             max_messages_per_conversation: 10_000,
             max_messages: 1_000_000,
-            max_offline_per_user: 10_000,
+            max_offline_per_user: 100_000,
             max_offline_messages: 1_000_000,
             max_offline_users: 100_000,
             max_dedup_entries: 100_000,
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(c.backend, StoreBackend::Memory);
         assert_eq!(c.max_conversations, 100_000);
         assert_eq!(c.max_messages_per_conversation, 10_000);
-        assert_eq!(c.max_offline_per_user, 10_000);
+        assert_eq!(c.max_offline_per_user, 100_000);
         assert_eq!(c.max_dedup_entries, 100_000);
         assert_eq!(c.max_history_page, 100);
         assert_eq!(c.max_body_bytes, 16_384);
