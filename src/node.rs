@@ -65,6 +65,8 @@ pub enum NodeError {
     Spawn { shard: usize, source: std::io::Error },
     #[error("cannot reserve a port for {addr}: {source}")]
     Reserve { addr: SocketAddr, source: std::io::Error },
+    #[error("{addr} is already in use by another process (with SO_REUSEPORT it would silently share its connections): {source}")]
+    InUse { addr: SocketAddr, source: std::io::Error },
     #[error("shard {0} exited before it was ready")]
     ShardDied(usize),
 }
@@ -96,6 +98,7 @@ impl Node {
         // Port 0 means "any free port", but every shard must listen on the same one: reserve a
         // port with a bound, never-listening SO_REUSEPORT socket (which receives no
         // connections) until all shards have bound it.
+        refuse_ports_in_use(&config)?;
         let reservations = reserve_ephemeral_ports(&mut config)?;
         let shard_count = config.shards.len();
         let config = Arc::new(config);
@@ -215,6 +218,29 @@ impl Drop for Node {
             self.stop_and_join();
         }
     }
+}
+
+/// Every shard binds its listen addresses with SO_REUSEPORT, which the kernel also grants
+/// when another process of the same user already listens there: the two would then split the
+/// connections between them without a word. A plain bind (no SO_REUSEPORT) of each fixed
+/// address first fails in exactly that case, so the node refuses to start instead.
+fn refuse_ports_in_use(config: &Config) -> Result<(), NodeError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut fixed: Vec<SocketAddr> =
+        config.shards.iter().flat_map(|s| s.listen.iter().copied()).filter(|a| a.port() != 0).collect();
+    fixed.sort();
+    fixed.dedup();
+    for addr in fixed {
+        let probe = || -> std::io::Result<()> {
+            let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            // Connections of an earlier run lingering in TIME_WAIT are no conflict.
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())
+        };
+        probe().map_err(|source| NodeError::InUse { addr, source })?;
+    }
+    Ok(())
 }
 
 fn reserve_ephemeral_ports(config: &mut Config) -> Result<Vec<socket2::Socket>, NodeError> {

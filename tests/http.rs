@@ -199,3 +199,33 @@ fn connection_limit_answers_503_and_frees_slots() {
         assert!(metric_sum(addr, "imks_closes_total{shard=\"0\",reason=\"limit\"}") >= 1);
     });
 }
+
+/// A port another process listens on (even with SO_REUSEPORT, as a second imks would) is
+/// refused at start-up instead of silently sharing its connections.
+#[test]
+fn a_port_in_use_by_another_process_is_refused_at_start() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let other = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.listen(16).unwrap();
+    let taken = other.local_addr().unwrap().as_socket().unwrap();
+    let mut f = imks::config::file::FileConfig::default();
+    f.server.listen = vec![taken.to_string()];
+    f.server.shards = 2;
+    f.server.pin_threads = false;
+    let config = imks::Config::resolve(f, |_| Ok(None)).unwrap();
+    match imks::Node::start(config) {
+        Err(e @ imks::node::NodeError::InUse { .. }) => assert!(e.to_string().contains(&taken.to_string()), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("started on a port another process listens on"),
+    }
+    // Once it is free, the node starts there.
+    drop(other);
+    let mut f = imks::config::file::FileConfig::default();
+    f.server.listen = vec![taken.to_string()];
+    f.server.shards = 1;
+    f.server.pin_threads = false;
+    let node = imks::Node::start(imks::Config::resolve(f, |_| Ok(None)).unwrap()).expect("a free port");
+    assert_eq!(node.local_addrs()[0], taken);
+}
