@@ -1,7 +1,6 @@
 //! Small single-thread synchronisation helpers for code running on a shard.
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
 /// A one-shot event that any number of local tasks can wait for. Not `Send`: shard-local only.
@@ -23,18 +22,81 @@ impl LocalEvent {
         self.set.get()
     }
 
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.get() {
-                Poll::Ready(())
-            } else {
-                let mut w = self.waiters.borrow_mut();
-                if !w.iter().any(|x| x.will_wake(cx.waker())) {
-                    w.push(cx.waker().clone());
-                }
-                Poll::Pending
+    /// Resolves once the event is set. A wait dropped before that (the other branch of a
+    /// `select!` won) takes its waker back: a waker left behind would keep a finished task's
+    /// memory alive for as long as the event lives.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait { event: self, registered: None }
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+}
+
+/// The future of [`LocalEvent::wait`].
+pub struct Wait<'a> {
+    event: &'a LocalEvent,
+    registered: Option<Waker>,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.event.set.get() {
+            self.registered = None;
+            return Poll::Ready(());
+        }
+        let mut w = self.event.waiters.borrow_mut();
+        if !w.iter().any(|x| x.will_wake(cx.waker())) {
+            w.push(cx.waker().clone());
+        }
+        drop(w);
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(mine) = self.registered.take() {
+            if let Ok(mut w) = self.event.waiters.try_borrow_mut() {
+                w.retain(|x| !x.will_wake(&mine));
             }
-        })
-        .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::Context;
+
+    struct Task;
+    impl std::task::Wake for Task {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_dropped_wait_leaves_no_waker_behind() {
+        let ev = LocalEvent::default();
+        let waker = Waker::from(std::sync::Arc::new(Task));
+        let mut cx = Context::from_waker(&waker);
+        {
+            let mut w = Box::pin(ev.wait());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(ev.waiting(), 1, "one waker per task, however often it polls");
+        }
+        assert_eq!(ev.waiting(), 0);
+        let mut w = Box::pin(ev.wait());
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+        ev.set();
+        assert!(w.as_mut().poll(&mut cx).is_ready());
+        assert!(Box::pin(ev.wait()).as_mut().poll(&mut cx).is_ready(), "a set event stays set");
+        assert_eq!(ev.waiting(), 0);
     }
 }

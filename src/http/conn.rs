@@ -97,7 +97,9 @@ async fn http_loop(
                             return CloseReason::Io;
                         }
                         let leftover = buf[body_end..].to_vec();
-                        drop(buf);
+                        // The session can last for days: keep none of the HTTP state alive
+                        // across it (the read and write buffers, the parsed head).
+                        drop((buf, out, head));
                         return crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
                     }
                     Err(e) => {

@@ -405,8 +405,9 @@ impl<'a> BroadcastOp<'a> {
 struct SioConn {
     sockets: RefCell<HashMap<Rc<str>, Rc<Socket>>>,
     assembler: RefCell<BinaryAssembler>,
-    /// Some namespace was joined at least once (the connect timeout no longer applies).
-    joined: Cell<bool>,
+    /// Set once some namespace was joined: the connect timeout no longer applies, and its
+    /// task ends then rather than holding its memory until the timeout.
+    joined: crate::util::LocalEvent,
     /// The connection's message rate (`limits.message_rate`), over every namespace.
     bucket: Cell<Option<crate::limits::TokenBucket>>,
 }
@@ -739,7 +740,7 @@ impl SocketIo {
             }
         }
         socket.connected.set(true);
-        conn.joined.set(true);
+        conn.joined.set();
         conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
         self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere.
@@ -871,12 +872,12 @@ impl EioApp for SocketIo {
         let conn = Rc::new(SioConn {
             sockets: RefCell::new(HashMap::new()),
             assembler: RefCell::new(BinaryAssembler::new()),
-            joined: Cell::new(false),
+            joined: crate::util::LocalEvent::default(),
             bucket: Cell::new(
                 _shard.node.config.limits.rate.map(|r| crate::limits::TokenBucket::new(r, std::time::Instant::now())),
             ),
         });
-        self.conns.borrow_mut().insert(s.id, conn);
+        self.conns.borrow_mut().insert(s.id, conn.clone());
         // A connection that joins no namespace in time is closed; when a token is required,
         // the auth timeout bounds that wait too.
         let mut timeout = self.cfg.connect_timeout;
@@ -888,11 +889,10 @@ impl EioApp for SocketIo {
             monoio::select! {
                 _ = monoio::time::sleep(timeout) => {},
                 _ = s.wait_closed() => return,
+                _ = conn.joined.wait() => return,
             }
             let Some(shard) = crate::shard::current() else { return };
-            let Some(io) = shard.apps.socketio.clone() else { return };
-            let idle = io.conns.borrow().get(&s.id).is_some_and(|c| !c.joined.get());
-            if idle && !s.is_closed() {
+            if !conn.joined.is_set() && !s.is_closed() {
                 engineio::close(&shard, &s, "connect timeout", true);
             }
         });
