@@ -106,9 +106,8 @@ pub struct EioSession {
     /// WebSockets opened to upgrade this session, until one of them finishes it; the others
     /// are then closed.
     candidates: RefCell<Vec<Rc<Conn>>>,
+    /// A ping went out and its pong has not come back.
     awaiting_pong: Cell<bool>,
-    /// The heartbeat task, while it waits for a pong.
-    pong_waiter: RefCell<Option<Waker>>,
     /// When the next ping is due: one interval after the open packet, then after each pong.
     /// The session is dead once `ping_due + ping_timeout` passes without a pong, to the
     /// millisecond (the protocol allows no grace), whatever the timers' slack.
@@ -252,9 +251,55 @@ fn ws_frame(p: &Packet) -> Bytes {
 pub struct Engine {
     sessions: RefCell<Slab<Rc<EioSession>>>,
     generation: Cell<u32>,
+    /// Heartbeat deadlines, earliest first: a ping due, or a pong overdue (see [`heartbeats`]).
+    /// At most about two entries per session (the live one and one made stale by a pong).
+    timers: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, SessionId)>>>,
+    /// The heartbeat task, waiting for a deadline earlier than the one it sleeps for.
+    timers_waker: RefCell<Option<Waker>>,
+    timers_changed: Cell<bool>,
 }
 
 impl Engine {
+    /// Adds a heartbeat deadline for session `id`. Entries of closed sessions stay until they
+    /// come due; when they outnumber the live ones the heap is swept, so a connect storm
+    /// cannot grow it beyond about two entries per open session.
+    fn schedule(&self, at: Instant, id: SessionId) {
+        let earliest = self.timers.borrow().peek().is_none_or(|t| at < t.0 .0);
+        let mut timers = self.timers.borrow_mut();
+        timers.push(std::cmp::Reverse((at, id)));
+        if timers.len() > 2 * self.sessions.borrow().len() + 1024 {
+            let sessions = self.sessions.borrow();
+            timers.retain(|t| {
+                let id = t.0 .1;
+                sessions.get(id.slot as usize).is_some_and(|s| s.id == id && !s.closed.get())
+            });
+        }
+        drop(timers);
+        if earliest {
+            self.timers_changed.set(true);
+            if let Some(w) = self.timers_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Resolves when a deadline earlier than all others was added.
+    async fn timers_changed(&self) {
+        poll_fn(|cx| {
+            if self.timers_changed.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.timers_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn by_id(&self, id: SessionId) -> Option<Rc<EioSession>> {
+        self.sessions.borrow().get(id.slot as usize).filter(|s| s.id == id).cloned()
+    }
+
     pub fn get(&self, shard: &Shard, sid: &str) -> Option<Rc<EioSession>> {
         let id: SessionId = sid.parse().ok()?;
         if usize::from(id.shard) != shard.index {
@@ -288,7 +333,6 @@ impl Engine {
             upgrading: Cell::new(false),
             candidates: RefCell::new(Vec::new()),
             awaiting_pong: Cell::new(false),
-            pong_waiter: RefCell::new(None),
             ping_due: Cell::new(Instant::now() + shard.node.config.eio.ping_interval),
             closed: Cell::new(false),
             closed_event: crate::util::LocalEvent::default(),
@@ -347,9 +391,6 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
     s.closed_event.set();
     s.candidates.borrow_mut().clear();
     s.wake_poll();
-    if let Some(w) = s.pong_waiter.borrow_mut().take() {
-        w.wake();
-    }
     shard.engine.remove(s);
     // Called once our state is final, so the app sees a closed, unregistered session.
     s.app.clone().on_close(shard, s, reason);
@@ -372,44 +413,57 @@ fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
 /// after the open packet, then one `ping_interval` after each pong; a ping without a pong within
 /// `ping_timeout` closes the session. (Clients expect a ping at most interval + timeout after the
 /// previous one, so the next ping must not wait for the timeout to run out.)
+///
+/// A session's heartbeat is an entry in its shard's deadline heap ([`Engine::heartbeats`]), not
+/// a task with a timer of its own: a timer future alone is 640 bytes, and every idle session
+/// has a heartbeat.
 fn start_heartbeat(shard: &Rc<Shard>, s: &Rc<EioSession>) {
-    let (shard, s) = (shard.clone(), s.clone());
-    monoio::spawn(async move {
-        let cfg = &shard.node.config.eio;
-        loop {
-            let due = monoio::time::Instant::from_std(s.ping_due.get());
-            monoio::select! {
-                _ = monoio::time::sleep_until(due) => {},
-                _ = s.closed_event.wait() => {},
-            }
-            if s.closed.get() {
-                break;
-            }
-            s.awaiting_pong.set(true);
-            s.send(&shard, Packet::Ping(None));
-            let answered = poll_fn(|cx| {
-                if !s.awaiting_pong.get() || s.closed.get() {
-                    Poll::Ready(())
-                } else {
-                    *s.pong_waiter.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
+    shard.engine.schedule(s.ping_due.get(), s.id);
+}
+
+/// Drives every heartbeat of the shard's sessions: sleeps until the earliest deadline, then
+/// pings the sessions whose ping is due and closes those whose pong is overdue. Deadlines are
+/// exact (the earliest one is slept for, not a coarse tick); an entry whose session has since
+/// answered, closed or moved on is stale and skipped.
+pub async fn heartbeats(shard: Rc<Shard>) {
+    let engine = &shard.engine;
+    loop {
+        let next = engine.timers.borrow().peek().map(|t| t.0 .0);
+        match next {
+            None => engine.timers_changed().await,
+            Some(at) if at > Instant::now() => {
+                let at = monoio::time::Instant::from_std(at);
+                monoio::select! {
+                    _ = monoio::time::sleep_until(at) => {},
+                    _ = engine.timers_changed() => {},
                 }
-            });
-            let deadline = monoio::time::Instant::from_std(s.ping_due.get() + cfg.ping_timeout);
-            let timed_out = monoio::select! {
-                _ = answered => false,
-                _ = monoio::time::sleep_until(deadline) => true,
-            };
-            s.pong_waiter.borrow_mut().take();
-            if s.closed.get() {
-                break;
             }
-            if timed_out && s.awaiting_pong.get() {
+            Some(_) => {}
+        }
+        let now = Instant::now();
+        loop {
+            let due = {
+                let mut timers = engine.timers.borrow_mut();
+                match timers.peek() {
+                    Some(t) if t.0 .0 <= now => timers.pop().map(|t| t.0),
+                    _ => None,
+                }
+            };
+            let Some((at, id)) = due else { break };
+            let Some(s) = engine.by_id(id) else { continue };
+            if s.closed.get() {
+                continue;
+            }
+            let cfg = &shard.node.config.eio;
+            if !s.awaiting_pong.get() && at == s.ping_due.get() {
+                s.awaiting_pong.set(true);
+                s.send(&shard, Packet::Ping(None));
+                engine.schedule(s.ping_due.get() + cfg.ping_timeout, id);
+            } else if s.awaiting_pong.get() && at == s.ping_due.get() + cfg.ping_timeout {
                 close(&shard, &s, "ping timeout", false);
-                break;
             }
         }
-    });
+    }
 }
 
 fn open_packet(shard: &Shard, s: &EioSession, upgrades: &[&str]) -> Packet {
@@ -433,12 +487,12 @@ fn on_packet(shard: &Shard, s: &Rc<EioSession>, p: Packet) -> bool {
         Packet::Message(m) => {
             s.app.clone().on_message(shard, s, m);
         }
+        // As the reference server: any pong clears the pong deadline and schedules the next
+        // ping one interval later (the entries made stale by it are skipped).
         Packet::Pong(_) => {
             s.awaiting_pong.set(false);
             s.ping_due.set(Instant::now() + shard.node.config.eio.ping_interval);
-            if let Some(w) = s.pong_waiter.borrow_mut().take() {
-                w.wake();
-            }
+            shard.engine.schedule(s.ping_due.get(), s.id);
         }
         Packet::Close => {
             close(shard, s, "transport close", false);

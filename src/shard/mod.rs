@@ -209,6 +209,7 @@ async fn shard_main(init: ShardInit) {
     monoio::spawn(sidecar_pump(shard.clone(), sidecar.rx));
     monoio::spawn(ticker(shard.clone()));
     monoio::spawn(crate::chat::worker(shard.clone()));
+    monoio::spawn(crate::engineio::heartbeats(shard.clone()));
     serve(&shard, ready).await;
     // The pumps and the ticker never finish and monoio does not drop suspended tasks, so the
     // shard's `Rc` outlives this function: release the sidecar explicitly.

@@ -21,7 +21,7 @@ use crate::metrics::CloseReason;
 
 /// Globally unique, unguessable session id: owning shard, slab slot, slot generation and 64
 /// bits from a CSPRNG. Rendered as 24 base64url characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId {
     pub shard: u16,
     pub slot: u32,
