@@ -27,11 +27,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let max_per_ip = shard.node.config.limits.max_connections_per_ip;
     let Some(ip) = shard.node.ip_counter.try_acquire(peer.ip(), max_per_ip) else {
         metrics::add(&shard.stats.limit_ip, 1);
-        reject_over_limit(&shard, stream, b"too many connections from this address\n").await;
+        Box::pin(reject_over_limit(&shard, stream, b"too many connections from this address\n")).await;
         return;
     };
     let Some(conn) = shard.register(stream.as_raw_fd()) else {
-        reject_over_limit(&shard, stream, b"connection limit reached\n").await;
+        Box::pin(reject_over_limit(&shard, stream, b"connection limit reached\n")).await;
         return;
     };
     let mut ip = Some(ip);
@@ -100,7 +100,11 @@ async fn http_loop(
                         // The session can last for days: keep none of the HTTP state alive
                         // across it (the read and write buffers, the parsed head).
                         drop((buf, out, head));
-                        return crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
+                        // Boxed, like every large and once-per-connection future below: the
+                        // connection task then keeps only its own small state for as long as
+                        // the session lasts, not the largest of all its states.
+                        let session = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler);
+                        return Box::pin(session).await;
                     }
                     Err(e) => {
                         handshake_error(&mut out, &e);
@@ -115,7 +119,7 @@ async fn http_loop(
                             if flush(shard, conn, &mut stream, &mut out).await.is_err() {
                                 return CloseReason::Io;
                             }
-                            hand_off(shard, stream, owner, sid, buf[body_end..].to_vec(), ip.take()).await
+                            Box::pin(hand_off(shard, stream, owner, sid, buf[body_end..].to_vec(), ip.take())).await
                         }
                         Err(e) => {
                             handshake_error(&mut out, &e);
@@ -126,7 +130,7 @@ async fn http_loop(
                 }
                 Route::Http(r) => {
                     let body = &buf[start + head.head_len..body_end];
-                    let resp = app::respond(shard, r, &head, body).await;
+                    let resp = Box::pin(app::respond(shard, r, &head, body)).await;
                     write(&mut out, &resp, keep_alive);
                 }
             }

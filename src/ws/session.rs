@@ -139,7 +139,8 @@ async fn process_all(
         let progress = conn.writes_done.get();
         if *paused_at != Some(progress) {
             *paused_at = Some(progress);
-            monoio::time::sleep(WRITER_TURN).await;
+            // Boxed: a monoio timer is 640 bytes, and every session's future would carry one.
+            Box::pin(monoio::time::sleep(WRITER_TURN)).await;
         }
         flow = process(shard, conn, codec, handler, true);
     }
@@ -256,7 +257,8 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<Tcp
             // A reply that must be read on its own (see `FrameKind::DataFlush`): give the peer
             // a moment to read it before what follows, as the reference server's separate
             // event-loop turns do.
-            monoio::time::sleep(FLUSH_PAUSE).await;
+            // Boxed, as above: rare, and the writer task lives as long as the session.
+            Box::pin(monoio::time::sleep(FLUSH_PAUSE)).await;
         }
     }
     // A reader still blocked on a peer that will never speak again must not outlive us.
