@@ -29,6 +29,8 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
             let reasons = reasons.clone();
             s.on_disconnect(move |_, _, reason| reasons.lock().unwrap().push(reason.to_string()));
             s.on("volatile", |shard, s, _| s.emit_volatile(shard, "v", "1"));
+            // Overrides the namespace's handler for this socket.
+            s.on("who", |shard, s, _| s.emit(shard, "who", "\"socket\""));
             s.on("kick", |shard, s, _| {
                 if let Some(io) = &shard.apps.socketio {
                     s.disconnect(shard, io, false);
@@ -47,7 +49,10 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
         SocketIo::new(
             SioConfig::default(),
             vec![
-                Namespace::new("/").on_connection(on_connection),
+                Namespace::new("/")
+                    .on_connection(on_connection)
+                    .on("shared", |shard, s, ev| s.ack(shard, &ev, "\"namespace\"", Vec::new()))
+                    .on("who", |shard, s, _| s.emit(shard, "who", "\"namespace\"")),
                 Namespace::new("/private").middleware(|_, _, auth| match auth {
                     Some(a) if a.contains("\"secret\"") => Ok(()),
                     _ => Err(ConnectRefusal {
@@ -88,6 +93,11 @@ fn namespaces_middleware_and_server_side_disconnect() {
 
     c.send(Message::text("40")).unwrap();
     assert!(text(&mut c).unwrap().starts_with("40{\"sid\":"));
+    // Handlers of the namespace serve every socket; a socket's own handler wins.
+    c.send(Message::text(r#"427["shared"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"437["namespace"]"#);
+    c.send(Message::text(r#"42["who"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"42["who","socket"]"#);
     // A volatile emit goes out when the transport can take it.
     c.send(Message::text(r#"42["volatile"]"#)).unwrap();
     assert_eq!(text(&mut c).unwrap(), r#"42["v",1]"#);

@@ -26,7 +26,7 @@ use crate::store::{ConversationKey, Cursor, Message, MessageId, NewMessage, Stor
 
 /// Builds the IM application of one shard.
 pub fn build(config: &Config) -> SocketIo {
-    SocketIo::new(config.sio.clone(), vec![Namespace::new("/").on_connection(on_connection)])
+    SocketIo::new(config.sio.clone(), vec![namespace()])
 }
 
 /// The Socket.IO room of a channel. Length-prefixed so no tenant and channel pair can name
@@ -132,60 +132,71 @@ fn ack(shard: &Shard, s: &Socket, ev: &Event<'_>, body: &str) {
     s.ack(shard, ev, body, Vec::new());
 }
 
+/// The main namespace with the IM events. Handlers belong to the namespace, shared by every
+/// socket; only the disconnect hook is per socket.
+fn namespace() -> Namespace {
+    Namespace::new("/")
+        .on_connection(on_connection)
+        .on("channel:join", |shard, s, ev| join(shard, s, &ev, true))
+        .on("channel:leave", |shard, s, ev| join(shard, s, &ev, false))
+        .on("message:send", send)
+        .on("message:edit", edit)
+        .on("message:delete", delete)
+        .on("reaction:add", |shard, s, ev| react(shard, s, &ev, true))
+        .on("reaction:remove", |shard, s, ev| react(shard, s, &ev, false))
+        .on("message:history", history)
+        .on("typing:start", |shard, s, ev| typing(shard, s, &ev, true))
+        .on("typing:stop", |shard, s, ev| typing(shard, s, &ev, false))
+}
+
+fn edit(shard: &Shard, s: &Rc<Socket>, ev: Event<'_>) {
+    #[derive(Deserialize)]
+    struct Edit {
+        channel_id: String,
+        message_id: String,
+        body: String,
+    }
+    let Some((d, conversation, id)) = with_message::<Edit>(shard, s, &ev, |d| (&d.channel_id, &d.message_id)) else {
+        return;
+    };
+    let op = ImOp::Edit { conversation, id, editor: s.identity.user_id.clone(), body: d.body };
+    run(shard, s, &ev, op);
+}
+
+fn delete(shard: &Shard, s: &Rc<Socket>, ev: Event<'_>) {
+    #[derive(Deserialize)]
+    struct Delete {
+        channel_id: String,
+        message_id: String,
+    }
+    let Some((_, conversation, id)) = with_message::<Delete>(shard, s, &ev, |d| (&d.channel_id, &d.message_id)) else {
+        return;
+    };
+    run(shard, s, &ev, ImOp::Delete { conversation, id, by: s.identity.user_id.clone() });
+}
+
+fn history(shard: &Shard, s: &Rc<Socket>, ev: Event<'_>) {
+    #[derive(Deserialize)]
+    struct History {
+        channel_id: String,
+        before: Option<String>,
+        limit: Option<usize>,
+    }
+    let Some(d) = arg::<History>(shard, s, &ev) else { return };
+    if !member(shard, s, &ev, &d.channel_id) {
+        return;
+    }
+    let before = match d.before.as_deref().map(str::parse::<Cursor>) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return ack(shard, s, &ev, &failure("bad_data", &e.to_string())),
+    };
+    let conversation = ConversationKey::room(&s.identity.tenant, &d.channel_id);
+    let limit = d.limit.unwrap_or(50);
+    run(shard, s, &ev, ImOp::History { conversation, before, limit });
+}
+
 fn on_connection(_shard: &Shard, s: &Rc<Socket>, _auth: Option<&str>) {
-    s.on("channel:join", |shard, s, ev| join(shard, s, &ev, true));
-    s.on("channel:leave", |shard, s, ev| join(shard, s, &ev, false));
-    s.on("message:send", send);
-    s.on("message:edit", |shard, s, ev| {
-        #[derive(Deserialize)]
-        struct Edit {
-            channel_id: String,
-            message_id: String,
-            body: String,
-        }
-        let Some((d, conversation, id)) = with_message::<Edit>(shard, s, &ev, |d| (&d.channel_id, &d.message_id))
-        else {
-            return;
-        };
-        let op = ImOp::Edit { conversation, id, editor: s.identity.user_id.clone(), body: d.body };
-        run(shard, s, &ev, op);
-    });
-    s.on("message:delete", |shard, s, ev| {
-        #[derive(Deserialize)]
-        struct Delete {
-            channel_id: String,
-            message_id: String,
-        }
-        let Some((_, conversation, id)) = with_message::<Delete>(shard, s, &ev, |d| (&d.channel_id, &d.message_id))
-        else {
-            return;
-        };
-        run(shard, s, &ev, ImOp::Delete { conversation, id, by: s.identity.user_id.clone() });
-    });
-    s.on("reaction:add", |shard, s, ev| react(shard, s, &ev, true));
-    s.on("reaction:remove", |shard, s, ev| react(shard, s, &ev, false));
-    s.on("message:history", |shard, s, ev| {
-        #[derive(Deserialize)]
-        struct History {
-            channel_id: String,
-            before: Option<String>,
-            limit: Option<usize>,
-        }
-        let Some(d) = arg::<History>(shard, s, &ev) else { return };
-        if !member(shard, s, &ev, &d.channel_id) {
-            return;
-        }
-        let before = match d.before.as_deref().map(str::parse::<Cursor>) {
-            None => None,
-            Some(Ok(c)) => Some(c),
-            Some(Err(e)) => return ack(shard, s, &ev, &failure("bad_data", &e.to_string())),
-        };
-        let conversation = ConversationKey::room(&s.identity.tenant, &d.channel_id);
-        let limit = d.limit.unwrap_or(50);
-        run(shard, s, &ev, ImOp::History { conversation, before, limit });
-    });
-    s.on("typing:start", |shard, s, ev| typing(shard, s, &ev, true));
-    s.on("typing:stop", |shard, s, ev| typing(shard, s, &ev, false));
     s.on_disconnect(|shard, s, _reason| {
         // Everyone who shared a channel with this socket learns it went away.
         let Some(io) = shard.apps.socketio.clone() else { return };

@@ -107,22 +107,36 @@ enum NsMatch {
     Dynamic(Rc<dyn Fn(&str) -> bool>),
 }
 
-/// A namespace: which names it serves, its middleware and its connection handler.
+/// A namespace: which names it serves, its middleware, its connection handler and the event
+/// handlers every socket of it shares.
 pub struct Namespace {
     matcher: NsMatch,
     middleware: Vec<Middleware>,
     on_connection: Option<ConnectionHandler>,
+    /// Shared by every socket of the namespace: a handler registered here costs nothing per
+    /// socket, where [`Socket::on`] costs a map entry per socket.
+    events: HashMap<String, EventHandler>,
 }
 
 impl Namespace {
     /// A namespace with exactly this name (`/`, `/chat`).
     pub fn new(name: &str) -> Self {
-        Self { matcher: NsMatch::Exact(name.to_string()), middleware: Vec::new(), on_connection: None }
+        Self {
+            matcher: NsMatch::Exact(name.to_string()),
+            middleware: Vec::new(),
+            on_connection: None,
+            events: HashMap::new(),
+        }
     }
 
     /// Namespaces created on demand for every name the predicate accepts.
     pub fn dynamic(pred: impl Fn(&str) -> bool + 'static) -> Self {
-        Self { matcher: NsMatch::Dynamic(Rc::new(pred)), middleware: Vec::new(), on_connection: None }
+        Self {
+            matcher: NsMatch::Dynamic(Rc::new(pred)),
+            middleware: Vec::new(),
+            on_connection: None,
+            events: HashMap::new(),
+        }
     }
 
     /// Connect middleware: runs before the socket joins; an error refuses it.
@@ -131,6 +145,13 @@ impl Namespace {
         f: impl Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal> + 'static,
     ) -> Self {
         self.middleware.push(Rc::new(f));
+        self
+    }
+
+    /// Handles event `name` from every socket of the namespace (unless the socket has its own
+    /// handler for it, [`Socket::on`]).
+    pub fn on(mut self, name: &str, f: impl Fn(&Shard, &Rc<Socket>, Event<'_>) + 'static) -> Self {
+        self.events.insert(name.to_string(), Rc::new(f));
         self
     }
 
@@ -166,6 +187,8 @@ pub struct Socket {
     log: RefCell<std::collections::VecDeque<Logged>>,
     /// This socket resumed a disconnected one: same id, rooms and missed packets.
     pub recovered: bool,
+    /// Its namespace's place in [`SocketIo`]'s list (for the namespace's event handlers).
+    ns_index: usize,
     /// Who the client is: from the CONNECT auth `{token}`, else the handshake's token, else
     /// the anonymous identity when `auth.mode` allows it.
     pub identity: Rc<crate::auth::Identity>,
@@ -724,6 +747,7 @@ impl SocketIo {
             log: RefCell::new(std::collections::VecDeque::new()),
             recovered,
             identity,
+            ns_index,
         });
         // A recovered socket already passed the middleware when it first connected.
         if !recovered {
@@ -812,7 +836,9 @@ impl SocketIo {
             PacketKind::Event | PacketKind::BinaryEvent => {
                 let Some(s) = conn.sockets.borrow().get(p.nsp.as_str()).cloned() else { return };
                 let Some(name) = packet::event_name(&p) else { return };
-                let handler = s.events.borrow().get(&*name).cloned();
+                let own = s.events.borrow().get(&*name).cloned();
+                let handler =
+                    own.or_else(|| self.namespaces.get(s.ns_index).and_then(|ns| ns.events.get(&*name).cloned()));
                 if let Some(h) = handler {
                     h(shard, &s, Event { name: &name, packet: &p, binaries });
                 }
