@@ -52,7 +52,16 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
                 Namespace::new("/")
                     .on_connection(on_connection)
                     .on("shared", |shard, s, ev| s.ack(shard, &ev, "\"namespace\"", Vec::new()))
-                    .on("who", |shard, s, _| s.emit(shard, "who", "\"namespace\"")),
+                    .on("who", |shard, s, _| s.emit(shard, "who", "\"namespace\""))
+                    // To the room named by the socket's own id, and to it again through a union.
+                    .on("self", |shard, s, _| {
+                        if let Some(io) = &shard.apps.socketio {
+                            io.of("/").to(&s.id).emit(shard, "to-self", "1");
+                            io.of("/").to(&s.id).to("nobody-here").emit(shard, "to-self", "2");
+                            io.of("/").except(&s.id).emit(shard, "to-others", "3");
+                            s.emit(shard, "done", "");
+                        }
+                    }),
                 Namespace::new("/private").middleware(|_, _, auth| match auth {
                     Some(a) if a.contains("\"secret\"") => Ok(()),
                     _ => Err(ConnectRefusal {
@@ -98,6 +107,11 @@ fn namespaces_middleware_and_server_side_disconnect() {
     assert_eq!(text(&mut c).unwrap(), r#"437["namespace"]"#);
     c.send(Message::text(r#"42["who"]"#)).unwrap();
     assert_eq!(text(&mut c).unwrap(), r#"42["who","socket"]"#);
+    // Every socket is in the room named by its id: reached once, and left out by `except`.
+    c.send(Message::text(r#"42["self"]"#)).unwrap();
+    assert_eq!(text(&mut c).unwrap(), r#"42["to-self",1]"#);
+    assert_eq!(text(&mut c).unwrap(), r#"42["to-self",2]"#);
+    assert_eq!(text(&mut c).unwrap(), r#"42["done"]"#);
     // A volatile emit goes out when the transport can take it.
     c.send(Message::text(r#"42["volatile"]"#)).unwrap();
     assert_eq!(text(&mut c).unwrap(), r#"42["v",1]"#);

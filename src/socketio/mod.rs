@@ -550,10 +550,17 @@ impl SocketIo {
                 if let Some(all) = self.sockets.borrow().get(&*b.nsp) {
                     all.values().for_each(&mut consider);
                 }
-            } else if let Some(ns_rooms) = ns_rooms {
+            } else {
+                let sockets = self.sockets.borrow();
+                let by_id = sockets.get(&*b.nsp);
                 for r in &b.rooms {
-                    if let Some(members) = ns_rooms.get(&**r) {
+                    if let Some(members) = ns_rooms.and_then(|n| n.get(&**r)) {
                         members.values().for_each(&mut consider);
+                    }
+                    // Every socket is in the room named by its id, which is not indexed: the
+                    // socket table already maps the id to the socket.
+                    if let Some(s) = by_id.and_then(|m| m.get(&**r)) {
+                        consider(s);
                     }
                 }
             }
@@ -767,9 +774,10 @@ impl SocketIo {
         conn.joined.set();
         conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
         self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
-        // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere.
-        let own = socket.id.clone();
-        socket.join_unchecked(self, &own);
+        // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere. Only
+        // the socket's own set records it: broadcasts find it through the socket table, and an
+        // index entry per socket would cost every connection a map of its own.
+        socket.rooms.borrow_mut().insert(socket.id.clone());
         let answer = match &socket.pid {
             Some(pid) => {
                 let data = format!("{{\"sid\":{},\"pid\":{}}}", json_string(&socket.id), json_string(pid));
@@ -780,7 +788,10 @@ impl SocketIo {
         eio.send_flushed(shard, text_packet(answer));
         if let Some(r) = restored {
             for room in &r.rooms {
-                socket.join_unchecked(self, room);
+                // Its own-id room is already recorded (and never indexed, see above).
+                if **room != *socket.id {
+                    socket.join_unchecked(self, room);
+                }
             }
             let max = self.cfg.recovery.as_ref().map_or(0, |c| c.max_packets);
             for (offset, text, binaries) in r.missed {
