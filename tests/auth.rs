@@ -94,6 +94,14 @@ fn hs256_tokens_are_checked_for_expiry_signature_and_algorithm() {
     assert!(matches!(body["error"].as_str(), Some("token_wrong_algorithm" | "token_malformed")), "{body}");
 
     refused_with(addr, "not-a-jwt", "token_malformed");
+    // A user id that is no valid name (a control character) is refused for every protocol.
+    refused_with(addr, &hs256(&claims("bad\u{1}user", 60), SECRET.as_bytes()), "token_invalid_claim");
+    let mut c = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+    assert!(text(&mut c).unwrap().starts_with("0{"));
+    let bad = hs256(&claims("bad\u{1}user", 60), SECRET.as_bytes());
+    c.send(Message::text(format!(r#"40{{"token":"{bad}"}}"#))).unwrap();
+    let body: Value = serde_json::from_str(text(&mut c).unwrap().strip_prefix("44").unwrap()).unwrap();
+    assert_eq!(body["message"], "token_invalid_claim");
     let (status, body) = {
         let mut s = connect(addr);
         use std::io::Write;

@@ -87,6 +87,62 @@ impl Response {
     pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         Self { status, content_type, headers: Vec::new(), body: body.into() }
     }
+
+    /// A refusal with a JSON body `{"error": code, "message": ...}`; a 401 also names the
+    /// scheme it wants (`WWW-Authenticate: Bearer`).
+    pub fn refusal(status: u16, code: &str, message: &str) -> Self {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Body { error: code, message }).unwrap_or_default();
+        let mut r = Response::new(status, "application/json", body);
+        if status == 401 {
+            r.headers.push(("WWW-Authenticate", "Bearer".into()));
+        }
+        r
+    }
+}
+
+/// Who `token` says the client is, for every protocol: the authenticator's answer, with the
+/// user id and tenant held to the name rules (`limits.max_name_bytes`, no control characters),
+/// since they become room keys and routing keys. A refusal is counted in
+/// `imks_auth_failures_total`.
+pub fn identify(shard: &Shard, token: Option<&str>) -> Result<crate::auth::Identity, crate::auth::AuthError> {
+    use crate::auth::AuthError;
+    let max = shard.node.config.limits.max_name_bytes;
+    let identity = shard.node.auth.authenticate(token, crate::auth::unix_now()).and_then(|i| {
+        if crate::names::validate_name("user", &i.user_id, max).is_err() {
+            Err(AuthError::InvalidClaim("user id"))
+        } else if crate::names::validate_name("tenant", &i.tenant, max).is_err() {
+            Err(AuthError::InvalidClaim("tenant"))
+        } else {
+            Ok(i)
+        }
+    });
+    if identity.is_err() {
+        metrics::add(&shard.stats.auth_failures, 1);
+    }
+    identity
+}
+
+/// Refuses, with 403, a request whose `Origin` the policy does not allow.
+pub fn check_origin(shard: &Shard, head: &RequestHead) -> Result<(), Response> {
+    if shard.node.origins.allows(head.header("origin"), head.header("host")) {
+        return Ok(());
+    }
+    metrics::add(&shard.stats.origin_refused, 1);
+    Err(Response::refusal(403, "origin_not_allowed", "this Origin may not connect"))
+}
+
+/// Decides an Engine.IO handshake before any session exists: a refused origin gets 403, a
+/// token that is given but does not identify the client 401. A missing token is no error here:
+/// Socket.IO asks for one in CONNECT.
+pub fn admit(shard: &Shard, head: &RequestHead) -> Result<Option<crate::auth::Identity>, Response> {
+    check_origin(shard, head)?;
+    let Some(token) = crate::auth::token_from_request(head) else { return Ok(None) };
+    identify(shard, Some(&token)).map(Some).map_err(|e| Response::refusal(401, e.code(), &e.to_string()))
 }
 
 pub fn route(shard: &Shard, head: &RequestHead) -> Route {
@@ -147,8 +203,8 @@ fn engine_route(shard: &Shard, app: Rc<dyn EioApp>, head: &RequestHead) -> Route
     if upgrade_of.is_some() {
         return Route::WebSocket(Rc::new(EioWs::new(app, upgrade_of)));
     }
-    match engineio::admit(shard, head) {
-        Ok(identity) => Route::WebSocket(Rc::new(EioWs::new(app, None).with_identity(identity))),
+    match admit(shard, head) {
+        Ok(identity) => Route::WebSocket(Rc::new(EioWs::new(app, None).with_identity(identity.map(Rc::new)))),
         Err(refused) => Route::Http(HttpRoute::Fixed(refused)),
     }
 }

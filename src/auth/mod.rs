@@ -185,6 +185,11 @@ fn authenticate_static(entries: &[StaticEntry], token: &str) -> Result<Identity,
     })
 }
 
+/// Seconds since the Unix epoch: the `now` that [`Authenticator::authenticate`] takes.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// The token of an HTTP request: the `token` query parameter (percent-decoded) first, else
 /// `Authorization: Bearer <t>` (scheme case-insensitive). Browsers cannot set headers on a
 /// WebSocket upgrade, hence the query parameter; it wins so that a page's explicit token is

@@ -28,7 +28,7 @@ pub mod session;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -96,21 +96,9 @@ impl Default for ChatConfig {
 /// Close code of a session kicked by a newer login of the same user.
 pub const CLOSE_KICKED: u16 = 4001;
 
-fn shard_of(key: impl Hash, shards: usize) -> usize {
-    // `DefaultHasher::new()` has fixed keys: every shard computes the same owner.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
-}
-
 /// The shard that keeps a user's sessions, presence watchers and offline queue.
 pub fn home_shard(tenant: &str, user: &str, shards: usize) -> usize {
-    shard_of((tenant, user), shards)
-}
-
-/// The shard that stores a conversation.
-pub fn conversation_shard(key: &ConversationKey, shards: usize) -> usize {
-    key.owner_shard(shards)
+    crate::store::stable_shard(&[tenant, user], shards)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -211,12 +199,6 @@ pub enum ChatMsg {
     Sessions {
         token: u64,
         sessions: Vec<SessionId>,
-    },
-    /// To every shard: a room message for the local members of `room`, except one session.
-    Room {
-        room: Arc<str>,
-        frame: Bytes,
-        except: Option<SessionId>,
     },
     /// To a conversation's owner: an IM operation from Socket.IO ([`crate::app::im`]).
     Im {
@@ -351,17 +333,6 @@ fn post_home(shard: &Shard, user: &UserKey, msg: ChatMsg) {
     post(shard, home_shard(&user.tenant, &user.user, shard.shard_count()), msg);
 }
 
-/// Sends one encoded frame to a session on any shard.
-pub fn to_session(shard: &Shard, id: SessionId, frame: Bytes) {
-    if usize::from(id.shard) == shard.index {
-        if let Some(c) = shard.session(id) {
-            shard.deliver(&c, frame);
-        }
-    } else {
-        shard.post(usize::from(id.shard), ShardMsg::ToSession { id, frame });
-    }
-}
-
 /// Sends a frame to every session of a user, on any shard (several devices).
 pub fn send_to_identity(shard: &Shard, tenant: &str, user: &str, frame: Bytes) {
     let user = UserKey { tenant: tenant.into(), user: user.into() };
@@ -477,7 +448,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 metrics::sub(&shard.stats.identities_online, 1);
                 let frame = text(encode_presence(false, &user.user, now_ms()));
                 for w in &e.watchers {
-                    to_session(shard, *w, frame.clone());
+                    shard.send_to(*w, frame.clone());
                 }
             }
             if e.sessions.is_empty() && e.watchers.is_empty() {
@@ -498,7 +469,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 user_id: &'a str,
                 online: bool,
             }
-            to_session(shard, watcher, text(encode("presence", None, &State { user_id: &user.user, online })));
+            shard.send_to(watcher, text(encode("presence", None, &State { user_id: &user.user, online })));
         }
         ChatMsg::Unwatch { user, watcher } => {
             let mut homes = hub.homes.borrow_mut();
@@ -544,7 +515,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                     let ack =
                         encode_ack(None, &id.to_string(), m.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
                     match sender {
-                        Some(s) => to_session(shard, s, text(ack)),
+                        Some(s) => shard.send_to(s, text(ack)),
                         None => send_to_identity(shard, &m.tenant, &m.author, text(ack)),
                     }
                 }
@@ -561,7 +532,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         ChatMsg::ToIdentity { user, frame } => {
             if let Some(e) = hub.homes.borrow().get(&user) {
                 for s in &e.sessions {
-                    to_session(shard, *s, frame.clone());
+                    shard.send_to(*s, frame.clone());
                 }
             }
         }
@@ -584,14 +555,13 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 let _ = tx.send(sessions);
             }
         }
-        ChatMsg::Room { room, frame, except } => deliver_room(shard, &room, &frame, except),
         ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
         ChatMsg::History { conversation, before, limit, session, envelope_id } => {
             let reply = match hub.store.history(&conversation, before, limit).await {
                 Ok(page) => encode_history(envelope_id.as_deref(), &page),
                 Err(e) => encode_error(envelope_id.as_deref(), None, ErrorCode::StoreFailed, &e.to_string()),
             };
-            to_session(shard, session, text(reply));
+            shard.send_to(session, text(reply));
         }
         ChatMsg::SioPacket { session, packet } => {
             if let Some(s) = shard.engine.get(shard, &session.to_string()) {
@@ -644,7 +614,7 @@ fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
 fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
     shard.deliver(c, p.frame);
     let conversation = p.message.conversation.clone();
-    let owner = conversation_shard(&conversation, shard.shard_count());
+    let owner = conversation.owner_shard(shard.shard_count());
     post(shard, owner, ChatMsg::Delivered { conversation, id: p.message.id, sender: p.sender });
 }
 
@@ -685,15 +655,6 @@ impl Hub {
     }
 }
 
-fn deliver_room(shard: &Shard, room: &str, frame: &Bytes, except: Option<SessionId>) {
-    let members: Vec<SessionId> = shard.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
-    for id in members {
-        if let Some(c) = shard.session(id) {
-            shard.deliver(&c, frame.clone());
-        }
-    }
-}
-
 async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
     let hub = &shard.chat;
     let (first, kick, watchers) = {
@@ -714,7 +675,7 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
         metrics::add(&shard.stats.identities_online, 1);
         let frame = text(encode_presence(true, &user.user, now_ms()));
         for w in watchers {
-            to_session(shard, w, frame.clone());
+            shard.send_to(w, frame.clone());
         }
     }
     for k in kick {
@@ -734,7 +695,7 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
         session_id: session.to_string(),
         online_count: online_count(shard),
     };
-    to_session(shard, session, text(encode("connected", None, &hello)));
+    shard.send_to(session, text(encode("connected", None, &hello)));
     // Offline messages, oldest first, ahead of anything routed to the user after this point
     // (which this worker handles only once this function returns).
     let queued = match hub.store.take_offline(&user.tenant, &user.user).await {
@@ -760,14 +721,14 @@ async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_i
         Err(e) => {
             let err =
                 encode_error(envelope_id.as_deref(), client_msg_id.as_deref(), ErrorCode::StoreFailed, &e.to_string());
-            to_session(shard, sender, text(err));
+            shard.send_to(sender, text(err));
             return;
         }
     };
     let m = &appended.message;
     let ack =
         encode_ack(envelope_id.as_deref(), &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Sent, now_ms());
-    to_session(shard, sender, text(ack));
+    shard.send_to(sender, text(ack));
     if appended.duplicate {
         // Already delivered (or queued) the first time: acknowledge again, deliver nothing.
         metrics::add(&shard.stats.chat_duplicates, 1);
@@ -779,12 +740,7 @@ async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_i
             let message = Box::new(appended.message);
             post_home(shard, &user.clone(), ChatMsg::Route { user, message, sender });
         }
-        Delivery::Room(room) => {
-            let frame = encode_message(&appended.message);
-            for to in 0..shard.shard_count() {
-                post(shard, to, ChatMsg::Room { room: room.clone(), frame: frame.clone(), except: Some(sender) });
-            }
-        }
+        Delivery::Room(room) => shard.post_room(&room, encode_message(&appended.message), Some(sender)),
     }
 }
 
@@ -921,6 +877,9 @@ mod tests {
         let used: HashSet<usize> = (0..200).map(|i| home_shard("t", &format!("user{i}"), 4)).collect();
         assert_eq!(used.len(), 4, "200 users reach every one of 4 shards");
         let k = ConversationKey::direct("acme", "alice", "bob");
-        assert_eq!(conversation_shard(&k, 4), conversation_shard(&ConversationKey::direct("acme", "bob", "alice"), 4));
+        assert_eq!(k.owner_shard(4), ConversationKey::direct("acme", "bob", "alice").owner_shard(4));
+        // The parts are kept apart: ("ab", "c") and ("a", "bc") are different users.
+        let split = |t: &str, u: &str| crate::store::stable_shard(&[t, u], 1 << 20);
+        assert_ne!(split("ab", "c"), split("a", "bc"));
     }
 }

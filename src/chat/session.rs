@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::envelope::{self, encode, encode_error, ClientMsg, ErrorCode, Inbound, Recipient};
 use super::router::{ChatApp, DisconnectInfo, Request, SessionInfo};
-use super::{conversation_shard, home_shard, post, ChatMsg, Delivery, UserKey};
+use super::{home_shard, post, ChatMsg, Delivery, UserKey};
 use crate::app::Response;
 use crate::auth::Identity;
 use crate::http::parse::RequestHead;
@@ -25,55 +25,20 @@ use crate::store::{ConversationKey, MessageId, NewMessage, Target};
 use crate::ws::codec::encode_text;
 use crate::ws::WsHandler;
 
-/// An HTTP refusal of an upgrade, with a JSON body `{"error": code, "message": ...}`.
-pub fn refusal(status: u16, code: &str, message: &str) -> Response {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: &'a str,
-        message: &'a str,
-    }
-    let body = serde_json::to_vec(&Body { error: code, message }).unwrap_or_default();
-    let mut r = Response::new(status, "application/json", body);
-    if status == 401 {
-        r.headers.push(("WWW-Authenticate", "Bearer".into()));
-    }
-    r
-}
-
 /// Decides an upgrade to `/ws`: origin (403), token (401), then the application's
 /// `on_connect`. Nothing is allocated for the session unless all pass.
 pub fn accept(shard: &Shard, head: &RequestHead) -> Result<Rc<NativeWs>, Response> {
-    let node = &shard.node;
-    if !node.origins.allows(head.header("origin"), head.header("host")) {
-        metrics::add(&shard.stats.origin_refused, 1);
-        return Err(refusal(403, "origin_not_allowed", "this Origin may not connect"));
-    }
+    crate::app::check_origin(shard, head)?;
     let token = crate::auth::token_from_request(head);
-    let identity = match node.auth.authenticate(token.as_deref(), unix_now()) {
-        Ok(i) => i,
-        Err(e) => {
-            metrics::add(&shard.stats.auth_failures, 1);
-            return Err(refusal(401, e.code(), &e.to_string()));
-        }
-    };
-    let max = node.config.limits.max_name_bytes;
-    if validate_name("user", &identity.user_id, max).is_err() || validate_name("tenant", &identity.tenant, max).is_err()
-    {
-        metrics::add(&shard.stats.auth_failures, 1);
-        return Err(refusal(401, "invalid_identity", "the token's user or tenant is not a valid name"));
-    }
+    let identity =
+        crate::app::identify(shard, token.as_deref()).map_err(|e| Response::refusal(401, e.code(), &e.to_string()))?;
     let app = shard.apps.chat.clone();
     if let Some(app) = &app {
         if let Err(r) = app.connect(&identity, head) {
-            return Err(refusal(r.status, "refused", &r.message));
+            return Err(Response::refusal(r.status, "refused", &r.message));
         }
     }
     Ok(Rc::new(NativeWs::new(shard, identity, app)))
-}
-
-/// Seconds since the Unix epoch, for token expiry checks.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// One native session's state; the handler object is per connection.
@@ -180,7 +145,7 @@ impl NativeWs {
                         (ConversationKey::room(tenant, &r), Target::Room(r), Delivery::Room(key))
                     }
                 };
-                let owner = conversation_shard(&conversation, shards);
+                let owner = conversation.owner_shard(shards);
                 let new = NewMessage {
                     tenant: tenant.clone(),
                     conversation,
@@ -209,7 +174,7 @@ impl NativeWs {
                     }
                 }
                 let conversation = ConversationKey::direct(&self.identity.tenant, &self.identity.user_id, &peer_id);
-                let owner = conversation_shard(&conversation, shards);
+                let owner = conversation.owner_shard(shards);
                 let msg = ChatMsg::Read {
                     tenant: self.identity.tenant.clone(),
                     reader: self.identity.user_id.clone(),
@@ -303,7 +268,7 @@ impl NativeWs {
                         ConversationKey::room(tenant, &room)
                     }
                 };
-                let owner = conversation_shard(&conversation, shards);
+                let owner = conversation.owner_shard(shards);
                 let msg = ChatMsg::History {
                     conversation,
                     before,

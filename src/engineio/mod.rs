@@ -571,8 +571,8 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
         return RequestError::BadRequest.response(head, cfg);
     }
     let mut r = match (&q.sid, head.method) {
-        (None, Method::Get) => match admit(shard, head) {
-            Ok(identity) => handshake(shard, app, identity),
+        (None, Method::Get) => match crate::app::admit(shard, head) {
+            Ok(identity) => handshake(shard, app, identity.map(Rc::new)),
             // A refused origin gets no CORS headers: its page may not read the answer.
             Err(refused) if refused.status == 403 => return refused,
             Err(refused) => refused,
@@ -644,25 +644,6 @@ fn payload_response(s: &EioSession) -> Response {
     let mut body = Vec::with_capacity(64);
     packet::encode_payload(&packets, &mut body);
     Response::new(200, "text/plain; charset=UTF-8", body)
-}
-
-/// Decides a new session's handshake before anything is created: an Origin the policy
-/// refuses gets 403, a token that is given but invalid gets 401. A missing token is not an
-/// error here; Socket.IO asks for one in CONNECT.
-pub fn admit(shard: &Shard, head: &RequestHead) -> Result<Option<Rc<crate::auth::Identity>>, Response> {
-    let node = &shard.node;
-    if !node.origins.allows(head.header("origin"), head.header("host")) {
-        crate::metrics::add(&shard.stats.origin_refused, 1);
-        return Err(crate::chat::session::refusal(403, "origin_not_allowed", "this Origin may not connect"));
-    }
-    let Some(token) = crate::auth::token_from_request(head) else { return Ok(None) };
-    match node.auth.authenticate(Some(&token), crate::chat::session::unix_now()) {
-        Ok(identity) => Ok(Some(Rc::new(identity))),
-        Err(e) => {
-            crate::metrics::add(&shard.stats.auth_failures, 1);
-            Err(crate::chat::session::refusal(401, e.code(), &e.to_string()))
-        }
-    }
 }
 
 fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, identity: Option<Rc<crate::auth::Identity>>) -> Response {

@@ -33,8 +33,8 @@ use session::{Conn, Enqueued, FrameKind, Phase, SessionId};
 pub enum ShardMsg {
     /// A frame for one session owned by the receiving shard.
     ToSession { id: SessionId, frame: Bytes },
-    /// A frame for every local member of `room` on the receiving shard.
-    ToRoom { room: Arc<str>, frame: Bytes },
+    /// A frame for every local member of `room` on the receiving shard, but `except`.
+    ToRoom { room: Arc<str>, frame: Bytes, except: Option<SessionId> },
     /// An Engine.IO polling request that reached shard `from` for a session this shard owns
     /// (no sticky sessions: any shard may receive any request).
     EioPoll { from: usize, token: u64, sid: String, post: bool, body: Bytes },
@@ -397,15 +397,16 @@ impl Shard {
             metrics::add(&self.stats.limit_shard, 1);
             return None;
         }
+        let entry = conns.vacant_entry();
+        let slot = u32::try_from(entry.key()).ok()?;
+        let shard = u16::try_from(self.index).ok()?;
+        // Last: once counted against the node, the connection is registered.
         if !self.node.connections.try_acquire(self.node.config.max_connections) {
             metrics::add(&self.stats.limit_node, 1);
             return None;
         }
         let generation = self.next_generation.get().wrapping_add(1);
         self.next_generation.set(generation);
-        let entry = conns.vacant_entry();
-        let slot = u32::try_from(entry.key()).ok()?;
-        let shard = u16::try_from(self.index).ok()?;
         let conn = Rc::new(Conn::new(
             SessionId::new(shard, slot, generation),
             fd,
@@ -537,31 +538,32 @@ impl Shard {
         c.enqueue(FrameKind::Close, encode_close(code, text));
     }
 
-    /// Sends an encoded frame to a session on any shard of this node. The local case never
-    /// touches a ring.
-    pub async fn send_to(&self, id: SessionId, frame: Bytes) {
+    /// Sends an encoded frame to a session on any shard of this node, without waiting (other
+    /// shards through [`Shard::post`]). The local case never touches a ring.
+    pub fn send_to(&self, id: SessionId, frame: Bytes) {
         if usize::from(id.shard) == self.index {
             if let Some(c) = self.session(id) {
                 self.deliver(&c, frame);
             }
-            return;
+        } else {
+            self.post(usize::from(id.shard), ShardMsg::ToSession { id, frame });
         }
-        self.push_ring(usize::from(id.shard), ShardMsg::ToSession { id, frame }).await;
     }
 
-    /// Sends an encoded frame to every member of `room` on every shard of this node: encoded
-    /// once, the same bytes go to each shard and each member.
-    pub async fn broadcast_room(&self, room: &Arc<str>, frame: Bytes) {
-        self.deliver_room(room, &frame);
-        for to in 0..self.node.config.shards.len() {
+    /// Sends an encoded frame to every member of `room` on every shard of this node, but
+    /// `except`: encoded once, the same bytes go to each shard and each member. Other shards are
+    /// reached with [`Shard::post`], so it never waits.
+    pub fn post_room(&self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) {
+        self.deliver_room(room, &frame, except);
+        for to in 0..self.shard_count() {
             if to != self.index {
-                self.push_ring(to, ShardMsg::ToRoom { room: room.clone(), frame: frame.clone() }).await;
+                self.post(to, ShardMsg::ToRoom { room: room.clone(), frame: frame.clone(), except });
             }
         }
     }
 
-    fn deliver_room(&self, room: &str, frame: &Bytes) {
-        let members: Vec<SessionId> = self.rooms.borrow().members(room).collect();
+    fn deliver_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) {
+        let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {
                 self.deliver(&c, frame.clone());
@@ -576,7 +578,7 @@ impl Shard {
                     self.deliver(&c, frame);
                 }
             }
-            ShardMsg::ToRoom { room, frame } => self.deliver_room(&room, &frame),
+            ShardMsg::ToRoom { room, frame, except } => self.deliver_room(&room, &frame, except),
             ShardMsg::EioPoll { from, token, sid, post, body } => {
                 let shard = self.clone();
                 monoio::spawn(async move {

@@ -723,7 +723,6 @@ impl SocketIo {
         let identity = match authenticate(shard, eio, auth) {
             Ok(i) => i,
             Err(e) => {
-                crate::metrics::add(&shard.stats.auth_failures, 1);
                 let data = format!(
                     "{{\"message\":{},\"data\":{{\"code\":{},\"message\":{}}}}}",
                     json_string(e.code()),
@@ -887,7 +886,7 @@ fn authenticate(
             return Ok(i.clone());
         }
     }
-    shard.node.auth.authenticate(token.as_deref(), crate::chat::session::unix_now()).map(Rc::new)
+    crate::app::identify(shard, token.as_deref()).map(Rc::new)
 }
 
 /// A Socket.IO socket id: 120 random bits as 20 base64url characters.

@@ -126,13 +126,31 @@ impl ConversationKey {
     /// shard count. Stable across processes and builds, unlike `std`'s randomised hasher, so all
     /// shards and nodes agree. `shards` of 0 is treated as 1.
     pub fn owner_shard(&self, shards: usize) -> usize {
-        (fnv1a(self.0.as_bytes()) % shards.max(1) as u64) as usize
+        stable_shard(&[&self.0], shards)
     }
 }
 
+/// The shard that owns the state named by `parts` (a user's: tenant and user id): FNV-1a 64 of
+/// the parts, each followed by a 0 byte (names never hold one), modulo the shard count. The
+/// same on every shard, process and build; `shards` of 0 is treated as 1.
+pub fn stable_shard(parts: &[&str], shards: usize) -> usize {
+    let mut h = FNV_OFFSET;
+    for p in parts {
+        h = fnv1a_from(h, p.as_bytes());
+        h = fnv1a_from(h, &[0]);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bits: tiny, and the same everywhere.
+#[cfg(test)]
 fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+fn fnv1a_from(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
