@@ -105,17 +105,15 @@ pub fn resolve(s: &LimitsSection) -> Result<LimitsConfig, LimitsConfigError> {
 }
 
 impl Default for LimitsConfig {
+    /// What the file's defaults resolve to.
     fn default() -> Self {
-        // The defaults of the file section always resolve.
-        match resolve(&LimitsSection::default()) {
-            Ok(c) => c,
-            Err(_) => LimitsConfig {
-                max_connections_per_ip: 0,
-                rate: None,
-                max_rooms_per_session: 100,
-                max_name_bytes: 128,
-                max_presence_subscriptions: 1000,
-            },
+        let s = LimitsSection::default();
+        LimitsConfig {
+            max_connections_per_ip: s.max_connections_per_ip,
+            rate: Some(RateLimit { per_second: s.message_rate, burst: s.message_burst }),
+            max_rooms_per_session: s.max_rooms_per_session,
+            max_name_bytes: s.max_name_bytes,
+            max_presence_subscriptions: s.max_presence_subscriptions,
         }
     }
 }
@@ -295,6 +293,20 @@ mod tests {
         let free: Vec<_> = (0..10).map(|_| c.try_acquire(a, 0).unwrap()).collect();
         assert_eq!(c.count(a), 0);
         drop(free);
+    }
+
+    #[test]
+    fn the_default_is_what_the_file_defaults_resolve_to() {
+        let d = LimitsConfig::default();
+        let r = resolve(&LimitsSection::default()).unwrap();
+        assert_eq!(
+            (d.rate, d.max_rooms_per_session, d.max_name_bytes),
+            (r.rate, r.max_rooms_per_session, r.max_name_bytes)
+        );
+        assert_eq!(
+            (d.max_connections_per_ip, d.max_presence_subscriptions),
+            (r.max_connections_per_ip, r.max_presence_subscriptions)
+        );
     }
 
     #[test]

@@ -683,3 +683,34 @@ fn a_long_offline_queue_is_pushed_at_the_pace_of_the_client() {
         );
     }
 }
+
+#[test]
+fn presence_subscriptions_sessions_per_user_and_content_size_are_bounded() {
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.limits.max_presence_subscriptions = 2;
+        f.chat.max_sessions_per_user = 2;
+        f.store.max_body_bytes = 16;
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    alice.send(json!({"type": "presence:subscribe", "data": {"userIds": ["bob", "carol"]}}));
+    alice.recv_type("presence");
+    alice.recv_type("presence");
+    alice.send(json!({"type": "presence:subscribe", "data": {"userIds": ["dave"]}}));
+    assert_eq!(alice.recv_type("error")["data"]["code"], "too_many");
+    alice.send(json!({"type": "presence:subscribe", "data": {"userIds": ["bob"]}}));
+    alice.send(json!({"type": "ping"}));
+    assert_eq!(alice.recv()["type"], "pong", "following someone again is not a new subscription");
+
+    alice.chat_to("bob", "big", &"x".repeat(17));
+    let e = alice.recv();
+    assert_eq!((e["data"]["code"].as_str(), e["data"]["msgId"].as_str()), (Some("too_large"), Some("big")));
+    alice.chat_to("bob", "fits", &"x".repeat(16));
+    assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+
+    // A third device of bob's kicks the oldest under `allow` with two sessions at most.
+    let (mut first, _) = Client::connect(a, "t-bob");
+    let (_second, _) = Client::connect(b, "t-bob");
+    let (_third, _) = Client::connect(a, "t-bob");
+    assert_eq!(first.recv_type("kicked")["data"]["reason"], "duplicate_login");
+    assert_eq!(first.close_code(), Some(4001));
+}

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use imks::chat::router::{ChatApp, HandlerError, Initiator, Logging, Reject, Request, Timeout};
+use imks::chat::router::{
+    ChatApp, HandlerError, HandlerFuture, Initiator, Logging, Middleware, Next, Reject, Request, Timeout,
+};
 use imks::config::file::FileConfig;
 use imks::node::AppFactories;
 use imks::{Config, Node};
@@ -36,9 +38,27 @@ impl imks::membership::MembershipSource for VipOnly {
     }
 }
 
+/// An application layer: refuses `app:guarded` before any handler runs, and records the order
+/// layers run in.
+struct Guard(Log, &'static str);
+
+impl Middleware for Guard {
+    fn call(&self, req: Request, next: Next) -> HandlerFuture {
+        if req.kind == "app:guarded" {
+            self.0.lock().unwrap().push(format!("layer {}", self.1));
+        }
+        if req.kind == "app:guarded" && self.1 == "inner" {
+            return Box::pin(async { Err(HandlerError::Refused { code: "guarded".into(), message: "no".into() }) });
+        }
+        next.run(req)
+    }
+}
+
 fn app(log: Log) -> ChatApp {
-    let (l1, l2) = (log.clone(), log);
+    let (l1, l2) = (log.clone(), log.clone());
     ChatApp::new()
+        .layer(Guard(log.clone(), "outer"))
+        .layer(Guard(log, "inner"))
         .layer(Logging)
         .layer(Timeout(Duration::from_millis(200)))
         .route("app:echo", |req: Request| async move { Ok(Some(json!({"echo": req.data::<Value>()?}))) })
@@ -55,6 +75,7 @@ fn app(log: Log) -> ChatApp {
             monoio::time::sleep(Duration::from_secs(5)).await;
             Ok(None)
         })
+        .route("app:guarded", |_req: Request| async move { Ok(Some(json!("the handler ran"))) })
         .route("app:refuse", |_req: Request| async move {
             Err(HandlerError::Refused { code: "nope".into(), message: "refused by the app".into() })
         })
@@ -152,6 +173,13 @@ fn routes_middleware_and_hooks() {
     let e = call(&mut alice, "app:refuse", json!({}));
     assert_eq!((e["data"]["code"].as_str(), e["data"]["message"].as_str()), (Some("nope"), Some("refused by the app")));
     assert_eq!(call(&mut alice, "app:echo", json!({"n": 2}))["data"]["echo"]["n"], 2);
+    // Layers run in the order added, and one may answer instead of the handler.
+    assert_eq!(call(&mut alice, "app:guarded", json!({}))["data"]["code"], "guarded");
+    {
+        let log = log.lock().unwrap();
+        let layers: Vec<&String> = log.iter().filter(|l| l.starts_with("layer")).collect();
+        assert_eq!(layers, ["layer outer", "layer inner"]);
+    }
     // `data` must be an object: anything else is refused before any handler runs.
     assert_eq!(call(&mut alice, "app:echo", json!(2))["data"]["code"], "bad_envelope");
     let again = client(a, "t-bob");

@@ -380,7 +380,7 @@ pub async fn worker(shard: Rc<Shard>) {
 /// The `chat` message a recipient receives.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Delivered<'a> {
+struct ChatOut<'a> {
     msg_id: String,
     from_user_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -394,12 +394,12 @@ struct Delivered<'a> {
     client_msg_id: Option<&'a str>,
 }
 
-fn delivered(m: &Message) -> Delivered<'_> {
+fn chat_out(m: &Message) -> ChatOut<'_> {
     let (to_user_id, room_id) = match &m.target {
         Target::User(u) => (Some(&**u), None),
         Target::Room(r) => (None, Some(&**r)),
     };
-    Delivered {
+    ChatOut {
         msg_id: m.id.to_string(),
         from_user_id: &m.author,
         to_user_id,
@@ -416,11 +416,11 @@ fn encode_history(id: Option<&str>, page: &crate::store::Page) -> String {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct History<'a> {
-        messages: Vec<Delivered<'a>>,
+        messages: Vec<ChatOut<'a>>,
         next_cursor: Option<String>,
     }
     let h = History {
-        messages: page.messages.iter().filter(|m| !m.deleted).map(delivered).collect(),
+        messages: page.messages.iter().filter(|m| !m.deleted).map(chat_out).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     };
     encode("history", id, &h)
@@ -428,7 +428,7 @@ fn encode_history(id: Option<&str>, page: &crate::store::Page) -> String {
 
 /// Encodes a stored message as the `chat` a recipient gets.
 pub fn encode_message(m: &Message) -> Bytes {
-    crate::ws::codec::encode_text(&encode("chat", None, &delivered(m)))
+    crate::ws::codec::encode_text(&encode("chat", None, &chat_out(m)))
 }
 
 fn text(s: String) -> Bytes {

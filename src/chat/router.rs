@@ -379,7 +379,6 @@ impl ChatApp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
 
     fn block_on(f: HandlerFuture) -> HandlerResult {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().unwrap();
@@ -413,35 +412,15 @@ mod tests {
         assert!(ChatApp::new().handler_for("x").is_none());
     }
 
-    struct Tag(&'static str, Rc<RefCell<Vec<&'static str>>>);
-    impl Middleware for Tag {
-        fn call(&self, req: Request, next: Next) -> HandlerFuture {
-            self.1.borrow_mut().push(self.0);
-            next.run(req)
-        }
-    }
-
     #[test]
-    fn middleware_runs_in_order_and_recovery_catches_panics() {
-        // Layers are exercised without a shard: a Request needs one, so build the chain by
-        // hand around a handler that ignores it.
-        let seen = Rc::new(RefCell::new(Vec::new()));
-        let layers: Rc<[Rc<dyn Middleware>]> =
-            vec![Rc::new(Tag("outer", seen.clone())) as Rc<dyn Middleware>, Rc::new(Tag("inner", seen.clone()))].into();
-        assert_eq!(layers.len(), 2);
-        let f: HandlerFuture = Box::pin(async { panic!("boom") });
+    fn catch_unwind_turns_a_panic_while_polling_into_an_error() {
+        let f: HandlerFuture = Box::pin(async {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            panic!("boom")
+        });
         assert_eq!(block_on(Box::pin(CatchUnwind(f))), Err(HandlerError::Panicked));
-        let slow: HandlerFuture = Box::pin(async {
-            monoio::time::sleep(Duration::from_secs(5)).await;
-            Ok(None)
-        });
-        let limited: HandlerFuture = Box::pin(async move {
-            monoio::select! {
-                r = slow => r,
-                _ = monoio::time::sleep(Duration::from_millis(10)) => Err(HandlerError::Timeout(Duration::from_millis(10))),
-            }
-        });
-        assert_eq!(block_on(limited), Err(HandlerError::Timeout(Duration::from_millis(10))));
+        let fine: HandlerFuture = Box::pin(async { Ok(Some(serde_json::json!(1))) });
+        assert_eq!(block_on(Box::pin(CatchUnwind(fine))), Ok(Some(serde_json::json!(1))));
     }
 
     #[test]
