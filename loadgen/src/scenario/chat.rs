@@ -213,10 +213,7 @@ impl Behavior for Chat {
         let (load, senders, index) = (self.load, self.senders, self.index);
         let sched = self.sched.get_or_insert_with(|| Sched::new(load, senders, index, cx.run.control.start_ns()));
         let end = cx.run.control.planned_end();
-        let limit = match *sched {
-            Sched::Open { .. } => self.max_inflight,
-            Sched::Closed { window } => window,
-        };
+        let limit = sched.in_flight_limit(self.max_inflight);
         loop {
             let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
                 Ok(t) => t,

@@ -174,6 +174,14 @@ impl Sched {
         }
     }
 
+    /// How many messages may be in flight: the window in closed loop, `open_max` in open loop.
+    pub fn in_flight_limit(&self, open_max: usize) -> usize {
+        match *self {
+            Sched::Open { .. } => open_max,
+            Sched::Closed { window } => window,
+        }
+    }
+
     pub fn advance(&mut self) {
         if let Sched::Open { base, interval, k, next } = self {
             *k += 1;

@@ -78,10 +78,7 @@ impl Behavior for RoundTrip {
         let (load, senders, sender) = (self.load, self.senders, self.sender);
         let sched = self.sched.get_or_insert_with(|| Sched::new(load, senders, sender, cx.run.control.start_ns()));
         let end = cx.run.control.planned_end();
-        let limit = match *sched {
-            Sched::Open { .. } => self.max_inflight,
-            Sched::Closed { window } => window,
-        };
+        let limit = sched.in_flight_limit(self.max_inflight);
         loop {
             let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
                 Ok(t) => t,
