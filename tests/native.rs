@@ -714,3 +714,65 @@ fn presence_subscriptions_sessions_per_user_and_content_size_are_bounded() {
     assert_eq!(first.recv_type("kicked")["data"]["reason"], "duplicate_login");
     assert_eq!(first.close_code(), Some(4001));
 }
+
+/// A client that stops reading while stored messages pile up for it (more than
+/// `store.max_offline_per_user` waiting behind a full send queue) is closed as a slow consumer,
+/// and what it had not received is queued for its next login rather than dropped.
+#[test]
+fn a_client_that_stops_reading_is_closed_and_its_waiting_messages_go_offline() {
+    const N: usize = 600;
+    // Bob's shard (1) has a tiny send queue; alice's keeps the default for her acks.
+    let (_node, _) = start_full(
+        "io_uring",
+        2,
+        |f| {
+            static_auth(f);
+            f.limits.message_rate = 0;
+            f.store.max_offline_per_user = 64;
+            // Give up on the stuck socket quickly.
+            f.websocket.close_timeout_ms = 300;
+            f.websocket.write_timeout_ms = 300;
+            f.server.tick_ms = 20;
+        },
+        |c| {
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.shards[1].send_queue_len = 4;
+        },
+    );
+    let (a, b) = (_node.shard_addrs(0)[0], _node.shard_addrs(1)[0]);
+    // Bob's socket takes little: the server's writes to it stall soon.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&b.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, _) = tungstenite::client::client(format!("ws://{b}/ws?token=t-bob"), stream).unwrap();
+    let mut bob = Client { ws };
+    assert_eq!(bob.recv()["type"], "connected");
+    let (alice, _) = Client::connect(a, "t-alice");
+    let mut writer: TcpStream = alice.ws.get_ref().try_clone().unwrap();
+    let body = "y".repeat(16_000);
+    let mut batch = Vec::new();
+    for i in 0..N {
+        let text =
+            json!({"type":"chat","data":{"msgId": format!("s{i}"),"toUserId":"bob","content": body}}).to_string();
+        batch.extend_from_slice(&frame(true, 1, text.as_bytes(), true));
+    }
+    let send = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    let mut alice = alice;
+    let mut sent = 0;
+    while sent < N {
+        if alice.recv_type("ack")["data"]["status"] == "sent" {
+            sent += 1;
+        }
+    }
+    send.join().unwrap();
+    let slow = || metric_sum(a, "imks_closes_total{shard=\"1\",reason=\"slow_consumer\"");
+    assert!(wait_until(Duration::from_secs(10), || slow() >= 1), "bob was not closed as a slow consumer");
+    // Its close frame waits behind the bytes bob never read; the server gives up on the write.
+    drop(bob);
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_chat_offline_queued_total") >= 1));
+    let (mut again, _) = Client::connect(a, "t-bob");
+    assert_eq!(again.recv_type("chat")["data"]["content"].as_str().map(str::len), Some(16_000));
+}
