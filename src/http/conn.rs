@@ -35,7 +35,45 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         return;
     };
     let mut ip = Some(ip);
-    let reason = http_loop(&shard, &conn, stream, &mut ip).await;
+    match http_loop(&shard, &conn, stream, &mut ip).await {
+        Ended::Closed(reason) => {
+            shard.unregister(&conn);
+            shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
+        }
+        Ended::Upgraded(stream, leftover, handler) => {
+            // The session runs as a task of its own, so this one ends and frees everything the
+            // HTTP phase needed: a long-lived session keeps only its own state.
+            monoio::spawn(websocket(shard, conn, stream, leftover, handler, ip));
+        }
+    }
+}
+
+/// How the HTTP phase of a connection ended.
+enum Ended {
+    /// The connection is closed (or moved to another shard), for this reason.
+    Closed(CloseReason),
+    /// It was upgraded to a WebSocket session served on this shard, starting with `leftover`.
+    Upgraded(TcpStream, Vec<u8>, Rc<dyn crate::ws::WsHandler>),
+}
+
+impl From<CloseReason> for Ended {
+    fn from(reason: CloseReason) -> Self {
+        Ended::Closed(reason)
+    }
+}
+
+/// Serves an upgraded connection's WebSocket session until it closes, then removes it from the
+/// shard. `ip` is the connection's count against its address, held until then.
+async fn websocket(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    handler: Rc<dyn crate::ws::WsHandler>,
+    ip: Option<crate::limits::IpGuard>,
+) {
+    let _ip = ip;
+    let reason = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
     shard.unregister(&conn);
     shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
 }
@@ -61,7 +99,7 @@ async fn http_loop(
     conn: &Rc<Conn>,
     mut stream: TcpStream,
     ip: &mut Option<crate::limits::IpGuard>,
-) -> CloseReason {
+) -> Ended {
     let cfg = &shard.node.config.http;
     let limits =
         Limits { max_head_bytes: cfg.max_head_bytes, max_headers: cfg.max_headers, max_body_bytes: cfg.max_body_bytes };
@@ -79,7 +117,7 @@ async fn http_loop(
                     let body = format!("{e}\n");
                     write_response(&mut out, e.status(), "text/plain", &[], body.as_bytes(), false, &http_date());
                     let _ = flush(shard, conn, &mut stream, &mut out).await;
-                    return error_reason(&e);
+                    return error_reason(&e).into();
                 }
             };
             let body_end = start + head.head_len + head.content_length;
@@ -94,30 +132,22 @@ async fn http_loop(
                     Ok(accept) => {
                         write_upgrade_response(&mut out, &accept, None);
                         if flush(shard, conn, &mut stream, &mut out).await.is_err() {
-                            return CloseReason::Io;
+                            return CloseReason::Io.into();
                         }
-                        let leftover = buf[body_end..].to_vec();
-                        // The session can last for days: keep none of the HTTP state alive
-                        // across it (the read and write buffers, the parsed head).
-                        drop((buf, out, head));
-                        // Boxed, like every large and once-per-connection future below: the
-                        // connection task then keeps only its own small state for as long as
-                        // the session lasts, not the largest of all its states.
-                        let session = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler);
-                        return Box::pin(session).await;
+                        return Ended::Upgraded(stream, buf[body_end..].to_vec(), handler);
                     }
                     Err(e) => {
                         handshake_error(&mut out, &e);
                         let _ = flush(shard, conn, &mut stream, &mut out).await;
-                        return CloseReason::Protocol;
+                        return CloseReason::Protocol.into();
                     }
                 },
                 Route::HandOff { owner, sid } => {
-                    return match validate_upgrade(&head) {
+                    return Ended::Closed(match validate_upgrade(&head) {
                         Ok(accept) => {
                             write_upgrade_response(&mut out, &accept, None);
                             if flush(shard, conn, &mut stream, &mut out).await.is_err() {
-                                return CloseReason::Io;
+                                return CloseReason::Io.into();
                             }
                             Box::pin(hand_off(shard, stream, owner, sid, buf[body_end..].to_vec(), ip.take())).await
                         }
@@ -126,7 +156,7 @@ async fn http_loop(
                             let _ = flush(shard, conn, &mut stream, &mut out).await;
                             CloseReason::Protocol
                         }
-                    };
+                    });
                 }
                 Route::Http(r) => {
                     let body = &buf[start + head.head_len..body_end];
@@ -137,16 +167,20 @@ async fn http_loop(
             start = body_end;
             if !keep_alive {
                 let _ = flush(shard, conn, &mut stream, &mut out).await;
-                return if shard.stopping.is_set() { CloseReason::Shutdown } else { CloseReason::Client };
+                return Ended::Closed(if shard.stopping.is_set() {
+                    CloseReason::Shutdown
+                } else {
+                    CloseReason::Client
+                });
             }
         }
         buf.drain(..start);
         if !out.is_empty() && flush(shard, conn, &mut stream, &mut out).await.is_err() {
-            return CloseReason::Io;
+            return CloseReason::Io.into();
         }
         if buf.is_empty() {
             if shard.stopping.is_set() {
-                return CloseReason::Shutdown;
+                return CloseReason::Shutdown.into();
             }
             set_phase(conn, Phase::HttpIdle, cfg.idle_timeout);
         } else if conn.phase.get() != Phase::HttpHead {
@@ -163,7 +197,7 @@ async fn http_loop(
         buf = slice.into_inner();
         match res {
             Ok(0) => {
-                return match conn.close_reason.get() {
+                return Ended::Closed(match conn.close_reason.get() {
                     Some(CloseReason::HeaderTimeout) => {
                         write_response(
                             &mut out,
@@ -179,10 +213,10 @@ async fn http_loop(
                     }
                     Some(r) => r,
                     None => CloseReason::Client,
-                };
+                });
             }
             Ok(n) => metrics::add(&shard.stats.bytes_in, n as u64),
-            Err(_) => return conn.close_reason.get().unwrap_or(CloseReason::Io),
+            Err(_) => return conn.close_reason.get().unwrap_or(CloseReason::Io).into(),
         }
     }
 }
@@ -218,15 +252,11 @@ pub async fn serve_adopted(
     handler: Rc<dyn crate::ws::WsHandler>,
     ip: Option<crate::limits::IpGuard>,
 ) {
-    // Held until the socket closes here: it still counts against its address.
-    let _ip = ip;
     let Some(conn) = shard.register(stream.as_raw_fd()) else {
         shard.stats.closed(CloseReason::Limit);
         return;
     };
-    let reason = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
-    shard.unregister(&conn);
-    shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
+    websocket(shard, conn, stream, leftover, handler, ip).await;
 }
 
 fn set_phase(conn: &Conn, phase: Phase, timeout: std::time::Duration) {
