@@ -100,12 +100,25 @@ impl WsError {
 
 /// The in-memory "socket" tungstenite is driven over: reads come from the fed bytes, writes
 /// land in the output the driver collects with [`WsCodec::take_output`].
+///
+/// Reads only ever hand tungstenite whole frames. Frame headers are cheap to measure, and a
+/// decoder that never holds part of a frame can be let go whenever the fed input is used up
+/// between messages (see [`WsCodec::release_if_idle`]), which is most of an idle session's
+/// life. A header announcing a frame over the size limit is handed over at once, so the
+/// limit is still enforced as soon as the header arrives.
 #[derive(Debug, Default)]
 struct Buffers {
     /// Fed bytes; those before `read_pos` were already handed to tungstenite.
     input: Vec<u8>,
-    /// How far tungstenite has read into `input`. Never beyond `input.len()`.
+    /// How far tungstenite has read into `input`. Never beyond `framed`.
     read_pos: usize,
+    /// End of the whole frames measured in `input`: what tungstenite may read.
+    framed: usize,
+    /// Whether the frames measured so far leave a fragmented message unfinished.
+    in_fragment: bool,
+    /// Set once a frame over the size limit was announced: from then on every fed byte is
+    /// handed over as it comes, and tungstenite reports the error.
+    unframed: bool,
     /// Bytes tungstenite wants written to the peer.
     output: Vec<u8>,
 }
@@ -113,24 +126,95 @@ struct Buffers {
 impl Buffers {
     /// Appends freshly read socket bytes, first dropping the consumed prefix so the buffer
     /// only ever holds bytes tungstenite has not seen yet.
-    fn feed(&mut self, bytes: &[u8]) {
+    fn feed(&mut self, bytes: &[u8], max_frame_bytes: usize) {
         if bytes.is_empty() {
             return;
         }
         if self.read_pos > 0 {
             self.input.drain(..self.read_pos.min(self.input.len()));
+            self.framed -= self.read_pos.min(self.framed);
             self.read_pos = 0;
         }
         self.input.extend_from_slice(bytes);
+        self.measure(max_frame_bytes);
+    }
+
+    /// Advances `framed` over every whole frame now in `input`.
+    fn measure(&mut self, max_frame_bytes: usize) {
+        while !self.unframed {
+            match frame_extent(&self.input[self.framed..], max_frame_bytes) {
+                Extent::Whole { len, first } => {
+                    self.framed += len;
+                    match first & 0x0F {
+                        // A data frame starts a message, finished unless FIN is clear.
+                        0x1 | 0x2 => self.in_fragment = first & 0x80 == 0,
+                        // A final continuation finishes it.
+                        0x0 if first & 0x80 != 0 => self.in_fragment = false,
+                        _ => {}
+                    }
+                }
+                Extent::Partial => break,
+                Extent::TooBig => self.unframed = true,
+            }
+        }
+        if self.unframed {
+            self.framed = self.input.len();
+        }
+    }
+
+    /// Whether every fed byte was handed over, and tungstenite holds no partial frame or
+    /// message: it then holds nothing worth keeping.
+    fn at_rest(&self) -> bool {
+        self.read_pos == self.framed && !self.in_fragment && !self.unframed
+    }
+}
+
+/// How much of a byte stream the frame at its start takes.
+enum Extent {
+    /// The whole frame is there: `len` bytes, header included; `first` is its first byte.
+    Whole { len: usize, first: u8 },
+    /// Only part of it is.
+    Partial,
+    /// Its header announces a payload over the frame size limit.
+    TooBig,
+}
+
+/// Measures the frame at the start of `bytes` from its header (RFC 6455 5.2) without
+/// checking anything else: tungstenite validates the frame once it has all of it.
+fn frame_extent(bytes: &[u8], max_frame_bytes: usize) -> Extent {
+    let (Some(&first), Some(&second)) = (bytes.first(), bytes.get(1)) else {
+        return Extent::Partial;
+    };
+    let (len_bytes, payload) = match second & 0x7F {
+        126 => match bytes.get(2..4) {
+            Some(b) => (2, u64::from(u16::from_be_bytes([b[0], b[1]]))),
+            None => return Extent::Partial,
+        },
+        127 => match bytes.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (8, u64::from_be_bytes(b)),
+            None => return Extent::Partial,
+        },
+        len => (0, u64::from(len)),
+    };
+    if payload > max_frame_bytes as u64 {
+        return Extent::TooBig;
+    }
+    let mask_bytes = if second & 0x80 != 0 { 4 } else { 0 };
+    // Cannot overflow: payload <= max_frame_bytes, a usize.
+    let len = 2 + len_bytes + mask_bytes + payload as usize;
+    if bytes.len() < len {
+        Extent::Partial
+    } else {
+        Extent::Whole { len, first }
     }
 }
 
 impl Read for Buffers {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let pending = self.input.get(self.read_pos..).unwrap_or(&[]);
+        let pending = self.input.get(self.read_pos..self.framed).unwrap_or(&[]);
         if pending.is_empty() {
             // Not EOF (`Ok(0)` would make tungstenite report a reset without a close
-            // handshake): the driver simply has not fed more yet.
+            // handshake): the driver simply has not fed (the rest of a frame) yet.
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = pending.len().min(buf.len());
@@ -139,6 +223,7 @@ impl Read for Buffers {
         if self.read_pos == self.input.len() {
             self.input.clear();
             self.read_pos = 0;
+            self.framed = 0;
             if self.input.capacity() > RETAINED_INPUT_BYTES {
                 self.input.shrink_to(RETAINED_INPUT_BYTES);
             }
@@ -163,8 +248,13 @@ impl Write for Buffers {
 /// driver. It does no I/O and never blocks; all state lives in memory.
 #[derive(Debug)]
 pub struct WsCodec {
-    ctx: WebSocketContext,
+    /// The decoder, made when bytes arrive and let go again by
+    /// [`release_if_idle`](Self::release_if_idle).
+    ctx: Option<Box<WebSocketContext>>,
+    limits: CodecLimits,
     io: Buffers,
+    /// Set once our own close frame went through the decoder: it must then remember that.
+    closing: bool,
     /// Set once a `Close` message was returned or an error was reported: from then on
     /// [`next_message`](Self::next_message) answers `Err(Closed)` without decoding anything.
     terminated: bool,
@@ -173,22 +263,33 @@ pub struct WsCodec {
 impl WsCodec {
     /// A codec for a freshly upgraded connection, enforcing `limits` on incoming data.
     pub fn new(limits: CodecLimits) -> Self {
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            // Hand every queued frame to our output at once; take_output flushes anyway.
-            .write_buffer_size(0)
-            .max_message_size(Some(limits.max_message_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes))
-            // RFC 6455 5.1: a server must fail the connection on an unmasked client frame.
-            .accept_unmasked_frames(false);
-        // Cannot panic: the default max_write_buffer_size (usize::MAX) exceeds write_buffer_size 0.
-        Self { ctx: WebSocketContext::new(Role::Server, Some(config)), io: Buffers::default(), terminated: false }
+        Self { ctx: None, limits, io: Buffers::default(), closing: false, terminated: false }
     }
 
     /// Appends bytes read from the socket. Call [`next_message`](Self::next_message) until it
     /// returns `Ok(None)` afterwards.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.io.feed(bytes);
+        self.io.feed(bytes, self.limits.max_frame_bytes);
+    }
+
+    /// Lets the decoder and the input buffer go when they hold nothing: every fed byte was
+    /// decoded, no message is half received and no close is under way. A session calls this
+    /// before it waits for the peer, so an idle session keeps no decoding state; the next
+    /// bytes make a fresh decoder, which is all a connection at rest between messages needs.
+    pub fn release_if_idle(&mut self) {
+        if self.closing || self.terminated || !self.io.at_rest() || !self.io.output.is_empty() {
+            return;
+        }
+        self.ctx = None;
+        if self.io.input.is_empty() {
+            self.io.input = Vec::new();
+        }
+    }
+
+    /// Whether the decoder is currently let go (for tests).
+    #[cfg(test)]
+    fn is_released(&self) -> bool {
+        self.ctx.is_none()
     }
 
     /// Decodes the next complete message from the fed bytes.
@@ -207,7 +308,10 @@ impl WsCodec {
         if self.terminated {
             return Err(WsError::Closed);
         }
-        match self.ctx.read(&mut self.io) {
+        if self.io.read_pos == self.io.framed && self.ctx.is_none() {
+            return Ok(None); // nothing whole to decode: no decoder needed yet
+        }
+        match decoder(&mut self.ctx, self.limits).read(&mut self.io) {
             Ok(msg) => {
                 if matches!(msg, Message::Close(_)) {
                     self.terminated = true;
@@ -228,9 +332,10 @@ impl WsCodec {
         // Flushing moves a queued pong or close reply into `io.output`. Once the peer's close
         // has been answered tungstenite reports ConnectionClosed here, after writing the reply;
         // our writer cannot fail, so no other error is possible.
-        if let Err(TungsteniteError::ConnectionClosed | TungsteniteError::AlreadyClosed) = self.ctx.flush(&mut self.io)
-        {
-            self.terminated = true;
+        if let Some(ctx) = self.ctx.as_deref_mut() {
+            if let Err(TungsteniteError::ConnectionClosed | TungsteniteError::AlreadyClosed) = ctx.flush(&mut self.io) {
+                self.terminated = true;
+            }
         }
         std::mem::take(&mut self.io.output)
     }
@@ -245,12 +350,13 @@ impl WsCodec {
         if self.terminated {
             return;
         }
+        self.closing = true;
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from(truncate_at_char_boundary(reason, MAX_CLOSE_REASON_BYTES)),
         };
         if let Err(TungsteniteError::ConnectionClosed | TungsteniteError::AlreadyClosed) =
-            self.ctx.close(&mut self.io, Some(frame))
+            decoder(&mut self.ctx, self.limits).close(&mut self.io, Some(frame))
         {
             self.terminated = true;
         }
@@ -262,6 +368,22 @@ impl WsCodec {
     pub fn is_terminated(&self) -> bool {
         self.terminated
     }
+}
+
+/// The decoder in `slot`, made afresh if it was let go.
+fn decoder(slot: &mut Option<Box<WebSocketContext>>, limits: CodecLimits) -> &mut WebSocketContext {
+    slot.get_or_insert_with(|| {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            // Hand every queued frame to our output at once; take_output flushes anyway.
+            .write_buffer_size(0)
+            .max_message_size(Some(limits.max_message_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes))
+            // RFC 6455 5.1: a server must fail the connection on an unmasked client frame.
+            .accept_unmasked_frames(false);
+        // Cannot panic: the default max_write_buffer_size (usize::MAX) exceeds write_buffer_size 0.
+        Box::new(WebSocketContext::new(Role::Server, Some(config)))
+    })
 }
 
 /// A frame opcode (RFC 6455 5.2).
@@ -472,8 +594,10 @@ mod tests {
         }
     }
 
-    /// Feeds `chunks` one at a time, draining after each, as the session driver does.
-    fn run_chunks<'a>(limits: CodecLimits, chunks: impl IntoIterator<Item = &'a [u8]>) -> Run {
+    /// Feeds `chunks` one at a time, draining after each, as the session driver does; with
+    /// `release`, it lets the decoder go whenever it may before the next chunk, as a session
+    /// does before it waits for its peer.
+    fn run_chunks<'a>(limits: CodecLimits, chunks: impl IntoIterator<Item = &'a [u8]>, release: bool) -> Run {
         let mut codec = WsCodec::new(limits);
         let mut events = Vec::new();
         let mut output = Vec::new();
@@ -484,21 +608,27 @@ mod tests {
             if !more {
                 break;
             }
+            if release {
+                codec.release_if_idle();
+            }
         }
         output.extend(codec.take_output());
         Run { events, output, terminated: codec.is_terminated() }
     }
 
-    /// Runs `input` whole, split in two at every byte boundary, and byte by byte, and asserts
-    /// that all runs produce the same messages, errors and output. Returns the whole-input run.
+    /// Runs `input` whole, split in two at every byte boundary (letting the decoder go between
+    /// the halves where it may), and byte by byte (with and without), and asserts that all
+    /// runs produce the same messages, errors and output. Returns the whole-input run.
     fn run_all_splits(limits: CodecLimits, input: &[u8]) -> Run {
-        let whole = run_chunks(limits, [input]);
+        let whole = run_chunks(limits, [input], false);
         for k in 0..=input.len() {
-            let split = run_chunks(limits, [&input[..k], &input[k..]]);
+            let split = run_chunks(limits, [&input[..k], &input[k..]], true);
             assert!(split == whole, "split at {k} of {} differs", input.len());
         }
-        let bytewise = run_chunks(limits, input.chunks(1));
-        assert!(bytewise == whole, "byte-by-byte run of {} bytes differs", input.len());
+        for release in [false, true] {
+            let bytewise = run_chunks(limits, input.chunks(1), release);
+            assert!(bytewise == whole, "byte-by-byte run of {} bytes differs (release {release})", input.len());
+        }
         whole
     }
 
@@ -532,7 +662,7 @@ mod tests {
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
         let mut ctx = WebSocketContext::new(Role::Client, Some(config));
         let mut io = Buffers::default();
-        io.feed(bytes);
+        io.feed(bytes, usize::MAX);
         let mut out = Vec::new();
         loop {
             match ctx.read(&mut io) {
@@ -938,6 +1068,54 @@ mod tests {
         codec.feed(&client(FIN | OP_BINARY, &pattern(200_000)));
         assert!(matches!(codec.next_message(), Ok(Some(Message::Binary(_)))));
         assert!(codec.io.input.capacity() <= RETAINED_INPUT_BYTES);
+    }
+
+    #[test]
+    fn decoder_is_let_go_only_between_messages() {
+        let mut codec = WsCodec::new(limits());
+        codec.release_if_idle();
+        assert!(codec.is_released(), "a fresh codec holds no decoder");
+        let frame = client(FIN | OP_TEXT, b"hello");
+        // Part of a frame is kept as input, but the decoder has seen none of it.
+        codec.feed(&frame[..4]);
+        assert!(matches!(codec.next_message(), Ok(None)));
+        codec.release_if_idle();
+        assert!(codec.is_released());
+        codec.feed(&frame[4..]);
+        assert_eq!(codec.next_message().ok().flatten(), Some(Message::text("hello")));
+        assert!(matches!(codec.next_message(), Ok(None)));
+        codec.release_if_idle();
+        assert!(codec.is_released());
+        assert_eq!(codec.io.input.capacity(), 0, "an idle codec keeps no input buffer");
+
+        // Half of a fragmented message: the decoder holds the first fragment.
+        codec.feed(&client(OP_TEXT, b"hel"));
+        assert!(matches!(codec.next_message(), Ok(None)));
+        codec.release_if_idle();
+        assert!(!codec.is_released(), "a half-received message must be kept");
+        codec.feed(&client(FIN | OP_CONT, b"lo"));
+        assert_eq!(codec.next_message().ok().flatten(), Some(Message::text("hello")));
+        codec.release_if_idle();
+        assert!(codec.is_released());
+
+        // A close we started must be remembered until the peer answers it.
+        codec.close(1000, "bye");
+        assert!(!codec.take_output().is_empty());
+        codec.release_if_idle();
+        assert!(!codec.is_released());
+        codec.feed(&client_close(1000, b""));
+        assert!(matches!(codec.next_message(), Ok(Some(Message::Close(_)))));
+        assert!(codec.take_output().is_empty(), "our close was already sent: no second reply");
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_at_its_header() {
+        let limits = CodecLimits { max_message_bytes: 1000, max_frame_bytes: 1000 };
+        let mut codec = WsCodec::new(limits);
+        // Only the header of a 64 KiB frame: refused before any payload arrives.
+        let header = &client(FIN | OP_BINARY, &pattern(65_536))[..14];
+        codec.feed(header);
+        assert!(matches!(codec.next_message(), Err(WsError::MessageTooBig)));
     }
 
     #[test]
