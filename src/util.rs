@@ -13,7 +13,9 @@ pub struct LocalEvent {
 impl LocalEvent {
     pub fn set(&self) {
         self.set.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
+        // Taken, not drained: an event outlives its waits, and should not keep their storage.
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
             w.wake();
         }
     }
@@ -64,6 +66,9 @@ impl Drop for Wait<'_> {
         if let Some(mine) = self.registered.take() {
             if let Ok(mut w) = self.event.waiters.try_borrow_mut() {
                 w.retain(|x| !x.will_wake(&mine));
+                if w.is_empty() {
+                    *w = Vec::new(); // a session's events mostly wait once: free the storage
+                }
             }
         }
     }

@@ -144,6 +144,11 @@ impl SendQueue {
         if self.closed {
             return Enqueued::Closed;
         }
+        if self.frames.len() == self.frames.capacity() {
+            // Double from one slot, not from std's four: an idle session keeps the storage
+            // its busiest moment needed, which for most is the handshake's one or two frames.
+            self.frames.reserve_exact(self.frames.len().max(1));
+        }
         match kind {
             FrameKind::Data | FrameKind::DataFlush if self.data >= self.limit => match self.policy {
                 Backpressure::Close => Enqueued::Overflow,
