@@ -105,6 +105,10 @@ pub struct Shard {
     pub stopping: LocalEvent,
     /// Set when the last connection is gone after `stopping`.
     drained: LocalEvent,
+    /// Where WebSocket sessions read bursts (`http.read_buffer_bytes`), one at a time: a
+    /// session copies what it read into its decoder before it awaits anything, so sessions
+    /// hold no read buffer of their own beyond a small first one.
+    pub read_scratch: RefCell<Vec<u8>>,
 }
 
 thread_local! {
@@ -201,6 +205,7 @@ async fn shard_main(init: ShardInit) {
         chat,
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
+        read_scratch: RefCell::new(vec![0; node_config.http.read_buffer_bytes]),
     });
 
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));

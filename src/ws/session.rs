@@ -1,6 +1,9 @@
-//! A WebSocket session on its shard: a reader task (this function) that decodes frames and
-//! hands messages to the endpoint, and a writer task that drains the session's bounded send
-//! queue, coalescing every queued frame into one socket write.
+//! A WebSocket session on its shard, one task with two halves: a reader that decodes frames and
+//! hands messages to the endpoint, and a writer that drains the session's bounded send queue,
+//! coalescing every queued frame into one socket write.
+//!
+//! An idle session is kept small: its pending read holds a 256-byte buffer, bursts are read
+//! into the shard's scratch buffer, and the decoder is let go between messages.
 //!
 //! Heartbeats, write stalls and the close timeout are enforced by the shard's ticker through
 //! the session's slab entry; it ends a stuck read or write by shutting the socket down.
@@ -11,7 +14,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use tungstenite::Message;
 
@@ -21,8 +24,10 @@ use crate::metrics::{self, CloseReason};
 use crate::shard::session::{Conn, Enqueued, FrameKind, Phase};
 use crate::shard::Shard;
 
-/// A session's first read buffer; it doubles up to `http.read_buffer_bytes` when reads fill it.
-const MIN_READ_BUFFER: usize = 2048;
+/// A session's own read buffer, which its pending read holds while the session waits for the
+/// peer. Small, because most sessions are idle or exchange small messages; a read that fills
+/// it goes on straight into the shard's scratch buffer, so bursts still arrive in big reads.
+const FIRST_READ: usize = 256;
 
 /// How long the writer waits after a frame that must be read on its own before sending more.
 const FLUSH_PAUSE: Duration = Duration::from_millis(1);
@@ -38,7 +43,6 @@ pub async fn run(
     leftover: Vec<u8>,
     handler: Rc<dyn WsHandler>,
 ) -> CloseReason {
-    let ws = &shard.node.config.ws;
     conn.phase.set(Phase::WebSocket);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
@@ -47,39 +51,66 @@ pub async fn run(
         shard.close_session(&conn, 1001, "server shutting down", CloseReason::Shutdown);
     }
 
-    let (mut rd, wr) = stream.into_split();
-    let writer = monoio::spawn(write_loop(shard.clone(), conn.clone(), wr));
+    let (rd, wr) = stream.into_split();
+    handler.on_open(&shard, &conn);
+    // Both directions in one task (its size is the two futures side by side): one allocation
+    // and one task per session instead of two.
+    monoio::join!(read_loop(&shard, &conn, rd, leftover, &*handler), write_loop(&shard, &conn, wr));
+    handler.on_close(&shard, &conn);
+    shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    conn.close_reason.get().unwrap_or(CloseReason::Client)
+}
+
+/// Reads and decodes the peer's frames until the session ends, handing messages to `handler`.
+async fn read_loop(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    mut rd: OwnedReadHalf<TcpStream>,
+    leftover: Vec<u8>,
+    handler: &dyn WsHandler,
+) {
+    let ws = &shard.node.config.ws;
     let mut codec =
         WsCodec::new(CodecLimits { max_message_bytes: ws.max_message_bytes, max_frame_bytes: ws.max_frame_bytes });
-    handler.on_open(&shard, &conn);
     let mut keep_reading = true;
     let mut paused_at = None;
     if !leftover.is_empty() {
         codec.feed(&leftover);
-        keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
+        drop(leftover);
+        keep_reading = process_all(shard, conn, &mut codec, handler, &mut paused_at).await;
     }
-    // Start small and grow when reads fill the buffer: most sessions are idle or chatty with
-    // small messages, and an idle session's pending read holds its buffer.
-    let max_read = shard.node.config.http.read_buffer_bytes.max(MIN_READ_BUFFER);
-    let mut buf: Vec<u8> = Vec::with_capacity(MIN_READ_BUFFER);
+    let mut first: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    // Whether the last read filled its buffer, so more is probably waiting: read on at once.
+    let mut more = false;
     while keep_reading {
-        let (res, b) = rd.read(buf).await;
-        buf = b;
-        match res {
-            Ok(0) => {
+        let read = if more {
+            read_scratch(shard, conn, &mut codec)
+        } else {
+            // The session is about to wait for its peer: keep nothing it does not need.
+            codec.release_if_idle();
+            let (res, b) = rd.read(first).await;
+            first = b;
+            let read = res.map(|n| {
+                codec.feed(&first[..n]);
+                (n, n == first.capacity())
+            });
+            first.clear();
+            read
+        };
+        match read {
+            Ok((0, _)) => {
                 conn.set_reason(CloseReason::Client);
                 break;
             }
-            Ok(n) => {
+            Ok((n, full)) => {
+                more = full;
                 conn.last_rx.set(Instant::now());
                 metrics::add(&shard.stats.bytes_in, n as u64);
-                codec.feed(&buf[..n]);
-                let full = n == buf.capacity();
-                buf.clear();
-                if full && buf.capacity() < max_read {
-                    buf.reserve(buf.capacity().min(max_read - buf.capacity()));
-                }
-                keep_reading = process_all(&shard, &conn, &mut codec, &*handler, &mut paused_at).await;
+                keep_reading = process_all(shard, conn, &mut codec, handler, &mut paused_at).await;
+            }
+            // Nothing was waiting after all (or a signal cut the read short): wait for more.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
+                more = false
             }
             Err(_) => {
                 conn.set_reason(CloseReason::Io);
@@ -89,10 +120,20 @@ pub async fn run(
     }
     conn.reader_done.set(true);
     conn.wake_writer();
-    writer.await;
-    handler.on_close(&shard, &conn);
-    shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    conn.close_reason.get().unwrap_or(CloseReason::Client)
+}
+
+/// Reads what the socket has right now into the shard's scratch buffer and feeds it to the
+/// codec, without waiting. Returns the byte count (0 at end of stream) and whether the read
+/// filled the buffer; `WouldBlock` when nothing was waiting.
+fn read_scratch(shard: &Shard, conn: &Conn, codec: &mut WsCodec) -> std::io::Result<(usize, bool)> {
+    let mut scratch = shard.read_scratch.borrow_mut();
+    // SAFETY: `conn.fd` is this session's socket, open while the session runs; the pointer and
+    // length describe the scratch buffer, borrowed exclusively for the call.
+    let n = unsafe { libc::recv(conn.fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+    // A negative count is an error, reported through errno.
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    codec.feed(&scratch[..n]);
+    Ok((n, n == scratch.len()))
 }
 
 fn error_reason(e: &WsError) -> CloseReason {
@@ -206,7 +247,7 @@ fn queue_output(shard: &Shard, conn: &Conn, codec: &mut WsCodec) -> bool {
     true
 }
 
-async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<TcpStream>) {
+async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream>) {
     // Grown on first use: an idle session keeps no write buffer.
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -238,7 +279,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>, mut wr: OwnedWriteHalf<Tcp
         metrics::add(&shard.stats.frames_out, frames as u64);
         if conn.backlogged.get() {
             // Messages waiting for room in the queue (chat deliveries) come in as it drains.
-            shard.chat.refill(&shard, &conn);
+            shard.chat.refill(shard, conn);
         }
         if close {
             // Our close frame is out: the server closes the TCP connection first (RFC 6455
