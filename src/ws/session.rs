@@ -29,6 +29,11 @@ use crate::shard::Shard;
 /// it goes on straight into the shard's scratch buffer, so bursts still arrive in big reads.
 const FIRST_READ: usize = 256;
 
+/// The most a session's own read buffer grows to while reads keep filling it (a client that
+/// pipelines requests), saving the extra read into the scratch buffer. It shrinks back at the
+/// first small read, so an idle session holds [`FIRST_READ`] bytes.
+const MAX_FIRST_READ: usize = 4096;
+
 /// How long the writer waits after a frame that must be read on its own before sending more.
 const FLUSH_PAUSE: Duration = Duration::from_millis(1);
 
@@ -79,20 +84,35 @@ async fn read_loop(
         drop(leftover);
         keep_reading = process_all(shard, conn, &mut codec, handler, &mut paused_at).await;
     }
-    let mut first: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    let mut first: Vec<u8> = Vec::new();
+    // What the session's own buffer should hold for its next wait: it follows the size of
+    // recent reads, between FIRST_READ and MAX_FIRST_READ.
+    let mut want = FIRST_READ;
     // Whether the last read filled its buffer, so more is probably waiting: read on at once.
     let mut more = false;
     while keep_reading {
         let read = if more {
             read_scratch(shard, conn, &mut codec)
         } else {
-            // The session is about to wait for its peer: keep nothing it does not need.
-            codec.release_if_idle();
+            if want == FIRST_READ {
+                // Reads are small (or the session is idle) and it is about to wait for its
+                // peer: it keeps no decoder meanwhile. A busy session keeps its own.
+                codec.release_if_idle();
+            }
+            if first.capacity() != want {
+                first = Vec::with_capacity(want);
+            }
             let (res, b) = rd.read(first).await;
             first = b;
             let read = res.map(|n| {
                 codec.feed(&first[..n]);
-                (n, n == first.capacity())
+                let full = n == first.capacity();
+                if full {
+                    want = (want * 2).min(MAX_FIRST_READ);
+                } else if n < want / 4 {
+                    want = FIRST_READ;
+                }
+                (n, full)
             });
             first.clear();
             read
