@@ -32,6 +32,30 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 }
 
 #[test]
+fn requests_larger_than_the_first_read_buffer_work_between_small_ones() {
+    on_both_drivers(|d| {
+        let (_node, addr) = start(d, 1, |_| {});
+        let mut s = connect(addr);
+        // A 6 KiB head: more than a connection's first 2 KiB buffer, sent in pieces.
+        let filler = "x".repeat(6000);
+        let big = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n");
+        for _ in 0..3 {
+            for piece in big.as_bytes().chunks(1500) {
+                s.write_all(piece).unwrap();
+            }
+            assert_eq!(read_response(&mut s).0, 200);
+            // Back to a small buffer between requests: a small request still works at once.
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s).0, 200);
+        }
+        // A big request and a small one pipelined together.
+        s.write_all(format!("{big}GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(read_response(&mut s).0, 200);
+        assert_eq!(read_response(&mut s).0, 404);
+    });
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     on_both_drivers(|d| {
         let (_node, addr) = start(d, 1, |_| {});

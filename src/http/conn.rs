@@ -22,6 +22,11 @@ use crate::shard::session::{Conn, Phase};
 use crate::shard::Shard;
 use crate::ws::handshake::{validate_upgrade, write_upgrade_response, HandshakeError};
 
+/// What a connection reads a request into at first: most request heads fit, and a connection
+/// waiting for its next request (keep-alive, or a client that connected and said nothing yet)
+/// holds only this. A request that needs more grows it to `http.read_buffer_bytes` and beyond.
+const FIRST_READ: usize = 2048;
+
 /// Serves one accepted connection until it closes, then removes it from the shard.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let max_per_ip = shard.node.config.limits.max_connections_per_ip;
@@ -103,8 +108,9 @@ async fn http_loop(
     let cfg = &shard.node.config.http;
     let limits =
         Limits { max_head_bytes: cfg.max_head_bytes, max_headers: cfg.max_headers, max_body_bytes: cfg.max_body_bytes };
-    let mut buf: Vec<u8> = Vec::with_capacity(cfg.read_buffer_bytes);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // Both grow on demand: a connection waiting for its first or next request holds little.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
     set_phase(conn, Phase::HttpIdle, cfg.idle_timeout);
     loop {
         // Answer every complete request already buffered (pipelining), in order.
@@ -189,7 +195,10 @@ async fn http_loop(
             set_phase(conn, Phase::HttpHead, cfg.header_timeout);
         }
 
-        if buf.capacity() - buf.len() < 512 {
+        if buf.is_empty() && buf.capacity() != FIRST_READ.min(cfg.read_buffer_bytes) {
+            // Between requests: wait with a small buffer, whatever the last request needed.
+            buf = Vec::with_capacity(FIRST_READ.min(cfg.read_buffer_bytes));
+        } else if buf.capacity() - buf.len() < 512 {
             buf.reserve(buf.capacity().max(cfg.read_buffer_bytes));
         }
         let (len, cap) = (buf.len(), buf.capacity());
