@@ -11,12 +11,12 @@
 //! stores, broadcasts to the channel's room on every shard and sends the ack back to the
 //! client's Engine.IO session, wherever it lives.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Identity;
 use crate::chat::{self, ChatMsg};
 use crate::config::Config;
 use crate::shard::session::SessionId;
@@ -54,6 +54,23 @@ pub enum ImOp {
     React { conversation: ConversationKey, id: MessageId, user: Arc<str>, emoji: String, add: bool },
     History { conversation: ConversationKey, before: Option<Cursor>, limit: usize },
 }
+
+/// A socket of `user` entered (or left) a channel, sent to the channel's owner shard, which
+/// counts the user's sockets there and tells the channel when the first arrives or the last is
+/// gone.
+#[derive(Debug)]
+pub struct PresenceChange {
+    tenant: Arc<str>,
+    channel: Arc<str>,
+    user: Arc<str>,
+    online: bool,
+    /// The socket's namespace, and the socket (not told that it came online itself).
+    nsp: Arc<str>,
+    socket: Arc<str>,
+}
+
+/// Counts of a user's sockets in a channel, by namespace, tenant, channel and user.
+pub type PresenceCounts = std::collections::HashMap<(Arc<str>, Arc<str>, Arc<str>, Arc<str>), u32>;
 
 /// A stored message on the wire.
 #[derive(Serialize)]
@@ -198,19 +215,66 @@ fn history(shard: &Shard, s: &Rc<Socket>, ev: Event<'_>) {
 
 fn on_connection(_shard: &Shard, s: &Rc<Socket>, _auth: Option<&str>) {
     s.on_disconnect(|shard, s, _reason| {
-        // Everyone who shared a channel with this socket learns it went away.
-        let Some(io) = shard.apps.socketio.clone() else { return };
+        // The socket leaves every channel it was in; its user's last socket there goes offline.
         let prefix = format!("ch:{}:{}:", s.identity.tenant.len(), s.identity.tenant);
         for room in s.rooms() {
             if let Some(channel) = room.strip_prefix(&prefix) {
-                let body = presence(channel, &s.identity, "offline");
-                io.of(&s.nsp).to(&room).emit(shard, "presence:update", &body);
+                post_presence(shard, s, channel, false);
             }
         }
     });
 }
 
-fn presence(channel: &str, who: &Identity, status: &str) -> String {
+/// Tells the channel's owner shard that a socket of this user entered or left `channel`.
+fn post_presence(shard: &Shard, s: &Socket, channel: &str, online: bool) {
+    let owner = ConversationKey::room(&s.identity.tenant, channel).owner_shard(shard.shard_count());
+    let change = PresenceChange {
+        tenant: s.identity.tenant.clone(),
+        channel: channel.into(),
+        user: s.identity.user_id.clone(),
+        online,
+        nsp: (&*s.nsp).into(),
+        socket: (&*s.id).into(),
+    };
+    chat::post(shard, owner, ChatMsg::ImPresence(Box::new(change)));
+}
+
+/// On the owner shard: counts the user's sockets in the channel and announces the user online
+/// with the first and offline with the last.
+pub fn presence_changed(shard: &Shard, counts: &RefCell<PresenceCounts>, c: PresenceChange) {
+    let Some(io) = shard.apps.socketio.clone() else { return };
+    let key = (c.nsp.clone(), c.tenant.clone(), c.channel.clone(), c.user.clone());
+    let announce = {
+        let mut counts = counts.borrow_mut();
+        if c.online {
+            let n = counts.entry(key).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match counts.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => counts.remove(&key).is_some(),
+                None => false,
+            }
+        }
+    };
+    if !announce {
+        return;
+    }
+    let room = channel_room(&c.tenant, &c.channel);
+    let body = presence(&c.channel, &c.user, if c.online { "online" } else { "offline" });
+    let to = io.of(&c.nsp).to(&room);
+    if c.online {
+        to.except_socket(&c.socket).emit(shard, "presence:update", &body);
+    } else {
+        to.emit(shard, "presence:update", &body);
+    }
+}
+
+fn presence(channel: &str, user_id: &str, status: &str) -> String {
     #[derive(Serialize)]
     struct Presence<'a> {
         channel_id: &'a str,
@@ -218,7 +282,7 @@ fn presence(channel: &str, who: &Identity, status: &str) -> String {
         status: &'a str,
         timestamp: i64,
     }
-    json(&Presence { channel_id: channel, user_id: &who.user_id, status, timestamp: chat::now_ms() })
+    json(&Presence { channel_id: channel, user_id, status, timestamp: chat::now_ms() })
 }
 
 /// The event's first argument as `T`, or an ack with `bad_data`.
@@ -284,14 +348,12 @@ fn join(shard: &Shard, s: &Rc<Socket>, ev: &Event<'_>, join: bool) {
         }
         // Joining again is not news.
         if !already {
-            let body = presence(&d.channel_id, &s.identity, "online");
-            io.of(&s.nsp).to(&room).except_socket(&s.id).emit(shard, "presence:update", &body);
+            post_presence(shard, s, &d.channel_id, true);
         }
     } else {
         // Only a socket that was in the channel may tell it that it went offline.
         if s.leave(&io, &room) {
-            let body = presence(&d.channel_id, &s.identity, "offline");
-            io.of(&s.nsp).to(&room).emit(shard, "presence:update", &body);
+            post_presence(shard, s, &d.channel_id, false);
         }
     }
     ack(shard, s, ev, r#"{"ok":true}"#);

@@ -205,6 +205,8 @@ pub enum ChatMsg {
         op: Box<crate::app::im::ImOp>,
         reply: crate::app::im::Reply,
     },
+    /// To a channel's owner: a Socket.IO socket entered or left it ([`crate::app::im`]).
+    ImPresence(Box<crate::app::im::PresenceChange>),
     /// To an Engine.IO session's shard: a Socket.IO packet (an ack) for that session.
     SioPacket {
         session: SessionId,
@@ -249,6 +251,8 @@ pub struct Hub {
     room_waiter: RefCell<Option<Waker>>,
     /// Stored messages waiting for room in a session's send queue, in order.
     pending: RefCell<HashMap<SessionId, VecDeque<Pending>>>,
+    /// For the channels this shard owns: how many sockets each user has in each (IM events).
+    channel_presence: RefCell<crate::app::im::PresenceCounts>,
 }
 
 /// Queued chat work above which the shard stops taking messages off its rings.
@@ -269,6 +273,7 @@ impl Hub {
             misses: RefCell::new(Misses::default()),
             room_waiter: RefCell::new(None),
             pending: RefCell::new(HashMap::new()),
+            channel_presence: RefCell::new(HashMap::new()),
         }
     }
 
@@ -556,6 +561,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             }
         }
         ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
+        ChatMsg::ImPresence(change) => crate::app::im::presence_changed(shard, &hub.channel_presence, *change),
         ChatMsg::History { conversation, before, limit, session, envelope_id } => {
             let reply = match hub.store.history(&conversation, before, limit).await {
                 Ok(page) => encode_history(envelope_id.as_deref(), &page),

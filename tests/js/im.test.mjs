@@ -99,6 +99,15 @@ async function fence(socket, other, channel, body) {
   return waitFor(other, "message:new", (m) => m.id === ack.message.id);
 }
 
+// Resolves once `cond()` is true, checking every 10 ms; rejects after ACK_TIMEOUT_MS.
+async function until(cond, what) {
+  const deadline = Date.now() + ACK_TIMEOUT_MS;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ACK_TIMEOUT_MS} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 function assertRecentMs(ms) {
   assert.ok(Number.isInteger(ms), `${ms} is an integer`);
   assert.ok(Math.abs(Date.now() - ms) < 60_000, `${ms} is a recent time in ms`);
@@ -136,7 +145,7 @@ const nowS = () => Math.floor(Date.now() / 1000);
 // ---- static tokens, configured membership, one address per shard ------------------------------
 
 const users = ["alice", "bob", "carol", "dave"];
-const channels = ["general", "send", "dedup", "edit", "react", "typing", "presence", "history", "upgrade"];
+const channels = ["general", "send", "dedup", "edit", "react", "typing", "presence", "presence-multi", "history", "upgrade"];
 const MAIN_CONFIG = `
 [auth]
 mode = "static"
@@ -354,6 +363,32 @@ describe("IM events, static tokens, two shards", () => {
       ["bob online", "dave online", "dave offline", "bob offline"],
     );
     assert.ok(!received(dave, "presence:update").some((p) => p.user_id === "dave"), "no presence about oneself");
+  });
+
+  test("presence is per user: a second socket is not news, the last one to go is", T, async () => {
+    const alice = connect(server.shardUrl(0), { token: "t-alice" });
+    const bob1 = connect(server.shardUrl(1), { token: "t-bob" });
+    const bob2 = connect(server.shardUrl(1), { token: "t-bob" });
+    await Promise.all([connected(alice), connected(bob1), connected(bob2)]);
+    const seen = () => received(alice, "presence:update").map((p) => `${p.user_id} ${p.status}`);
+    await join(alice, "presence-multi");
+    await join(bob1, "presence-multi");
+    await join(bob2, "presence-multi");
+    // bob's sockets share a shard: the fence follows both joins to the channel's owner.
+    await fence(bob2, alice, "presence-multi", "after both joins");
+    assert.deepEqual(seen(), ["bob online"], "bob's second socket is not news");
+
+    const shard1 = async () => (await server.health()).shards[1].connections;
+    const before = await shard1();
+    bob1.disconnect();
+    await until(async () => (await shard1()) < before, "bob's first socket is gone");
+    await fence(bob2, alice, "presence-multi", "after one socket left");
+    assert.deepEqual(seen(), ["bob online"], "bob still has a socket in the channel");
+
+    assert.deepEqual(await call(bob2, "channel:leave", { channel_id: "presence-multi" }), { ok: true });
+    const offline = await waitFor(alice, "presence:update", (p) => p.status === "offline");
+    assertPresence(offline, "presence-multi", "bob", "offline");
+    assert.deepEqual(seen(), ["bob online", "bob offline"]);
   });
 
   test("leaving a channel one is not in tells that channel nothing", T, async () => {
