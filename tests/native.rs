@@ -230,6 +230,62 @@ fn ten_thousand_messages_across_shards_each_acked_sent_then_delivered_in_order()
     assert!(server_ids.values().all(|id| id.as_bytes()[14] == b'7'), "UUID version 7");
 }
 
+/// A client that sends a burst and reads nothing until it is done: the acks the burst brings
+/// back overflow its send queue many times over. They wait for it instead (the server stops
+/// reading from it meanwhile), so it gets every ack once it reads, and is not closed.
+#[test]
+fn a_burst_sent_before_reading_gets_every_ack() {
+    const N: usize = 1000;
+    let (_node, [a, b]) = two_shards("io_uring", |f| f.websocket.send_queue_len = 64);
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    // A small receive buffer, so the acks cannot all wait in the kernel either.
+    let size: libc::c_int = 16384;
+    // SAFETY: a valid socket and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            alice.ws.get_ref().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let recv_bob = std::thread::spawn(move || (0..N).map(|_| bob.recv_type("chat")).count());
+    let mut writer: TcpStream = alice.ws.get_ref().try_clone().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let send = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..N {
+            let text = json!({"type":"chat","data":{"msgId": format!("b{i}"),"toUserId":"bob","content": format!("burst {i}")}})
+                .to_string();
+            batch.extend_from_slice(&frame(true, 1, text.as_bytes(), true));
+        }
+        writer.write_all(&batch).unwrap();
+        let _ = done_tx.send(());
+    });
+    // Read only once the whole burst is written (or the kernel's buffers could not take it all
+    // while the server waits for alice to read: then reading is what lets the rest through).
+    let _ = done_rx.recv_timeout(Duration::from_secs(20));
+    let (mut sent, mut delivered) = (0, 0);
+    while sent < N || delivered < N {
+        let m = alice.recv_type("ack");
+        let expected = format!("b{}", if m["data"]["status"] == "sent" { sent } else { delivered });
+        assert_eq!(m["data"]["clientMsgId"], expected.as_str(), "{m}");
+        match m["data"]["status"].as_str() {
+            Some("sent") => sent += 1,
+            Some("delivered") => delivered += 1,
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    send.join().unwrap();
+    assert_eq!(recv_bob.join().unwrap(), N);
+    alice.send(json!({"type": "ping"}));
+    assert_eq!(alice.recv_type("pong")["type"], "pong", "alice's session is still open");
+}
+
 #[test]
 fn offline_messages_are_pushed_in_order_on_connect_then_marked_delivered() {
     on_both_drivers(|d| {
@@ -309,7 +365,8 @@ fn read_receipts_reach_the_sender() {
     // Reading again sends nothing new: the next ack-free exchange is a pong.
     bob.send(json!({"type": "read", "data": {"peerId": "alice", "msgIds": [id]}}));
     alice.send(json!({"type": "ping"}));
-    assert_eq!(alice.recv()["type"], "pong");
+    let next = alice.recv();
+    assert_eq!(next["type"], "pong", "{next}");
 }
 
 #[test]

@@ -205,6 +205,11 @@ pub enum ChatMsg {
         op: Box<crate::app::im::ImOp>,
         reply: crate::app::im::Reply,
     },
+    /// To a session's shard: a frame for it, paced like deliveries ([`Pending::Frame`]).
+    Paced {
+        session: SessionId,
+        frame: Bytes,
+    },
     /// To a channel's owner: a Socket.IO socket entered or left it ([`crate::app::im`]).
     ImPresence(Box<crate::app::im::PresenceChange>),
     /// To an Engine.IO session's shard: a Socket.IO packet (an ack) for that session.
@@ -338,7 +343,9 @@ fn post_home(shard: &Shard, user: &UserKey, msg: ChatMsg) {
     post(shard, home_shard(&user.tenant, &user.user, shard.shard_count()), msg);
 }
 
-/// Sends a frame to every session of a user, on any shard (several devices).
+/// Sends a frame to every session of a user, on any shard (several devices), at the pace each
+/// reads and in order with the chat messages and acks it gets: never dropped by the send
+/// queue's policy.
 pub fn send_to_identity(shard: &Shard, tenant: &str, user: &str, frame: Bytes) {
     let user = UserKey { tenant: tenant.into(), user: user.into() };
     post_home(shard, &user.clone(), ChatMsg::ToIdentity { user, frame });
@@ -488,7 +495,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
         ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
         ChatMsg::Deliver { session, frame, message, sender, targets } => {
-            let p = Pending { frame, message, sender, targets };
+            let p = Pending::Message { frame, message, sender, targets };
             match shard.session(session) {
                 Some(c) if c.closing_since.get().is_none() => deliver_paced(shard, &c, p),
                 // The session closed on the way.
@@ -520,7 +527,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                     let ack =
                         encode_ack(None, &id.to_string(), m.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
                     match sender {
-                        Some(s) => shard.send_to(s, text(ack)),
+                        Some(s) => send_paced(shard, s, text(ack)),
                         None => send_to_identity(shard, &m.tenant, &m.author, text(ack)),
                     }
                 }
@@ -535,10 +542,9 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             }
         }
         ChatMsg::ToIdentity { user, frame } => {
-            if let Some(e) = hub.homes.borrow().get(&user) {
-                for s in &e.sessions {
-                    shard.send_to(*s, frame.clone());
-                }
+            let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+            for s in sessions {
+                send_paced(shard, s, frame.clone());
             }
         }
         ChatMsg::Kick { session } => {
@@ -561,6 +567,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             }
         }
         ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
+        ChatMsg::Paced { session, frame } => send_paced(shard, session, frame),
         ChatMsg::ImPresence(change) => crate::app::im::presence_changed(shard, &hub.channel_presence, *change),
         ChatMsg::History { conversation, before, limit, session, envelope_id } => {
             let reply = match hub.store.history(&conversation, before, limit).await {
@@ -581,11 +588,13 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
 }
 
 /// A stored message on its way into one session's send queue.
-struct Pending {
-    frame: Bytes,
-    message: Arc<Message>,
-    sender: Option<SessionId>,
-    targets: Arc<[SessionId]>,
+enum Pending {
+    /// A stored message for one of its recipient's sessions.
+    Message { frame: Bytes, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
+    /// Any other frame the server owes the session: an ack, an error about its own message, a
+    /// frame sent to its identity. Paced like messages, so a client that sends a burst is not
+    /// closed for the acks that burst brings back, and in order with them.
+    Frame(Bytes),
 }
 
 /// Queues a stored message on a session at the pace the client reads: straight into its send
@@ -618,19 +627,40 @@ fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
 /// Puts a stored message on the session's socket and reports the delivery to the
 /// conversation's owner.
 fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
-    shard.deliver(c, p.frame);
-    let conversation = p.message.conversation.clone();
-    let owner = conversation.owner_shard(shard.shard_count());
-    post(shard, owner, ChatMsg::Delivered { conversation, id: p.message.id, sender: p.sender });
+    match p {
+        Pending::Message { frame, message, sender, .. } => {
+            shard.deliver(c, frame);
+            let conversation = message.conversation.clone();
+            let owner = conversation.owner_shard(shard.shard_count());
+            post(shard, owner, ChatMsg::Delivered { conversation, id: message.id, sender });
+        }
+        Pending::Frame(frame) => shard.deliver(c, frame),
+    }
 }
 
 /// A message that did not reach its session: its recipient's home shard routes it again if no
 /// session of the user got it.
 fn missed(shard: &Shard, p: Pending) {
+    // An ack for a session that is gone has no one to tell.
+    let Pending::Message { message, sender, targets, .. } = p else { return };
     metrics::add(&shard.stats.chat_missed, 1);
-    if let Target::User(u) = &p.message.target {
-        let user = UserKey { tenant: p.message.tenant.clone(), user: u.clone() };
-        post_home(shard, &user, ChatMsg::Missed { message: p.message, sender: p.sender, targets: p.targets });
+    if let Target::User(u) = &message.target {
+        let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
+        post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
+    }
+}
+
+/// Sends a session a frame at the pace it reads, in order with the stored messages and other
+/// paced frames for it: see [`Pending::Frame`]. Reaches a session on another shard through
+/// that shard's chat worker.
+fn send_paced(shard: &Shard, session: SessionId, frame: Bytes) {
+    if usize::from(session.shard) != shard.index {
+        return post(shard, usize::from(session.shard), ChatMsg::Paced { session, frame });
+    }
+    if let Some(c) = shard.session(session) {
+        if c.closing_since.get().is_none() {
+            deliver_paced(shard, &c, Pending::Frame(frame));
+        }
     }
 }
 
@@ -727,14 +757,14 @@ async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_i
         Err(e) => {
             let err =
                 encode_error(envelope_id.as_deref(), client_msg_id.as_deref(), ErrorCode::StoreFailed, &e.to_string());
-            shard.send_to(sender, text(err));
+            send_paced(shard, sender, text(err));
             return;
         }
     };
     let m = &appended.message;
     let ack =
         encode_ack(envelope_id.as_deref(), &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Sent, now_ms());
-    shard.send_to(sender, text(ack));
+    send_paced(shard, sender, text(ack));
     if appended.duplicate {
         // Already delivered (or queued) the first time: acknowledge again, deliver nothing.
         metrics::add(&shard.stats.chat_duplicates, 1);

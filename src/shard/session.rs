@@ -276,6 +276,8 @@ pub struct Conn {
     pub writes_done: Cell<u64>,
     pub queue: RefCell<SendQueue>,
     writer: Cell<Option<Waker>>,
+    /// The reader, waiting for room in the queue (see [`Conn::wake_reader`]).
+    reader: Cell<Option<Waker>>,
     /// The reader has stopped: the writer exits once the queue is empty.
     pub reader_done: Cell<bool>,
     /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
@@ -298,6 +300,7 @@ impl Conn {
             writes_done: Cell::new(0),
             queue: RefCell::new(SendQueue::new(queue_len, policy)),
             writer: Cell::new(None),
+            reader: Cell::new(None),
             reader_done: Cell::new(false),
             backlogged: Cell::new(false),
         }
@@ -327,6 +330,18 @@ impl Conn {
 
     pub fn set_writer_waker(&self, w: &Waker) {
         self.writer.set(Some(w.clone()));
+    }
+
+    /// Wakes a reader waiting for room in the queue; the writer calls it after each write and
+    /// when it ends.
+    pub fn wake_reader(&self) {
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+
+    pub fn set_reader_waker(&self, w: &Waker) {
+        self.reader.set(Some(w.clone()));
     }
 
     /// Shuts the socket down in both directions so pending reads and writes complete at once.

@@ -187,7 +187,9 @@ const WRITER_TURN: Duration = Duration::from_millis(1);
 /// in-flight write can complete) and stops reading meanwhile, so TCP pushes back on the sender.
 /// If the queue is still full, or the writer has completed no write since the last such pause
 /// (the peer really is not reading), the policy applies. `paused_at` remembers the writer's
-/// progress at the last pause.
+/// progress at the last pause. A session whose queue is full of paced chat frames (acks,
+/// stored messages; see `chat::deliver_paced`) instead waits for room for as long as the write
+/// timeout allows: those frames are never dropped, so the client is throttled, not closed.
 async fn process_all(
     shard: &Shard,
     conn: &Rc<Conn>,
@@ -197,6 +199,26 @@ async fn process_all(
 ) -> bool {
     let mut flow = process(shard, conn, codec, handler, false);
     while flow == Flow::Paused {
+        if conn.backlogged.get() {
+            // The queue is full of what the server owes this client (acks, stored messages)
+            // and more waits behind it: read nothing more until the client takes some, which
+            // pushes back on a client that sends faster than it reads. One that never reads
+            // again is ended by the write timeout.
+            poll_fn(|cx| {
+                if !conn.queue.borrow().is_full() || conn.close_reason.get().is_some() {
+                    Poll::Ready(())
+                } else {
+                    conn.set_reader_waker(cx.waker());
+                    Poll::Pending
+                }
+            })
+            .await;
+            if conn.close_reason.get().is_some() {
+                return false;
+            }
+            flow = process(shard, conn, codec, handler, false);
+            continue;
+        }
         let progress = conn.writes_done.get();
         if *paused_at != Some(progress) {
             *paused_at = Some(progress);
@@ -301,6 +323,7 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
             // Messages waiting for room in the queue (chat deliveries) come in as it drains.
             shard.chat.refill(shard, conn);
         }
+        conn.wake_reader();
         if close {
             // Our close frame is out: the server closes the TCP connection first (RFC 6455
             // 7.1.1); the reader sees the peer's EOF or the close timeout ends it.
@@ -322,6 +345,7 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
             Box::pin(monoio::time::sleep(FLUSH_PAUSE)).await;
         }
     }
+    conn.wake_reader();
     // A reader still blocked on a peer that will never speak again must not outlive us.
     if !conn.reader_done.get() && conn.closing_since.get().is_none() {
         conn.abort(conn.close_reason.get().unwrap_or(CloseReason::Io));
