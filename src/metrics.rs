@@ -135,6 +135,10 @@ pub struct ShardStats {
     pub chat_offline_dropped: AtomicU64,
     /// Deliveries that found their session gone.
     pub chat_missed: AtomicU64,
+    /// The store's eviction counts ([`crate::store::StoreStats`]), copied on every tick.
+    pub store_evicted_conversations: AtomicU64,
+    pub store_evicted_messages: AtomicU64,
+    pub store_forgotten_dedup: AtomicU64,
     pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -219,6 +223,24 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         "counter",
         "Deliveries whose session closed on the way.",
         &|s| get(&s.chat_missed),
+    );
+    family(
+        "imks_store_evicted_conversations_total",
+        "counter",
+        "Conversations evicted whole by store.max_conversations or store.max_messages.",
+        &|s| get(&s.store_evicted_conversations),
+    );
+    family(
+        "imks_store_evicted_messages_total",
+        "counter",
+        "Messages dropped from a conversation by store.max_messages_per_conversation.",
+        &|s| get(&s.store_evicted_messages),
+    );
+    family(
+        "imks_store_forgotten_dedup_total",
+        "counter",
+        "De-duplication entries forgotten by store.max_dedup_entries.",
+        &|s| get(&s.store_forgotten_dedup),
     );
     family("imks_handler_errors_total", "counter", "Application handlers that failed, panicked or timed out.", &|s| {
         get(&s.handler_errors)

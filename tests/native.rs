@@ -656,6 +656,20 @@ fn config_membership_and_its_admin_api_decide_who_may_join_and_send() {
 }
 
 #[test]
+fn store_evictions_are_counted_in_the_metrics() {
+    let (_node, [a, _]) = two_shards("io_uring", |f| f.store.max_messages_per_conversation = 2);
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    for i in 0..5 {
+        alice.chat_to("bob", &format!("e{i}"), &format!("message {i}"));
+        assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+    }
+    // Five messages in a conversation that keeps two: three evicted, on the owner shard.
+    let evicted = || metric_sum(a, "imks_store_evicted_messages_total{");
+    assert!(wait_until(Duration::from_secs(5), || evicted() == 3), "evicted: {}", evicted());
+    assert_eq!(metric_sum(a, "imks_store_evicted_conversations_total{"), 0);
+}
+
+#[test]
 fn history_pages_a_conversation_newest_first() {
     let (_node, [a, b]) = two_shards("epoll", |_| {});
     let (mut alice, _) = Client::connect(a, "t-alice");

@@ -665,6 +665,15 @@ fn send_paced(shard: &Shard, session: SessionId, frame: Bytes) {
 }
 
 impl Hub {
+    /// Copies the store's eviction counts into the shard's metrics.
+    pub fn publish_store_stats(&self, stats: &crate::metrics::ShardStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.store.stats();
+        stats.store_evicted_conversations.store(s.evicted_conversations, Relaxed);
+        stats.store_evicted_messages.store(s.evicted_messages, Relaxed);
+        stats.store_forgotten_dedup.store(s.forgotten_dedup, Relaxed);
+    }
+
     /// Moves messages waiting for a session into its send queue while it has room; called by
     /// the session's writer after each write.
     pub fn refill(&self, shard: &Shard, c: &Conn) {
