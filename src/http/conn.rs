@@ -48,7 +48,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         Ended::Upgraded(stream, leftover, handler) => {
             // The session runs as a task of its own, so this one ends and frees everything the
             // HTTP phase needed: a long-lived session keeps only its own state.
-            monoio::spawn(websocket(shard, conn, stream, leftover, handler, ip));
+            monoio::spawn(crate::ws::session::run(shard, conn, stream, leftover, handler, ip));
         }
     }
 }
@@ -65,22 +65,6 @@ impl From<CloseReason> for Ended {
     fn from(reason: CloseReason) -> Self {
         Ended::Closed(reason)
     }
-}
-
-/// Serves an upgraded connection's WebSocket session until it closes, then removes it from the
-/// shard. `ip` is the connection's count against its address, held until then.
-async fn websocket(
-    shard: Rc<Shard>,
-    conn: Rc<Conn>,
-    stream: TcpStream,
-    leftover: Vec<u8>,
-    handler: Rc<dyn crate::ws::WsHandler>,
-    ip: Option<crate::limits::IpGuard>,
-) {
-    let _ip = ip;
-    let reason = crate::ws::session::run(shard.clone(), conn.clone(), stream, leftover, handler).await;
-    shard.unregister(&conn);
-    shard.stats.closed(conn.close_reason.get().unwrap_or(reason));
 }
 
 async fn reject_over_limit(shard: &Shard, mut stream: TcpStream, body: &[u8]) {
@@ -265,7 +249,7 @@ pub async fn serve_adopted(
         shard.stats.closed(CloseReason::Limit);
         return;
     };
-    websocket(shard, conn, stream, leftover, handler, ip).await;
+    crate::ws::session::run(shard, conn, stream, leftover, handler, ip).await;
 }
 
 fn set_phase(conn: &Conn, phase: Phase, timeout: std::time::Duration) {

@@ -14,7 +14,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use tungstenite::Message;
 
@@ -40,14 +41,21 @@ const FLUSH_PAUSE: Duration = Duration::from_millis(1);
 /// Most bytes the writer gathers into one socket write.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
-/// Runs the session until it ends; returns why it ended.
+/// A write this small does not keep its buffer for the next one.
+const SMALL_WRITE: usize = 1024;
+
+/// Runs the session of an upgraded connection (starting with the `leftover` bytes read past the
+/// upgrade request) until it ends, then removes the connection from the shard. `ip` is the
+/// connection's count against its address, held until then.
 pub async fn run(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
     stream: TcpStream,
     leftover: Vec<u8>,
     handler: Rc<dyn WsHandler>,
-) -> CloseReason {
+    ip: Option<crate::limits::IpGuard>,
+) {
+    let _ip = ip;
     conn.phase.set(Phase::WebSocket);
     conn.deadline.set(None);
     conn.last_rx.set(Instant::now());
@@ -63,7 +71,8 @@ pub async fn run(
     monoio::join!(read_loop(&shard, &conn, rd, leftover, &*handler), write_loop(&shard, &conn, wr));
     handler.on_close(&shard, &conn);
     shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    conn.close_reason.get().unwrap_or(CloseReason::Client)
+    shard.unregister(&conn);
+    shard.stats.closed(conn.close_reason.get().unwrap_or(CloseReason::Client));
 }
 
 /// Reads and decodes the peer's frames until the session ends, handing messages to `handler`.
@@ -308,12 +317,25 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         }
         let len = buf.len();
         conn.write_started.set(Some(Instant::now()));
-        let (res, b) = wr.write_all(buf).await;
+        // Written by hand rather than with `write_all`: its future would sit in every
+        // session's task for the session's whole life.
+        let mut sent = 0;
+        let mut failed = false;
+        while sent < len {
+            let (res, slice) = wr.write(buf.slice(sent..)).await;
+            buf = slice.into_inner();
+            match res {
+                Ok(n) if n > 0 => sent += n,
+                _ => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
         conn.write_started.set(None);
         conn.writes_done.set(conn.writes_done.get().wrapping_add(1));
-        buf = b;
         buf.clear();
-        if res.is_err() {
+        if failed {
             conn.set_reason(CloseReason::Io);
             break;
         }
@@ -333,8 +355,11 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
             }
             break;
         }
-        if buf.capacity() > 4 * MAX_WRITE_BATCH {
-            buf = Vec::new(); // don't keep a huge buffer after a big message
+        if buf.capacity() > 4 * MAX_WRITE_BATCH || len <= SMALL_WRITE {
+            // Keep no huge buffer after a big message, and none at all after a small write: a
+            // session that writes little (most are idle) holds no write buffer, while a busy
+            // one, whose writes gather many frames, reuses its own.
+            buf = Vec::new();
         }
         let flushed = conn.queue.borrow_mut().take_stopped_at_flush();
         if flushed && !conn.queue.borrow().is_empty() {
