@@ -247,31 +247,66 @@ fn ws_frame(p: &Packet) -> Bytes {
 }
 
 /// A shard's Engine.IO sessions.
-#[derive(Default)]
 pub struct Engine {
     sessions: RefCell<Slab<Rc<EioSession>>>,
     generation: Cell<u32>,
     /// Heartbeat deadlines, earliest first: a ping due, or a pong overdue (see [`heartbeats`]).
     /// At most about two entries per session (the live one and one made stale by a pong).
-    timers: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, SessionId)>>>,
+    timers: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<Deadline>>>,
+    /// What [`Deadline::at`] counts from.
+    epoch: Instant,
     /// The heartbeat task, waiting for a deadline earlier than the one it sleeps for.
     timers_waker: RefCell<Option<Waker>>,
     timers_changed: Cell<bool>,
 }
 
+/// A heartbeat deadline in the heap: nanoseconds since the engine's epoch, then the session's
+/// slot and generation. 16 bytes rather than an `Instant` and a `SessionId` (40): the heap
+/// holds about two for every open session.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline {
+    at: u64,
+    slot: u32,
+    generation: u32,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self {
+            sessions: RefCell::default(),
+            generation: Cell::default(),
+            timers: RefCell::default(),
+            epoch: Instant::now(),
+            timers_waker: RefCell::default(),
+            timers_changed: Cell::default(),
+        }
+    }
+}
+
 impl Engine {
+    /// `at` as a [`Deadline::at`]; exact, since every deadline comes after the epoch (and
+    /// saturating, a few centuries on).
+    fn since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, at: u64) -> Instant {
+        self.epoch + Duration::from_nanos(at)
+    }
+
     /// Adds a heartbeat deadline for session `id`. Entries of closed sessions stay until they
     /// come due; when they outnumber the live ones the heap is swept, so a connect storm
     /// cannot grow it beyond about two entries per open session.
     fn schedule(&self, at: Instant, id: SessionId) {
-        let earliest = self.timers.borrow().peek().is_none_or(|t| at < t.0 .0);
+        let at = self.since_epoch(at);
+        let earliest = self.timers.borrow().peek().is_none_or(|t| at < t.0.at);
         let mut timers = self.timers.borrow_mut();
-        timers.push(std::cmp::Reverse((at, id)));
+        timers.push(std::cmp::Reverse(Deadline { at, slot: id.slot, generation: id.generation }));
         if timers.len() > 2 * self.sessions.borrow().len() + 1024 {
             let sessions = self.sessions.borrow();
             timers.retain(|t| {
-                let id = t.0 .1;
-                sessions.get(id.slot as usize).is_some_and(|s| s.id == id && !s.closed.get())
+                let d = t.0;
+                sessions.get(d.slot as usize).is_some_and(|s| s.id.generation == d.generation && !s.closed.get())
             });
         }
         drop(timers);
@@ -296,8 +331,9 @@ impl Engine {
         .await
     }
 
-    fn by_id(&self, id: SessionId) -> Option<Rc<EioSession>> {
-        self.sessions.borrow().get(id.slot as usize).filter(|s| s.id == id).cloned()
+    /// The session in `slot`, if it is still the one of that `generation`.
+    fn by_slot(&self, slot: u32, generation: u32) -> Option<Rc<EioSession>> {
+        self.sessions.borrow().get(slot as usize).filter(|s| s.id.generation == generation).cloned()
     }
 
     pub fn get(&self, shard: &Shard, sid: &str) -> Option<Rc<EioSession>> {
@@ -428,7 +464,7 @@ fn start_heartbeat(shard: &Rc<Shard>, s: &Rc<EioSession>) {
 pub async fn heartbeats(shard: Rc<Shard>) {
     let engine = &shard.engine;
     loop {
-        let next = engine.timers.borrow().peek().map(|t| t.0 .0);
+        let next = engine.timers.borrow().peek().map(|t| engine.instant(t.0.at));
         match next {
             None => engine.timers_changed().await,
             Some(at) if at > Instant::now() => {
@@ -445,12 +481,14 @@ pub async fn heartbeats(shard: Rc<Shard>) {
             let due = {
                 let mut timers = engine.timers.borrow_mut();
                 match timers.peek() {
-                    Some(t) if t.0 .0 <= now => timers.pop().map(|t| t.0),
+                    Some(t) if engine.instant(t.0.at) <= now => timers.pop().map(|t| t.0),
                     _ => None,
                 }
             };
-            let Some((at, id)) = due else { break };
-            let Some(s) = engine.by_id(id) else { continue };
+            let Some(d) = due else { break };
+            let at = engine.instant(d.at);
+            let Some(s) = engine.by_slot(d.slot, d.generation) else { continue };
+            let id = s.id;
             if s.closed.get() {
                 continue;
             }
