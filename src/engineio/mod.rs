@@ -844,12 +844,13 @@ impl WsHandler for EioWs {
             Ok(Packet::Upgrade) if s.upgrading.get() => {
                 *s.transport.borrow_mut() = Transport::WebSocket(conn.clone());
                 s.upgrading.set(false);
-                let others: Vec<Rc<Conn>> = s.candidates.borrow_mut().drain(..).collect();
+                // Taken, not drained: the session keeps no polling storage once upgraded.
+                let others = std::mem::take(&mut *s.candidates.borrow_mut());
                 for other in others.iter().filter(|c| c.id != conn.id) {
                     shard.close_session(other, 1008, "session already upgraded", crate::metrics::CloseReason::Protocol);
                 }
                 // Whatever the polling side had not fetched goes out on the WebSocket.
-                let pending: Vec<Packet> = s.queue.borrow_mut().drain(..).collect();
+                let pending = std::mem::take(&mut *s.queue.borrow_mut());
                 for p in pending {
                     shard.deliver(conn, ws_frame(&p));
                 }
