@@ -581,7 +581,14 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 let text = crate::engineio::packet::Packet::Message(crate::engineio::packet::Payload::Text(
                     Bytes::from(packet),
                 ));
-                s.send(shard, text);
+                // On a WebSocket, paced like the native protocol's acks: a client that sends a
+                // burst of events is not closed for the acks they bring back.
+                match s.websocket() {
+                    Some(c) if !s.is_closed() && c.closing_since.get().is_none() => {
+                        deliver_paced(shard, &c, Pending::Frame(crate::engineio::ws_frame(&text)))
+                    }
+                    _ => s.send(shard, text),
+                }
             }
         }
     }

@@ -140,7 +140,7 @@ impl EioSession {
     }
 
     /// The WebSocket connection, when the session uses one now (not while upgrading).
-    fn websocket(&self) -> Option<Rc<Conn>> {
+    pub(crate) fn websocket(&self) -> Option<Rc<Conn>> {
         match &*self.transport.borrow() {
             Transport::WebSocket(c) if !self.upgrading.get() => Some(c.clone()),
             _ => None,
@@ -239,7 +239,7 @@ impl Prepared {
     }
 }
 
-fn ws_frame(p: &Packet) -> Bytes {
+pub(crate) fn ws_frame(p: &Packet) -> Bytes {
     match packet::encode_ws(p) {
         WsOut::Text(t) => encode_frame(Opcode::Text, &t),
         WsOut::Binary(b) => encode_frame(Opcode::Binary, &b),

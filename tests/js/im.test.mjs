@@ -570,3 +570,34 @@ describe("limits", () => {
     await join(socket, "c");
   });
 });
+
+describe("flow control", () => {
+  let server;
+  before(async () => {
+    // A tiny send queue, so the acks of one burst overflow it many times over.
+    server = await startImksServe({ config: `[websocket]\nsend_queue_len = 16\n` });
+  });
+  after(async () => {
+    closeAll();
+    assert.equal(await server.stop(), 0);
+  });
+
+  test("a burst of events gets every ack, in order, though the acks overflow the queue", T, async () => {
+    const socket = connect(server.url);
+    await connected(socket);
+    const closes = [];
+    socket.on("disconnect", (reason) => closes.push(reason));
+    const N = 500;
+    const acks = await Promise.all(
+      Array.from({ length: N }, (_, i) => call(socket, "message:send", { channel_id: "burst", body: `m${i}` })),
+    );
+    assert.deepEqual(
+      acks.map((a) => (a.ok ? a.message.body : a)),
+      Array.from({ length: N }, (_, i) => `m${i}`),
+    );
+    const seqs = acks.map((a) => a.message.seq);
+    assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), "stored in the order sent");
+    assert.deepEqual(closes, [], "not closed as a slow consumer");
+    assert.ok(socket.connected);
+  });
+});
