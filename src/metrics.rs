@@ -139,6 +139,8 @@ pub struct ShardStats {
     pub store_evicted_conversations: AtomicU64,
     pub store_evicted_messages: AtomicU64,
     pub store_forgotten_dedup: AtomicU64,
+    /// Frames waiting in sessions' backlogs for room in their send queues, copied every tick.
+    pub send_backlog_frames: AtomicU64,
     pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -223,6 +225,12 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         "counter",
         "Deliveries whose session closed on the way.",
         &|s| get(&s.chat_missed),
+    );
+    family(
+        "imks_send_backlog_frames",
+        "gauge",
+        "Frames (stored messages, acks) waiting for room in their sessions' send queues.",
+        &|s| get(&s.send_backlog_frames),
     );
     family(
         "imks_store_evicted_conversations_total",

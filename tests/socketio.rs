@@ -207,3 +207,57 @@ fn shutdown_closes_socketio_websockets_with_1001() {
     let _ = c.flush();
     assert!(stopper.join().unwrap());
 }
+
+/// A client that bursts IM events and goes away without reading their acks: the acks that
+/// waited in its backlog (its send queue being full) are let go with the session.
+#[test]
+fn a_backlog_of_acks_is_let_go_when_its_session_closes() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    let (_node, addr) = start("io_uring", 1, |f| {
+        f.websocket.send_queue_len = 8;
+        f.server.tick_ms = 20;
+    });
+    let mut c = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+    assert!(text(&mut c).unwrap().starts_with("0{"), "open packet");
+    c.send(Message::text("40")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40{"), "connected");
+    // A small receive buffer, so the acks cannot all wait in the kernel.
+    let size: libc::c_int = 4096;
+    // SAFETY: a valid socket and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.get_ref().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let mut burst = Vec::new();
+    for i in 0..2000 {
+        let event = format!(r#"42{i}["message:send",{{"channel_id":"burst","body":"b{i}"}}]"#);
+        burst.extend_from_slice(&frame(true, 1, event.as_bytes(), true));
+    }
+    // As much of the burst as the kernel takes: the server stops reading once it is backlogged.
+    let mut raw = c.get_ref().try_clone().unwrap();
+    raw.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < burst.len() {
+        match raw.write(&burst[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(raw);
+    assert!(sent > 100 * 60, "sent {sent} bytes");
+    let backlog = || metric_sum(addr, "imks_send_backlog_frames{");
+    assert!(wait_until(Duration::from_secs(5), || backlog() > 0), "a backlog forms");
+    // Closed with acks unread: the server's write fails and the session ends.
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || backlog() == 0), "still waiting: {}", backlog());
+    assert_eq!(health(addr)["shards"][0]["websockets"], 0);
+}

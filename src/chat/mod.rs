@@ -672,13 +672,16 @@ fn send_paced(shard: &Shard, session: SessionId, frame: Bytes) {
 }
 
 impl Hub {
-    /// Copies the store's eviction counts into the shard's metrics.
-    pub fn publish_store_stats(&self, stats: &crate::metrics::ShardStats) {
+    /// Copies the store's eviction counts and the size of the sessions' backlogs into the
+    /// shard's metrics.
+    pub fn publish_stats(&self, stats: &crate::metrics::ShardStats) {
         use std::sync::atomic::Ordering::Relaxed;
         let s = self.store.stats();
         stats.store_evicted_conversations.store(s.evicted_conversations, Relaxed);
         stats.store_evicted_messages.store(s.evicted_messages, Relaxed);
         stats.store_forgotten_dedup.store(s.forgotten_dedup, Relaxed);
+        let backlog: usize = self.pending.borrow().values().map(VecDeque::len).sum();
+        stats.send_backlog_frames.store(backlog as u64, Relaxed);
     }
 
     /// Moves messages waiting for a session into its send queue while it has room; called by

@@ -380,7 +380,7 @@ async fn ticker(shard: Rc<Shard>) {
         for (_, c) in shard.conns.borrow().iter() {
             shard.check_timers(c, now);
         }
-        shard.chat.publish_store_stats(&shard.stats);
+        shard.chat.publish_stats(&shard.stats);
         // A task waiting for ring space is woken by the receiver; this is the safety net for a
         // waiter whose wake went to a task that has since gone away.
         for w in shard.ring_waiters.borrow_mut().drain(..) {
