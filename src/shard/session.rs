@@ -191,6 +191,18 @@ impl SendQueue {
     /// Moves queued frames into `out` until it holds at least `max_bytes`. Returns the number
     /// of frames taken and whether a close frame was among them.
     pub fn drain_into(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> (usize, bool) {
+        // Sized once for what this drain takes, rather than grown frame by frame.
+        let mut want = out.len();
+        for (kind, frame) in &self.frames {
+            if want >= max_bytes {
+                break;
+            }
+            want += frame.len();
+            if matches!(kind, FrameKind::DataFlush | FrameKind::Close) {
+                break;
+            }
+        }
+        out.reserve(want - out.len());
         let mut n = 0;
         while out.len() < max_bytes {
             let Some((kind, frame)) = self.frames.pop_front() else { break };
@@ -410,6 +422,26 @@ mod tests {
         out.clear();
         assert_eq!(q.drain_into(&mut out, 1 << 20), (1, false));
         assert_eq!(out, b"c");
+    }
+
+    #[test]
+    fn a_drain_sizes_its_buffer_once_for_what_it_takes() {
+        let mut q = SendQueue::new(64, Backpressure::Close);
+        let frame = "0123456789".repeat(7);
+        for _ in 0..20 {
+            q.push(FrameKind::Data, Bytes::from(frame.clone()));
+        }
+        let mut out = Vec::new();
+        assert_eq!(q.drain_into(&mut out, 1 << 20), (20, false));
+        assert_eq!(out.len(), 20 * 70);
+        assert_eq!(out.capacity(), out.len(), "one allocation of exactly the batch");
+        // A batch limit stops the sizing where the drain stops.
+        for _ in 0..20 {
+            q.push(FrameKind::Data, Bytes::from(frame.clone()));
+        }
+        let mut out = Vec::new();
+        assert_eq!(q.drain_into(&mut out, 300), (5, false));
+        assert_eq!(out.capacity(), 5 * 70);
     }
 
     #[test]
