@@ -17,7 +17,7 @@ pub enum StoreBackend {
 }
 
 /// `[store]` as written in `imks.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     /// `"memory"`, the only backend so far. Default `"memory"`.
@@ -78,45 +78,9 @@ impl Default for StoreSection {
     }
 }
 
-/// The validated `[store]` the store uses. Every bound is at least 1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoreConfig {
-    pub backend: StoreBackend,
-    pub max_conversations: usize,
-    pub max_messages_per_conversation: usize,
-    pub max_messages: usize,
-    pub max_offline_per_user: usize,
-    pub max_offline_messages: usize,
-    pub max_offline_users: usize,
-    pub max_dedup_entries: usize,
-    pub max_history_page: usize,
-    pub max_body_bytes: usize,
-    pub max_edits_per_message: usize,
-    pub max_reactions_per_message: usize,
-    pub max_readers_per_conversation: usize,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        // The defaults are all valid, so this cannot fail; spelled out to avoid an expect().
-        let s = StoreSection::default();
-        Self {
-            backend: s.backend,
-            max_conversations: s.max_conversations,
-            max_messages_per_conversation: s.max_messages_per_conversation,
-            max_messages: s.max_messages,
-            max_offline_per_user: s.max_offline_per_user,
-            max_offline_messages: s.max_offline_messages,
-            max_offline_users: s.max_offline_users,
-            max_dedup_entries: s.max_dedup_entries,
-            max_history_page: s.max_history_page,
-            max_body_bytes: s.max_body_bytes,
-            max_edits_per_message: s.max_edits_per_message,
-            max_reactions_per_message: s.max_reactions_per_message,
-            max_readers_per_conversation: s.max_readers_per_conversation,
-        }
-    }
-}
+/// The validated `[store]` the store uses: the same fields, every bound at least 1 (see
+/// [`resolve`]).
+pub type StoreConfig = StoreSection;
 
 /// A `[store]` section that cannot be used; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,22 +92,24 @@ pub enum StoreConfigError {
 /// Validates `[store]`: every bound must be at least 1 (a zero bound would make the store
 /// unusable, and "0 = unlimited" would break the promise that everything is bounded).
 pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
-    let at_least_1 = |field: &'static str, v: usize| if v == 0 { Err(StoreConfigError::Zero { field }) } else { Ok(v) };
-    Ok(StoreConfig {
-        backend: s.backend,
-        max_conversations: at_least_1("max_conversations", s.max_conversations)?,
-        max_messages_per_conversation: at_least_1("max_messages_per_conversation", s.max_messages_per_conversation)?,
-        max_messages: at_least_1("max_messages", s.max_messages)?,
-        max_offline_per_user: at_least_1("max_offline_per_user", s.max_offline_per_user)?,
-        max_offline_messages: at_least_1("max_offline_messages", s.max_offline_messages)?,
-        max_offline_users: at_least_1("max_offline_users", s.max_offline_users)?,
-        max_dedup_entries: at_least_1("max_dedup_entries", s.max_dedup_entries)?,
-        max_history_page: at_least_1("max_history_page", s.max_history_page)?,
-        max_body_bytes: at_least_1("max_body_bytes", s.max_body_bytes)?,
-        max_edits_per_message: at_least_1("max_edits_per_message", s.max_edits_per_message)?,
-        max_reactions_per_message: at_least_1("max_reactions_per_message", s.max_reactions_per_message)?,
-        max_readers_per_conversation: at_least_1("max_readers_per_conversation", s.max_readers_per_conversation)?,
-    })
+    let bounds = [
+        ("max_conversations", s.max_conversations),
+        ("max_messages_per_conversation", s.max_messages_per_conversation),
+        ("max_messages", s.max_messages),
+        ("max_offline_per_user", s.max_offline_per_user),
+        ("max_offline_messages", s.max_offline_messages),
+        ("max_offline_users", s.max_offline_users),
+        ("max_dedup_entries", s.max_dedup_entries),
+        ("max_history_page", s.max_history_page),
+        ("max_body_bytes", s.max_body_bytes),
+        ("max_edits_per_message", s.max_edits_per_message),
+        ("max_reactions_per_message", s.max_reactions_per_message),
+        ("max_readers_per_conversation", s.max_readers_per_conversation),
+    ];
+    match bounds.iter().find(|(_, v)| *v == 0) {
+        Some(&(field, _)) => Err(StoreConfigError::Zero { field }),
+        None => Ok(s.clone()),
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +140,30 @@ mod tests {
     fn refuses_unknown_keys_and_backends() {
         assert!(toml::from_str::<StoreSection>("max_history = 7\n").is_err());
         assert!(toml::from_str::<StoreSection>("backend = \"postgres\"\n").is_err());
+    }
+
+    #[test]
+    fn every_bound_refuses_zero_by_name() {
+        let fields = [
+            "max_conversations",
+            "max_messages_per_conversation",
+            "max_messages",
+            "max_offline_per_user",
+            "max_offline_messages",
+            "max_offline_users",
+            "max_dedup_entries",
+            "max_history_page",
+            "max_body_bytes",
+            "max_edits_per_message",
+            "max_reactions_per_message",
+            "max_readers_per_conversation",
+        ];
+        for field in fields {
+            let s: StoreSection = toml::from_str(&format!("{field} = 0\n")).unwrap();
+            assert_eq!(resolve(&s), Err(StoreConfigError::Zero { field }), "{field}");
+            let s: StoreSection = toml::from_str(&format!("{field} = 1\n")).unwrap();
+            assert!(resolve(&s).is_ok(), "{field} = 1");
+        }
     }
 
     #[test]
