@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::conn::{Behavior, Conn, ConnError, Cx, Io, Produce, WBUF_HIGH};
+use crate::conn::{Behavior, Conn, ConnError, Cx, Io, Produce};
 use crate::params::{Load, Params};
 use crate::proto::native::{self, AckStatus, MsgId, ServerMsg};
 use crate::proto::ws::Opcode;
@@ -213,15 +213,11 @@ impl Behavior for Chat {
         let (load, senders, index) = (self.load, self.senders, self.index);
         let sched = self.sched.get_or_insert_with(|| Sched::new(load, senders, index, cx.run.control.start_ns()));
         let end = cx.run.control.planned_end();
-        let limit = sched.in_flight_limit(self.max_inflight);
         loop {
-            let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
+            let t = match sched.next_paced(now, end, (self.inflight, self.max_inflight), io, cx) {
                 Ok(t) => t,
                 Err(p) => return p,
             };
-            if !cx.admit(t) {
-                return Produce::Idle;
-            }
             if cx.run.measured(t) {
                 cx.run.stats.count_expected(cx.shard, peer.sessions);
             }

@@ -174,6 +174,26 @@ impl Sched {
         }
     }
 
+    /// [`next_send`](Self::next_send) for a request/response sender with `inflight` messages
+    /// unanswered (blocked at [`in_flight_limit`](Self::in_flight_limit)`(open_max)`) or too
+    /// much buffered in `io`, once the run admits the send (it counts measured ones).
+    pub fn next_paced(
+        &self,
+        now: u64,
+        end: u64,
+        (inflight, open_max): (usize, usize),
+        io: &crate::conn::Io,
+        cx: &mut crate::conn::Cx<'_>,
+    ) -> Result<u64, crate::conn::Produce> {
+        let blocked = inflight >= self.in_flight_limit(open_max) || io.pending() >= crate::conn::WBUF_HIGH;
+        let t = self.next_send(now, end, blocked)?;
+        if cx.admit(t) {
+            Ok(t)
+        } else {
+            Err(crate::conn::Produce::Idle)
+        }
+    }
+
     /// How many messages may be in flight: the window in closed loop, `open_max` in open loop.
     pub fn in_flight_limit(&self, open_max: usize) -> usize {
         match *self {

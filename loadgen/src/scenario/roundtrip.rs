@@ -2,7 +2,7 @@
 //! ack id, answered by `43<id>[...]`): requests stamped with their send time, answers counted
 //! by the stamp they carry back.
 
-use crate::conn::{Behavior, ConnError, Cx, Io, Produce, WBUF_HIGH};
+use crate::conn::{Behavior, ConnError, Cx, Io, Produce};
 use crate::params::{Load, Params, Protocol};
 use crate::proto::sio::{self, Packet};
 use crate::proto::stamp::{self, Stamp};
@@ -78,15 +78,11 @@ impl Behavior for RoundTrip {
         let (load, senders, sender) = (self.load, self.senders, self.sender);
         let sched = self.sched.get_or_insert_with(|| Sched::new(load, senders, sender, cx.run.control.start_ns()));
         let end = cx.run.control.planned_end();
-        let limit = sched.in_flight_limit(self.max_inflight);
         loop {
-            let t = match sched.next_send(now, end, self.inflight >= limit || io.pending() >= WBUF_HIGH) {
+            let t = match sched.next_paced(now, end, (self.inflight, self.max_inflight), io, cx) {
                 Ok(t) => t,
                 Err(p) => return p,
             };
-            if !cx.admit(t) {
-                return Produce::Idle;
-            }
             self.seq += 1;
             let (seq, size) = (self.seq, self.size);
             match self.wire {
