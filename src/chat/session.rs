@@ -386,7 +386,7 @@ impl WsHandler for NativeWs {
     }
 
     fn on_close(&self, shard: &Shard, conn: &Rc<Conn>) {
-        shard.chat.drop_pending(shard, conn.id);
+        // What still waits for room in the queue is let go by the session driver, after this.
         let shards = shard.shard_count();
         let home = home_shard(&self.user.tenant, &self.user.user, shards);
         post(shard, home, ChatMsg::Unregister { user: self.user.clone(), session: conn.id });

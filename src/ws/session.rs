@@ -71,8 +71,7 @@ pub async fn run(
     monoio::join!(read_loop(&shard, &conn, rd, leftover, &*handler), write_loop(&shard, &conn, wr));
     handler.on_close(&shard, &conn);
     // Whatever still waited for room in the queue (paced chat frames, IM acks) goes back to
-    // its recipients' home shards or is dropped with the session; the endpoint may have done
-    // this already.
+    // its recipients' home shards or is dropped with the session: here, for every endpoint.
     shard.chat.drop_pending(&shard, conn.id);
     shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     shard.unregister(&conn);
