@@ -141,6 +141,14 @@ pub struct ShardStats {
     pub store_forgotten_dedup: AtomicU64,
     /// Frames waiting in sessions' backlogs for room in their send queues, copied every tick.
     pub send_backlog_frames: AtomicU64,
+    /// Socket writes by WebSocket sessions (each carries one or more frames).
+    pub ws_writes: AtomicU64,
+    /// Share of the last tick the shard's thread spent on the CPU, in percent.
+    pub busy_percent: AtomicU64,
+    /// 1 while the shard coalesces broadcast writes (`websocket.coalesce_us`).
+    pub write_coalescing: AtomicU64,
+    /// Flushes of coalesced writes.
+    pub coalesced_flushes: AtomicU64,
     pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -232,6 +240,24 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         "Frames (stored messages, acks) waiting for room in their sessions' send queues.",
         &|s| get(&s.send_backlog_frames),
     );
+    family(
+        "imks_ws_writes_total",
+        "counter",
+        "Socket writes by WebSocket sessions; imks_frames_out_total over this is frames per write.",
+        &|s| get(&s.ws_writes),
+    );
+    family("imks_shard_busy_percent", "gauge", "Share of the last tick the shard's thread was on the CPU.", &|s| {
+        get(&s.busy_percent)
+    });
+    family(
+        "imks_write_coalescing",
+        "gauge",
+        "1 while the shard holds broadcast frames to write several at once (websocket.coalesce_us).",
+        &|s| get(&s.write_coalescing),
+    );
+    family("imks_coalesced_flushes_total", "counter", "Flushes of broadcast frames held by write coalescing.", &|s| {
+        get(&s.coalesced_flushes)
+    });
     family(
         "imks_store_evicted_conversations_total",
         "counter",

@@ -185,6 +185,16 @@ pub struct WebSocketSection {
     /// Time the peer has to answer our close frame before the socket is dropped, in
     /// milliseconds. Default 5000.
     pub close_timeout_ms: u64,
+    /// Write coalescing under load: while a shard is busy, broadcast frames wait up to this
+    /// long, in microseconds, so that several leave in one socket write. 0 turns it off. At
+    /// most 1000000. Default 2000.
+    pub coalesce_us: u64,
+    /// Coalescing turns on after a tick in which the shard's thread was busy at least this
+    /// percentage of the time (0 = always). At most 100. Default 80.
+    pub coalesce_on_busy_percent: u8,
+    /// Coalescing turns off after a tick in which the shard was busy less than this
+    /// percentage of the time. At most `coalesce_on_busy_percent`. Default 50.
+    pub coalesce_off_busy_percent: u8,
 }
 
 impl Default for WebSocketSection {
@@ -198,6 +208,9 @@ impl Default for WebSocketSection {
             backpressure: "close".into(),
             write_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
+            coalesce_us: 2_000,
+            coalesce_on_busy_percent: 80,
+            coalesce_off_busy_percent: 50,
         }
     }
 }

@@ -85,6 +85,16 @@ pub struct WsConfig {
     pub backpressure: Backpressure,
     pub write_timeout: Duration,
     pub close_timeout: Duration,
+    /// Write coalescing under load; `None` when `websocket.coalesce_us` is 0.
+    pub coalesce: Option<Coalesce>,
+}
+
+/// When and how long a busy shard holds broadcast frames (see [`crate::shard::coalesce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Coalesce {
+    pub window: Duration,
+    pub on_busy_percent: u8,
+    pub off_busy_percent: u8,
 }
 
 /// One shard's resolved settings.
@@ -206,6 +216,18 @@ impl Config {
         positive("websocket.send_queue_len", w.send_queue_len as u64)?;
         positive("websocket.write_timeout_ms", w.write_timeout_ms)?;
         positive("websocket.close_timeout_ms", w.close_timeout_ms)?;
+        if w.coalesce_us > 1_000_000 {
+            return Err(invalid("websocket.coalesce_us", "must be at most 1000000 (one second)"));
+        }
+        if w.coalesce_on_busy_percent > 100 {
+            return Err(invalid("websocket.coalesce_on_busy_percent", "must be at most 100"));
+        }
+        if w.coalesce_off_busy_percent > w.coalesce_on_busy_percent {
+            return Err(invalid(
+                "websocket.coalesce_off_busy_percent",
+                "must be at most websocket.coalesce_on_busy_percent",
+            ));
+        }
         let backpressure = match w.backpressure.as_str() {
             "close" => Backpressure::Close,
             "drop_newest" => Backpressure::DropNewest,
@@ -315,6 +337,11 @@ impl Config {
                 backpressure,
                 write_timeout: Duration::from_millis(w.write_timeout_ms),
                 close_timeout: Duration::from_millis(w.close_timeout_ms),
+                coalesce: (w.coalesce_us > 0).then(|| Coalesce {
+                    window: Duration::from_micros(w.coalesce_us),
+                    on_busy_percent: w.coalesce_on_busy_percent,
+                    off_busy_percent: w.coalesce_off_busy_percent,
+                }),
             },
             ring_capacity: file.rings.capacity,
             ring_full_policy,
@@ -526,6 +553,27 @@ mod tests {
         std::fs::write(dir.join("shards/shard-0.toml"), "cpus = 1\n").unwrap();
         let err = Config::load_with_env(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("shard-0.toml") && err.contains("cpus"), "{err}");
+    }
+
+    #[test]
+    fn write_coalescing_is_checked_and_can_be_turned_off() {
+        let c = load_str("", &[]).unwrap();
+        assert_eq!(
+            c.ws.coalesce,
+            Some(Coalesce { window: Duration::from_micros(2000), on_busy_percent: 80, off_busy_percent: 50 })
+        );
+        assert_eq!(load_str("[websocket]\ncoalesce_us = 0\n", &[]).unwrap().ws.coalesce, None);
+        let always = "[websocket]\ncoalesce_on_busy_percent = 0\ncoalesce_off_busy_percent = 0\n";
+        assert_eq!(load_str(always, &[]).unwrap().ws.coalesce.map(|c| c.on_busy_percent), Some(0));
+        for (toml, field) in [
+            ("coalesce_us = 1000001", "websocket.coalesce_us"),
+            ("coalesce_on_busy_percent = 101", "websocket.coalesce_on_busy_percent"),
+            ("coalesce_on_busy_percent = 40", "websocket.coalesce_off_busy_percent"),
+        ] {
+            let err = load_str(&format!("[websocket]\n{toml}\n"), &[]).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{toml}: {err}");
+        }
+        load_str("[websocket]\ncoalesce_us = 1000000\n", &[]).unwrap();
     }
 
     #[test]

@@ -175,13 +175,27 @@ impl EioSession {
     /// Sends packets encoded once for many sessions: WebSocket sessions share the same frame
     /// bytes, polling sessions the same payload bytes.
     pub fn send_prepared(self: &Rc<Self>, shard: &Shard, p: &Prepared) {
+        self.send_prepared_as(shard, p, false);
+    }
+
+    /// As [`EioSession::send_prepared`] for a broadcast, which a busy shard may hold for a
+    /// moment to write it together with others ([`crate::shard::coalesce`]).
+    pub fn send_broadcast(self: &Rc<Self>, shard: &Shard, p: &Prepared) {
+        self.send_prepared_as(shard, p, true);
+    }
+
+    fn send_prepared_as(self: &Rc<Self>, shard: &Shard, p: &Prepared, broadcast: bool) {
         if self.closed.get() {
             return;
         }
         match self.websocket() {
             Some(c) => {
                 for f in p.frames() {
-                    shard.deliver(&c, f.clone());
+                    if broadcast {
+                        shard.deliver_broadcast(&c, f.clone());
+                    } else {
+                        shard.deliver(&c, f.clone());
+                    }
                 }
             }
             None => self.queue_for_polling(shard, p.packets.iter().cloned()),

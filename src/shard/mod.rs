@@ -3,6 +3,7 @@
 //! shards except through the rings, the per-shard counters (written only here) and the sidecar
 //! channels.
 
+pub mod coalesce;
 pub mod rooms;
 pub mod session;
 
@@ -109,6 +110,8 @@ pub struct Shard {
     /// session copies what it read into its decoder before it awaits anything, so sessions
     /// hold no read buffer of their own beyond a small first one.
     pub read_scratch: RefCell<Vec<u8>>,
+    /// Write coalescing under load (`websocket.coalesce_us`).
+    pub coalesce: coalesce::Coalescer,
 }
 
 thread_local! {
@@ -206,6 +209,7 @@ async fn shard_main(init: ShardInit) {
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
         read_scratch: RefCell::new(vec![0; node_config.http.read_buffer_bytes]),
+        coalesce: coalesce::Coalescer::default(),
     });
 
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
@@ -215,6 +219,9 @@ async fn shard_main(init: ShardInit) {
     monoio::spawn(ticker(shard.clone()));
     monoio::spawn(crate::chat::worker(shard.clone()));
     monoio::spawn(crate::engineio::heartbeats(shard.clone()));
+    if let Some(c) = node_config.ws.coalesce {
+        monoio::spawn(coalesce::flusher(shard.clone(), c.window));
+    }
     serve(&shard, ready).await;
     // The pumps and the ticker never finish and monoio does not drop suspended tasks, so the
     // shard's `Rc` outlives this function: release the sidecar explicitly.
@@ -381,6 +388,9 @@ async fn ticker(shard: Rc<Shard>) {
             shard.check_timers(c, now);
         }
         shard.chat.publish_stats(&shard.stats);
+        if let Some(c) = &cfg.ws.coalesce {
+            shard.coalesce.on_tick(c, &shard.stats, now);
+        }
         // A task waiting for ring space is woken by the receiver; this is the safety net for a
         // waiter whose wake went to a task that has since gone away.
         for w in shard.ring_waiters.borrow_mut().drain(..) {
@@ -504,6 +514,13 @@ impl Shard {
         self.deliver_as(c, FrameKind::Data, frame);
     }
 
+    /// As [`Shard::deliver`] for a broadcast: while the shard coalesces writes, the frame may
+    /// wait for the next flush to share a socket write with others.
+    pub fn deliver_broadcast(&self, c: &Conn, frame: Bytes) {
+        let r = c.enqueue_broadcast(frame);
+        self.enqueued(c, r);
+    }
+
     /// As [`Shard::deliver`], but the frame leaves in a socket write of its own
     /// ([`FrameKind::DataFlush`]).
     pub fn deliver_flushed(&self, c: &Conn, frame: Bytes) {
@@ -511,7 +528,13 @@ impl Shard {
     }
 
     fn deliver_as(&self, c: &Conn, kind: FrameKind, frame: Bytes) {
-        match c.enqueue(kind, frame) {
+        let r = c.enqueue(kind, frame);
+        self.enqueued(c, r);
+    }
+
+    /// Applies the outcome of queueing a data frame: drops are counted, an overflow closes.
+    fn enqueued(&self, c: &Conn, r: Enqueued) {
+        match r {
             Enqueued::Queued | Enqueued::Closed => {}
             Enqueued::DroppedNewest => metrics::add(&self.stats.drops_newest, 1),
             Enqueued::DroppedOldest => metrics::add(&self.stats.drops_oldest, 1),

@@ -294,6 +294,9 @@ pub struct Conn {
     pub reader_done: Cell<bool>,
     /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
     pub backlogged: Cell<bool>,
+    /// Something that must not wait for a coalesced flush is queued (anything but a
+    /// broadcast); cleared when the queue empties.
+    pub prompt: Cell<bool>,
 }
 
 impl Conn {
@@ -315,6 +318,7 @@ impl Conn {
             reader: Cell::new(None),
             reader_done: Cell::new(false),
             backlogged: Cell::new(false),
+            prompt: Cell::new(false),
         }
     }
 
@@ -327,6 +331,17 @@ impl Conn {
 
     /// Queues a frame and wakes the writer.
     pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
+        self.prompt.set(true);
+        self.push(kind, frame)
+    }
+
+    /// As [`Conn::enqueue`] for a data frame that may wait for the shard's next flush while
+    /// the shard coalesces writes (a broadcast; see [`crate::shard::coalesce`]).
+    pub fn enqueue_broadcast(&self, frame: Bytes) -> Enqueued {
+        self.push(FrameKind::Data, frame)
+    }
+
+    fn push(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
         let r = self.queue.borrow_mut().push(kind, frame);
         if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
             self.wake_writer();

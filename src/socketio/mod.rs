@@ -587,7 +587,7 @@ impl SocketIo {
         packets.extend(b.binaries.iter().map(|x| EioPacket::Message(Payload::Binary(x.clone()))));
         let prepared = Prepared::new(packets);
         for s in targets {
-            s.eio.send_prepared(shard, &prepared);
+            s.eio.send_broadcast(shard, &prepared);
         }
     }
 

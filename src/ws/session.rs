@@ -314,9 +314,14 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
             }
         })
         .await;
+        // While the shard is busy, broadcasts wait for its next flush to share this write.
+        shard.coalesce.hold(conn).await;
         let (frames, close) = conn.queue.borrow_mut().drain_into(&mut buf, MAX_WRITE_BATCH);
         if frames == 0 {
             break; // the reader is done and nothing is left to send
+        }
+        if conn.queue.borrow().is_empty() {
+            conn.prompt.set(false);
         }
         let len = buf.len();
         conn.write_started.set(Some(Instant::now()));
@@ -344,6 +349,7 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         }
         metrics::add(&shard.stats.bytes_out, len as u64);
         metrics::add(&shard.stats.frames_out, frames as u64);
+        metrics::add(&shard.stats.ws_writes, 1);
         if conn.backlogged.get() {
             // Messages waiting for room in the queue (chat deliveries) come in as it drains.
             shard.chat.refill(shard, conn);

@@ -1,0 +1,190 @@
+//! Write coalescing under load: while a shard is busy, broadcast frames wait a moment so that
+//! more of them leave in each socket write.
+//!
+//! On loopback and on real links alike, a small socket write costs the kernel several
+//! microseconds whatever it carries, so a shard that fans each broadcast out to many sessions
+//! spends most of its time in `send`. When it is not busy, every broadcast is written at once.
+//! When its thread's CPU use over a tick reaches `websocket.coalesce_on_busy_percent`,
+//! sessions hold broadcast frames until the shard's next flush, at most `websocket.coalesce_us`
+//! later, so several broadcasts share one write; below `websocket.coalesce_off_busy_percent`
+//! it stops. A busy shard's latency is already queueing, and batching shortens the queue.
+//!
+//! Only broadcasts wait. Anything else a session is owed (acks, replies, pongs, closes) is
+//! written at once and takes whatever broadcasts are waiting along with it, in order.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::config::Coalesce;
+use crate::metrics::{self, ShardStats};
+use crate::shard::session::Conn;
+use crate::shard::Shard;
+
+/// One shard's coalescing state: whether it is on, and the flushes sessions wait for.
+#[derive(Default)]
+pub struct Coalescer {
+    active: Cell<bool>,
+    /// Counts flushes; a session waits for it to move on.
+    epoch: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+    flusher: Cell<Option<Waker>>,
+    /// Wall-clock time and thread CPU time at the last tick.
+    mark: Cell<Option<(Instant, Duration)>>,
+}
+
+/// Whether coalescing should be on after a tick in which the shard's thread was busy
+/// `busy_percent` of the time. Between the two thresholds it stays as it was, so a shard near
+/// one of them does not flap.
+pub fn decide(active: bool, busy_percent: u64, cfg: &Coalesce) -> bool {
+    if active {
+        busy_percent >= u64::from(cfg.off_busy_percent)
+    } else {
+        busy_percent >= u64::from(cfg.on_busy_percent)
+    }
+}
+
+/// CPU time this thread has used, user and system.
+fn thread_cpu() -> Option<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`, a valid and exclusively borrowed
+    // local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    Some(Duration::new(u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?))
+}
+
+impl Coalescer {
+    pub fn is_active(&self) -> bool {
+        self.active.get()
+    }
+
+    /// Called by the shard's ticker, on the shard's thread: measures how busy the thread was
+    /// since the last tick and turns coalescing on or off.
+    pub fn on_tick(&self, cfg: &Coalesce, stats: &ShardStats, now: Instant) {
+        let Some(cpu) = thread_cpu() else { return };
+        let last = self.mark.replace(Some((now, cpu)));
+        let Some((then, cpu_then)) = last else { return };
+        let wall = now.saturating_duration_since(then).as_nanos();
+        if wall == 0 {
+            return;
+        }
+        let busy = cpu.saturating_sub(cpu_then).as_nanos().saturating_mul(100) / wall;
+        let busy = u64::try_from(busy).unwrap_or(u64::MAX).min(100);
+        let active = decide(self.active.get(), busy, cfg);
+        self.active.set(active);
+        stats.busy_percent.store(busy, std::sync::atomic::Ordering::Relaxed);
+        stats.write_coalescing.store(u64::from(active), std::sync::atomic::Ordering::Relaxed);
+        if !active {
+            // Nobody new waits; those already waiting go now.
+            self.flush();
+        }
+    }
+
+    /// Lets every waiting session write.
+    fn flush(&self) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+        for w in std::mem::take(&mut *self.waiters.borrow_mut()) {
+            w.wake();
+        }
+    }
+
+    /// Called by a session's writer that has frames to send. Returns at once unless the shard
+    /// is coalescing and everything queued is a broadcast with room to spare; then it returns at
+    /// the shard's next flush, or as soon as something that must not wait is queued, the queue
+    /// fills or the session ends.
+    pub async fn hold(&self, conn: &Conn) {
+        if !self.active.get() || conn.prompt.get() {
+            return;
+        }
+        let epoch = self.epoch.get();
+        let mut registered = false;
+        poll_fn(|cx| {
+            if self.epoch.get() != epoch || conn.prompt.get() || conn.reader_done.get() || {
+                let q = conn.queue.borrow();
+                q.is_full() || q.is_closed()
+            } {
+                return Poll::Ready(());
+            }
+            conn.set_writer_waker(cx.waker());
+            if !registered {
+                registered = true;
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                if let Some(f) = self.flusher.take() {
+                    f.wake();
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// The shard's flusher: once sessions wait, it lets them write `window` later. It sleeps on
+/// nothing while no session waits.
+pub async fn flusher(shard: Rc<Shard>, window: Duration) {
+    let c = &shard.coalesce;
+    loop {
+        poll_fn(|cx| {
+            if c.waiters.borrow().is_empty() {
+                c.flusher.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        monoio::time::sleep(window).await;
+        c.flush();
+        metrics::add(&shard.stats.coalesced_flushes, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(on: u8, off: u8) -> Coalesce {
+        Coalesce { window: Duration::from_millis(2), on_busy_percent: on, off_busy_percent: off }
+    }
+
+    #[test]
+    fn turns_on_at_the_high_mark_and_off_below_the_low_one() {
+        let c = cfg(80, 50);
+        assert!(!decide(false, 79, &c));
+        assert!(decide(false, 80, &c));
+        assert!(decide(true, 79, &c), "stays on between the marks");
+        assert!(decide(true, 50, &c));
+        assert!(!decide(true, 49, &c));
+        assert!(!decide(false, 60, &c), "stays off between the marks");
+    }
+
+    #[test]
+    fn zero_means_always() {
+        let c = cfg(0, 0);
+        assert!(decide(false, 0, &c));
+        assert!(decide(true, 0, &c));
+    }
+
+    #[test]
+    fn a_hundred_means_only_when_saturated() {
+        let c = cfg(100, 100);
+        assert!(!decide(false, 99, &c));
+        assert!(decide(false, 100, &c));
+        assert!(!decide(true, 99, &c));
+    }
+
+    #[test]
+    fn thread_cpu_moves_forward_with_work() {
+        let a = thread_cpu().unwrap();
+        let mut x = 0u64;
+        while thread_cpu().unwrap() < a + Duration::from_millis(5) {
+            x = x.wrapping_add(1);
+        }
+        assert!(x > 0);
+    }
+}
