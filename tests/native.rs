@@ -456,6 +456,40 @@ fn room_chat_reaches_joined_members_on_every_shard() {
 }
 
 #[test]
+fn a_busy_shard_batches_room_messages_and_not_acks() {
+    // Coalescing forced on (both thresholds 0) with a window far longer than the test's sends.
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.server.tick_ms = 20;
+        f.websocket.coalesce_us = 1_000_000;
+        f.websocket.coalesce_on_busy_percent = 0;
+        f.websocket.coalesce_off_busy_percent = 0;
+    });
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_write_coalescing") == 2));
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    for c in [&mut alice, &mut bob] {
+        c.send(json!({"type": "join", "id": "j", "data": {"roomId": "general"}}));
+        c.recv_type("joined");
+    }
+    let bob_writes = || metric_sum(a, "imks_ws_writes_total{shard=\"1\"}");
+    let flushes = || metric_sum(a, "imks_coalesced_flushes_total");
+    let (before, flushed) = (bob_writes(), flushes());
+    const N: usize = 10;
+    for i in 0..N {
+        alice.send(json!({"type": "chat", "data": {"roomId": "general", "content": format!("m{i}")}}));
+        // Acks are never held.
+        assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+    }
+    assert_eq!(flushes(), flushed, "every ack came back before the first flush");
+    for i in 0..N {
+        assert_eq!(bob.recv_type("chat")["data"]["content"], format!("m{i}"));
+    }
+    let writes = bob_writes() - before;
+    assert!(writes <= 2, "{N} room messages sent one by one reached bob in {writes} writes");
+    assert!(flushes() > flushed, "they waited for a flush");
+}
+
+#[test]
 fn auth_failures_are_refused_before_the_upgrade() {
     let (_node, [a, _]) = two_shards("io_uring", |_| {});
     let (status, body) = upgrade_status(a, "/ws", &[]);

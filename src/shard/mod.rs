@@ -595,7 +595,7 @@ impl Shard {
         let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {
-                self.deliver(&c, frame.clone());
+                self.deliver_broadcast(&c, frame.clone());
             }
         }
     }
