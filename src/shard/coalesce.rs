@@ -64,8 +64,8 @@ impl Coalescer {
     }
 
     /// Called by the shard's ticker, on the shard's thread: measures how busy the thread was
-    /// since the last tick and turns coalescing on or off.
-    pub fn on_tick(&self, cfg: &Coalesce, stats: &ShardStats, now: Instant) {
+    /// since the last tick and, when coalescing is configured, turns it on or off.
+    pub fn on_tick(&self, cfg: Option<&Coalesce>, stats: &ShardStats, now: Instant) {
         let Some(cpu) = thread_cpu() else { return };
         let last = self.mark.replace(Some((now, cpu)));
         let Some((then, cpu_then)) = last else { return };
@@ -75,9 +75,10 @@ impl Coalescer {
         }
         let busy = cpu.saturating_sub(cpu_then).as_nanos().saturating_mul(100) / wall;
         let busy = u64::try_from(busy).unwrap_or(u64::MAX).min(100);
+        stats.busy_percent.store(busy, std::sync::atomic::Ordering::Relaxed);
+        let Some(cfg) = cfg else { return };
         let active = decide(self.active.get(), busy, cfg);
         self.active.set(active);
-        stats.busy_percent.store(busy, std::sync::atomic::Ordering::Relaxed);
         stats.write_coalescing.store(u64::from(active), std::sync::atomic::Ordering::Relaxed);
         if !active {
             // Nobody new waits; those already waiting go now.
@@ -178,13 +179,40 @@ mod tests {
         assert!(!decide(true, 99, &c));
     }
 
+    /// Spins on this thread until it has used `cpu` more CPU time.
+    fn spin(cpu: Duration) {
+        let until = thread_cpu().unwrap() + cpu;
+        while thread_cpu().unwrap() < until {}
+    }
+
     #[test]
-    fn thread_cpu_moves_forward_with_work() {
-        let a = thread_cpu().unwrap();
-        let mut x = 0u64;
-        while thread_cpu().unwrap() < a + Duration::from_millis(5) {
-            x = x.wrapping_add(1);
-        }
-        assert!(x > 0);
+    fn a_tick_measures_the_thread_and_decides() {
+        let stats = ShardStats::default();
+        let c = Coalescer::default();
+        // Low marks: on a loaded machine the spinning thread may get only part of the wall time.
+        let on = cfg(1, 1);
+        let t0 = Instant::now();
+        c.on_tick(Some(&on), &stats, t0);
+        spin(Duration::from_millis(30));
+        c.on_tick(Some(&on), &stats, Instant::now());
+        assert!(stats.busy_percent.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(c.is_active());
+        assert_eq!(stats.write_coalescing.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // A tick over a long idle stretch turns it off and releases the waiters.
+        let epoch = c.epoch.get();
+        c.on_tick(Some(&on), &stats, Instant::now() + Duration::from_secs(10));
+        assert!(!c.is_active());
+        assert_ne!(c.epoch.get(), epoch, "a flush when it turns off");
+    }
+
+    #[test]
+    fn busy_share_is_measured_without_coalescing() {
+        let stats = ShardStats::default();
+        let c = Coalescer::default();
+        c.on_tick(None, &stats, Instant::now());
+        spin(Duration::from_millis(30));
+        c.on_tick(None, &stats, Instant::now());
+        assert!(stats.busy_percent.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        assert!(!c.is_active());
     }
 }

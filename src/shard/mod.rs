@@ -388,9 +388,7 @@ async fn ticker(shard: Rc<Shard>) {
             shard.check_timers(c, now);
         }
         shard.chat.publish_stats(&shard.stats);
-        if let Some(c) = &cfg.ws.coalesce {
-            shard.coalesce.on_tick(c, &shard.stats, now);
-        }
+        shard.coalesce.on_tick(cfg.ws.coalesce.as_ref(), &shard.stats, now);
         // A task waiting for ring space is woken by the receiver; this is the safety net for a
         // waiter whose wake went to a task that has since gone away.
         for w in shard.ring_waiters.borrow_mut().drain(..) {
