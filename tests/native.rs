@@ -824,6 +824,78 @@ fn presence_subscriptions_sessions_per_user_and_content_size_are_bounded() {
 /// `store.max_offline_per_user` waiting behind a full send queue) is closed as a slow consumer,
 /// and what it had not received is queued for its next login rather than dropped.
 #[test]
+fn messages_no_write_took_go_offline_when_the_session_ends() {
+    // Bob stops reading; the server gives up on its stalled write. Every message is either
+    // written to bob's socket (and acknowledged `delivered`) or pushed to bob when he comes back:
+    // none of those still in his send queue is lost.
+    const N: usize = 400;
+    let (node, _) = start_full(
+        "io_uring",
+        2,
+        |f| {
+            static_auth(f);
+            f.limits.message_rate = 0;
+            f.store.max_offline_per_user = 1000;
+            f.websocket.write_timeout_ms = 300;
+            f.websocket.close_timeout_ms = 300;
+            f.server.tick_ms = 20;
+        },
+        |c| {
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.shards[1].send_queue_len = 8;
+        },
+    );
+    let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&b.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, _) = tungstenite::client::client(format!("ws://{b}/ws?token=t-bob"), stream).unwrap();
+    let mut bob = Client { ws };
+    assert_eq!(bob.recv()["type"], "connected");
+    let written_to_bob = || metric_sum(a, "imks_frames_out_total{shard=\"1\"}") - 1; // less `connected`
+
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let body = "z".repeat(16_000);
+    for i in 0..N {
+        alice.send(json!({"type":"chat","data":{"msgId": format!("q{i}"),"toUserId":"bob","content": body}}));
+    }
+    let write_timeouts = || metric_sum(a, "imks_closes_total{shard=\"1\",reason=\"write_timeout\"}");
+    assert!(wait_until(Duration::from_secs(10), || write_timeouts() >= 1), "bob's stalled write was not given up");
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_websockets_active{shard=\"1\"}") == 0));
+    let written = written_to_bob() as usize;
+    assert!(written < N, "the test needs writes to stall: {written} of {N} written");
+    drop(bob);
+
+    // What no write took comes back, in order, right after `connected`.
+    let (mut again, _) = Client::connect(a, "t-bob");
+    for i in written..N {
+        let m = again.recv_type("chat");
+        assert_eq!(m["data"]["content"].as_str().map(str::len), Some(16_000));
+        assert_eq!(m["data"]["fromUserId"], "alice", "message {i}");
+    }
+    // Nothing more: a ping is answered next.
+    again.send(json!({"type": "ping"}));
+    assert_eq!(again.recv()["type"], "pong", "only the {} unwritten messages were pushed", N - written);
+
+    // Alice hears `sent` for each, and `delivered` once for each: for the written ones when
+    // the write took them, for the rest when bob's new session got them.
+    let (mut sent, mut delivered) = (0, std::collections::HashSet::new());
+    while sent < N || delivered.len() < N {
+        let ack = alice.recv_type("ack");
+        match ack["data"]["status"].as_str() {
+            Some("sent") => sent += 1,
+            Some("delivered") => assert!(delivered.insert(ack["data"]["msgId"].to_string()), "twice: {ack}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    alice.send(json!({"type": "ping"}));
+    assert_eq!(alice.recv()["type"], "pong", "no ack after the last");
+}
+
+#[test]
 fn a_client_that_stops_reading_is_closed_and_its_waiting_messages_go_offline() {
     const N: usize = 600;
     // Bob's shard (1) has a tiny send queue; alice's keeps the default for her acks.

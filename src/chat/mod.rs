@@ -256,6 +256,9 @@ pub struct Hub {
     room_waiter: RefCell<Option<Waker>>,
     /// Stored messages waiting for room in a session's send queue, in order.
     pending: RefCell<HashMap<SessionId, VecDeque<Pending>>>,
+    /// Stored messages in a session's send queue that no write has taken yet, by tag, in
+    /// order: reported `delivered` once written, routed again if the session ends first.
+    unwritten: RefCell<HashMap<SessionId, VecDeque<Unwritten>>>,
     /// For the channels this shard owns: how many sockets each user has in each (IM events).
     channel_presence: RefCell<crate::app::im::PresenceCounts>,
 }
@@ -278,6 +281,7 @@ impl Hub {
             misses: RefCell::new(Misses::default()),
             room_waiter: RefCell::new(None),
             pending: RefCell::new(HashMap::new()),
+            unwritten: RefCell::new(HashMap::new()),
             channel_presence: RefCell::new(HashMap::new()),
         }
     }
@@ -537,6 +541,16 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             let Ok(read) = hub.store.mark_read(&tenant, &reader, &conversation, &ids).await else { return };
             let now = now_ms();
             for m in read {
+                // A message is delivered once a write to its recipient took it, which the
+                // recipient's shard reports after the write completes; the recipient may read it
+                // and say so first. Read implies delivered, and `delivered` goes first, by the
+                // same path as `read`. (Room messages have no `delivered`.)
+                let direct = matches!(m.target, Target::User(_));
+                if direct && hub.store.mark_delivered(&conversation, m.id).await.unwrap_or(false) {
+                    let ack =
+                        encode_ack(None, &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Delivered, now);
+                    send_to_identity(shard, &m.tenant, &m.author, text(ack));
+                }
                 let ack = encode_ack(None, &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Read, now);
                 send_to_identity(shard, &m.tenant, &m.author, text(ack));
             }
@@ -631,15 +645,22 @@ fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
     }
 }
 
-/// Puts a stored message on the session's socket and reports the delivery to the
-/// conversation's owner.
+/// A stored message in a session's send queue, not yet taken by a write.
+struct Unwritten {
+    tag: u32,
+    message: Arc<Message>,
+    sender: Option<SessionId>,
+    targets: Arc<[SessionId]>,
+}
+
+/// Puts a stored message in the session's send queue; the delivery is reported to the
+/// conversation's owner once a write takes it ([`Hub::written`]).
 fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
     match p {
-        Pending::Message { frame, message, sender, .. } => {
-            shard.deliver(c, frame);
-            let conversation = message.conversation.clone();
-            let owner = conversation.owner_shard(shard.shard_count());
-            post(shard, owner, ChatMsg::Delivered { conversation, id: message.id, sender });
+        Pending::Message { frame, message, sender, targets } => {
+            let tag = shard.deliver_message(c, frame);
+            let u = Unwritten { tag, message, sender, targets };
+            shard.chat.unwritten.borrow_mut().entry(c.id).or_default().push_back(u);
         }
         Pending::Frame(frame) => shard.deliver(c, frame),
     }
@@ -650,6 +671,10 @@ fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
 fn missed(shard: &Shard, p: Pending) {
     // An ack for a session that is gone has no one to tell.
     let Pending::Message { message, sender, targets, .. } = p else { return };
+    missed_message(shard, message, sender, targets);
+}
+
+fn missed_message(shard: &Shard, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]>) {
     metrics::add(&shard.stats.chat_missed, 1);
     if let Target::User(u) = &message.target {
         let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
@@ -700,9 +725,28 @@ impl Hub {
         }
     }
 
-    /// A session ended with messages still waiting for it: they go back to their recipients'
-    /// home shards.
+    /// A write to session `id` took its stored messages up to `tag`: they are delivered.
+    pub fn written(&self, shard: &Shard, id: SessionId, tag: u32) {
+        let mut unwritten = self.unwritten.borrow_mut();
+        let Some(q) = unwritten.get_mut(&id) else { return };
+        while q.front().is_some_and(|u| u.tag <= tag) {
+            let Some(u) = q.pop_front() else { break };
+            let conversation = u.message.conversation.clone();
+            let owner = conversation.owner_shard(shard.shard_count());
+            post(shard, owner, ChatMsg::Delivered { conversation, id: u.message.id, sender: u.sender });
+        }
+        if q.is_empty() {
+            unwritten.remove(&id);
+        }
+    }
+
+    /// A session ended with messages still waiting for it, in its send queue or behind it: they
+    /// go back to their recipients' home shards, oldest first.
     pub fn drop_pending(&self, shard: &Shard, id: SessionId) {
+        let unwritten = self.unwritten.borrow_mut().remove(&id);
+        for u in unwritten.into_iter().flatten() {
+            missed_message(shard, u.message, u.sender, u.targets);
+        }
         let left = self.pending.borrow_mut().remove(&id);
         for p in left.into_iter().flatten() {
             missed(shard, p);

@@ -519,6 +519,14 @@ impl Shard {
         self.enqueued(c, r);
     }
 
+    /// As [`Shard::deliver`] for a stored chat message; returns the tag that
+    /// [`crate::shard::session::SendQueue::take_written_tag`] reports once a write took it.
+    pub fn deliver_message(&self, c: &Conn, frame: Bytes) -> u32 {
+        let tag = c.next_tag();
+        self.deliver_as(c, FrameKind::Message(tag), frame);
+        tag
+    }
+
     /// As [`Shard::deliver`], but the frame leaves in a socket write of its own
     /// ([`FrameKind::DataFlush`]).
     pub fn deliver_flushed(&self, c: &Conn, frame: Bytes) {

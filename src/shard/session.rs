@@ -91,6 +91,9 @@ pub enum FrameKind {
     /// Data that must leave in a socket write of its own, after which the writer takes more
     /// (a reply a client may expect to read apart from what follows it).
     DataFlush,
+    /// A stored chat message, as [`FrameKind::Data`], tagged so that its session can tell when
+    /// a write took it (see [`SendQueue::take_written_tag`]). Tags grow with each message.
+    Message(u32),
     /// Ping, pong: never dropped, limited separately.
     Control,
     /// A close frame: nothing is queued after it, and the writer shuts the socket after it.
@@ -99,7 +102,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn is_data(self) -> bool {
-        matches!(self, FrameKind::Data | FrameKind::DataFlush)
+        matches!(self, FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_))
     }
 }
 
@@ -132,11 +135,22 @@ pub struct SendQueue {
     closed: bool,
     /// The last drain stopped after a [`FrameKind::DataFlush`] frame.
     stopped_at_flush: bool,
+    /// The highest [`FrameKind::Message`] tag the last drain took (0: none).
+    drained_tag: u32,
 }
 
 impl SendQueue {
     pub fn new(limit: usize, policy: Backpressure) -> Self {
-        Self { frames: VecDeque::new(), data: 0, control: 0, limit, policy, closed: false, stopped_at_flush: false }
+        Self {
+            frames: VecDeque::new(),
+            data: 0,
+            control: 0,
+            limit,
+            policy,
+            closed: false,
+            stopped_at_flush: false,
+            drained_tag: 0,
+        }
     }
 
     /// Offers one encoded frame. Never grows past `limit` data frames.
@@ -150,20 +164,22 @@ impl SendQueue {
             self.frames.reserve_exact(self.frames.len().max(1));
         }
         match kind {
-            FrameKind::Data | FrameKind::DataFlush if self.data >= self.limit => match self.policy {
-                Backpressure::Close => Enqueued::Overflow,
-                Backpressure::DropNewest => Enqueued::DroppedNewest,
-                Backpressure::DropOldest => {
-                    if let Some(i) = self.frames.iter().position(|(k, _)| k.is_data()) {
-                        self.frames.remove(i);
-                        self.frames.push_back((kind, frame));
-                        Enqueued::DroppedOldest
-                    } else {
-                        Enqueued::DroppedNewest
+            FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_) if self.data >= self.limit => {
+                match self.policy {
+                    Backpressure::Close => Enqueued::Overflow,
+                    Backpressure::DropNewest => Enqueued::DroppedNewest,
+                    Backpressure::DropOldest => {
+                        if let Some(i) = self.frames.iter().position(|(k, _)| k.is_data()) {
+                            self.frames.remove(i);
+                            self.frames.push_back((kind, frame));
+                            Enqueued::DroppedOldest
+                        } else {
+                            Enqueued::DroppedNewest
+                        }
                     }
                 }
-            },
-            FrameKind::Data | FrameKind::DataFlush => {
+            }
+            FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_) => {
                 self.data += 1;
                 self.frames.push_back((kind, frame));
                 Enqueued::Queued
@@ -191,6 +207,7 @@ impl SendQueue {
     /// Moves queued frames into `out` until it holds at least `max_bytes`. Returns the number
     /// of frames taken and whether a close frame was among them.
     pub fn drain_into(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> (usize, bool) {
+        self.drained_tag = 0;
         // Sized once for what this drain takes, rather than grown frame by frame.
         let mut want = out.len();
         for (kind, frame) in &self.frames {
@@ -210,6 +227,10 @@ impl SendQueue {
             n += 1;
             match kind {
                 FrameKind::Data => self.data -= 1,
+                FrameKind::Message(tag) => {
+                    self.data -= 1;
+                    self.drained_tag = self.drained_tag.max(tag);
+                }
                 FrameKind::DataFlush => {
                     self.data -= 1;
                     self.stopped_at_flush = true;
@@ -224,6 +245,12 @@ impl SendQueue {
 
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// The highest message tag the last drain took, once its write has succeeded; 0 when it
+    /// took none. Resets it.
+    pub fn take_written_tag(&mut self) -> u32 {
+        std::mem::take(&mut self.drained_tag)
     }
 
     /// Whether the last drain stopped at a flush frame; resets the flag.
@@ -297,6 +324,8 @@ pub struct Conn {
     /// Something that must not wait for a coalesced flush is queued (anything but a
     /// broadcast); cleared when the queue empties.
     pub prompt: Cell<bool>,
+    /// The tag of the last stored chat message queued ([`FrameKind::Message`]).
+    last_tag: Cell<u32>,
 }
 
 impl Conn {
@@ -319,6 +348,7 @@ impl Conn {
             reader_done: Cell::new(false),
             backlogged: Cell::new(false),
             prompt: Cell::new(false),
+            last_tag: Cell::new(0),
         }
     }
 
@@ -333,6 +363,13 @@ impl Conn {
     pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
         self.prompt.set(true);
         self.push(kind, frame)
+    }
+
+    /// The tag for the next stored chat message queued on this session; never 0.
+    pub fn next_tag(&self) -> u32 {
+        let t = self.last_tag.get().wrapping_add(1).max(1);
+        self.last_tag.set(t);
+        t
     }
 
     /// As [`Conn::enqueue`] for a data frame that may wait for the shard's next flush while
@@ -481,6 +518,31 @@ mod tests {
         let mut out = vec![];
         q.drain_into(&mut out, usize::MAX);
         assert_eq!(out, b"Pbc");
+    }
+
+    #[test]
+    fn a_drain_reports_the_last_message_tag_it_took() {
+        let mut q = SendQueue::new(8, Backpressure::Close);
+        q.push(FrameKind::Message(1), b("m1"));
+        q.push(FrameKind::Data, b("x"));
+        q.push(FrameKind::Message(2), b("m2"));
+        q.push(FrameKind::Message(3), b("m3"));
+        assert_eq!(q.push(FrameKind::Message(4), b("m4")), Enqueued::Queued);
+        let mut out = vec![];
+        assert_eq!(q.drain_into(&mut out, 5), (3, false), "m1, x and m2 fill five bytes");
+        assert_eq!(q.take_written_tag(), 2);
+        assert_eq!(q.take_written_tag(), 0, "taken once");
+        out.clear();
+        q.push(FrameKind::Data, b("y"));
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(out, b"m3m4y");
+        assert_eq!(q.take_written_tag(), 4);
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(q.take_written_tag(), 0, "an empty drain took none");
+        // Messages count against the limit like any data frame.
+        let mut q = SendQueue::new(1, Backpressure::Close);
+        q.push(FrameKind::Message(1), b("m1"));
+        assert_eq!(q.push(FrameKind::Message(2), b("m2")), Enqueued::Overflow);
     }
 
     #[test]

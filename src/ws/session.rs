@@ -350,6 +350,11 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         metrics::add(&shard.stats.bytes_out, len as u64);
         metrics::add(&shard.stats.frames_out, frames as u64);
         metrics::add(&shard.stats.ws_writes, 1);
+        let written = conn.queue.borrow_mut().take_written_tag();
+        if written != 0 {
+            // Stored chat messages that this write took are delivered.
+            shard.chat.written(shard, conn.id, written);
+        }
         if conn.backlogged.get() {
             // Messages waiting for room in the queue (chat deliveries) come in as it drains.
             shard.chat.refill(shard, conn);
