@@ -662,7 +662,7 @@ fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
             let u = Unwritten { tag, message, sender, targets };
             shard.chat.unwritten.borrow_mut().entry(c.id).or_default().push_back(u);
         }
-        Pending::Frame(frame) => shard.deliver(c, frame),
+        Pending::Frame(frame) => shard.deliver_owed(c, frame),
     }
 }
 

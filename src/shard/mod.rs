@@ -523,8 +523,14 @@ impl Shard {
     /// [`crate::shard::session::SendQueue::take_written_tag`] reports once a write took it.
     pub fn deliver_message(&self, c: &Conn, frame: Bytes) -> u32 {
         let tag = c.next_tag();
-        self.deliver_as(c, FrameKind::Message(tag), frame);
+        self.deliver_as(c, FrameKind::Owed(tag), frame);
         tag
+    }
+
+    /// As [`Shard::deliver`] for a frame the server owes the session (an ack or error about its
+    /// own chat message): the `drop_oldest` policy never drops it.
+    pub fn deliver_owed(&self, c: &Conn, frame: Bytes) {
+        self.deliver_as(c, FrameKind::Owed(0), frame);
     }
 
     /// As [`Shard::deliver`], but the frame leaves in a socket write of its own

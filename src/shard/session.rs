@@ -91,9 +91,11 @@ pub enum FrameKind {
     /// Data that must leave in a socket write of its own, after which the writer takes more
     /// (a reply a client may expect to read apart from what follows it).
     DataFlush,
-    /// A stored chat message, as [`FrameKind::Data`], tagged so that its session can tell when
-    /// a write took it (see [`SendQueue::take_written_tag`]). Tags grow with each message.
-    Message(u32),
+    /// Data the server owes the session (chat): a stored message, tagged so that its session
+    /// can tell when a write took it ([`SendQueue::take_written_tag`]; tags grow with each
+    /// message), or, with tag 0, an ack or error about the client's own message. Counts as data,
+    /// but `drop_oldest` never drops it to make room.
+    Owed(u32),
     /// Ping, pong: never dropped, limited separately.
     Control,
     /// A close frame: nothing is queued after it, and the writer shuts the socket after it.
@@ -102,7 +104,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn is_data(self) -> bool {
-        matches!(self, FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_))
+        matches!(self, FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_))
     }
 }
 
@@ -135,7 +137,7 @@ pub struct SendQueue {
     closed: bool,
     /// The last drain stopped after a [`FrameKind::DataFlush`] frame.
     stopped_at_flush: bool,
-    /// The highest [`FrameKind::Message`] tag the last drain took (0: none).
+    /// The highest [`FrameKind::Owed`] tag the last drain took (0: none).
     drained_tag: u32,
 }
 
@@ -164,12 +166,13 @@ impl SendQueue {
             self.frames.reserve_exact(self.frames.len().max(1));
         }
         match kind {
-            FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_) if self.data >= self.limit => {
+            FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_) if self.data >= self.limit => {
                 match self.policy {
                     Backpressure::Close => Enqueued::Overflow,
                     Backpressure::DropNewest => Enqueued::DroppedNewest,
                     Backpressure::DropOldest => {
-                        if let Some(i) = self.frames.iter().position(|(k, _)| k.is_data()) {
+                        let droppable = |k: &FrameKind| matches!(k, FrameKind::Data | FrameKind::DataFlush);
+                        if let Some(i) = self.frames.iter().position(|(k, _)| droppable(k)) {
                             self.frames.remove(i);
                             self.frames.push_back((kind, frame));
                             Enqueued::DroppedOldest
@@ -179,7 +182,7 @@ impl SendQueue {
                     }
                 }
             }
-            FrameKind::Data | FrameKind::DataFlush | FrameKind::Message(_) => {
+            FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_) => {
                 self.data += 1;
                 self.frames.push_back((kind, frame));
                 Enqueued::Queued
@@ -227,7 +230,7 @@ impl SendQueue {
             n += 1;
             match kind {
                 FrameKind::Data => self.data -= 1,
-                FrameKind::Message(tag) => {
+                FrameKind::Owed(tag) => {
                     self.data -= 1;
                     self.drained_tag = self.drained_tag.max(tag);
                 }
@@ -324,7 +327,7 @@ pub struct Conn {
     /// Something that must not wait for a coalesced flush is queued (anything but a
     /// broadcast); cleared when the queue empties.
     pub prompt: Cell<bool>,
-    /// The tag of the last stored chat message queued ([`FrameKind::Message`]).
+    /// The tag of the last stored chat message queued ([`FrameKind::Owed`]).
     last_tag: Cell<u32>,
 }
 
@@ -523,11 +526,11 @@ mod tests {
     #[test]
     fn a_drain_reports_the_last_message_tag_it_took() {
         let mut q = SendQueue::new(8, Backpressure::Close);
-        q.push(FrameKind::Message(1), b("m1"));
+        q.push(FrameKind::Owed(1), b("m1"));
         q.push(FrameKind::Data, b("x"));
-        q.push(FrameKind::Message(2), b("m2"));
-        q.push(FrameKind::Message(3), b("m3"));
-        assert_eq!(q.push(FrameKind::Message(4), b("m4")), Enqueued::Queued);
+        q.push(FrameKind::Owed(2), b("m2"));
+        q.push(FrameKind::Owed(3), b("m3"));
+        assert_eq!(q.push(FrameKind::Owed(4), b("m4")), Enqueued::Queued);
         let mut out = vec![];
         assert_eq!(q.drain_into(&mut out, 5), (3, false), "m1, x and m2 fill five bytes");
         assert_eq!(q.take_written_tag(), 2);
@@ -541,8 +544,24 @@ mod tests {
         assert_eq!(q.take_written_tag(), 0, "an empty drain took none");
         // Messages count against the limit like any data frame.
         let mut q = SendQueue::new(1, Backpressure::Close);
-        q.push(FrameKind::Message(1), b("m1"));
-        assert_eq!(q.push(FrameKind::Message(2), b("m2")), Enqueued::Overflow);
+        q.push(FrameKind::Owed(1), b("m1"));
+        assert_eq!(q.push(FrameKind::Owed(2), b("m2")), Enqueued::Overflow);
+    }
+
+    #[test]
+    fn drop_oldest_never_drops_what_is_owed() {
+        let mut q = SendQueue::new(3, Backpressure::DropOldest);
+        q.push(FrameKind::Owed(1), b("m"));
+        q.push(FrameKind::Data, b("a"));
+        q.push(FrameKind::Owed(0), b("k"));
+        assert_eq!(q.push(FrameKind::Data, b("b")), Enqueued::DroppedOldest, "a goes");
+        assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::DroppedOldest, "b goes");
+        let mut out = vec![];
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(out, b"mkc");
+        let mut q = SendQueue::new(1, Backpressure::DropOldest);
+        q.push(FrameKind::Owed(0), b("k"));
+        assert_eq!(q.push(FrameKind::Data, b("a")), Enqueued::DroppedNewest, "nothing droppable");
     }
 
     #[test]
