@@ -820,30 +820,25 @@ fn presence_subscriptions_sessions_per_user_and_content_size_are_bounded() {
     assert_eq!(first.close_code(), Some(4001));
 }
 
-/// A client that stops reading while stored messages pile up for it (more than
-/// `store.max_offline_per_user` waiting behind a full send queue) is closed as a slow consumer,
-/// and what it had not received is queued for its next login rather than dropped.
-#[test]
-fn messages_no_write_took_go_offline_when_the_session_ends() {
-    // Bob stops reading; the server gives up on its stalled write. Every message is either
-    // written to bob's socket (and acknowledged `delivered`) or pushed to bob when he comes back:
-    // none of those still in his send queue is lost.
-    const N: usize = 400;
+/// A two-shard node that gives up on stalled writes after 300 ms, where shard 1 has a
+/// `queue_len`-frame send queue, and bob connected to shard 1 through a socket that takes
+/// little: the server's writes to it stall soon. Returns shard 0's address for everyone else.
+fn with_a_stalled_reader(queue_len: usize, max_offline: usize) -> (Node, SocketAddr, Client) {
     let (node, _) = start_full(
         "io_uring",
         2,
         |f| {
             static_auth(f);
             f.limits.message_rate = 0;
-            f.store.max_offline_per_user = 1000;
-            f.websocket.write_timeout_ms = 300;
+            f.store.max_offline_per_user = max_offline;
             f.websocket.close_timeout_ms = 300;
+            f.websocket.write_timeout_ms = 300;
             f.server.tick_ms = 20;
         },
         |c| {
             c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
             c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-            c.shards[1].send_queue_len = 8;
+            c.shards[1].send_queue_len = queue_len;
         },
     );
     let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
@@ -853,7 +848,16 @@ fn messages_no_write_took_go_offline_when_the_session_ends() {
     let stream: TcpStream = sock.into();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (ws, _) = tungstenite::client::client(format!("ws://{b}/ws?token=t-bob"), stream).unwrap();
-    let mut bob = Client { ws };
+    (node, a, Client { ws })
+}
+
+#[test]
+fn messages_no_write_took_go_offline_when_the_session_ends() {
+    // Bob stops reading; the server gives up on its stalled write. Every message is either
+    // written to bob's socket (and acknowledged `delivered`) or pushed to bob when he comes back:
+    // none of those still in his send queue is lost.
+    const N: usize = 400;
+    let (_node, a, mut bob) = with_a_stalled_reader(8, 1000);
     assert_eq!(bob.recv()["type"], "connected");
     let written_to_bob = || metric_sum(a, "imks_frames_out_total{shard=\"1\"}") - 1; // less `connected`
 
@@ -896,36 +900,13 @@ fn messages_no_write_took_go_offline_when_the_session_ends() {
 }
 
 #[test]
+/// A client that stops reading while stored messages pile up for it (more than
+/// `store.max_offline_per_user` waiting behind a full send queue) is closed as a slow consumer,
+/// and what it had not received is queued for its next login rather than dropped.
 fn a_client_that_stops_reading_is_closed_and_its_waiting_messages_go_offline() {
     const N: usize = 600;
     // Bob's shard (1) has a tiny send queue; alice's keeps the default for her acks.
-    let (_node, _) = start_full(
-        "io_uring",
-        2,
-        |f| {
-            static_auth(f);
-            f.limits.message_rate = 0;
-            f.store.max_offline_per_user = 64;
-            // Give up on the stuck socket quickly.
-            f.websocket.close_timeout_ms = 300;
-            f.websocket.write_timeout_ms = 300;
-            f.server.tick_ms = 20;
-        },
-        |c| {
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-            c.shards[1].send_queue_len = 4;
-        },
-    );
-    let (a, b) = (_node.shard_addrs(0)[0], _node.shard_addrs(1)[0]);
-    // Bob's socket takes little: the server's writes to it stall soon.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&b.into()).unwrap();
-    let stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (ws, _) = tungstenite::client::client(format!("ws://{b}/ws?token=t-bob"), stream).unwrap();
-    let mut bob = Client { ws };
+    let (_node, a, mut bob) = with_a_stalled_reader(4, 64);
     assert_eq!(bob.recv()["type"], "connected");
     let (alice, _) = Client::connect(a, "t-alice");
     let mut writer: TcpStream = alice.ws.get_ref().try_clone().unwrap();
