@@ -854,8 +854,8 @@ fn with_a_stalled_reader(queue_len: usize, max_offline: usize) -> (Node, SocketA
 #[test]
 fn messages_no_write_took_go_offline_when_the_session_ends() {
     // Bob stops reading; the server gives up on its stalled write. Every message is either
-    // written to bob's socket (and acknowledged `delivered`) or pushed to bob when he comes back:
-    // none of those still in his send queue is lost.
+    // written to bob's socket or pushed to bob when he comes back: none of those still in his
+    // send queue is lost.
     const N: usize = 400;
     let (_node, a, mut bob) = with_a_stalled_reader(8, 1000);
     assert_eq!(bob.recv()["type"], "connected");
@@ -884,8 +884,8 @@ fn messages_no_write_took_go_offline_when_the_session_ends() {
     again.send(json!({"type": "ping"}));
     assert_eq!(again.recv()["type"], "pong", "only the {} unwritten messages were pushed", N - written);
 
-    // Alice hears `sent` for each, and `delivered` once for each: for the written ones when
-    // the write took them, for the rest when bob's new session got them.
+    // Alice hears `sent` for each, and `delivered` once for each: for those queued on bob's
+    // first session when they were, for the rest when his new session got them.
     let (mut sent, mut delivered) = (0, std::collections::HashSet::new());
     while sent < N || delivered.len() < N {
         let ack = alice.recv_type("ack");

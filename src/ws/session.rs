@@ -352,8 +352,8 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         metrics::add(&shard.stats.ws_writes, 1);
         let written = conn.queue.borrow_mut().take_written_tag();
         if written != 0 {
-            // Stored chat messages that this write took are delivered.
-            shard.chat.written(shard, conn.id, written);
+            // Stored chat messages this write took need no routing again if the session ends.
+            shard.chat.written(conn.id, written);
         }
         if conn.backlogged.get() {
             // Messages waiting for room in the queue (chat deliveries) come in as it drains.
