@@ -99,16 +99,13 @@ impl Coalescer {
     /// the shard's next flush, or as soon as something that must not wait is queued, the queue
     /// fills or the session ends.
     pub async fn hold(&self, conn: &Conn) {
-        if !self.active.get() || conn.prompt.get() {
+        if !self.active.get() || !conn.queue.borrow().may_wait() {
             return;
         }
         let epoch = self.epoch.get();
         let mut registered = false;
         poll_fn(|cx| {
-            if self.epoch.get() != epoch || conn.prompt.get() || conn.reader_done.get() || {
-                let q = conn.queue.borrow();
-                q.is_full() || q.is_closed()
-            } {
+            if self.epoch.get() != epoch || conn.reader_done.get() || !conn.queue.borrow().may_wait() {
                 return Poll::Ready(());
             }
             conn.set_writer_waker(cx.waker());

@@ -515,8 +515,7 @@ impl Shard {
     /// As [`Shard::deliver`] for a broadcast: while the shard coalesces writes, the frame may
     /// wait for the next flush to share a socket write with others.
     pub fn deliver_broadcast(&self, c: &Conn, frame: Bytes) {
-        let r = c.enqueue_broadcast(frame);
-        self.enqueued(c, r);
+        self.deliver_as(c, FrameKind::Broadcast, frame);
     }
 
     /// As [`Shard::deliver`] for a stored chat message; returns the tag that
@@ -540,13 +539,7 @@ impl Shard {
     }
 
     fn deliver_as(&self, c: &Conn, kind: FrameKind, frame: Bytes) {
-        let r = c.enqueue(kind, frame);
-        self.enqueued(c, r);
-    }
-
-    /// Applies the outcome of queueing a data frame: drops are counted, an overflow closes.
-    fn enqueued(&self, c: &Conn, r: Enqueued) {
-        match r {
+        match c.enqueue(kind, frame) {
             Enqueued::Queued | Enqueued::Closed => {}
             Enqueued::DroppedNewest => metrics::add(&self.stats.drops_newest, 1),
             Enqueued::DroppedOldest => metrics::add(&self.stats.drops_oldest, 1),

@@ -88,6 +88,10 @@ impl FromStr for SessionId {
 pub enum FrameKind {
     /// Application data: counts against the queue limit and may be dropped by policy.
     Data,
+    /// As [`FrameKind::Data`], for a frame many sessions get (a broadcast): while the shard
+    /// coalesces writes, a queue holding only these may wait for the shard's next flush
+    /// ([`SendQueue::may_wait`], [`crate::shard::coalesce`]).
+    Broadcast,
     /// Data that must leave in a socket write of its own, after which the writer takes more
     /// (a reply a client may expect to read apart from what follows it).
     DataFlush,
@@ -104,7 +108,12 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn is_data(self) -> bool {
-        matches!(self, FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_))
+        !matches!(self, FrameKind::Control | FrameKind::Close)
+    }
+
+    /// Whether `drop_oldest` may drop it to make room: data the server does not owe.
+    fn is_droppable(self) -> bool {
+        matches!(self, FrameKind::Data | FrameKind::DataFlush | FrameKind::Broadcast)
     }
 }
 
@@ -139,6 +148,8 @@ pub struct SendQueue {
     stopped_at_flush: bool,
     /// The highest [`FrameKind::Owed`] tag the last drain took (0: none).
     drained_tag: u32,
+    /// A frame that must not wait for a coalesced flush (any but a broadcast) is queued.
+    prompt: bool,
 }
 
 impl SendQueue {
@@ -152,6 +163,7 @@ impl SendQueue {
             closed: false,
             stopped_at_flush: false,
             drained_tag: 0,
+            prompt: false,
         }
     }
 
@@ -165,28 +177,7 @@ impl SendQueue {
             // its busiest moment needed, which for most is the handshake's one or two frames.
             self.frames.reserve_exact(self.frames.len().max(1));
         }
-        match kind {
-            FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_) if self.data >= self.limit => {
-                match self.policy {
-                    Backpressure::Close => Enqueued::Overflow,
-                    Backpressure::DropNewest => Enqueued::DroppedNewest,
-                    Backpressure::DropOldest => {
-                        let droppable = |k: &FrameKind| matches!(k, FrameKind::Data | FrameKind::DataFlush);
-                        if let Some(i) = self.frames.iter().position(|(k, _)| droppable(k)) {
-                            self.frames.remove(i);
-                            self.frames.push_back((kind, frame));
-                            Enqueued::DroppedOldest
-                        } else {
-                            Enqueued::DroppedNewest
-                        }
-                    }
-                }
-            }
-            FrameKind::Data | FrameKind::DataFlush | FrameKind::Owed(_) => {
-                self.data += 1;
-                self.frames.push_back((kind, frame));
-                Enqueued::Queued
-            }
+        let r = match kind {
             FrameKind::Control if self.control >= MAX_QUEUED_CONTROL => Enqueued::Overflow,
             FrameKind::Control => {
                 self.control += 1;
@@ -198,7 +189,34 @@ impl SendQueue {
                 self.frames.push_back((kind, frame));
                 Enqueued::Queued
             }
+            _ if self.data >= self.limit => match self.policy {
+                Backpressure::Close => Enqueued::Overflow,
+                Backpressure::DropNewest => Enqueued::DroppedNewest,
+                Backpressure::DropOldest => match self.frames.iter().position(|(k, _)| k.is_droppable()) {
+                    Some(i) => {
+                        self.frames.remove(i);
+                        self.frames.push_back((kind, frame));
+                        Enqueued::DroppedOldest
+                    }
+                    None => Enqueued::DroppedNewest,
+                },
+            },
+            _ => {
+                self.data += 1;
+                self.frames.push_back((kind, frame));
+                Enqueued::Queued
+            }
+        };
+        if kind != FrameKind::Broadcast && matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
+            self.prompt = true;
         }
+        r
+    }
+
+    /// Whether the writer may hold what is queued for a coalesced flush: only broadcasts are
+    /// queued, with room for more, and the session is not closing.
+    pub fn may_wait(&self) -> bool {
+        !self.prompt && !self.closed && self.data < self.limit
     }
 
     /// Drops every queued data frame (before a close that must not wait behind them).
@@ -224,12 +242,13 @@ impl SendQueue {
         }
         out.reserve(want - out.len());
         let mut n = 0;
+        let mut close = false;
         while out.len() < max_bytes {
             let Some((kind, frame)) = self.frames.pop_front() else { break };
             out.extend_from_slice(&frame);
             n += 1;
             match kind {
-                FrameKind::Data => self.data -= 1,
+                FrameKind::Data | FrameKind::Broadcast => self.data -= 1,
                 FrameKind::Owed(tag) => {
                     self.data -= 1;
                     self.drained_tag = self.drained_tag.max(tag);
@@ -237,13 +256,19 @@ impl SendQueue {
                 FrameKind::DataFlush => {
                     self.data -= 1;
                     self.stopped_at_flush = true;
-                    return (n, false);
+                    break;
                 }
                 FrameKind::Control => self.control -= 1,
-                FrameKind::Close => return (n, true),
+                FrameKind::Close => {
+                    close = true;
+                    break;
+                }
             }
         }
-        (n, false)
+        if self.frames.is_empty() {
+            self.prompt = false;
+        }
+        (n, close)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -273,10 +298,6 @@ impl SendQueue {
 
     pub fn len(&self) -> usize {
         self.frames.len()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed
     }
 }
 
@@ -324,9 +345,6 @@ pub struct Conn {
     pub reader_done: Cell<bool>,
     /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
     pub backlogged: Cell<bool>,
-    /// Something that must not wait for a coalesced flush is queued (anything but a
-    /// broadcast); cleared when the queue empties.
-    pub prompt: Cell<bool>,
     /// The tag of the last stored chat message queued ([`FrameKind::Owed`]).
     last_tag: Cell<u32>,
 }
@@ -350,7 +368,6 @@ impl Conn {
             reader: Cell::new(None),
             reader_done: Cell::new(false),
             backlogged: Cell::new(false),
-            prompt: Cell::new(false),
             last_tag: Cell::new(0),
         }
     }
@@ -364,8 +381,11 @@ impl Conn {
 
     /// Queues a frame and wakes the writer.
     pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
-        self.prompt.set(true);
-        self.push(kind, frame)
+        let r = self.queue.borrow_mut().push(kind, frame);
+        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
+            self.wake_writer();
+        }
+        r
     }
 
     /// The tag for the next stored chat message queued on this session; never 0.
@@ -373,20 +393,6 @@ impl Conn {
         let t = self.last_tag.get().wrapping_add(1).max(1);
         self.last_tag.set(t);
         t
-    }
-
-    /// As [`Conn::enqueue`] for a data frame that may wait for the shard's next flush while
-    /// the shard coalesces writes (a broadcast; see [`crate::shard::coalesce`]).
-    pub fn enqueue_broadcast(&self, frame: Bytes) -> Enqueued {
-        self.push(FrameKind::Data, frame)
-    }
-
-    fn push(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
-        let r = self.queue.borrow_mut().push(kind, frame);
-        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
-            self.wake_writer();
-        }
-        r
     }
 
     pub fn wake_writer(&self) {
@@ -562,6 +568,38 @@ mod tests {
         let mut q = SendQueue::new(1, Backpressure::DropOldest);
         q.push(FrameKind::Owed(0), b("k"));
         assert_eq!(q.push(FrameKind::Data, b("a")), Enqueued::DroppedNewest, "nothing droppable");
+    }
+
+    #[test]
+    fn only_a_queue_of_broadcasts_with_room_may_wait() {
+        let mut q = SendQueue::new(3, Backpressure::DropNewest);
+        assert!(q.may_wait());
+        q.push(FrameKind::Broadcast, b("a"));
+        q.push(FrameKind::Broadcast, b("b"));
+        assert!(q.may_wait());
+        q.push(FrameKind::Owed(0), b("k"));
+        assert!(!q.may_wait(), "an ack goes at once");
+        let mut out = vec![];
+        q.drain_into(&mut out, 1);
+        assert!(!q.may_wait(), "the ack is still queued");
+        q.drain_into(&mut out, usize::MAX);
+        assert_eq!(out, b"abk");
+        assert!(q.may_wait(), "prompt again only once something prompt comes");
+        for kind in [FrameKind::Data, FrameKind::DataFlush, FrameKind::Control] {
+            let mut q = SendQueue::new(3, Backpressure::DropNewest);
+            q.push(kind, b("x"));
+            assert!(!q.may_wait(), "{kind:?}");
+        }
+        let mut q = SendQueue::new(2, Backpressure::DropNewest);
+        q.push(FrameKind::Broadcast, b("a"));
+        q.push(FrameKind::Broadcast, b("b"));
+        assert!(!q.may_wait(), "full");
+        assert_eq!(q.push(FrameKind::Data, b("c")), Enqueued::DroppedNewest);
+        out.clear();
+        assert_eq!(q.drain_into(&mut out, 1), (1, false));
+        assert!(q.may_wait(), "room again, and the dropped frame does not count");
+        q.push(FrameKind::Close, b("X"));
+        assert!(!q.may_wait(), "closing");
     }
 
     #[test]

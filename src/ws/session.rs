@@ -320,9 +320,6 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         if frames == 0 {
             break; // the reader is done and nothing is left to send
         }
-        if conn.queue.borrow().is_empty() {
-            conn.prompt.set(false);
-        }
         let len = buf.len();
         conn.write_started.set(Some(Instant::now()));
         // Written by hand rather than with `write_all`: its future would sit in every
