@@ -499,7 +499,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
         ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
         ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
         ChatMsg::Deliver { session, frame, message, sender, targets } => {
-            let p = Pending::Message { frame, message, sender, targets };
+            let p = Pending::Message { frame, routed: Routed { message, sender, targets } };
             match shard.session(session) {
                 Some(c) if c.closing_since.get().is_none() => deliver_paced(shard, &c, p),
                 // The session closed on the way.
@@ -601,7 +601,7 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
 /// A stored message on its way into one session's send queue.
 enum Pending {
     /// A stored message for one of its recipient's sessions.
-    Message { frame: Bytes, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]> },
+    Message { frame: Bytes, routed: Routed },
     /// Any other frame the server owes the session: an ack, an error about its own message, a
     /// frame sent to its identity. Paced like messages, so a client that sends a burst is not
     /// closed for the acks that burst brings back, and in order with them.
@@ -635,13 +635,20 @@ fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
     }
 }
 
+/// A stored message routed to a recipient's sessions: what it takes to route it again.
+struct Routed {
+    message: Arc<Message>,
+    /// The session that sent it, for its `delivered` ack.
+    sender: Option<SessionId>,
+    /// Every session it was routed to.
+    targets: Arc<[SessionId]>,
+}
+
 /// A stored message in a session's send queue that no write has taken yet: if the session
 /// ends first, it is routed again ([`Hub::drop_pending`]).
 struct Unwritten {
     tag: u32,
-    message: Arc<Message>,
-    sender: Option<SessionId>,
-    targets: Arc<[SessionId]>,
+    routed: Routed,
 }
 
 /// Puts a stored message in the session's send queue and reports the delivery to the
@@ -649,15 +656,15 @@ struct Unwritten {
 /// if the session ends first.
 fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
     match p {
-        Pending::Message { frame, message, sender, targets } => {
+        Pending::Message { frame, routed } => {
             let tag = shard.deliver_message(c, frame);
             // Reported now rather than once written: the ack then shares the sender's next
             // write with its `sent` ack (a third fewer writes in a chat), and a message that no
             // write took is routed again anyway.
-            let conversation = message.conversation.clone();
+            let conversation = routed.message.conversation.clone();
             let owner = conversation.owner_shard(shard.shard_count());
-            post(shard, owner, ChatMsg::Delivered { conversation, id: message.id, sender });
-            let u = Unwritten { tag, message, sender, targets };
+            post(shard, owner, ChatMsg::Delivered { conversation, id: routed.message.id, sender: routed.sender });
+            let u = Unwritten { tag, routed };
             shard.chat.unwritten.borrow_mut().entry(c.id).or_default().push_back(u);
         }
         Pending::Frame(frame) => shard.deliver_owed(c, frame),
@@ -668,11 +675,11 @@ fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
 /// session of the user got it.
 fn missed(shard: &Shard, p: Pending) {
     // An ack for a session that is gone has no one to tell.
-    let Pending::Message { message, sender, targets, .. } = p else { return };
-    missed_message(shard, message, sender, targets);
+    let Pending::Message { routed, .. } = p else { return };
+    missed_routed(shard, routed);
 }
 
-fn missed_message(shard: &Shard, message: Arc<Message>, sender: Option<SessionId>, targets: Arc<[SessionId]>) {
+fn missed_routed(shard: &Shard, Routed { message, sender, targets }: Routed) {
     metrics::add(&shard.stats.chat_missed, 1);
     if let Target::User(u) = &message.target {
         let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
@@ -740,7 +747,7 @@ impl Hub {
     pub fn drop_pending(&self, shard: &Shard, id: SessionId) {
         let unwritten = self.unwritten.borrow_mut().remove(&id);
         for u in unwritten.into_iter().flatten() {
-            missed_message(shard, u.message, u.sender, u.targets);
+            missed_routed(shard, u.routed);
         }
         let left = self.pending.borrow_mut().remove(&id);
         for p in left.into_iter().flatten() {
