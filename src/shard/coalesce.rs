@@ -106,9 +106,11 @@ impl Coalescer {
         let mut registered = false;
         poll_fn(|cx| {
             if self.epoch.get() != epoch || conn.reader_done.get() || !conn.queue.borrow().may_wait() {
+                conn.holding.set(false);
                 return Poll::Ready(());
             }
             conn.set_writer_waker(cx.waker());
+            conn.holding.set(true);
             if !registered {
                 registered = true;
                 self.waiters.borrow_mut().push(cx.waker().clone());

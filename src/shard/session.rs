@@ -343,6 +343,9 @@ pub struct Conn {
     reader: Cell<Option<Waker>>,
     /// The reader has stopped: the writer exits once the queue is empty.
     pub reader_done: Cell<bool>,
+    /// The writer holds broadcasts for the shard's next coalesced flush
+    /// ([`crate::shard::coalesce::Coalescer::hold`]): another broadcast need not wake it.
+    pub holding: Cell<bool>,
     /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
     pub backlogged: Cell<bool>,
     /// The tag of the last stored chat message queued ([`FrameKind::Owed`]).
@@ -367,6 +370,7 @@ impl Conn {
             writer: Cell::new(None),
             reader: Cell::new(None),
             reader_done: Cell::new(false),
+            holding: Cell::new(false),
             backlogged: Cell::new(false),
             last_tag: Cell::new(0),
         }
@@ -381,8 +385,14 @@ impl Conn {
 
     /// Queues a frame and wakes the writer.
     pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
-        let r = self.queue.borrow_mut().push(kind, frame);
-        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) {
+        let (r, may_wait) = {
+            let mut q = self.queue.borrow_mut();
+            let r = q.push(kind, frame);
+            (r, q.may_wait())
+        };
+        // A writer holding broadcasts for the flush would only look and wait again: it is woken
+        // when something that must not wait arrives, or by the flush itself.
+        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) && !(self.holding.get() && may_wait) {
             self.wake_writer();
         }
         r
