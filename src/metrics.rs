@@ -149,6 +149,8 @@ pub struct ShardStats {
     pub write_coalescing: AtomicU64,
     /// Flushes of coalesced writes.
     pub coalesced_flushes: AtomicU64,
+    /// Socket.IO broadcasts held for a coalesced flush before reaching any session.
+    pub broadcasts_held: AtomicU64,
     pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -258,6 +260,12 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
     family("imks_coalesced_flushes_total", "counter", "Flushes of broadcast frames held by write coalescing.", &|s| {
         get(&s.coalesced_flushes)
     });
+    family(
+        "imks_broadcasts_held_total",
+        "counter",
+        "Socket.IO broadcasts held whole for a coalesced flush, then sent to their rooms together.",
+        &|s| get(&s.broadcasts_held),
+    );
     family(
         "imks_store_evicted_conversations_total",
         "counter",

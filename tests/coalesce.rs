@@ -106,3 +106,114 @@ fn an_idle_shard_does_not_coalesce() {
     assert_eq!(metric_sum(addr, "imks_write_coalescing"), 0);
     assert_eq!(metric_sum(addr, "imks_coalesced_flushes_total"), 0);
 }
+
+/// A node coalescing at once, serving an application whose events broadcast to room `r` and
+/// change rooms without answering, so that nothing but the flush releases what is held.
+fn start_room_app(driver: &str) -> (imks::Node, SocketAddr) {
+    use imks::socketio::{Namespace, SioConfig, SocketIo};
+    let mut f = imks::config::file::FileConfig::default();
+    f.server.listen = vec!["127.0.0.1:0".into()];
+    f.server.shards = 1;
+    f.server.driver = driver.into();
+    f.server.pin_threads = false;
+    f.server.tick_ms = 20;
+    f.websocket.coalesce_us = WINDOW_US;
+    f.websocket.coalesce_on_busy_percent = 0;
+    f.websocket.coalesce_off_busy_percent = 0;
+    f.log.level = "warn".into();
+    let config = imks::Config::resolve(f, |_| Ok(None)).unwrap();
+    let factory = || {
+        let room_event = |f: fn(&SocketIo, &std::rc::Rc<imks::socketio::Socket>)| {
+            move |shard: &imks::shard::Shard, s: &std::rc::Rc<imks::socketio::Socket>, _: imks::socketio::Event<'_>| {
+                if let Some(io) = &shard.apps.socketio {
+                    f(io, s);
+                }
+            }
+        };
+        let main = Namespace::new("/")
+            .on("tell", |shard, _s, ev| {
+                if let Some(io) = &shard.apps.socketio {
+                    io.of("/").to("r").emit(shard, "told", ev.args_tail());
+                }
+            })
+            .on("shout", |shard, s, ev| {
+                if let Some(io) = &shard.apps.socketio {
+                    io.of("/").to("r").except_socket(&s.id).emit(shard, "shouted", ev.args_tail());
+                }
+            })
+            .on("join-quietly", room_event(|io, s| s.join(io, "r").unwrap()))
+            .on("leave-quietly", room_event(|io, s| assert!(s.leave(io, "r"))))
+            .on("echo", |shard, s, ev| s.ack(shard, &ev, ev.args_tail(), Vec::new()));
+        SocketIo::new(SioConfig::default(), vec![main])
+    };
+    let node = imks::Node::start_with(config, Some(std::sync::Arc::new(factory))).unwrap();
+    let addr = node.local_addrs()[0];
+    (node, addr)
+}
+
+fn connected_plain(addr: SocketAddr) -> Ws {
+    let mut c = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+    assert!(text(&mut c).unwrap().starts_with("0{"), "open packet");
+    c.send(Message::text("40")).unwrap();
+    assert!(text(&mut c).unwrap().starts_with("40{"));
+    c
+}
+
+/// Asks for an ack and returns what arrived before it.
+fn before_ack(c: &mut Ws, id: u32) -> Vec<String> {
+    c.send(Message::text(format!(r#"42{id}["echo"]"#))).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let t = text(c).unwrap();
+        if t == format!("43{id}[]") {
+            return seen;
+        }
+        seen.push(t);
+    }
+}
+
+#[test]
+fn held_broadcasts_reach_who_was_in_the_room_when_they_were_sent() {
+    on_both_drivers(|driver| {
+        let (_node, addr) = start_room_app(driver);
+        assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
+        let (mut stays, mut actor) = (connected_plain(addr), connected_plain(addr));
+        for c in [&mut stays, &mut actor] {
+            c.send(Message::text(r#"42["join-quietly"]"#)).unwrap();
+            assert_eq!(before_ack(c, 1), Vec::<String>::new());
+        }
+
+        // One connection, so the server takes these in order. Nothing is sent back, so only the
+        // flush releases the broadcasts, and each reaches the members of when it was sent.
+        let flushes = metric_sum(addr, "imks_coalesced_flushes_total");
+        let (frames, writes) = (metric_sum(addr, "imks_frames_out_total"), metric_sum(addr, "imks_ws_writes_total"));
+        for m in [r#"["tell",0]"#, r#"["leave-quietly"]"#, r#"["tell",1]"#, r#"["join-quietly"]"#, r#"["tell",2]"#] {
+            actor.send(Message::text(format!("42{m}"))).unwrap();
+        }
+        for n in 0..3 {
+            assert_eq!(text(&mut stays).unwrap(), format!(r#"42["told",{n}]"#));
+        }
+        assert!(metric_sum(addr, "imks_coalesced_flushes_total") > flushes, "released by the flush");
+        assert_eq!(metric_sum(addr, "imks_broadcasts_held_total"), 3);
+        let out =
+            || (metric_sum(addr, "imks_frames_out_total") - frames, metric_sum(addr, "imks_ws_writes_total") - writes);
+        assert!(wait_until(Duration::from_secs(5), || out().0 == 5), "{:?}", out());
+        assert_eq!(out(), (5, 2), "each member's broadcasts in one write");
+        assert_eq!(before_ack(&mut actor, 2), [r#"42["told",0]"#, r#"42["told",2]"#]);
+
+        // Broadcasts to the same room leave out each one's own sender.
+        let (frames, writes) = (metric_sum(addr, "imks_frames_out_total"), metric_sum(addr, "imks_ws_writes_total"));
+        stays.send(Message::text(r#"42["shout","a"]"#)).unwrap();
+        actor.send(Message::text(r#"42["shout","b"]"#)).unwrap();
+        stays.send(Message::text(r#"42["shout","c"]"#)).unwrap();
+        assert_eq!(text(&mut actor).unwrap(), r#"42["shouted","a"]"#);
+        assert_eq!(text(&mut actor).unwrap(), r#"42["shouted","c"]"#);
+        assert_eq!(text(&mut stays).unwrap(), r#"42["shouted","b"]"#);
+        let out =
+            || (metric_sum(addr, "imks_frames_out_total") - frames, metric_sum(addr, "imks_ws_writes_total") - writes);
+        assert!(wait_until(Duration::from_secs(5), || out().0 == 3), "{:?}", out());
+        assert_eq!(out(), (3, 2), "each member's share in one write");
+        assert_eq!(before_ack(&mut stays, 3), Vec::<String>::new());
+        assert_eq!(before_ack(&mut actor, 4), Vec::<String>::new());
+    });
+}

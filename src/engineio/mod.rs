@@ -185,12 +185,18 @@ impl EioSession {
     }
 
     fn send_prepared_as(self: &Rc<Self>, shard: &Shard, p: &Prepared, broadcast: bool) {
+        self.send_many(shard, std::iter::once(p), broadcast);
+    }
+
+    /// Sends several prepared broadcasts in order, finding the session's transport once.
+    /// `broadcast`: a busy shard may hold them for a moment, as [`EioSession::send_broadcast`].
+    pub fn send_many<'a>(self: &Rc<Self>, shard: &Shard, ps: impl Iterator<Item = &'a Prepared>, broadcast: bool) {
         if self.closed.get() {
             return;
         }
         match self.websocket() {
             Some(c) => {
-                for f in p.frames() {
+                for f in ps.flat_map(Prepared::frames) {
                     if broadcast {
                         shard.deliver_broadcast(&c, f.clone());
                     } else {
@@ -198,7 +204,7 @@ impl EioSession {
                     }
                 }
             }
-            None => self.queue_for_polling(shard, p.packets.iter().cloned()),
+            None => self.queue_for_polling(shard, ps.flat_map(|p| p.packets.iter().cloned())),
         }
     }
 
@@ -212,6 +218,8 @@ impl EioSession {
     }
 
     fn queue_for_polling(self: &Rc<Self>, shard: &Shard, packets: impl Iterator<Item = Packet>) {
+        // Broadcasts held for the flush were sent before this.
+        shard.release_held_broadcasts();
         let overflow = {
             let mut q = self.queue.borrow_mut();
             q.extend(packets);

@@ -30,6 +30,8 @@ pub struct Coalescer {
     /// Counts flushes; a session waits for it to move on.
     epoch: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
+    /// Something other than a session waits for the next flush (held Socket.IO broadcasts).
+    requested: Cell<bool>,
     flusher: Cell<Option<Waker>>,
     /// Wall-clock time and thread CPU time at the last tick.
     mark: Cell<Option<(Instant, Duration)>>,
@@ -86,6 +88,15 @@ impl Coalescer {
         }
     }
 
+    /// Asks for a flush within the window although no session waits yet: the shard holds
+    /// broadcasts that its flusher releases.
+    pub fn request_flush(&self) {
+        self.requested.set(true);
+        if let Some(f) = self.flusher.take() {
+            f.wake();
+        }
+    }
+
     /// Lets every waiting session write.
     fn flush(&self) {
         self.epoch.set(self.epoch.get().wrapping_add(1));
@@ -130,7 +141,7 @@ pub async fn flusher(shard: Rc<Shard>, window: Duration) {
     let c = &shard.coalesce;
     loop {
         poll_fn(|cx| {
-            if c.waiters.borrow().is_empty() {
+            if c.waiters.borrow().is_empty() && !c.requested.get() {
                 c.flusher.set(Some(cx.waker().clone()));
                 Poll::Pending
             } else {
@@ -139,6 +150,11 @@ pub async fn flusher(shard: Rc<Shard>, window: Duration) {
         })
         .await;
         monoio::time::sleep(window).await;
+        c.requested.set(false);
+        // Held broadcasts go first and at once; then the sessions holding frames write.
+        if let Some(io) = &shard.apps.socketio {
+            io.release_held(&shard, true);
+        }
         c.flush();
         metrics::add(&shard.stats.coalesced_flushes, 1);
     }

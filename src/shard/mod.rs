@@ -389,6 +389,9 @@ async fn ticker(shard: Rc<Shard>) {
         }
         shard.chat.publish_stats(&shard.stats);
         shard.coalesce.on_tick(cfg.ws.coalesce.as_ref(), &shard.stats, now);
+        if !shard.coalesce.is_active() {
+            shard.release_held_broadcasts();
+        }
         // A task waiting for ring space is woken by the receiver; this is the safety net for a
         // waiter whose wake went to a task that has since gone away.
         for w in shard.ring_waiters.borrow_mut().drain(..) {
@@ -539,6 +542,8 @@ impl Shard {
     }
 
     fn deliver_as(&self, c: &Conn, kind: FrameKind, frame: Bytes) {
+        // Broadcasts held for the flush were sent before this.
+        self.release_held_broadcasts();
         match c.enqueue(kind, frame) {
             Enqueued::Queued | Enqueued::Closed => {}
             Enqueued::DroppedNewest => metrics::add(&self.stats.drops_newest, 1),
@@ -563,6 +568,7 @@ impl Shard {
         if c.closing_since.get().is_some() {
             return;
         }
+        self.release_held_broadcasts();
         c.set_reason(reason);
         if !keep_data {
             c.queue.borrow_mut().clear_data();
@@ -570,6 +576,14 @@ impl Shard {
         c.closing_since.set(Some(Instant::now()));
         c.close_code.set(Some(code));
         c.enqueue(FrameKind::Close, encode_close(code, text));
+    }
+
+    /// Sends the Socket.IO broadcasts held for the coalesced flush now, because something
+    /// else is about to be sent and must not overtake them.
+    pub fn release_held_broadcasts(&self) {
+        if let Some(io) = self.apps.socketio.as_ref().filter(|io| io.has_held()) {
+            io.release_held(self, false);
+        }
     }
 
     /// Sends an encoded frame to a session on any shard of this node, without waiting (other

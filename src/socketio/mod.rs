@@ -318,6 +318,10 @@ impl Socket {
 
     fn join_unchecked(self: &Rc<Self>, io: &SocketIo, room: &str) {
         let room: Rc<str> = room.into();
+        if self.rooms.borrow().contains(&room) {
+            return;
+        }
+        io.fix_held_targets();
         if self.rooms.borrow_mut().insert(room.clone()) {
             io.index_join(self, room);
         }
@@ -325,6 +329,10 @@ impl Socket {
 
     /// Leaves a room; returns whether the socket was in it.
     pub fn leave(self: &Rc<Self>, io: &SocketIo, room: &str) -> bool {
+        if !self.rooms.borrow().contains(room) {
+            return false;
+        }
+        io.fix_held_targets();
         let Some(room) = self.rooms.borrow_mut().take(room) else { return false };
         io.index_leave(self, &room);
         true
@@ -376,6 +384,21 @@ pub struct RemoteBroadcast {
     pub binaries: Vec<Bytes>,
     /// The packet's recovery offset (recovery on only).
     pub offset: Option<Arc<str>>,
+}
+
+impl RemoteBroadcast {
+    /// Whether `other` goes to the same sockets, but perhaps for the sender it leaves out.
+    fn same_targets(&self, other: &RemoteBroadcast) -> bool {
+        self.nsp == other.nsp && self.rooms == other.rooms && self.except_rooms == other.except_rooms
+    }
+}
+
+/// Broadcasts to the same rooms, held for the shard's next flush ([`SocketIo::hold`]).
+struct Held {
+    items: Vec<Arc<RemoteBroadcast>>,
+    /// Who they reach, once rooms or sockets changed after they were sent; until then, the
+    /// members at the release.
+    targets: Option<Vec<Rc<Socket>>>,
 }
 
 /// Who a broadcast goes to.
@@ -455,6 +478,12 @@ pub struct SocketIo {
     /// Recoveries asked of other shards, waiting for their answer.
     restores: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Option<Restored>>>>,
     next_restore: Cell<u64>,
+    /// Broadcasts held for the shard's next coalesced flush, oldest first.
+    held: RefCell<Vec<Held>>,
+    /// `held` is not empty.
+    holding: Cell<bool>,
+    /// [`SocketIo::release_held`] is running.
+    releasing: Cell<bool>,
 }
 
 impl SocketIo {
@@ -469,6 +498,9 @@ impl SocketIo {
             next_offset: Cell::new(0),
             restores: RefCell::new(HashMap::new()),
             next_restore: Cell::new(0),
+            held: RefCell::new(Vec::new()),
+            holding: Cell::new(false),
+            releasing: Cell::new(false),
         }
     }
 
@@ -507,7 +539,7 @@ impl SocketIo {
             None => packet::encode_event(nsp, None, event, args_tail, binaries.len()),
         };
         let text = Bytes::from(text);
-        let msg = RemoteBroadcast {
+        let msg = Arc::new(RemoteBroadcast {
             offset,
             nsp: nsp.into(),
             rooms: target.rooms.iter().map(|r| Arc::from(*r)).collect(),
@@ -515,57 +547,26 @@ impl SocketIo {
             except_socket: target.except_socket.map(Arc::from),
             text,
             binaries,
-        };
+        });
         self.deliver_local(shard, &msg);
         let shards = shard.node.config.shards.len();
         if shards > 1 {
-            let msg = Arc::new(msg);
             for to in (0..shards).filter(|&to| to != shard.index) {
                 shard.post(to, ShardMsg::SioBroadcast(msg.clone()));
             }
         }
     }
 
-    /// Delivers a broadcast to this shard's matching sockets.
-    pub fn deliver_local(&self, shard: &Shard, b: &RemoteBroadcast) {
-        let targets: Vec<Rc<Socket>> = {
-            let rooms = self.rooms.borrow();
-            let ns_rooms = rooms.get(&*b.nsp);
-            let in_room = |s: &Socket, list: &[Arc<str>]| list.iter().any(|r| s.rooms.borrow().contains(&**r));
-            // Only a union of several rooms can list a socket twice.
-            let dedupe = b.rooms.len() > 1;
-            let mut seen = HashSet::new();
-            let mut out = Vec::new();
-            let mut consider = |s: &Rc<Socket>| {
-                if b.except_socket.as_deref() == Some(&*s.id)
-                    || (!b.except_rooms.is_empty() && in_room(s, &b.except_rooms))
-                {
-                    return;
-                }
-                if !dedupe || seen.insert(s.id.clone()) {
-                    out.push(s.clone());
-                }
-            };
-            if b.rooms.is_empty() {
-                if let Some(all) = self.sockets.borrow().get(&*b.nsp) {
-                    all.values().for_each(&mut consider);
-                }
-            } else {
-                let sockets = self.sockets.borrow();
-                let by_id = sockets.get(&*b.nsp);
-                for r in &b.rooms {
-                    if let Some(members) = ns_rooms.and_then(|n| n.get(&**r)) {
-                        members.values().for_each(&mut consider);
-                    }
-                    // Every socket is in the room named by its id, which is not indexed: the
-                    // socket table already maps the id to the socket.
-                    if let Some(s) = by_id.and_then(|m| m.get(&**r)) {
-                        consider(s);
-                    }
-                }
-            }
-            out
-        };
+    /// Delivers a broadcast to this shard's matching sockets. While the shard coalesces
+    /// writes, it is held for the shard's next flush instead (see [`SocketIo::hold`]).
+    pub fn deliver_local(&self, shard: &Shard, b: &Arc<RemoteBroadcast>) {
+        if b.offset.is_none() && shard.coalesce.is_active() {
+            self.hold(shard, b);
+            return;
+        }
+        // What was held was sent first.
+        self.release_held(shard, false);
+        let targets = self.targets(b, b.except_socket.as_deref());
         if let Some(offset) = &b.offset {
             let max = self.cfg.recovery.as_ref().map_or(0, |r| r.max_packets);
             let entry: Logged = (offset.clone(), b.text.clone(), b.binaries.clone());
@@ -582,13 +583,105 @@ impl SocketIo {
         if targets.is_empty() {
             return;
         }
-        let mut packets = Vec::with_capacity(1 + b.binaries.len());
-        packets.push(EioPacket::Message(Payload::Text(b.text.clone())));
-        packets.extend(b.binaries.iter().map(|x| EioPacket::Message(Payload::Binary(x.clone()))));
-        let prepared = Prepared::new(packets);
+        let prepared = prepare_bytes(b.text.clone(), &b.binaries);
         for s in targets {
             s.eio.send_broadcast(shard, &prepared);
         }
+    }
+
+    /// This shard's sockets that a broadcast reaches, but `except_socket`.
+    fn targets(&self, b: &RemoteBroadcast, except_socket: Option<&str>) -> Vec<Rc<Socket>> {
+        let rooms = self.rooms.borrow();
+        let ns_rooms = rooms.get(&*b.nsp);
+        let in_room = |s: &Socket, list: &[Arc<str>]| list.iter().any(|r| s.rooms.borrow().contains(&**r));
+        // Only a union of several rooms can list a socket twice.
+        let dedupe = b.rooms.len() > 1;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut consider = |s: &Rc<Socket>| {
+            if except_socket == Some(&*s.id) || (!b.except_rooms.is_empty() && in_room(s, &b.except_rooms)) {
+                return;
+            }
+            if !dedupe || seen.insert(s.id.clone()) {
+                out.push(s.clone());
+            }
+        };
+        if b.rooms.is_empty() {
+            if let Some(all) = self.sockets.borrow().get(&*b.nsp) {
+                all.values().for_each(&mut consider);
+            }
+        } else {
+            let sockets = self.sockets.borrow();
+            let by_id = sockets.get(&*b.nsp);
+            for r in &b.rooms {
+                if let Some(members) = ns_rooms.and_then(|n| n.get(&**r)) {
+                    members.values().for_each(&mut consider);
+                }
+                // Every socket is in the room named by its id, which is not indexed: the
+                // socket table already maps the id to the socket.
+                if let Some(s) = by_id.and_then(|m| m.get(&**r)) {
+                    consider(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// Holds a broadcast until the shard's next coalesced flush. Consecutive broadcasts to the
+    /// same rooms share one walk of their members when they are released, and each member gets
+    /// them all at once: most of a broadcast's cost is reaching each member's session.
+    fn hold(&self, shard: &Shard, b: &Arc<RemoteBroadcast>) {
+        crate::metrics::add(&shard.stats.broadcasts_held, 1);
+        let mut held = self.held.borrow_mut();
+        match held.last_mut() {
+            Some(g) if g.targets.is_none() && g.items[0].same_targets(b) => g.items.push(b.clone()),
+            _ => held.push(Held { items: vec![b.clone()], targets: None }),
+        }
+        if !self.holding.replace(true) {
+            shard.coalesce.request_flush();
+        }
+    }
+
+    /// Whether broadcasts are held for the next flush.
+    pub fn has_held(&self) -> bool {
+        self.holding.get()
+    }
+
+    /// Fixes who the held broadcasts reach before rooms or sockets change, so that they reach
+    /// the sockets they would have reached when they were sent.
+    fn fix_held_targets(&self) {
+        if !self.holding.get() {
+            return;
+        }
+        let mut held = self.held.borrow_mut();
+        for g in held.iter_mut().filter(|g| g.targets.is_none()) {
+            g.targets = Some(self.targets(&g.items[0], None));
+        }
+    }
+
+    /// Sends the held broadcasts, in order. At the flush they are written at once; released
+    /// early (something else is sent first), they are ordinary broadcasts that the writer may
+    /// still hold.
+    pub fn release_held(&self, shard: &Shard, at_flush: bool) {
+        // Not again from within: what is held meanwhile (a handler of a session this closed
+        // may broadcast) waits until these are out.
+        if self.releasing.get() || !self.holding.replace(false) {
+            return;
+        }
+        self.releasing.set(true);
+        let groups = std::mem::take(&mut *self.held.borrow_mut());
+        for g in groups {
+            let targets = match g.targets {
+                Some(t) => t,
+                None => self.targets(&g.items[0], None),
+            };
+            let prepared: Vec<Prepared> = g.items.iter().map(|b| prepare_bytes(b.text.clone(), &b.binaries)).collect();
+            for s in targets {
+                let mine = g.items.iter().zip(&prepared).filter(|(b, _)| b.except_socket.as_deref() != Some(&*s.id));
+                s.eio.send_many(shard, mine.map(|(_, p)| p), !at_flush);
+            }
+        }
+        self.releasing.set(false);
     }
 
     fn index_join(&self, s: &Rc<Socket>, room: Rc<str>) {
@@ -617,6 +710,7 @@ impl SocketIo {
         if !s.connected.replace(false) {
             return;
         }
+        self.fix_held_targets();
         if let (Some(cfg), Some(pid)) = (&self.cfg.recovery, &s.pid) {
             if recovery::is_recoverable(reason) {
                 self.store(shard, pid.clone(), Stored::from_socket(s, cfg.window));
@@ -771,6 +865,7 @@ impl SocketIo {
         }
         socket.connected.set(true);
         conn.joined.set();
+        self.fix_held_targets();
         conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
         self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere. Only
