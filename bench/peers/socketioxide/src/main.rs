@@ -92,15 +92,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = axum::Router::new().layer(layer);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("socketioxide listening on 127.0.0.1:{port}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    // axum leaves Nagle's algorithm on by default; BENCH_NODELAY=1 turns it off, as imks, node
+    // and the raw baseline do, to compare the servers with equal socket options.
+    if std::env::var("BENCH_NODELAY").is_ok_and(|v| v == "1") {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    } else {
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    }
     Ok(())
 }
