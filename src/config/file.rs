@@ -208,7 +208,7 @@ impl Default for WebSocketSection {
             backpressure: "close".into(),
             write_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
-            coalesce_us: 2_000,
+            coalesce_us: 5_000,
             coalesce_on_busy_percent: 80,
             coalesce_off_busy_percent: 50,
         }

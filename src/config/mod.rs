@@ -560,7 +560,7 @@ mod tests {
         let c = load_str("", &[]).unwrap();
         assert_eq!(
             c.ws.coalesce,
-            Some(Coalesce { window: Duration::from_micros(2000), on_busy_percent: 80, off_busy_percent: 50 })
+            Some(Coalesce { window: Duration::from_micros(5000), on_busy_percent: 80, off_busy_percent: 50 })
         );
         assert_eq!(load_str("[websocket]\ncoalesce_us = 0\n", &[]).unwrap().ws.coalesce, None);
         let always = "[websocket]\ncoalesce_on_busy_percent = 0\ncoalesce_off_busy_percent = 0\n";
