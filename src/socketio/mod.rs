@@ -322,9 +322,8 @@ impl Socket {
             return;
         }
         io.fix_held_targets();
-        if self.rooms.borrow_mut().insert(room.clone()) {
-            io.index_join(self, room);
-        }
+        self.rooms.borrow_mut().insert(room.clone());
+        io.index_join(self, room);
     }
 
     /// Leaves a room; returns whether the socket was in it.
