@@ -217,3 +217,32 @@ fn held_broadcasts_reach_who_was_in_the_room_when_they_were_sent() {
         assert_eq!(before_ack(&mut actor, 4), Vec::<String>::new());
     });
 }
+
+#[test]
+fn a_long_polling_member_gets_held_broadcasts_at_the_flush() {
+    let (_node, addr) = start_room_app("io_uring");
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
+    const PATH: &str = "/socket.io/?EIO=4&transport=polling";
+    let (_, _, body) = get(addr, PATH);
+    let open: serde_json::Value = serde_json::from_slice(&body[1..]).unwrap();
+    let at = format!("{PATH}&sid={}", open["sid"].as_str().unwrap());
+    let post = |body: &str| {
+        let raw = format!(
+            "POST {at} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, _, reply) = http(addr, &raw);
+        assert_eq!((status, reply.as_slice()), (200, &b"ok"[..]));
+    };
+    let poll = || String::from_utf8(get(addr, &at).2).unwrap();
+    post("40");
+    assert!(poll().starts_with("40{"));
+    post(r#"42["join-quietly"]"#);
+
+    let flushes = metric_sum(addr, "imks_coalesced_flushes_total");
+    let mut actor = connected_plain(addr);
+    actor.send(Message::text(r#"42["tell",0]"#)).unwrap();
+    actor.send(Message::text(r#"42["tell",1]"#)).unwrap();
+    assert_eq!(poll(), "42[\"told\",0]\u{1e}42[\"told\",1]");
+    assert!(metric_sum(addr, "imks_coalesced_flushes_total") > flushes, "released by the flush");
+}
