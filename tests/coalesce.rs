@@ -246,3 +246,36 @@ fn a_long_polling_member_gets_held_broadcasts_at_the_flush() {
     assert_eq!(poll(), "42[\"told\",0]\u{1e}42[\"told\",1]");
     assert!(metric_sum(addr, "imks_coalesced_flushes_total") > flushes, "released by the flush");
 }
+
+#[test]
+fn coalescing_that_batches_nothing_rests() {
+    let (_node, addr) = start_full(
+        "io_uring",
+        1,
+        |f| {
+            f.server.tick_ms = 20;
+            f.websocket.coalesce_us = 2_000;
+            f.websocket.coalesce_on_busy_percent = 0;
+            f.websocket.coalesce_off_busy_percent = 0;
+        },
+        |c| c.conformance_mode(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
+    let mut sub = connected(addr);
+    sub.send(Message::text(r#"421["join","r"]"#)).unwrap();
+    assert_eq!(text(&mut sub).unwrap(), r#"431["ok"]"#);
+    let mut publisher = connected(addr);
+    // One broadcast at a time, each waited for: every flush carries one, and sharing nothing it
+    // only delays them. After eight such flushes coalescing turns off, and after its rest it is
+    // back (both thresholds are 0 here).
+    let mut n = 0;
+    let rested = wait_until(Duration::from_secs(10), || {
+        publisher.send(Message::text(format!(r#"42["publish",{{"room":"r","n":{n}}}]"#))).unwrap();
+        assert_eq!(text(&mut sub).unwrap(), format!(r#"42["msg",{{"room":"r","n":{n}}}]"#));
+        n += 1;
+        metric_sum(addr, "imks_write_coalescing") == 0
+    });
+    assert!(rested, "still coalescing after {n} lone broadcasts");
+    assert!(n >= 8, "judged after eight flushes, not {n}");
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
+}

@@ -7,7 +7,10 @@
 //! When its thread's CPU use over a tick reaches `websocket.coalesce_on_busy_percent`,
 //! sessions hold broadcast frames until the shard's next flush, at most `websocket.coalesce_us`
 //! later, so several broadcasts share one write; below `websocket.coalesce_off_busy_percent`
-//! it stops. A busy shard's latency is already queueing, and batching shortens the queue.
+//! it stops. A busy shard's latency is already queueing, and batching shortens the queue. Every
+//! eight flushes it checks that it batches: when they carried fewer than one and a half
+//! broadcasts each on average, broadcasts are too sparse to share writes, and it stays off for
+//! ten ticks whatever the load.
 //!
 //! Only broadcasts wait. Anything else a session is owed (acks, replies, pongs, closes) is
 //! written at once and takes whatever broadcasts are waiting along with it, in order.
@@ -23,10 +26,20 @@ use crate::metrics::{self, ShardStats};
 use crate::shard::session::Conn;
 use crate::shard::Shard;
 
+/// Flushes after which coalescing judges whether it batches anything.
+const JUDGED_AFTER_FLUSHES: u64 = 8;
+/// Ticks coalescing stays off after it found that it batched nothing.
+const REST_TICKS: u32 = 10;
+
 /// One shard's coalescing state: whether it is on, and the flushes sessions wait for.
 #[derive(Default)]
 pub struct Coalescer {
     active: Cell<bool>,
+    /// Broadcasts sent and flushes made since coalescing last judged whether it batches.
+    broadcasts: Cell<u64>,
+    flushes: Cell<u64>,
+    /// Ticks left before coalescing may turn on again, after it batched nothing.
+    resting: Cell<u32>,
     /// Counts flushes; a session waits for it to move on.
     epoch: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
@@ -46,6 +59,13 @@ pub fn decide(active: bool, busy_percent: u64, cfg: &Coalesce) -> bool {
     } else {
         busy_percent >= u64::from(cfg.on_busy_percent)
     }
+}
+
+/// Whether holding broadcasts shares writes, judged once enough flushes have passed: a flush
+/// that releases a single broadcast saves no write and only delays it. `None` until then.
+pub fn batches(broadcasts: u64, flushes: u64) -> Option<bool> {
+    // At least one and a half broadcasts per flush, on average.
+    (flushes >= JUDGED_AFTER_FLUSHES).then(|| broadcasts.saturating_mul(2) >= flushes.saturating_mul(3))
 }
 
 /// CPU time this thread has used, user and system.
@@ -79,12 +99,44 @@ impl Coalescer {
         let busy = u64::try_from(busy).unwrap_or(u64::MAX).min(100);
         stats.busy_percent.store(busy, std::sync::atomic::Ordering::Relaxed);
         let Some(cfg) = cfg else { return };
-        let active = decide(self.active.get(), busy, cfg);
+        let was = self.active.get();
+        let mut active = decide(was, busy, cfg);
+        if self.resting.get() > 0 {
+            self.resting.set(self.resting.get() - 1);
+            active = false;
+        } else if active && was {
+            match batches(self.broadcasts.get(), self.flushes.get()) {
+                Some(false) => {
+                    // Busy, but with broadcasts too sparse to share writes: holding them would
+                    // only delay them.
+                    active = false;
+                    self.resting.set(REST_TICKS);
+                }
+                Some(true) => self.reset_gain(),
+                None => {}
+            }
+        }
+        if !active {
+            self.reset_gain();
+        }
         self.active.set(active);
         stats.write_coalescing.store(u64::from(active), std::sync::atomic::Ordering::Relaxed);
         if !active {
             // Nobody new waits; those already waiting go now.
             self.flush();
+        }
+    }
+
+    fn reset_gain(&self) {
+        self.broadcasts.set(0);
+        self.flushes.set(0);
+    }
+
+    /// Counts a broadcast (one room emit, whatever its members), for judging whether
+    /// coalescing batches anything.
+    pub fn note_broadcast(&self) {
+        if self.active.get() {
+            self.broadcasts.set(self.broadcasts.get().saturating_add(1));
         }
     }
 
@@ -156,6 +208,7 @@ pub async fn flusher(shard: Rc<Shard>, window: Duration) {
             io.release_held(&shard, true);
         }
         c.flush();
+        c.flushes.set(c.flushes.get().saturating_add(1));
         metrics::add(&shard.stats.coalesced_flushes, 1);
     }
 }
@@ -192,6 +245,49 @@ mod tests {
         assert!(!decide(false, 99, &c));
         assert!(decide(false, 100, &c));
         assert!(!decide(true, 99, &c));
+    }
+
+    #[test]
+    fn batching_is_judged_after_enough_flushes() {
+        assert_eq!(batches(100, JUDGED_AFTER_FLUSHES - 1), None);
+        assert_eq!(batches(8, 8), Some(false), "one broadcast a flush saves nothing");
+        assert_eq!(batches(11, 8), Some(false));
+        assert_eq!(batches(12, 8), Some(true));
+        assert_eq!(batches(200, 9), Some(true));
+    }
+
+    #[test]
+    fn sparse_broadcasts_turn_coalescing_off_for_a_rest() {
+        let stats = ShardStats::default();
+        let c = Coalescer::default();
+        let always = cfg(0, 0);
+        let mut now = Instant::now();
+        let mut tick = |c: &Coalescer| {
+            now += Duration::from_millis(100);
+            c.on_tick(Some(&always), &stats, now);
+            c.is_active()
+        };
+        tick(&c);
+        assert!(tick(&c));
+        // Busy enough, but each flush carried one broadcast.
+        for _ in 0..JUDGED_AFTER_FLUSHES {
+            c.note_broadcast();
+            c.flushes.set(c.flushes.get() + 1);
+        }
+        assert!(!tick(&c), "off: it batched nothing");
+        for _ in 1..REST_TICKS {
+            assert!(!tick(&c), "resting");
+        }
+        assert!(!tick(&c), "the last tick of the rest");
+        assert!(tick(&c), "on again after the rest");
+        // Now each flush carries two broadcasts: it stays on.
+        for _ in 0..JUDGED_AFTER_FLUSHES {
+            c.note_broadcast();
+            c.note_broadcast();
+            c.flushes.set(c.flushes.get() + 1);
+        }
+        assert!(tick(&c));
+        assert_eq!((c.broadcasts.get(), c.flushes.get()), (0, 0), "judged afresh from here");
     }
 
     /// Spins on this thread until it has used `cpu` more CPU time.

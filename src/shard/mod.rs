@@ -611,6 +611,7 @@ impl Shard {
     }
 
     fn deliver_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) {
+        self.coalesce.note_broadcast();
         let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {
