@@ -149,7 +149,8 @@ pub struct ShardStats {
     pub write_coalescing: AtomicU64,
     /// Flushes of coalesced writes.
     pub coalesced_flushes: AtomicU64,
-    /// Socket.IO broadcasts held for a coalesced flush before reaching any session.
+    /// Broadcasts (Socket.IO emits, native room messages) held for a coalesced flush before
+    /// reaching any session.
     pub broadcasts_held: AtomicU64,
     pub handler_errors: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
@@ -263,7 +264,7 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
     family(
         "imks_broadcasts_held_total",
         "counter",
-        "Socket.IO broadcasts held whole for a coalesced flush, then sent to their rooms together.",
+        "Broadcasts (Socket.IO emits, native room messages) held whole for a coalesced flush, then sent to their rooms together.",
         &|s| get(&s.broadcasts_held),
     );
     family(

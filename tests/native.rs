@@ -489,6 +489,60 @@ fn a_busy_shard_batches_room_messages_and_not_acks() {
     assert!(flushes() > flushed, "they waited for a flush");
 }
 
+/// The contents of the chat messages that arrive before the next message of type `kind`.
+fn chats_before(c: &mut Client, kind: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let v = c.recv();
+        if v["type"] == kind {
+            return seen;
+        }
+        if v["type"] == "chat" {
+            seen.push(v["data"]["content"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+#[test]
+fn held_room_messages_reach_who_was_in_the_room_when_they_were_sent() {
+    let (_node, [a, b]) = two_shards("io_uring", |f| {
+        f.server.tick_ms = 20;
+        f.websocket.coalesce_us = 1_000_000;
+        f.websocket.coalesce_on_busy_percent = 0;
+        f.websocket.coalesce_off_busy_percent = 0;
+    });
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_write_coalescing") == 2));
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(b, "t-bob");
+    let (mut carol, _) = Client::connect(b, "t-carol");
+    let join = json!({"type": "join", "id": "j", "data": {"roomId": "general"}});
+    for c in [&mut alice, &mut bob] {
+        c.send(join.clone());
+        c.recv_type("joined");
+    }
+    let held_on_b = || metric_sum(a, "imks_broadcasts_held_total{shard=\"1\"}");
+    let say = |alice: &mut Client, text: &str| {
+        let held = held_on_b();
+        alice.send(json!({"type": "chat", "data": {"roomId": "general", "content": text}}));
+        assert_eq!(alice.recv_type("ack")["data"]["status"], "sent");
+        assert!(wait_until(Duration::from_secs(5), || held_on_b() > held), "held on bob's shard");
+    };
+
+    // Held for bob; carol joins and bob leaves before the flush. The replies release it, to
+    // the members of when it was sent, ahead of themselves.
+    say(&mut alice, "m0");
+    carol.send(join.clone());
+    assert_eq!(chats_before(&mut carol, "joined"), Vec::<String>::new());
+    bob.send(json!({"type": "leave", "id": "l", "data": {"roomId": "general"}}));
+    assert_eq!(chats_before(&mut bob, "left"), ["m0"]);
+
+    // Held again: now it is carol's, and only the flush releases it.
+    say(&mut alice, "m1");
+    assert_eq!(carol.recv_type("chat")["data"]["content"], "m1");
+    bob.send(join);
+    assert_eq!(chats_before(&mut bob, "joined"), Vec::<String>::new());
+}
+
 #[test]
 fn auth_failures_are_refused_before_the_upgrade() {
     let (_node, [a, _]) = two_shards("io_uring", |_| {});

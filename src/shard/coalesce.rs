@@ -204,9 +204,7 @@ pub async fn flusher(shard: Rc<Shard>, window: Duration) {
         monoio::time::sleep(window).await;
         c.requested.set(false);
         // Held broadcasts go first and at once; then the sessions holding frames write.
-        if let Some(io) = &shard.apps.socketio {
-            io.release_held(&shard, true);
-        }
+        shard.release_held(true);
         c.flush();
         c.flushes.set(c.flushes.get().saturating_add(1));
         metrics::add(&shard.stats.coalesced_flushes, 1);

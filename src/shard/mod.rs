@@ -578,11 +578,33 @@ impl Shard {
         c.enqueue(FrameKind::Close, encode_close(code, text));
     }
 
-    /// Sends the Socket.IO broadcasts held for the coalesced flush now, because something
-    /// else is about to be sent and must not overtake them.
+    /// Sends the broadcasts held for the coalesced flush now, because something else is about
+    /// to be sent and must not overtake them.
     pub fn release_held_broadcasts(&self) {
+        self.release_held(false);
+    }
+
+    /// Sends the held broadcasts: native room messages and Socket.IO broadcasts. At the flush
+    /// they are written at once; released early, they are broadcasts the writers may still hold.
+    pub fn release_held(&self, at_flush: bool) {
+        // Not while the room table is being changed: that only happens around deliveries that
+        // themselves release first.
+        if self.rooms.try_borrow().is_ok_and(|r| r.has_held()) {
+            let held = self.rooms.borrow_mut().take_held();
+            let kind = if at_flush { FrameKind::Data } else { FrameKind::Broadcast };
+            for (members, frames) in held {
+                for id in members {
+                    let Some(c) = self.session(id) else { continue };
+                    for (frame, except) in &frames {
+                        if *except != Some(id) {
+                            self.deliver_as(&c, kind, frame.clone());
+                        }
+                    }
+                }
+            }
+        }
         if let Some(io) = self.apps.socketio.as_ref().filter(|io| io.has_held()) {
-            io.release_held(self, false);
+            io.release_held(self, at_flush);
         }
     }
 
@@ -610,8 +632,17 @@ impl Shard {
         }
     }
 
-    fn deliver_room(&self, room: &str, frame: &Bytes, except: Option<SessionId>) {
+    fn deliver_room(&self, room: &Arc<str>, frame: &Bytes, except: Option<SessionId>) {
         self.coalesce.note_broadcast();
+        if self.coalesce.is_active() {
+            // Held whole, as Socket.IO broadcasts are: see `SocketIo::hold`.
+            metrics::add(&self.stats.broadcasts_held, 1);
+            if self.rooms.borrow_mut().hold(room, frame.clone(), except) {
+                self.coalesce.request_flush();
+            }
+            return;
+        }
+        self.release_held_broadcasts();
         let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {

@@ -6,17 +6,73 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::session::SessionId;
 
 #[derive(Default)]
 pub struct RoomTable {
     members: HashMap<Arc<str>, HashSet<SessionId>>,
     rooms_of: HashMap<SessionId, HashSet<Arc<str>>>,
+    /// Room messages held for the shard's coalesced flush, oldest first.
+    held: Vec<HeldRoom>,
 }
 
+/// Messages to one room in a row, held for the shard's next coalesced flush.
+struct HeldRoom {
+    room: Arc<str>,
+    /// Each message, and the session it leaves out (its sender).
+    frames: Vec<(Bytes, Option<SessionId>)>,
+    /// The members they go to, fixed when membership changed after they were sent; until then,
+    /// the members at the release.
+    members: Option<Vec<SessionId>>,
+}
+
+/// Held room messages on their way out: who gets them, and each message with the session it
+/// leaves out.
+pub type Released = (Vec<SessionId>, Vec<(Bytes, Option<SessionId>)>);
+
 impl RoomTable {
+    /// Holds a message to `room` for the shard's next flush; messages to the same room in a row
+    /// reach its members in one pass. Returns whether nothing was held before.
+    pub fn hold(&mut self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) -> bool {
+        let first = self.held.is_empty();
+        match self.held.last_mut() {
+            Some(g) if g.members.is_none() && g.room == *room => g.frames.push((frame, except)),
+            _ => self.held.push(HeldRoom { room: room.clone(), frames: vec![(frame, except)], members: None }),
+        }
+        first
+    }
+
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Takes what is held, oldest first, each with the members it goes to.
+    pub fn take_held(&mut self) -> Vec<Released> {
+        let held = std::mem::take(&mut self.held);
+        held.into_iter()
+            .map(|g| {
+                let members = g.members.unwrap_or_else(|| self.members(&g.room).collect());
+                (members, g.frames)
+            })
+            .collect()
+    }
+
+    /// Before membership changes, fixes who the held messages go to: the members of when they
+    /// were sent.
+    fn fix_held(&mut self) {
+        for i in 0..self.held.len() {
+            if self.held[i].members.is_none() {
+                let members = self.members(&self.held[i].room).collect();
+                self.held[i].members = Some(members);
+            }
+        }
+    }
+
     /// Adds `id` to `room`; returns false when it was already a member.
     pub fn join(&mut self, room: &str, id: SessionId) -> bool {
+        self.fix_held();
         let room: Arc<str> = match self.members.get_key_value(room) {
             Some((k, _)) => k.clone(),
             None => Arc::from(room),
@@ -28,6 +84,7 @@ impl RoomTable {
 
     /// Removes `id` from `room`; an emptied room is dropped.
     pub fn leave(&mut self, room: &str, id: SessionId) -> bool {
+        self.fix_held();
         let removed = match self.members.get_mut(room) {
             Some(set) => {
                 let r = set.remove(&id);
@@ -49,6 +106,7 @@ impl RoomTable {
 
     /// Removes `id` from every room (on disconnect).
     pub fn leave_all(&mut self, id: SessionId) {
+        self.fix_held();
         if let Some(rooms) = self.rooms_of.remove(&id) {
             for room in rooms {
                 if let Some(set) = self.members.get_mut(&room) {
@@ -73,6 +131,30 @@ impl RoomTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_messages_go_to_the_members_of_when_they_were_sent() {
+        let mut t = RoomTable::default();
+        let (a, b, c) = (SessionId::new(0, 1, 1), SessionId::new(0, 2, 1), SessionId::new(0, 3, 1));
+        let r: Arc<str> = "r".into();
+        t.join("r", a);
+        assert!(t.hold(&r, Bytes::from_static(b"1"), None), "the first held asks for a flush");
+        assert!(!t.hold(&r, Bytes::from_static(b"2"), Some(a)));
+        t.join("r", b); // fixes the first group at {a}
+        assert!(!t.hold(&r, Bytes::from_static(b"3"), None));
+        t.leave("r", a); // fixes the second at {a, b}
+        t.join("r", c);
+        assert!(!t.hold(&r, Bytes::from_static(b"4"), None)); // to whoever is in at the release
+        t.leave("r", b);
+        let held = t.take_held();
+        assert!(!t.has_held());
+        let sorted = |mut m: Vec<SessionId>| {
+            m.sort_by_key(|s| s.slot);
+            m
+        };
+        let shape: Vec<(Vec<SessionId>, usize)> = held.into_iter().map(|(m, f)| (sorted(m), f.len())).collect();
+        assert_eq!(shape, vec![(vec![a], 2), (vec![a, b], 1), (vec![b, c], 1)]);
+    }
 
     #[test]
     fn join_leave_and_cleanup() {
