@@ -43,7 +43,7 @@ pub struct Coalescer {
     /// Counts flushes; a session waits for it to move on.
     epoch: Cell<u64>,
     waiters: RefCell<Vec<Waker>>,
-    /// Something other than a session waits for the next flush (held Socket.IO broadcasts).
+    /// Something other than a session waits for the next flush (held broadcasts).
     requested: Cell<bool>,
     flusher: Cell<Option<Waker>>,
     /// Wall-clock time and thread CPU time at the last tick.
