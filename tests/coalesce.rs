@@ -279,3 +279,41 @@ fn coalescing_that_batches_nothing_rests() {
     assert!(n >= 8, "judged after eight flushes, not {n}");
     assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
 }
+
+#[test]
+fn broadcasts_from_another_shard_are_held_there_too() {
+    let (node, _) = start_full(
+        "io_uring",
+        2,
+        |f| {
+            f.server.tick_ms = 20;
+            f.websocket.coalesce_us = WINDOW_US;
+            f.websocket.coalesce_on_busy_percent = 0;
+            f.websocket.coalesce_off_busy_percent = 0;
+        },
+        |c| {
+            c.conformance_mode();
+            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        },
+    );
+    let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_write_coalescing") == 2));
+    let (mut here, mut there, mut publisher) = (connected(a), connected(b), connected(a));
+    for c in [&mut here, &mut there] {
+        c.send(Message::text(r#"421["join","r"]"#)).unwrap();
+        assert_eq!(text(c).unwrap(), r#"431["ok"]"#);
+    }
+    const N: u64 = 10;
+    for n in 0..N {
+        publisher.send(Message::text(format!(r#"42["publish",{{"room":"r","n":{n}}}]"#))).unwrap();
+    }
+    for c in [&mut here, &mut there] {
+        for n in 0..N {
+            assert_eq!(text(c).unwrap(), format!(r#"42["msg",{{"room":"r","n":{n}}}]"#));
+        }
+    }
+    // Each shard held all ten for its own member.
+    assert_eq!(metric_sum(a, "imks_broadcasts_held_total{shard=\"0\"}"), N);
+    assert_eq!(metric_sum(a, "imks_broadcasts_held_total{shard=\"1\"}"), N);
+}
