@@ -45,6 +45,10 @@ pub struct Coalescer {
     waiters: RefCell<Vec<Waker>>,
     /// Something other than a session waits for the next flush (held broadcasts).
     requested: Cell<bool>,
+    /// Broadcasts are held on the shard (Socket.IO or native rooms) for the next flush.
+    held: Cell<bool>,
+    /// The held broadcasts are being released.
+    releasing: Cell<bool>,
     flusher: Cell<Option<Waker>>,
     /// Wall-clock time and thread CPU time at the last tick.
     mark: Cell<Option<(Instant, Duration)>>,
@@ -140,9 +144,33 @@ impl Coalescer {
         }
     }
 
+    /// Notes that a broadcast was held; the first since the last release asks for a flush.
+    pub fn held_one(&self, stats: &ShardStats) {
+        metrics::add(&stats.broadcasts_held, 1);
+        if !self.held.replace(true) {
+            self.request_flush();
+        }
+    }
+
+    /// Starts releasing the held broadcasts. False when none are held, or when a release is
+    /// already under way: what is held meanwhile waits until it is done, so order is kept.
+    /// [`Coalescer::end_release`] follows a true.
+    pub fn begin_release(&self) -> bool {
+        if self.releasing.get() || !self.held.get() {
+            return false;
+        }
+        self.held.set(false);
+        self.releasing.set(true);
+        true
+    }
+
+    pub fn end_release(&self) {
+        self.releasing.set(false);
+    }
+
     /// Asks for a flush within the window although no session waits yet: the shard holds
     /// broadcasts that its flusher releases.
-    pub fn request_flush(&self) {
+    fn request_flush(&self) {
         self.requested.set(true);
         if let Some(f) = self.flusher.take() {
             f.wake();

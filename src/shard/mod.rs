@@ -586,26 +586,27 @@ impl Shard {
 
     /// Sends the held broadcasts: native room messages and Socket.IO broadcasts. At the flush
     /// they are written at once; released early, they are broadcasts the writers may still hold.
+    /// Costs one flag test when nothing is held, as it is asked before every frame queued.
     pub fn release_held(&self, at_flush: bool) {
-        // Not while the room table is being changed: that only happens around deliveries that
-        // themselves release first.
-        if self.rooms.try_borrow().is_ok_and(|r| r.has_held()) {
-            let held = self.rooms.borrow_mut().take_held();
-            let kind = if at_flush { FrameKind::Data } else { FrameKind::Broadcast };
-            for (members, frames) in held {
-                for id in members {
-                    let Some(c) = self.session(id) else { continue };
-                    for (frame, except) in &frames {
-                        if *except != Some(id) {
-                            self.deliver_as(&c, kind, frame.clone());
-                        }
+        if !self.coalesce.begin_release() {
+            return;
+        }
+        let held = self.rooms.borrow_mut().take_held();
+        let kind = if at_flush { FrameKind::Data } else { FrameKind::Broadcast };
+        for (members, frames) in held {
+            for id in members {
+                let Some(c) = self.session(id) else { continue };
+                for (frame, except) in &frames {
+                    if *except != Some(id) {
+                        self.deliver_as(&c, kind, frame.clone());
                     }
                 }
             }
         }
-        if let Some(io) = self.apps.socketio.as_ref().filter(|io| io.has_held()) {
+        if let Some(io) = &self.apps.socketio {
             io.release_held(self, at_flush);
         }
+        self.coalesce.end_release();
     }
 
     /// Sends an encoded frame to a session on any shard of this node, without waiting (other
@@ -636,13 +637,10 @@ impl Shard {
         self.coalesce.note_broadcast();
         if self.coalesce.is_active() {
             // Held whole, as Socket.IO broadcasts are: see `SocketIo::hold`.
-            metrics::add(&self.stats.broadcasts_held, 1);
-            if self.rooms.borrow_mut().hold(room, frame.clone(), except) {
-                self.coalesce.request_flush();
-            }
+            self.rooms.borrow_mut().hold(room, frame.clone(), except);
+            self.coalesce.held_one(&self.stats);
             return;
         }
-        self.release_held_broadcasts();
         let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {

@@ -34,18 +34,12 @@ pub type Released = (Vec<SessionId>, Vec<(Bytes, Option<SessionId>)>);
 
 impl RoomTable {
     /// Holds a message to `room` for the shard's next flush; messages to the same room in a row
-    /// reach its members in one pass. Returns whether nothing was held before.
-    pub fn hold(&mut self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) -> bool {
-        let first = self.held.is_empty();
+    /// reach its members in one pass.
+    pub fn hold(&mut self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) {
         match self.held.last_mut() {
             Some(g) if g.members.is_none() && g.room == *room => g.frames.push((frame, except)),
             _ => self.held.push(HeldRoom { room: room.clone(), frames: vec![(frame, except)], members: None }),
         }
-        first
-    }
-
-    pub fn has_held(&self) -> bool {
-        !self.held.is_empty()
     }
 
     /// Takes what is held, oldest first, each with the members it goes to.
@@ -138,16 +132,16 @@ mod tests {
         let (a, b, c) = (SessionId::new(0, 1, 1), SessionId::new(0, 2, 1), SessionId::new(0, 3, 1));
         let r: Arc<str> = "r".into();
         t.join("r", a);
-        assert!(t.hold(&r, Bytes::from_static(b"1"), None), "the first held asks for a flush");
-        assert!(!t.hold(&r, Bytes::from_static(b"2"), Some(a)));
+        t.hold(&r, Bytes::from_static(b"1"), None);
+        t.hold(&r, Bytes::from_static(b"2"), Some(a));
         t.join("r", b); // fixes the first group at {a}
-        assert!(!t.hold(&r, Bytes::from_static(b"3"), None));
+        t.hold(&r, Bytes::from_static(b"3"), None);
         t.leave("r", a); // fixes the second at {a, b}
         t.join("r", c);
-        assert!(!t.hold(&r, Bytes::from_static(b"4"), None)); // to whoever is in at the release
+        t.hold(&r, Bytes::from_static(b"4"), None); // to whoever is in at the release
         t.leave("r", b);
         let held = t.take_held();
-        assert!(!t.has_held());
+        assert!(t.take_held().is_empty(), "taken once");
         let sorted = |mut m: Vec<SessionId>| {
             m.sort_by_key(|s| s.slot);
             m

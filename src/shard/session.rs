@@ -385,14 +385,14 @@ impl Conn {
 
     /// Queues a frame and wakes the writer.
     pub fn enqueue(&self, kind: FrameKind, frame: Bytes) -> Enqueued {
-        let (r, may_wait) = {
+        let (r, still_held) = {
             let mut q = self.queue.borrow_mut();
             let r = q.push(kind, frame);
-            (r, q.may_wait())
+            (r, self.holding.get() && q.may_wait())
         };
         // A writer holding broadcasts for the flush would only look and wait again: it is woken
         // when something that must not wait arrives, or by the flush itself.
-        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) && !(self.holding.get() && may_wait) {
+        if matches!(r, Enqueued::Queued | Enqueued::DroppedOldest) && !still_held {
             self.wake_writer();
         }
         r

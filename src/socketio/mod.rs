@@ -479,10 +479,6 @@ pub struct SocketIo {
     next_restore: Cell<u64>,
     /// Broadcasts held for the shard's next coalesced flush, oldest first.
     held: RefCell<Vec<Held>>,
-    /// `held` is not empty.
-    holding: Cell<bool>,
-    /// [`SocketIo::release_held`] is running.
-    releasing: Cell<bool>,
 }
 
 impl SocketIo {
@@ -498,8 +494,6 @@ impl SocketIo {
             restores: RefCell::new(HashMap::new()),
             next_restore: Cell::new(0),
             held: RefCell::new(Vec::new()),
-            holding: Cell::new(false),
-            releasing: Cell::new(false),
         }
     }
 
@@ -564,8 +558,6 @@ impl SocketIo {
             self.hold(shard, b);
             return;
         }
-        // What was held was sent first.
-        self.release_held(shard, false);
         let targets = self.targets(b, b.except_socket.as_deref());
         if let Some(offset) = &b.offset {
             let max = self.cfg.recovery.as_ref().map_or(0, |r| r.max_packets);
@@ -631,44 +623,29 @@ impl SocketIo {
     /// same rooms share one walk of their members when they are released, and each member gets
     /// them all at once: most of a broadcast's cost is reaching each member's session.
     fn hold(&self, shard: &Shard, b: &Arc<RemoteBroadcast>) {
-        crate::metrics::add(&shard.stats.broadcasts_held, 1);
-        let mut held = self.held.borrow_mut();
-        match held.last_mut() {
-            Some(g) if g.targets.is_none() && g.items[0].same_targets(b) => g.items.push(b.clone()),
-            _ => held.push(Held { items: vec![b.clone()], targets: None }),
+        {
+            let mut held = self.held.borrow_mut();
+            match held.last_mut() {
+                Some(g) if g.targets.is_none() && g.items[0].same_targets(b) => g.items.push(b.clone()),
+                _ => held.push(Held { items: vec![b.clone()], targets: None }),
+            }
         }
-        if !self.holding.replace(true) {
-            shard.coalesce.request_flush();
-        }
-    }
-
-    /// Whether broadcasts are held for the next flush.
-    pub fn has_held(&self) -> bool {
-        self.holding.get()
+        shard.coalesce.held_one(&shard.stats);
     }
 
     /// Fixes who the held broadcasts reach before rooms or sockets change, so that they reach
     /// the sockets they would have reached when they were sent.
     fn fix_held_targets(&self) {
-        if !self.holding.get() {
-            return;
-        }
         let mut held = self.held.borrow_mut();
         for g in held.iter_mut().filter(|g| g.targets.is_none()) {
             g.targets = Some(self.targets(&g.items[0], None));
         }
     }
 
-    /// Sends the held broadcasts, in order. At the flush they are written at once; released
-    /// early (something else is sent first), they are ordinary broadcasts that the writer may
-    /// still hold.
-    pub fn release_held(&self, shard: &Shard, at_flush: bool) {
-        // Not again from within: what is held meanwhile (a handler of a session this closed
-        // may broadcast) waits until these are out.
-        if self.releasing.get() || !self.holding.replace(false) {
-            return;
-        }
-        self.releasing.set(true);
+    /// Sends the held broadcasts, in order; [`Shard::release_held`] calls it. At the flush they
+    /// are written at once; released early (something else is sent first), they are ordinary
+    /// broadcasts that the writer may still hold.
+    pub(crate) fn release_held(&self, shard: &Shard, at_flush: bool) {
         let groups = std::mem::take(&mut *self.held.borrow_mut());
         for g in groups {
             let targets = match g.targets {
@@ -681,7 +658,6 @@ impl SocketIo {
                 s.eio.send_many(shard, mine.map(|(_, p)| p), !at_flush);
             }
         }
-        self.releasing.set(false);
     }
 
     fn index_join(&self, s: &Rc<Socket>, room: Rc<str>) {
