@@ -18,12 +18,7 @@ fn start_coalescing(driver: &str) -> (imks::Node, SocketAddr) {
     start_full(
         driver,
         1,
-        |f| {
-            f.server.tick_ms = 20;
-            f.websocket.coalesce_us = WINDOW_US;
-            f.websocket.coalesce_on_busy_percent = 0;
-            f.websocket.coalesce_off_busy_percent = 0;
-        },
+        |f| coalesce_always(f, WINDOW_US),
         |c| {
             c.conformance_mode();
             c.eio.ping_interval = Duration::from_secs(30);
@@ -111,17 +106,7 @@ fn an_idle_shard_does_not_coalesce() {
 /// change rooms without answering, so that nothing but the flush releases what is held.
 fn start_room_app(driver: &str) -> (imks::Node, SocketAddr) {
     use imks::socketio::{Namespace, SioConfig, SocketIo};
-    let mut f = imks::config::file::FileConfig::default();
-    f.server.listen = vec!["127.0.0.1:0".into()];
-    f.server.shards = 1;
-    f.server.driver = driver.into();
-    f.server.pin_threads = false;
-    f.server.tick_ms = 20;
-    f.websocket.coalesce_us = WINDOW_US;
-    f.websocket.coalesce_on_busy_percent = 0;
-    f.websocket.coalesce_off_busy_percent = 0;
-    f.log.level = "warn".into();
-    let config = imks::Config::resolve(f, |_| Ok(None)).unwrap();
+    let config = config(driver, 1, |f| coalesce_always(f, WINDOW_US), |_| {});
     let factory = || {
         let room_event = |f: fn(&SocketIo, &std::rc::Rc<imks::socketio::Socket>)| {
             move |shard: &imks::shard::Shard, s: &std::rc::Rc<imks::socketio::Socket>, _: imks::socketio::Event<'_>| {
@@ -249,17 +234,7 @@ fn a_long_polling_member_gets_held_broadcasts_at_the_flush() {
 
 #[test]
 fn coalescing_that_batches_nothing_rests() {
-    let (_node, addr) = start_full(
-        "io_uring",
-        1,
-        |f| {
-            f.server.tick_ms = 20;
-            f.websocket.coalesce_us = 2_000;
-            f.websocket.coalesce_on_busy_percent = 0;
-            f.websocket.coalesce_off_busy_percent = 0;
-        },
-        |c| c.conformance_mode(),
-    );
+    let (_node, addr) = start_full("io_uring", 1, |f| coalesce_always(f, 2_000), |c| c.conformance_mode());
     assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
     let mut sub = connected(addr);
     sub.send(Message::text(r#"421["join","r"]"#)).unwrap();
@@ -285,12 +260,7 @@ fn broadcasts_from_another_shard_are_held_there_too() {
     let (node, _) = start_full(
         "io_uring",
         2,
-        |f| {
-            f.server.tick_ms = 20;
-            f.websocket.coalesce_us = WINDOW_US;
-            f.websocket.coalesce_on_busy_percent = 0;
-            f.websocket.coalesce_off_busy_percent = 0;
-        },
+        |f| coalesce_always(f, WINDOW_US),
         |c| {
             c.conformance_mode();
             c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];

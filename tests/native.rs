@@ -458,12 +458,7 @@ fn room_chat_reaches_joined_members_on_every_shard() {
 #[test]
 fn a_busy_shard_batches_room_messages_and_not_acks() {
     // Coalescing forced on (both thresholds 0) with a window far longer than the test's sends.
-    let (_node, [a, b]) = two_shards("io_uring", |f| {
-        f.server.tick_ms = 20;
-        f.websocket.coalesce_us = 1_000_000;
-        f.websocket.coalesce_on_busy_percent = 0;
-        f.websocket.coalesce_off_busy_percent = 0;
-    });
+    let (_node, [a, b]) = two_shards("io_uring", |f| coalesce_always(f, 1_000_000));
     assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_write_coalescing") == 2));
     let (mut alice, _) = Client::connect(a, "t-alice");
     let (mut bob, _) = Client::connect(b, "t-bob");
@@ -505,12 +500,7 @@ fn chats_before(c: &mut Client, kind: &str) -> Vec<String> {
 
 #[test]
 fn held_room_messages_reach_who_was_in_the_room_when_they_were_sent() {
-    let (_node, [a, b]) = two_shards("io_uring", |f| {
-        f.server.tick_ms = 20;
-        f.websocket.coalesce_us = 1_000_000;
-        f.websocket.coalesce_on_busy_percent = 0;
-        f.websocket.coalesce_off_busy_percent = 0;
-    });
+    let (_node, [a, b]) = two_shards("io_uring", |f| coalesce_always(f, 1_000_000));
     assert!(wait_until(Duration::from_secs(10), || metric_sum(a, "imks_write_coalescing") == 2));
     let (mut alice, _) = Client::connect(a, "t-alice");
     let (mut bob, _) = Client::connect(b, "t-bob");

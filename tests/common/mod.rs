@@ -32,12 +32,34 @@ pub fn start_conformance(driver: &str, shards: usize, ping_ms: (u64, u64)) -> (N
     )
 }
 
+/// Write coalescing on whatever the load (both thresholds 0), with this window and a 20 ms
+/// tick, for tests of what a busy shard does.
+pub fn coalesce_always(f: &mut FileConfig, window_us: u64) {
+    f.server.tick_ms = 20;
+    f.websocket.coalesce_us = window_us;
+    f.websocket.coalesce_on_busy_percent = 0;
+    f.websocket.coalesce_off_busy_percent = 0;
+}
+
 pub fn start_full(
     driver: &str,
     shards: usize,
     tweak: impl FnOnce(&mut FileConfig),
     resolved: impl FnOnce(&mut Config),
 ) -> (Node, SocketAddr) {
+    let node = Node::start(config(driver, shards, tweak, resolved)).expect("node starts");
+    let addr = node.local_addrs()[0];
+    (node, addr)
+}
+
+/// The configuration `start_full` starts a node with, for tests that start it with an
+/// application of their own.
+pub fn config(
+    driver: &str,
+    shards: usize,
+    tweak: impl FnOnce(&mut FileConfig),
+    resolved: impl FnOnce(&mut Config),
+) -> Config {
     let mut f = FileConfig::default();
     f.server.listen = vec!["127.0.0.1:0".into()];
     f.server.shards = shards;
@@ -48,9 +70,7 @@ pub fn start_full(
     tweak(&mut f);
     let mut config = Config::resolve(f, |_| Ok(None)).expect("valid config");
     resolved(&mut config);
-    let node = Node::start(config).expect("node starts");
-    let addr = node.local_addrs()[0];
-    (node, addr)
+    config
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
