@@ -6,8 +6,10 @@
 //! spends most of its time in `send`. When it is not busy, every broadcast is written at once.
 //! When its thread's CPU use over a tick reaches `websocket.coalesce_on_busy_percent`,
 //! sessions hold broadcast frames until the shard's next flush, at most `websocket.coalesce_us`
-//! later, so several broadcasts share one write; below `websocket.coalesce_off_busy_percent`
-//! it stops. A busy shard's latency is already queueing, and batching shortens the queue. Every
+//! later, so several broadcasts share one write. It stops when the shard would be busy less
+//! than `websocket.coalesce_off_busy_percent` writing each frame at once: what it measures, times
+//! the frames each write carried (coalescing lowers the very share it is judged by). A busy
+//! shard's latency is already queueing, and batching shortens the queue. Every
 //! eight flushes it checks that it batches: when they carried fewer than one and a half
 //! broadcasts each on average, broadcasts are too sparse to share writes, and it stays off for
 //! ten ticks whatever the load.
@@ -52,11 +54,14 @@ pub struct Coalescer {
     flusher: Cell<Option<Waker>>,
     /// Wall-clock time and thread CPU time at the last tick.
     mark: Cell<Option<(Instant, Duration)>>,
+    /// WebSocket frames written and socket writes made by the shard at the last tick.
+    written: Cell<(u64, u64)>,
 }
 
 /// Whether coalescing should be on after a tick in which the shard's thread was busy
-/// `busy_percent` of the time. Between the two thresholds it stays as it was, so a shard near
-/// one of them does not flap.
+/// `busy_percent` of the time, or, while it is on, would have been without it
+/// ([`busy_unbatched`]). Between the two thresholds it stays as it was, so a shard near one of
+/// them does not flap.
 pub fn decide(active: bool, busy_percent: u64, cfg: &Coalesce) -> bool {
     if active {
         busy_percent >= u64::from(cfg.off_busy_percent)
@@ -70,6 +75,19 @@ pub fn decide(active: bool, busy_percent: u64, cfg: &Coalesce) -> bool {
 pub fn batches(broadcasts: u64, flushes: u64) -> Option<bool> {
     // At least one and a half broadcasts per flush, on average.
     (flushes >= JUDGED_AFTER_FLUSHES).then(|| broadcasts.saturating_mul(2) >= flushes.saturating_mul(3))
+}
+
+/// How busy a shard that wrote `frames` WebSocket frames in `writes` socket writes over a tick,
+/// busy `busy_percent` of it, would have been writing each frame at once: socket writes are most
+/// of a fan-out's cost, and coalescing divides their number by the frames each carries. Judged
+/// on the share it measures, a shard that coalesces well falls under the off mark because it
+/// coalesces, stops, saturates and starts again (at 500 broadcasts/s to 1000 members, a third of
+/// them went unbatched that way).
+pub fn busy_unbatched(busy_percent: u64, frames: u64, writes: u64) -> u64 {
+    if writes == 0 || frames <= writes {
+        return busy_percent;
+    }
+    busy_percent.saturating_mul(frames) / writes
 }
 
 /// CPU time this thread has used, user and system.
@@ -94,6 +112,9 @@ impl Coalescer {
     pub fn on_tick(&self, cfg: Option<&Coalesce>, stats: &ShardStats, now: Instant) {
         let Some(cpu) = thread_cpu() else { return };
         let last = self.mark.replace(Some((now, cpu)));
+        let frames = stats.frames_out.load(std::sync::atomic::Ordering::Relaxed);
+        let writes = stats.ws_writes.load(std::sync::atomic::Ordering::Relaxed);
+        let (frames_then, writes_then) = self.written.replace((frames, writes));
         let Some((then, cpu_then)) = last else { return };
         let wall = now.saturating_duration_since(then).as_nanos();
         if wall == 0 {
@@ -104,7 +125,12 @@ impl Coalescer {
         stats.busy_percent.store(busy, std::sync::atomic::Ordering::Relaxed);
         let Some(cfg) = cfg else { return };
         let was = self.active.get();
-        let mut active = decide(was, busy, cfg);
+        let judged = if was {
+            busy_unbatched(busy, frames.wrapping_sub(frames_then), writes.wrapping_sub(writes_then))
+        } else {
+            busy
+        };
+        let mut active = decide(was, judged, cfg);
         if self.resting.get() > 0 {
             self.resting.set(self.resting.get() - 1);
             active = false;
@@ -271,6 +297,43 @@ mod tests {
         assert!(!decide(false, 99, &c));
         assert!(decide(false, 100, &c));
         assert!(!decide(true, 99, &c));
+    }
+
+    #[test]
+    fn unbatched_busy_scales_by_the_frames_per_write() {
+        assert_eq!(busy_unbatched(40, 0, 0), 40, "nothing written");
+        assert_eq!(busy_unbatched(40, 100, 100), 40, "one frame a write");
+        assert_eq!(busy_unbatched(40, 50, 100), 40, "never below what it measures");
+        assert_eq!(busy_unbatched(40, 700, 100), 280);
+        assert_eq!(busy_unbatched(u64::MAX, 2, 1), u64::MAX, "saturates");
+    }
+
+    #[test]
+    fn a_coalescing_shard_is_judged_on_its_busy_without_batching() {
+        let stats = ShardStats::default();
+        let c = Coalescer::default();
+        let marks = cfg(0, 20);
+        let mut now = Instant::now();
+        c.on_tick(Some(&marks), &stats, now);
+        now += Duration::from_secs(1);
+        c.on_tick(Some(&marks), &stats, now);
+        assert!(c.is_active());
+        // A tick a few percent busy (30 ms of CPU in a second), each write carrying 50 frames:
+        // well over the off mark without batching.
+        spin(Duration::from_millis(30));
+        stats.frames_out.fetch_add(5000, std::sync::atomic::Ordering::Relaxed);
+        stats.ws_writes.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+        now += Duration::from_secs(1);
+        c.on_tick(Some(&marks), &stats, now);
+        assert!(stats.busy_percent.load(std::sync::atomic::Ordering::Relaxed) < 20);
+        assert!(c.is_active(), "stays on: it would be saturated writing each frame at once");
+        // The same busy with one frame a write: off.
+        spin(Duration::from_millis(30));
+        stats.frames_out.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+        stats.ws_writes.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+        now += Duration::from_secs(1);
+        c.on_tick(Some(&marks), &stats, now);
+        assert!(!c.is_active());
     }
 
     #[test]
