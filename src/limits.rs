@@ -237,6 +237,41 @@ impl Drop for IpGuard {
     }
 }
 
+/// The process's open-files limit before and after [`raise_open_files`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    pub before: u64,
+    pub now: u64,
+}
+
+/// Raises the process's soft limit on open files to its hard limit, as a server that holds one
+/// descriptor per connection needs: the soft limit is often 1024 (systemd's default for
+/// services, many shells), which would cap a node at about a thousand connections while the
+/// hard limit allows far more. An unlimited hard limit is capped at the kernel's
+/// `fs.nr_open`, the most `setrlimit` accepts.
+pub fn raise_open_files() -> std::io::Result<OpenFiles> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    let mut target = lim.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        target =
+            std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(before);
+    }
+    if target <= before {
+        return Ok(OpenFiles { before, now: before });
+    }
+    lim.rlim_cur = target;
+    // SAFETY: setrlimit reads one rlimit from `lim`, a valid local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OpenFiles { before, now: target })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,10 @@ enum ConfigCmd {
     },
 }
 
+/// Descriptors a node holds besides its connections (listeners, doorbells, the sidecar's
+/// runtime and clients), counted when checking the open files limit.
+const OPEN_FILES_MARGIN: u64 = 256;
+
 /// The conformance suites send messages of at least 16 MiB to `/ws-echo`.
 const CONFORMANCE_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
 
@@ -117,6 +121,23 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    match imks::limits::raise_open_files() {
+        Ok(files) => {
+            if files.now != files.before {
+                tracing::info!(from = files.before, to = files.now, "raised the open files limit");
+            }
+            // Listeners, the rings' doorbells, the sidecar and the runtime hold a few more.
+            let wanted = (config.max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
+            if files.now < wanted {
+                tracing::warn!(
+                    open_files = files.now,
+                    max_connections = config.max_connections,
+                    "the open files limit is below server.max_connections: accept fails with EMFILE before the node is full; raise the hard limit (LimitNOFILE= under systemd)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
