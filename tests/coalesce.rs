@@ -256,6 +256,43 @@ fn coalescing_that_batches_nothing_rests() {
 }
 
 #[test]
+fn broadcasts_spread_over_rooms_that_share_no_writes_rest() {
+    // A long window, so that each burst below is held in one flush.
+    let (_node, addr) = start_full("io_uring", 1, |f| coalesce_always(f, 20_000), |c| c.conformance_mode());
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(addr, "imks_write_coalescing") == 1));
+    const ROOMS: usize = 12;
+    let mut subs: Vec<Ws> = (0..ROOMS)
+        .map(|i| {
+            let mut sub = connected(addr);
+            sub.send(Message::text(format!(r#"421["join","r{i}"]"#))).unwrap();
+            assert_eq!(text(&mut sub).unwrap(), r#"431["ok"]"#);
+            sub
+        })
+        .collect();
+    let mut publisher = connected(addr);
+    let held = metric_sum(addr, "imks_broadcasts_held_total");
+    let flushes = metric_sum(addr, "imks_coalesced_flushes_total");
+    // One broadcast to every room at a time: each flush releases many broadcasts, but every
+    // member gets one, alone in its write. After eight such flushes coalescing turns off.
+    let mut n = 0;
+    let rested = wait_until(Duration::from_secs(10), || {
+        for i in 0..ROOMS {
+            publisher.send(Message::text(format!(r#"42["publish",{{"room":"r{i}","n":{n}}}]"#))).unwrap();
+        }
+        for (i, sub) in subs.iter_mut().enumerate() {
+            assert_eq!(text(sub).unwrap(), format!(r#"42["msg",{{"room":"r{i}","n":{n}}}]"#));
+        }
+        n += 1;
+        metric_sum(addr, "imks_write_coalescing") == 0
+    });
+    assert!(rested, "still coalescing after {n} bursts");
+    let held = metric_sum(addr, "imks_broadcasts_held_total") - held;
+    let flushes = metric_sum(addr, "imks_coalesced_flushes_total") - flushes;
+    assert!(flushes >= 8, "judged after eight flushes, not {flushes}");
+    assert!(held >= 3 * flushes, "several broadcasts a flush ({held} in {flushes}): counted by broadcasts, it batched");
+}
+
+#[test]
 fn broadcasts_from_another_shard_are_held_there_too() {
     let (node, _) = start_full(
         "io_uring",

@@ -10,9 +10,10 @@
 //! than `websocket.coalesce_off_busy_percent` writing each frame at once: what it measures, times
 //! the frames each write carried (coalescing lowers the very share it is judged by). A busy
 //! shard's latency is already queueing, and batching shortens the queue. Every
-//! eight flushes it checks that it batches: when they carried fewer than one and a half
-//! broadcasts each on average, broadcasts are too sparse to share writes, and it stays off for
-//! ten ticks whatever the load.
+//! eight flushes it checks that it batches: when the shard's WebSocket writes carried fewer than
+//! one and a half frames each on average since the last check, broadcasts are too sparse to
+//! share writes (few, or spread over rooms that each get few), and it stays off for ten ticks
+//! whatever the load.
 //!
 //! Only broadcasts wait. Anything else a session is owed (acks, replies, pongs, closes) is
 //! written at once and takes whatever broadcasts are waiting along with it, in order.
@@ -37,9 +38,10 @@ const REST_TICKS: u32 = 10;
 #[derive(Default)]
 pub struct Coalescer {
     active: Cell<bool>,
-    /// Broadcasts sent and flushes made since coalescing last judged whether it batches.
-    broadcasts: Cell<u64>,
+    /// Flushes made since coalescing last judged whether it batches, and the shard's frames
+    /// written and socket writes made then.
     flushes: Cell<u64>,
+    judged_at: Cell<(u64, u64)>,
     /// Ticks left before coalescing may turn on again, after it batched nothing.
     resting: Cell<u32>,
     /// Counts flushes; a session waits for it to move on.
@@ -70,11 +72,13 @@ pub fn decide(active: bool, busy_percent: u64, cfg: &Coalesce) -> bool {
     }
 }
 
-/// Whether holding broadcasts shares writes, judged once enough flushes have passed: a flush
-/// that releases a single broadcast saves no write and only delays it. `None` until then.
-pub fn batches(broadcasts: u64, flushes: u64) -> Option<bool> {
-    // At least one and a half broadcasts per flush, on average.
-    (flushes >= JUDGED_AFTER_FLUSHES).then(|| broadcasts.saturating_mul(2) >= flushes.saturating_mul(3))
+/// Whether holding broadcasts shares writes, judged from the `frames` written in `writes` socket
+/// writes once enough flushes have passed: a write that carries a single frame saved nothing,
+/// and the broadcast in it was only delayed. `None` until then, or when nothing was written
+/// over WebSocket (long-polling responses batch by themselves).
+pub fn batches(frames: u64, writes: u64, flushes: u64) -> Option<bool> {
+    // At least one and a half frames per write, on average.
+    (flushes >= JUDGED_AFTER_FLUSHES && writes > 0).then(|| frames.saturating_mul(2) >= writes.saturating_mul(3))
 }
 
 /// How busy a shard that wrote `frames` WebSocket frames in `writes` socket writes over a tick,
@@ -135,19 +139,20 @@ impl Coalescer {
             self.resting.set(self.resting.get() - 1);
             active = false;
         } else if active && was {
-            match batches(self.broadcasts.get(), self.flushes.get()) {
+            let (frames_judged, writes_judged) = self.judged_at.get();
+            match batches(frames.wrapping_sub(frames_judged), writes.wrapping_sub(writes_judged), self.flushes.get()) {
                 Some(false) => {
                     // Busy, but with broadcasts too sparse to share writes: holding them would
                     // only delay them.
                     active = false;
                     self.resting.set(REST_TICKS);
                 }
-                Some(true) => self.reset_gain(),
+                Some(true) => self.reset_gain(frames, writes),
                 None => {}
             }
         }
-        if !active {
-            self.reset_gain();
+        if !active || !was {
+            self.reset_gain(frames, writes);
         }
         self.active.set(active);
         stats.write_coalescing.store(u64::from(active), std::sync::atomic::Ordering::Relaxed);
@@ -157,17 +162,10 @@ impl Coalescer {
         }
     }
 
-    fn reset_gain(&self) {
-        self.broadcasts.set(0);
+    /// Starts judging afresh from the shard's `frames` written and `writes` made so far.
+    fn reset_gain(&self, frames: u64, writes: u64) {
         self.flushes.set(0);
-    }
-
-    /// Counts a broadcast (one room emit, whatever its members), for judging whether
-    /// coalescing batches anything.
-    pub fn note_broadcast(&self) {
-        if self.active.get() {
-            self.broadcasts.set(self.broadcasts.get().saturating_add(1));
-        }
+        self.judged_at.set((frames, writes));
     }
 
     /// Notes that a broadcast was held; the first since the last release asks for a flush.
@@ -338,11 +336,12 @@ mod tests {
 
     #[test]
     fn batching_is_judged_after_enough_flushes() {
-        assert_eq!(batches(100, JUDGED_AFTER_FLUSHES - 1), None);
-        assert_eq!(batches(8, 8), Some(false), "one broadcast a flush saves nothing");
-        assert_eq!(batches(11, 8), Some(false));
-        assert_eq!(batches(12, 8), Some(true));
-        assert_eq!(batches(200, 9), Some(true));
+        assert_eq!(batches(1000, 100, JUDGED_AFTER_FLUSHES - 1), None);
+        assert_eq!(batches(100, 100, 8), Some(false), "one frame a write saves nothing");
+        assert_eq!(batches(149, 100, 8), Some(false));
+        assert_eq!(batches(150, 100, 8), Some(true));
+        assert_eq!(batches(2000, 100, 9), Some(true));
+        assert_eq!(batches(0, 0, 8), None, "nothing written over WebSocket: not judged");
     }
 
     #[test]
@@ -356,27 +355,34 @@ mod tests {
             c.on_tick(Some(&always), &stats, now);
             c.is_active()
         };
+        let wrote = |frames: u64, writes: u64| {
+            stats.frames_out.fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
+            stats.ws_writes.fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        };
+        // Writes before coalescing turned on do not count.
+        wrote(1000, 10);
         tick(&c);
         assert!(tick(&c));
-        // Busy enough, but each flush carried one broadcast.
-        for _ in 0..JUDGED_AFTER_FLUSHES {
-            c.note_broadcast();
-            c.flushes.set(c.flushes.get() + 1);
-        }
+        // Busy, but each write carried one frame however many broadcasts each flush released
+        // (one per room, each room with its own members).
+        c.flushes.set(JUDGED_AFTER_FLUSHES - 1);
+        wrote(500, 500);
+        assert!(tick(&c), "not judged before the eighth flush");
+        c.flushes.set(JUDGED_AFTER_FLUSHES);
         assert!(!tick(&c), "off: it batched nothing");
         for _ in 1..REST_TICKS {
+            wrote(3000, 10);
             assert!(!tick(&c), "resting");
         }
         assert!(!tick(&c), "the last tick of the rest");
         assert!(tick(&c), "on again after the rest");
-        // Now each flush carries two broadcasts: it stays on.
-        for _ in 0..JUDGED_AFTER_FLUSHES {
-            c.note_broadcast();
-            c.note_broadcast();
-            c.flushes.set(c.flushes.get() + 1);
-        }
+        // Now each write carries two frames: it stays on.
+        c.flushes.set(JUDGED_AFTER_FLUSHES);
+        wrote(1000, 500);
         assert!(tick(&c));
-        assert_eq!((c.broadcasts.get(), c.flushes.get()), (0, 0), "judged afresh from here");
+        assert_eq!(c.flushes.get(), 0, "judged afresh from here");
+        let rest = u64::from(REST_TICKS - 1);
+        assert_eq!(c.judged_at.get(), (1000 + 500 + rest * 3000 + 1000, 10 + 500 + rest * 10 + 500));
     }
 
     /// Spins on this thread until it has used `cpu` more CPU time.

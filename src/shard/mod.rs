@@ -634,7 +634,6 @@ impl Shard {
     }
 
     fn deliver_room(&self, room: &Arc<str>, frame: &Bytes, except: Option<SessionId>) {
-        self.coalesce.note_broadcast();
         if self.coalesce.is_active() {
             // Held whole, as Socket.IO broadcasts are: see `SocketIo::hold`.
             self.rooms.borrow_mut().hold(room, frame.clone(), except);

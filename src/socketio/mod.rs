@@ -553,7 +553,6 @@ impl SocketIo {
     /// Delivers a broadcast to this shard's matching sockets. While the shard coalesces
     /// writes, it is held for the shard's next flush instead (see [`SocketIo::hold`]).
     pub fn deliver_local(&self, shard: &Shard, b: &Arc<RemoteBroadcast>) {
-        shard.coalesce.note_broadcast();
         if b.offset.is_none() && shard.coalesce.is_active() {
             self.hold(shard, b);
             return;
