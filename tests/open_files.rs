@@ -54,22 +54,21 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn the_server_starts_with_its_soft_limit_raised() {
-    let hard = limits().rlim_max;
-    let low = low_soft(hard);
+/// Starts `imks conformance` with the given open files limit and environment, and returns it
+/// with its log up to the line saying it listens (start-up is over then).
+fn start(limit: libc::rlimit, envs: &[(&str, &str)]) -> (Server, Vec<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imks"));
     cmd.args(["conformance", "--port", "0"])
         .env("IMKS_LOG__LEVEL", "info")
         .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let lowered = libc::rlimit { rlim_cur: low, rlim_max: hard };
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which
     // is async-signal-safe, on a rlimit copied into it.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
@@ -77,9 +76,7 @@ fn the_server_starts_with_its_soft_limit_raised() {
         });
     }
     let mut server = Server(cmd.spawn().unwrap());
-    let pid = server.0.id();
-
-    // Listening means start-up is over; its log says so on stdout or stderr.
+    // The log goes to stdout or stderr, depending on the level.
     let (tx, rx) = std::sync::mpsc::channel();
     for out in [
         server.0.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
@@ -104,14 +101,34 @@ fn the_server_starts_with_its_soft_limit_raised() {
             Err(_) => panic!("the server did not start; its log:\n{}", log.join("\n")),
         }
     }
+    (server, log)
+}
+
+#[test]
+fn the_server_starts_with_its_soft_limit_raised() {
+    let hard = limits().rlim_max;
+    let low = low_soft(hard);
+    let (server, log) = start(libc::rlimit { rlim_cur: low, rlim_max: hard }, &[]);
     assert!(log.iter().any(|l| l.contains("raised the open files limit")), "{}", log.join("\n"));
 
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.0.id())).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
     // "Max open files <soft> <hard> files"
     let (soft, hard_seen) = (fields[3], fields[4]);
     assert_eq!(soft, hard_seen, "{line}");
     assert_ne!(soft, low.to_string(), "{line}");
-    drop(server);
+}
+
+#[test]
+fn a_hard_limit_below_max_connections_is_reported() {
+    const WARNING: &str = "the open files limit is below server.max_connections";
+    // A hard limit the server cannot raise: 512 descriptors, room for 256 connections besides
+    // the 256 the node keeps for itself.
+    let limit = libc::rlimit { rlim_cur: 512, rlim_max: 512 };
+    assert!(limits().rlim_max >= 512, "this test lowers the hard limit to 512");
+    let (_server, log) = start(limit, &[("IMKS_SERVER__MAX_CONNECTIONS", "257")]);
+    assert!(log.iter().any(|l| l.contains(WARNING)), "{}", log.join("\n"));
+    let (_server, log) = start(limit, &[("IMKS_SERVER__MAX_CONNECTIONS", "256")]);
+    assert!(!log.iter().any(|l| l.contains(WARNING)), "{}", log.join("\n"));
 }
