@@ -56,11 +56,9 @@ impl RoomTable {
     /// Before membership changes, fixes who the held messages go to: the members of when they
     /// were sent.
     fn fix_held(&mut self) {
-        for i in 0..self.held.len() {
-            if self.held[i].members.is_none() {
-                let members = self.members(&self.held[i].room).collect();
-                self.held[i].members = Some(members);
-            }
+        let members = &self.members;
+        for g in self.held.iter_mut().filter(|g| g.members.is_none()) {
+            g.members = Some(members.get(&g.room).into_iter().flatten().copied().collect());
         }
     }
 
