@@ -31,14 +31,14 @@ fn chat() -> SocketIo {
 fn on_connection(shard: &Shard, socket: &Rc<Socket>, _auth: Option<&str>) {
     socket.emit(shard, "welcome", &format!("{{\"id\":\"{}\"}}", socket.id));
     socket.on("join", |shard, socket, ev| {
-        let (Some(io), Ok((room,))) = (&shard.apps.socketio, ev.args::<(String,)>()) else { return };
-        if let Err(e) = socket.join(io, &room) {
+        let (Some(io), Ok((room,))) = (shard.service::<SocketIo>(), ev.args::<(String,)>()) else { return };
+        if let Err(e) = socket.join(&io, &room) {
             tracing::debug!(error = %e, "join refused");
         }
         socket.ack(shard, &ev, "true", Vec::new());
     });
     socket.on("say", |shard, socket, ev| {
-        let Some(io) = &shard.apps.socketio else { return };
+        let Some(io) = shard.service::<SocketIo>() else { return };
         let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };
         let Some(room) = msg["room"].as_str() else { return };
         // Encoded once, delivered to the room's members on every shard, sender excluded.

@@ -265,6 +265,16 @@ impl MembershipSource for Membership {
     }
 }
 
+/// The membership source a shard's protocols ask: a per-shard service over the node's one
+/// source (the application's, or [`Membership`]).
+pub struct Members(pub std::sync::Arc<dyn MembershipSource>);
+
+impl Members {
+    pub fn is_member(&self, tenant: &str, channel: &str, user: &str) -> bool {
+        self.0.is_member(tenant, channel, user)
+    }
+}
+
 /// Channel membership, shared by all shards (`Send + Sync`, used as `Arc<Membership>`).
 pub struct Membership {
     mode: MembershipMode,

@@ -110,19 +110,19 @@ fn start_room_app(driver: &str) -> (imks::Node, SocketAddr) {
     let factory = || {
         let room_event = |f: fn(&SocketIo, &std::rc::Rc<imks::socketio::Socket>)| {
             move |shard: &imks::shard::Shard, s: &std::rc::Rc<imks::socketio::Socket>, _: imks::socketio::Event<'_>| {
-                if let Some(io) = &shard.apps.socketio {
+                if let Some(io) = &shard.service::<SocketIo>() {
                     f(io, s);
                 }
             }
         };
         let main = Namespace::new("/")
             .on("tell", |shard, _s, ev| {
-                if let Some(io) = &shard.apps.socketio {
+                if let Some(io) = &shard.service::<SocketIo>() {
                     io.of("/").to("r").emit(shard, "told", ev.args_tail());
                 }
             })
             .on("shout", |shard, s, ev| {
-                if let Some(io) = &shard.apps.socketio {
+                if let Some(io) = &shard.service::<SocketIo>() {
                     io.of("/").to("r").except_socket(&s.id).emit(shard, "shouted", ev.args_tail());
                 }
             })

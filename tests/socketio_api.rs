@@ -32,7 +32,7 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
             // Overrides the namespace's handler for this socket.
             s.on("who", |shard, s, _| s.emit(shard, "who", "\"socket\""));
             s.on("kick", |shard, s, _| {
-                if let Some(io) = &shard.apps.socketio {
+                if let Some(io) = &shard.service::<SocketIo>() {
                     s.disconnect(shard, io, false);
                 }
             });
@@ -55,7 +55,7 @@ fn start_app(reasons: Arc<Mutex<Vec<String>>>) -> (Node, SocketAddr) {
                     .on("who", |shard, s, _| s.emit(shard, "who", "\"namespace\""))
                     // To the room named by the socket's own id, and to it again through a union.
                     .on("self", |shard, s, _| {
-                        if let Some(io) = &shard.apps.socketio {
+                        if let Some(io) = &shard.service::<SocketIo>() {
                             io.of("/").to(&s.id).emit(shard, "to-self", "1");
                             io.of("/").to(&s.id).to("nobody-here").emit(shard, "to-self", "2");
                             io.of("/").except(&s.id).emit(shard, "to-others", "3");

@@ -4,10 +4,10 @@ use std::rc::Rc;
 
 use tungstenite::Message;
 
-use crate::shard::session::Conn;
+use crate::shard::conn::Conn;
 use crate::shard::Shard;
+use crate::shard::WsHandler;
 use crate::ws::codec::{encode_frame, Opcode};
-use crate::ws::WsHandler;
 
 pub struct Echo;
 

@@ -7,7 +7,8 @@
 //! `presence:update`. Payloads are described in `docs/im-events.md`.
 //!
 //! Only members may join or send to a channel ([`crate::membership`]). Operations that touch
-//! stored messages run on the conversation's owner shard ([`crate::chat::ChatMsg::Im`]), which
+//! stored messages run in the chat worker of the conversation's owner shard
+//! ([`crate::chat::ChatMsg::Task`]), in order with the native protocol's work there: it
 //! stores, broadcasts to the channel's room on every shard and sends the ack back to the
 //! client's Engine.IO session, wherever it lives.
 
@@ -17,17 +18,25 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{self, ChatMsg};
-use crate::config::Config;
-use crate::shard::session::SessionId;
+use crate::chat::{self, ChatMsg, ChatTask, Hub};
+use crate::engineio::Sid;
 use crate::shard::Shard;
-use crate::socketio::{packet, Event, Namespace, Socket, SocketIo};
+use crate::socketio::{packet, Event, Namespace, SioConfig, Socket, SocketIo};
 use crate::store::{ConversationKey, Cursor, Message, MessageId, NewMessage, Store, StoreError, Target};
 
 /// Builds the IM application of one shard.
-pub fn build(config: &Config) -> SocketIo {
-    SocketIo::new(config.sio.clone(), vec![namespace()])
+pub fn build(config: SioConfig) -> SocketIo {
+    SocketIo::new(config, vec![namespace()])
 }
+
+/// The IM events' own state on a shard: for the channels this shard owns, how many sockets
+/// each user has in each. A per-shard service; the assembler registers it with the IM app.
+#[derive(Default)]
+pub struct ImState {
+    presence: RefCell<PresenceCounts>,
+}
+
+impl crate::shard::ShardService for ImState {}
 
 /// The Socket.IO room of a channel. Length-prefixed so no tenant and channel pair can name
 /// another's room.
@@ -39,7 +48,7 @@ pub fn channel_room(tenant: &str, channel: &str) -> String {
 /// its socket id (left out of the channel broadcast when it already gets the ack).
 #[derive(Debug, Clone)]
 pub struct Reply {
-    pub session: SessionId,
+    pub session: Sid,
     pub socket: Arc<str>,
     pub nsp: Arc<str>,
     pub ack: Option<u64>,
@@ -236,16 +245,20 @@ fn post_presence(shard: &Shard, s: &Socket, channel: &str, online: bool) {
         nsp: (&*s.nsp).into(),
         socket: (&*s.id).into(),
     };
-    chat::post(shard, owner, ChatMsg::ImPresence(Box::new(change)));
+    let task: ChatTask = Box::new(move |shard: Rc<Shard>, _| {
+        presence_changed(&shard, change);
+        Box::pin(std::future::ready(()))
+    });
+    chat::post(shard, owner, ChatMsg::Task(task));
 }
 
 /// On the owner shard: counts the user's sockets in the channel and announces the user online
 /// with the first and offline with the last.
-pub fn presence_changed(shard: &Shard, counts: &RefCell<PresenceCounts>, c: PresenceChange) {
-    let Some(io) = shard.apps.socketio.clone() else { return };
+fn presence_changed(shard: &Shard, c: PresenceChange) {
+    let (Some(io), Some(state)) = (shard.service::<SocketIo>(), shard.service::<ImState>()) else { return };
     let key = (c.nsp.clone(), c.tenant.clone(), c.channel.clone(), c.user.clone());
     let announce = {
-        let mut counts = counts.borrow_mut();
+        let mut counts = state.presence.borrow_mut();
         if c.online {
             let n = counts.entry(key).or_insert(0);
             *n += 1;
@@ -304,7 +317,8 @@ fn member(shard: &Shard, s: &Socket, ev: &Event<'_>, channel: &str) -> bool {
         ack(shard, s, ev, &failure("invalid_name", &e.to_string()));
         return false;
     }
-    if !shard.node.membership.is_member(&s.identity.tenant, channel, &s.identity.user_id) {
+    let members = shard.service::<crate::membership::Members>();
+    if !members.is_some_and(|m| m.is_member(&s.identity.tenant, channel, &s.identity.user_id)) {
         ack(shard, s, ev, &failure("forbidden", "not a member of this channel"));
         return false;
     }
@@ -336,7 +350,7 @@ fn join(shard: &Shard, s: &Rc<Socket>, ev: &Event<'_>, join: bool) {
         channel_id: String,
     }
     let Some(d) = arg::<Join>(shard, s, ev) else { return };
-    let Some(io) = shard.apps.socketio.clone() else { return };
+    let Some(io) = shard.service::<SocketIo>() else { return };
     let room = channel_room(&s.identity.tenant, &d.channel_id);
     if join {
         if !member(shard, s, ev, &d.channel_id) {
@@ -414,7 +428,7 @@ fn typing(shard: &Shard, s: &Rc<Socket>, ev: &Event<'_>, on: bool) {
         user_id: &'a str,
         typing: bool,
     }
-    let Some(io) = shard.apps.socketio.clone() else { return };
+    let Some(io) = shard.service::<SocketIo>() else { return };
     let room = channel_room(&s.identity.tenant, &d.channel_id);
     let body = json(&Out { channel_id: &d.channel_id, user_id: &s.identity.user_id, typing: on });
     io.of(&s.nsp).to(&room).except_socket(&s.id).emit(shard, "typing", &body);
@@ -432,15 +446,18 @@ fn run(shard: &Shard, s: &Socket, ev: &Event<'_>, op: ImOp) {
     };
     let owner = conversation.owner_shard(shard.shard_count());
     let reply = Reply { session: s.engine().id, socket: (&*s.id).into(), nsp: (&*s.nsp).into(), ack: ev.ack_id() };
-    chat::post(shard, owner, ChatMsg::Im { op: Box::new(op), reply });
+    let task: ChatTask = Box::new(move |shard: Rc<Shard>, hub: Rc<Hub>| Box::pin(perform(shard, hub, op, reply)));
+    chat::post(shard, owner, ChatMsg::Task(task));
 }
 
 /// An event for a channel's room: name, JSON body, tenant and channel.
 type RoomEvent = (&'static str, String, Arc<str>, Arc<str>);
 
 /// Runs an operation on the owner shard: store, broadcast to the channel, ack the client.
-pub async fn perform(shard: &Rc<Shard>, store: &Rc<dyn Store>, op: ImOp, reply: Reply) {
-    let Some(io) = shard.apps.socketio.clone() else { return };
+async fn perform(shard: Rc<Shard>, hub: Rc<Hub>, op: ImOp, reply: Reply) {
+    let Some(io) = shard.service::<SocketIo>() else { return };
+    let store: &Rc<dyn Store> = hub.store();
+    let shard = &shard;
     let result: Result<(String, Option<RoomEvent>), StoreError> = async {
         Ok(match op {
             ImOp::Send(new) => {
@@ -525,7 +542,30 @@ pub async fn perform(shard: &Rc<Shard>, store: &Rc<dyn Store>, op: ImOp, reply: 
     };
     if let Some(id) = reply.ack {
         let packet = packet::encode_ack(&reply.nsp, id, &ack_body, 0);
-        chat::post(shard, usize::from(reply.session.shard), ChatMsg::SioPacket { session: reply.session, packet });
+        let session = reply.session;
+        let task: ChatTask = Box::new(move |shard: Rc<Shard>, hub: Rc<Hub>| {
+            send_ack(&shard, &hub, session, packet);
+            Box::pin(std::future::ready(()))
+        });
+        chat::post(shard, usize::from(session.shard), ChatMsg::Task(task));
+    }
+}
+
+/// On the session's shard: an ack for a Socket.IO client. On a WebSocket it is paced like the
+/// native protocol's acks, so a client that sends a burst of events is not closed for the acks
+/// they bring back.
+fn send_ack(shard: &Shard, hub: &Hub, session: Sid, packet: String) {
+    use crate::engineio::packet::{Packet, Payload};
+    let Some(s) = shard.service::<crate::engineio::Engine>().and_then(|e| e.get(shard, &session.to_string())) else {
+        return;
+    };
+    let text = Packet::Message(Payload::Text(bytes::Bytes::from(packet)));
+    match s.websocket() {
+        Some(c) if !s.is_closed() && c.closing_since.get().is_none() => {
+            let frame = crate::engineio::ws_frame(&text);
+            shard.deliver_paced(&c, frame, None, hub.store_config().max_offline_per_user);
+        }
+        _ => s.send(shard, text),
     }
 }
 

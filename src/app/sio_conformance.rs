@@ -40,7 +40,7 @@ pub fn build(cfg: SioConfig) -> SocketIo {
             })
         })
         .on("publish", |shard, _s, ev| {
-            let Some(io) = &shard.apps.socketio else { return };
+            let Some(io) = shard.service::<SocketIo>() else { return };
             let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };
             let Some(room) = msg.get("room").and_then(|r| r.as_str()) else { return };
             io.of("/").to(room).emit_binary(shard, "msg", ev.args_tail(), ev.binaries.clone());
@@ -55,8 +55,8 @@ fn greet(shard: &Shard, s: &Rc<Socket>, auth: Option<&str>) {
 
 /// `join` and `leave` take the room name as their first argument and ack with `"ok"`.
 fn with_room(shard: &Shard, s: &Rc<Socket>, ev: Event<'_>, f: impl FnOnce(&SocketIo, &Rc<Socket>, &str)) {
-    let Some(io) = &shard.apps.socketio else { return };
+    let Some(io) = shard.service::<SocketIo>() else { return };
     let Ok((room,)) = ev.args::<(String,)>() else { return };
-    f(io, s, &room);
+    f(&io, s, &room);
     s.ack(shard, &ev, "\"ok\"", Vec::new());
 }

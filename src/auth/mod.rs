@@ -1,7 +1,8 @@
 //! Authentication: who a client is ([`Authenticator`]) and whether its web origin may connect
 //! ([`OriginPolicy`]).
 //!
-//! Pure code: a token (and the caller's clock) in, an [`Identity`] or an [`AuthError`] out.
+//! Pure code: a token (and the caller's clock) in, an [`Identity`] or an [`AuthError`] out;
+//! the per-shard [`Gate`] applies it to a request head and counts refusals.
 //! Nothing here knows of sockets or runtimes; the only I/O is reading key files in
 //! [`config::resolve`] at start-up. An [`Authenticator`] is built once and shared by every shard
 //! behind an `Arc`: it is immutable, so sharing it costs no lock on the connection path.
@@ -11,6 +12,7 @@
 //! `docs/auth.md` for the operator's view.
 
 pub mod config;
+mod gate;
 mod jwt;
 pub mod origin;
 
@@ -20,6 +22,7 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 pub use config::{resolve, AuthConfig, AuthConfigError, AuthMode, AuthSection, JwtAlgorithm, JwtSection, StaticToken};
+pub use gate::Gate;
 pub use jwt::MAX_TOKEN_BYTES;
 pub use origin::{OriginPattern, OriginPolicy};
 
@@ -94,6 +97,9 @@ pub enum AuthError {
     /// the wrong type.
     #[error("token {0} claim has the wrong type")]
     InvalidClaim(&'static str),
+    /// The node was assembled without an authenticator on this shard: fail closed.
+    #[error("this node cannot authenticate clients right now")]
+    Unavailable,
 }
 
 impl AuthError {
@@ -113,13 +119,17 @@ impl AuthError {
             AuthError::UnknownToken => "token_unknown",
             AuthError::MissingClaim(_) => "token_missing_claim",
             AuthError::InvalidClaim(_) => "token_invalid_claim",
+            AuthError::Unavailable => "auth_unavailable",
         }
     }
 
-    /// The HTTP status that refuses a WebSocket upgrade for this error: always 401, since in
-    /// every case the client may retry with another token.
+    /// The HTTP status that refuses a WebSocket upgrade for this error: 401, since the client
+    /// may retry with another token, but 503 when the node cannot authenticate anyone.
     pub fn http_status(&self) -> u16 {
-        401
+        match self {
+            AuthError::Unavailable => 503,
+            _ => 401,
+        }
     }
 }
 

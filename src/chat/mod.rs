@@ -25,10 +25,11 @@ pub mod envelope;
 pub mod router;
 pub mod session;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::hash::Hash;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -38,8 +39,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::metrics::{self, CloseReason};
-use crate::shard::session::{Conn, SessionId};
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::conn::ConnId;
+use crate::shard::pacing::Tracked;
+use crate::shard::{Shard, ShardMsg, ShardService};
 use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store, Target};
 use envelope::{encode, encode_ack, encode_error, encode_presence, AckStatus, ErrorCode};
 
@@ -118,26 +120,26 @@ pub enum ChatMsg {
     /// To the user's home shard: a session of the user opened.
     Register {
         user: UserKey,
-        session: SessionId,
+        session: ConnId,
     },
     /// To the user's home shard: a session of the user closed.
     Unregister {
         user: UserKey,
-        session: SessionId,
+        session: ConnId,
     },
     /// To `user`'s home shard: `watcher` wants `online`/`offline` for `user`.
     Watch {
         user: UserKey,
-        watcher: SessionId,
+        watcher: ConnId,
     },
     Unwatch {
         user: UserKey,
-        watcher: SessionId,
+        watcher: ConnId,
     },
     /// To the conversation's owner: store, ack `sent` to `sender`, then deliver.
     Store {
         new: NewMessage,
-        sender: SessionId,
+        sender: ConnId,
         envelope_id: Option<String>,
         to: Delivery,
     },
@@ -146,24 +148,24 @@ pub enum ChatMsg {
     Route {
         user: UserKey,
         message: Box<Message>,
-        sender: SessionId,
+        sender: ConnId,
     },
     /// To a session's shard: a stored message to queue on that session, one of `targets`
     /// (the recipient's sessions when its home shard routed it).
     Deliver {
-        session: SessionId,
+        session: ConnId,
         frame: Bytes,
         message: Arc<Message>,
-        sender: Option<SessionId>,
-        targets: Arc<[SessionId]>,
+        sender: Option<ConnId>,
+        targets: Arc<[ConnId]>,
     },
     /// To the recipient's home shard: a session of `targets` closed before the message
     /// reached it. When every target missed it, the home shard routes it again (to sessions
     /// opened since, or the offline queue), so a message is never dropped between devices.
     Missed {
         message: Arc<Message>,
-        sender: Option<SessionId>,
-        targets: Arc<[SessionId]>,
+        sender: Option<ConnId>,
+        targets: Arc<[ConnId]>,
     },
     /// To the conversation's owner: a message reached a recipient session. `sender` is the
     /// session that sent it, when the message was routed live; a message from the offline
@@ -171,7 +173,7 @@ pub enum ChatMsg {
     Delivered {
         conversation: ConversationKey,
         id: MessageId,
-        sender: Option<SessionId>,
+        sender: Option<ConnId>,
     },
     /// To the conversation's owner: `reader` read these messages.
     Read {
@@ -187,45 +189,30 @@ pub enum ChatMsg {
     },
     /// To a session's shard: close it, a newer login took its place.
     Kick {
-        session: SessionId,
+        session: ConnId,
     },
     /// To the user's home shard: which sessions does the user have? Answered with
     /// [`ChatMsg::Sessions`] to shard `from`.
-    Query {
-        user: UserKey,
-        from: usize,
-        token: u64,
-    },
-    Sessions {
-        token: u64,
-        sessions: Vec<SessionId>,
-    },
-    /// To a conversation's owner: an IM operation from Socket.IO ([`crate::app::im`]).
-    Im {
-        op: Box<crate::app::im::ImOp>,
-        reply: crate::app::im::Reply,
-    },
-    /// To a session's shard: a frame for it, paced like deliveries ([`Pending::Frame`]).
+    /// To a session's shard: a frame for it, paced like deliveries.
     Paced {
-        session: SessionId,
+        session: ConnId,
         frame: Bytes,
     },
-    /// To a channel's owner: a Socket.IO socket entered or left it ([`crate::app::im`]).
-    ImPresence(Box<crate::app::im::PresenceChange>),
-    /// To an Engine.IO session's shard: a Socket.IO packet (an ack) for that session.
-    SioPacket {
-        session: SessionId,
-        packet: String,
-    },
+    /// Work of another protocol that must run in order with this worker's (the IM events of
+    /// Socket.IO use the same store and owners): run by the worker, awaited before the next.
+    Task(ChatTask),
     /// To the conversation's owner: a page of its history for `session`.
     History {
         conversation: ConversationKey,
         before: Option<crate::store::Cursor>,
         limit: usize,
-        session: SessionId,
+        session: ConnId,
         envelope_id: Option<String>,
     },
 }
+
+/// A closure run by a shard's chat worker ([`ChatMsg::Task`]).
+pub type ChatTask = Box<dyn FnOnce(Rc<Shard>, Rc<Hub>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// Where a stored message goes after the `sent` ack.
 pub enum Delivery {
@@ -237,30 +224,23 @@ pub enum Delivery {
 #[derive(Default)]
 struct HomeEntry {
     /// Open sessions, oldest first.
-    sessions: Vec<SessionId>,
-    watchers: HashSet<SessionId>,
+    sessions: Vec<ConnId>,
+    watchers: HashSet<ConnId>,
 }
 
 /// One shard's chat state: its share of the directory, its store partition and its worker's
 /// queue.
 pub struct Hub {
     config: ChatConfig,
+    /// `[store]`: the offline bound doubles as the bound on what waits behind a full queue.
+    store_cfg: crate::store::StoreConfig,
     store: Rc<dyn Store>,
     homes: RefCell<HashMap<UserKey, HomeEntry>>,
     inbox: RefCell<VecDeque<ChatMsg>>,
     worker: RefCell<Option<Waker>>,
-    queries: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Vec<SessionId>>>>,
-    next_query: Cell<u64>,
     misses: RefCell<Misses>,
     /// The ring pump, waiting for the inbox to drain below [`INBOX_LOW`].
     room_waiter: RefCell<Option<Waker>>,
-    /// Stored messages waiting for room in a session's send queue, in order.
-    pending: RefCell<HashMap<SessionId, VecDeque<Pending>>>,
-    /// Stored messages in a session's send queue that no write has taken yet, by tag, in
-    /// order: routed again if the session ends first.
-    unwritten: RefCell<HashMap<SessionId, VecDeque<Unwritten>>>,
-    /// For the channels this shard owns: how many sockets each user has in each (IM events).
-    channel_presence: RefCell<crate::app::im::PresenceCounts>,
 }
 
 /// Queued chat work above which the shard stops taking messages off its rings.
@@ -269,20 +249,29 @@ const INBOX_HIGH: usize = 65_536;
 const INBOX_LOW: usize = INBOX_HIGH / 2;
 
 impl Hub {
-    pub fn new(config: ChatConfig, store: Rc<dyn Store>) -> Self {
+    /// Starts the chat hub of a shard: registers it and spawns its worker.
+    pub fn start(
+        shard: &Rc<Shard>,
+        config: ChatConfig,
+        store_cfg: crate::store::StoreConfig,
+        store: Rc<dyn Store>,
+    ) -> Rc<Hub> {
+        let hub = Rc::new(Hub::new(config, store_cfg, store));
+        shard.add_service(hub.clone());
+        monoio::spawn(worker(shard.clone(), hub.clone()));
+        hub
+    }
+
+    fn new(config: ChatConfig, store_cfg: crate::store::StoreConfig, store: Rc<dyn Store>) -> Self {
         Self {
             config,
+            store_cfg,
             store,
             homes: RefCell::new(HashMap::new()),
             inbox: RefCell::new(VecDeque::new()),
             worker: RefCell::new(None),
-            queries: RefCell::new(HashMap::new()),
-            next_query: Cell::new(0),
             misses: RefCell::new(Misses::default()),
             room_waiter: RefCell::new(None),
-            pending: RefCell::new(HashMap::new()),
-            unwritten: RefCell::new(HashMap::new()),
-            channel_presence: RefCell::new(HashMap::new()),
         }
     }
 
@@ -290,19 +279,13 @@ impl Hub {
         &self.config
     }
 
-    /// Resolves while the worker's queue is below its high watermark; otherwise once it has
-    /// drained to the low one. The ring pump awaits it, so a worker that falls behind makes the
-    /// rings, and through them the senders, wait instead of growing its queue without bound.
-    pub async fn wait_for_room(&self) {
-        poll_fn(|cx| {
-            if self.inbox.borrow().len() < INBOX_HIGH {
-                Poll::Ready(())
-            } else {
-                *self.room_waiter.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
+    pub fn store_config(&self) -> &crate::store::StoreConfig {
+        &self.store_cfg
+    }
+
+    /// This shard's partition of the message store.
+    pub fn store(&self) -> &Rc<dyn Store> {
+        &self.store
     }
 
     /// The next queued work for the worker; wakes the ring pump once the queue is low again.
@@ -336,10 +319,16 @@ impl Hub {
 /// Sends `msg` to the chat worker of shard `to`: the local queue when that is this shard,
 /// otherwise the ring (ordered behind earlier posts).
 pub fn post(shard: &Shard, to: usize, msg: ChatMsg) {
-    if to == shard.index {
-        shard.chat.accept(msg);
-    } else {
-        shard.post(to, ShardMsg::Chat(Box::new(msg)));
+    if to != shard.index {
+        let accept = move |shard: &Rc<Shard>| {
+            if let Some(hub) = shard.service::<Hub>() {
+                hub.accept(msg);
+            }
+        };
+        return shard.post(to, ShardMsg::Invoke(Box::new(accept)));
+    }
+    if let Some(hub) = shard.service::<Hub>() {
+        hub.accept(msg);
     }
 }
 
@@ -356,22 +345,26 @@ pub fn send_to_identity(shard: &Shard, tenant: &str, user: &str, frame: Bytes) {
 }
 
 /// The sessions a user has on this node, asked of the user's home shard.
-pub async fn identity_sessions(shard: &Shard, tenant: &str, user: &str) -> Vec<SessionId> {
+pub async fn identity_sessions(shard: &Shard, tenant: &str, user: &str) -> Vec<ConnId> {
     let user = UserKey { tenant: tenant.into(), user: user.into() };
     let home = home_shard(&user.tenant, &user.user, shard.shard_count());
-    if home == shard.index {
-        return shard.chat.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let token = shard.chat.next_query.get().wrapping_add(1);
-    shard.chat.next_query.set(token);
-    shard.chat.queries.borrow_mut().insert(token, tx);
-    post(shard, home, ChatMsg::Query { user, from: shard.index, token });
+    // Asked of the home shard's worker, so the answer is in order with the logins before it.
+    let ask = move |home: Rc<Shard>| async move {
+        let Some(hub) = home.service::<Hub>() else { return Vec::new() };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query: ChatTask = Box::new(move |_, hub: Rc<Hub>| {
+            Box::pin(async move {
+                let _ = tx.send(hub.sessions_of(&user));
+            })
+        });
+        hub.accept(ChatMsg::Task(query));
+        rx.await.unwrap_or_default()
+    };
+    let Some(shard) = crate::shard::current().filter(|s| s.index == shard.index) else { return Vec::new() };
     let answer = monoio::select! {
-        r = rx => r.ok(),
+        r = shard.call(home, ask) => r,
         _ = monoio::time::sleep(Duration::from_secs(5)) => None,
     };
-    shard.chat.queries.borrow_mut().remove(&token);
     answer.unwrap_or_default()
 }
 
@@ -386,10 +379,10 @@ pub fn online_count(shard: &Shard) -> u64 {
 }
 
 /// The shard's chat worker: takes queued work in order and awaits the store for each.
-pub async fn worker(shard: Rc<Shard>) {
+async fn worker(shard: Rc<Shard>, hub: Rc<Hub>) {
     loop {
-        let next = poll_fn(|cx| shard.chat.poll_next(cx)).await;
-        handle(&shard, next).await;
+        let next = poll_fn(|cx| hub.poll_next(cx)).await;
+        handle(&shard, &hub, next).await;
     }
 }
 
@@ -451,10 +444,9 @@ fn text(s: String) -> Bytes {
     crate::ws::codec::encode_text(&s)
 }
 
-async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
-    let hub = &shard.chat;
+async fn handle(shard: &Rc<Shard>, hub: &Rc<Hub>, msg: ChatMsg) {
     match msg {
-        ChatMsg::Register { user, session } => register(shard, user, session).await,
+        ChatMsg::Register { user, session } => register(shard, hub, user, session).await,
         ChatMsg::Unregister { user, session } => {
             let mut homes = hub.homes.borrow_mut();
             let Some(e) = homes.get_mut(&user) else { return };
@@ -496,14 +488,16 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 }
             }
         }
-        ChatMsg::Store { new, sender, envelope_id, to } => store(shard, new, sender, envelope_id, to).await,
-        ChatMsg::Route { user, message, sender } => route(shard, user, *message, sender).await,
+        ChatMsg::Store { new, sender, envelope_id, to } => store(shard, hub, new, sender, envelope_id, to).await,
+        ChatMsg::Route { user, message, sender } => route(shard, hub, user, *message, sender).await,
         ChatMsg::Deliver { session, frame, message, sender, targets } => {
-            let p = Pending::Message { frame, routed: Routed { message, sender, targets } };
+            let routed = Box::new(Routed { message, sender, targets });
             match shard.session(session) {
-                Some(c) if c.closing_since.get().is_none() => deliver_paced(shard, &c, p),
+                Some(c) if c.closing_since.get().is_none() => {
+                    shard.deliver_paced(&c, frame, Some(routed), hub.store_cfg.max_offline_per_user)
+                }
                 // The session closed on the way.
-                _ => missed(shard, p),
+                _ => routed.lost(shard),
             }
         }
         ChatMsg::Missed { message, sender, targets } => {
@@ -516,13 +510,13 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 hub.misses.borrow_mut().forget(message.id);
                 let Target::User(u) = &message.target else { return };
                 let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
-                let sessions: Vec<SessionId> = hub
+                let sessions: Vec<ConnId> = hub
                     .homes
                     .borrow()
                     .get(&user)
                     .map(|e| e.sessions.iter().filter(|s| !targets.contains(s)).copied().collect())
                     .unwrap_or_default();
-                deliver_or_queue(shard, user, message, sender, sessions).await;
+                deliver_or_queue(shard, hub, user, message, sender, sessions).await;
             }
         }
         ChatMsg::Delivered { conversation, id, sender } => {
@@ -561,18 +555,8 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
                 shard.close_session_keeping_data(&c, CLOSE_KICKED, "kicked: duplicate login", CloseReason::Policy);
             }
         }
-        ChatMsg::Query { user, from, token } => {
-            let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
-            post(shard, from, ChatMsg::Sessions { token, sessions });
-        }
-        ChatMsg::Sessions { token, sessions } => {
-            if let Some(tx) = hub.queries.borrow_mut().remove(&token) {
-                let _ = tx.send(sessions);
-            }
-        }
-        ChatMsg::Im { op, reply } => crate::app::im::perform(shard, &hub.store, *op, reply).await,
         ChatMsg::Paced { session, frame } => send_paced(shard, session, frame),
-        ChatMsg::ImPresence(change) => crate::app::im::presence_changed(shard, &hub.channel_presence, *change),
+        ChatMsg::Task(task) => task(shard.clone(), hub.clone()).await,
         ChatMsg::History { conversation, before, limit, session, envelope_id } => {
             let reply = match hub.store.history(&conversation, before, limit).await {
                 Ok(page) => encode_history(envelope_id.as_deref(), &page),
@@ -580,58 +564,6 @@ async fn handle(shard: &Rc<Shard>, msg: ChatMsg) {
             };
             shard.send_to(session, text(reply));
         }
-        ChatMsg::SioPacket { session, packet } => {
-            if let Some(s) = shard.engine.get(shard, &session.to_string()) {
-                let text = crate::engineio::packet::Packet::Message(crate::engineio::packet::Payload::Text(
-                    Bytes::from(packet),
-                ));
-                // On a WebSocket, paced like the native protocol's acks: a client that sends a
-                // burst of events is not closed for the acks they bring back.
-                match s.websocket() {
-                    Some(c) if !s.is_closed() && c.closing_since.get().is_none() => {
-                        deliver_paced(shard, &c, Pending::Frame(crate::engineio::ws_frame(&text)))
-                    }
-                    _ => s.send(shard, text),
-                }
-            }
-        }
-    }
-}
-
-/// A stored message on its way into one session's send queue.
-enum Pending {
-    /// A stored message for one of its recipient's sessions.
-    Message { frame: Bytes, routed: Routed },
-    /// Any other frame the server owes the session: an ack, an error about its own message, a
-    /// frame sent to its identity. Paced like messages, so a client that sends a burst is not
-    /// closed for the acks that burst brings back, and in order with them.
-    Frame(Bytes),
-}
-
-/// Queues a stored message on a session at the pace the client reads: straight into its send
-/// queue while there is room, else behind the messages already waiting for it, which the
-/// session's writer pulls in as it drains ([`Hub::refill`]). A stored message is never dropped
-/// by the send queue's policy; a client that lets `store.max_offline_per_user` of them pile up
-/// is closed as a slow consumer, and what it had not received goes back to its home shard.
-fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
-    if !c.backlogged.get() && c.queue.borrow().room() > 0 {
-        return enqueue(shard, c, p);
-    }
-    let max = shard.node.config.store.max_offline_per_user;
-    let over = {
-        let mut pending = shard.chat.pending.borrow_mut();
-        let q = pending.entry(c.id).or_default();
-        if q.len() >= max {
-            Some(p)
-        } else {
-            q.push_back(p);
-            None
-        }
-    };
-    c.backlogged.set(true);
-    if let Some(p) = over {
-        shard.close_session(c, 1008, "slow consumer", CloseReason::SlowConsumer);
-        missed(shard, p);
     }
 }
 
@@ -639,125 +571,80 @@ fn deliver_paced(shard: &Shard, c: &Conn, p: Pending) {
 struct Routed {
     message: Arc<Message>,
     /// The session that sent it, for its `delivered` ack.
-    sender: Option<SessionId>,
+    sender: Option<ConnId>,
     /// Every session it was routed to.
-    targets: Arc<[SessionId]>,
+    targets: Arc<[ConnId]>,
 }
 
-/// A stored message in a session's send queue that no write has taken yet: if the session
-/// ends first, it is routed again ([`Hub::drop_pending`]).
-struct Unwritten {
-    tag: u32,
-    routed: Routed,
-}
-
-/// Puts a stored message in the session's send queue and reports the delivery to the
-/// conversation's owner. Until a write takes it, the session remembers it, to route it again
-/// if the session ends first.
-fn enqueue(shard: &Shard, c: &Conn, p: Pending) {
-    match p {
-        Pending::Message { frame, routed } => {
-            let tag = shard.deliver_message(c, frame);
-            // Reported now rather than once written: the ack then shares the sender's next
-            // write with its `sent` ack (a third fewer writes in a chat), and a message that no
-            // write took is routed again anyway.
-            let conversation = routed.message.conversation.clone();
-            let owner = conversation.owner_shard(shard.shard_count());
-            post(shard, owner, ChatMsg::Delivered { conversation, id: routed.message.id, sender: routed.sender });
-            let u = Unwritten { tag, routed };
-            shard.chat.unwritten.borrow_mut().entry(c.id).or_default().push_back(u);
-        }
-        Pending::Frame(frame) => shard.deliver_owed(c, frame),
+impl Tracked for Routed {
+    /// Reported when queued rather than once written: the ack then shares the sender's next
+    /// write with its `sent` ack (a third fewer writes in a chat), and a message that no write
+    /// took is routed again anyway.
+    fn queued(&self, shard: &Shard) {
+        let conversation = self.message.conversation.clone();
+        let owner = conversation.owner_shard(shard.shard_count());
+        post(shard, owner, ChatMsg::Delivered { conversation, id: self.message.id, sender: self.sender });
     }
-}
 
-/// A message that did not reach its session: its recipient's home shard routes it again if no
-/// session of the user got it.
-fn missed(shard: &Shard, p: Pending) {
-    // An ack for a session that is gone has no one to tell.
-    let Pending::Message { routed, .. } = p else { return };
-    missed_routed(shard, routed);
-}
-
-fn missed_routed(shard: &Shard, Routed { message, sender, targets }: Routed) {
-    metrics::add(&shard.stats.chat_missed, 1);
-    if let Target::User(u) = &message.target {
-        let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
-        post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
+    /// The message did not reach its session: its recipient's home shard routes it again if
+    /// no session of the user got it.
+    fn lost(self: Box<Self>, shard: &Shard) {
+        let Routed { message, sender, targets } = *self;
+        metrics::add(&shard.stats.chat_missed, 1);
+        if let Target::User(u) = &message.target {
+            let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
+            post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
+        }
     }
 }
 
 /// Sends a session a frame at the pace it reads, in order with the stored messages and other
-/// paced frames for it: see [`Pending::Frame`]. Reaches a session on another shard through
+/// paced frames for it ([`Shard::deliver_paced`]). Reaches a session on another shard through
 /// that shard's chat worker.
-fn send_paced(shard: &Shard, session: SessionId, frame: Bytes) {
+pub fn send_paced(shard: &Shard, session: ConnId, frame: Bytes) {
     if usize::from(session.shard) != shard.index {
         return post(shard, usize::from(session.shard), ChatMsg::Paced { session, frame });
     }
+    let Some(hub) = shard.service::<Hub>() else { return };
     if let Some(c) = shard.session(session) {
         if c.closing_since.get().is_none() {
-            deliver_paced(shard, &c, Pending::Frame(frame));
+            shard.deliver_paced(&c, frame, None, hub.store_cfg.max_offline_per_user);
         }
     }
 }
 
 impl Hub {
-    /// Copies the store's eviction counts and the size of the sessions' backlogs into the
-    /// shard's metrics.
-    pub fn publish_stats(&self, stats: &crate::metrics::ShardStats) {
+    /// The sessions a user of this home shard has.
+    fn sessions_of(&self, user: &UserKey) -> Vec<ConnId> {
+        self.homes.borrow().get(user).map(|e| e.sessions.clone()).unwrap_or_default()
+    }
+}
+
+impl ShardService for Hub {
+    /// Copies the store's eviction counts into the shard's metrics.
+    fn on_tick(&self, shard: &Shard) {
         use std::sync::atomic::Ordering::Relaxed;
         let s = self.store.stats();
+        let stats = &shard.stats;
         stats.store_evicted_conversations.store(s.evicted_conversations, Relaxed);
         stats.store_evicted_messages.store(s.evicted_messages, Relaxed);
         stats.store_forgotten_dedup.store(s.forgotten_dedup, Relaxed);
-        let backlog: usize = self.pending.borrow().values().map(VecDeque::len).sum();
-        stats.send_backlog_frames.store(backlog as u64, Relaxed);
     }
 
-    /// Moves messages waiting for a session into its send queue while it has room; called by
-    /// the session's writer after each write.
-    pub fn refill(&self, shard: &Shard, c: &Conn) {
-        while c.queue.borrow().room() > 0 {
-            let next = self.pending.borrow_mut().get_mut(&c.id).and_then(VecDeque::pop_front);
-            match next {
-                Some(p) => enqueue(shard, c, p),
-                None => {
-                    self.pending.borrow_mut().remove(&c.id);
-                    c.backlogged.set(false);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// A write to session `id` took its stored messages up to `tag`.
-    pub fn written(&self, id: SessionId, tag: u32) {
-        let mut unwritten = self.unwritten.borrow_mut();
-        let Some(q) = unwritten.get_mut(&id) else { return };
-        while q.front().is_some_and(|u| u.tag <= tag) {
-            q.pop_front();
-        }
-        if q.is_empty() {
-            unwritten.remove(&id);
-        }
-    }
-
-    /// A session ended with messages still waiting for it, in its send queue or behind it: they
-    /// go back to their recipients' home shards, oldest first.
-    pub fn drop_pending(&self, shard: &Shard, id: SessionId) {
-        let unwritten = self.unwritten.borrow_mut().remove(&id);
-        for u in unwritten.into_iter().flatten() {
-            missed_routed(shard, u.routed);
-        }
-        let left = self.pending.borrow_mut().remove(&id);
-        for p in left.into_iter().flatten() {
-            missed(shard, p);
+    /// Ready while the worker's queue is below its high watermark; otherwise once it has
+    /// drained to the low one. A worker that falls behind makes the rings, and through them the
+    /// senders, wait instead of growing its queue without bound.
+    fn poll_ring_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.inbox.borrow().len() < INBOX_HIGH {
+            Poll::Ready(())
+        } else {
+            *self.room_waiter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
         }
     }
 }
 
-async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
-    let hub = &shard.chat;
+async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, session: ConnId) {
     let (first, kick, watchers) = {
         let mut homes = hub.homes.borrow_mut();
         let e = homes.entry(user.clone()).or_default();
@@ -768,8 +655,8 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
             DuplicateLogin::Allow => hub.config.max_sessions_per_user.max(1),
         };
         let excess = e.sessions.len().saturating_sub(keep);
-        let kick: Vec<SessionId> = e.sessions.drain(..excess).collect();
-        let watchers: Vec<SessionId> = if first { e.watchers.iter().copied().collect() } else { Vec::new() };
+        let kick: Vec<ConnId> = e.sessions.drain(..excess).collect();
+        let watchers: Vec<ConnId> = if first { e.watchers.iter().copied().collect() } else { Vec::new() };
         (first, kick, watchers)
     };
     if first {
@@ -806,7 +693,7 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
             Vec::new()
         }
     };
-    let targets: Arc<[SessionId]> = Arc::from([session]);
+    let targets: Arc<[ConnId]> = Arc::from([session]);
     for m in queued {
         let frame = encode_message(&m);
         let msg = ChatMsg::Deliver { session, frame, message: Arc::new(m), sender: None, targets: targets.clone() };
@@ -814,8 +701,14 @@ async fn register(shard: &Rc<Shard>, user: UserKey, session: SessionId) {
     }
 }
 
-async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_id: Option<String>, to: Delivery) {
-    let hub = &shard.chat;
+async fn store(
+    shard: &Rc<Shard>,
+    hub: &Hub,
+    new: NewMessage,
+    sender: ConnId,
+    envelope_id: Option<String>,
+    to: Delivery,
+) {
     let client_msg_id = new.client_msg_id.clone();
     let appended = match hub.store.append(new).await {
         Ok(a) => a,
@@ -845,21 +738,21 @@ async fn store(shard: &Rc<Shard>, new: NewMessage, sender: SessionId, envelope_i
     }
 }
 
-async fn route(shard: &Rc<Shard>, user: UserKey, message: Message, sender: SessionId) {
-    let sessions = shard.chat.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
-    deliver_or_queue(shard, user, Arc::new(message), Some(sender), sessions).await;
+async fn route(shard: &Rc<Shard>, hub: &Hub, user: UserKey, message: Message, sender: ConnId) {
+    let sessions = hub.sessions_of(&user);
+    deliver_or_queue(shard, hub, user, Arc::new(message), Some(sender), sessions).await;
 }
 
 /// On the recipient's home shard: the message to each of `sessions`, or to the offline queue
 /// when there are none.
 async fn deliver_or_queue(
     shard: &Rc<Shard>,
+    hub: &Hub,
     user: UserKey,
     message: Arc<Message>,
-    sender: Option<SessionId>,
-    sessions: Vec<SessionId>,
+    sender: Option<ConnId>,
+    sessions: Vec<ConnId>,
 ) {
-    let hub = &shard.chat;
     if sessions.is_empty() {
         metrics::add(&shard.stats.chat_offline_queued, 1);
         let message = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
@@ -871,7 +764,7 @@ async fn deliver_or_queue(
         return;
     }
     let frame = encode_message(&message);
-    let targets: Arc<[SessionId]> = sessions.into();
+    let targets: Arc<[ConnId]> = sessions.into();
     for s in targets.iter().copied() {
         let msg = ChatMsg::Deliver {
             session: s,
@@ -938,7 +831,6 @@ mod tests {
 
     #[test]
     fn the_ring_pump_waits_while_the_worker_is_far_behind() {
-        use std::future::Future;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::task::{Context, Wake, Waker};
         struct Count(AtomicUsize);
@@ -948,18 +840,16 @@ mod tests {
             }
         }
         let store: Rc<dyn Store> = Rc::new(crate::store::MemoryStore::new(Default::default()));
-        let hub = Hub::new(ChatConfig::default(), store);
+        let hub = Hub::new(ChatConfig::default(), Default::default(), store);
         let pumped = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(pumped.clone());
         let mut cx = Context::from_waker(&waker);
-        let kick = || ChatMsg::Kick { session: SessionId::new(0, 0, 0) };
-        let mut wait = Box::pin(hub.wait_for_room());
-        assert!(wait.as_mut().poll(&mut cx).is_ready(), "an empty queue has room");
+        let kick = || ChatMsg::Kick { session: ConnId::new(0, 0, 0) };
+        assert!(hub.poll_ring_ready(&mut cx).is_ready(), "an empty queue has room");
         for _ in 0..INBOX_HIGH {
             hub.accept(kick());
         }
-        let mut wait = Box::pin(hub.wait_for_room());
-        assert!(wait.as_mut().poll(&mut cx).is_pending(), "a full queue makes the pump wait");
+        assert!(hub.poll_ring_ready(&mut cx).is_pending(), "a full queue makes the pump wait");
         let worker = Waker::noop();
         let mut wcx = Context::from_waker(worker);
         while hub.inbox.borrow().len() >= INBOX_LOW {
@@ -968,7 +858,7 @@ mod tests {
         }
         assert!(hub.poll_next(&mut wcx).is_ready());
         assert_eq!(pumped.0.load(Ordering::SeqCst), 1, "woken once below it");
-        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        assert!(hub.poll_ring_ready(&mut cx).is_ready());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::auth::Identity;
 use crate::http::parse::RequestHead;
 use crate::metrics::CloseReason;
-use crate::shard::session::SessionId;
+use crate::shard::conn::ConnId;
 use crate::shard::Shard;
 
 /// What a handler returns: a reply's `data` (sent back with the request's `type` and `id`),
@@ -62,7 +62,7 @@ impl HandlerError {
 /// One routed message.
 pub struct Request {
     pub shard: Rc<Shard>,
-    pub session: SessionId,
+    pub session: ConnId,
     pub identity: Rc<Identity>,
     /// The envelope `type`.
     pub kind: String,
@@ -238,7 +238,7 @@ pub struct Reject {
 
 /// A session, as hooks see it.
 pub struct SessionInfo<'a> {
-    pub id: SessionId,
+    pub id: ConnId,
     pub identity: &'a Identity,
 }
 

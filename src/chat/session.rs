@@ -14,36 +14,37 @@ use serde::Serialize;
 use super::envelope::{self, encode, encode_error, ClientMsg, ErrorCode, Inbound, Recipient};
 use super::router::{ChatApp, DisconnectInfo, Request, SessionInfo};
 use super::{home_shard, post, ChatMsg, Delivery, UserKey};
-use crate::app::Response;
 use crate::auth::Identity;
 use crate::http::parse::RequestHead;
+use crate::http::Response;
 use crate::limits::{validate_name, TokenBucket};
 use crate::metrics::{self, CloseReason};
-use crate::shard::session::Conn;
-use crate::shard::Shard;
+use crate::shard::conn::Conn;
+use crate::shard::{Shard, WsHandler};
 use crate::store::{ConversationKey, MessageId, NewMessage, Target};
 use crate::ws::codec::encode_text;
-use crate::ws::WsHandler;
 
 /// Decides an upgrade to `/ws`: origin (403), token (401), then the application's
 /// `on_connect`. Nothing is allocated for the session unless all pass.
 pub fn accept(shard: &Shard, head: &RequestHead) -> Result<Rc<NativeWs>, Response> {
-    crate::app::check_origin(shard, head)?;
-    let token = crate::auth::token_from_request(head);
-    let identity =
-        crate::app::identify(shard, token.as_deref()).map_err(|e| Response::refusal(401, e.code(), &e.to_string()))?;
-    let app = shard.apps.chat.clone();
+    let refuse = |e: crate::shard::MissingService| Response::refusal(500, "internal", &e.to_string());
+    let identity = shard.require::<crate::auth::Gate>().map_err(refuse)?.check(head)?;
+    let hub = shard.require::<super::Hub>().map_err(refuse)?;
+    let members = shard.require::<crate::membership::Members>().map_err(refuse)?;
+    let app = shard.service::<ChatApp>();
     if let Some(app) = &app {
         if let Err(r) = app.connect(&identity, head) {
             return Err(Response::refusal(r.status, "refused", &r.message));
         }
     }
-    Ok(Rc::new(NativeWs::new(shard, identity, app)))
+    Ok(Rc::new(NativeWs::new(shard, identity, app, hub, members)))
 }
 
 /// One native session's state; the handler object is per connection.
 pub struct NativeWs {
     identity: Rc<Identity>,
+    hub: Rc<super::Hub>,
+    members: Rc<crate::membership::Members>,
     user: UserKey,
     app: Option<Rc<ChatApp>>,
     state: RefCell<State>,
@@ -62,11 +63,19 @@ fn room_key(tenant: &str, room: &str) -> Arc<str> {
 }
 
 impl NativeWs {
-    fn new(shard: &Shard, identity: Identity, app: Option<Rc<ChatApp>>) -> Self {
+    fn new(
+        shard: &Shard,
+        identity: Identity,
+        app: Option<Rc<ChatApp>>,
+        hub: Rc<super::Hub>,
+        members: Rc<crate::membership::Members>,
+    ) -> Self {
         let user = UserKey { tenant: identity.tenant.clone(), user: identity.user_id.clone() };
         let bucket = shard.node.config.limits.rate.map(|r| TokenBucket::new(r, Instant::now()));
         Self {
             identity: Rc::new(identity),
+            hub,
+            members,
             user,
             app,
             state: RefCell::new(State { bucket, rooms: Vec::new(), watching: HashSet::new() }),
@@ -104,7 +113,7 @@ impl NativeWs {
                 self.send(shard, conn, encode("pong", id, &Pong { timestamp: super::now_ms() }));
             }
             ClientMsg::Chat { msg_id, to, content, content_type } => {
-                let max_body = shard.node.config.store.max_body_bytes;
+                let max_body = self.hub.store_config().max_body_bytes;
                 if content.len() > max_body {
                     let m = format!("content is longer than {max_body} bytes");
                     return self.error(shard, conn, id, msg_id.as_deref(), ErrorCode::TooLarge, &m);
@@ -136,7 +145,7 @@ impl NativeWs {
                             let m = e.to_string();
                             return self.error(shard, conn, id, msg_id.as_deref(), ErrorCode::InvalidName, &m);
                         }
-                        if !shard.node.membership.is_member(tenant, &r, &self.identity.user_id) {
+                        if !self.members.is_member(tenant, &r, &self.identity.user_id) {
                             let m = "not a member of this room";
                             return self.error(shard, conn, id, msg_id.as_deref(), ErrorCode::Forbidden, m);
                         }
@@ -221,7 +230,7 @@ impl NativeWs {
                     metrics::add(&shard.stats.limit_names, 1);
                     return self.error(shard, conn, id, None, ErrorCode::InvalidName, &e.to_string());
                 }
-                if !shard.node.membership.is_member(&self.identity.tenant, &room_id, &self.identity.user_id) {
+                if !self.members.is_member(&self.identity.tenant, &room_id, &self.identity.user_id) {
                     return self.error(shard, conn, id, None, ErrorCode::Forbidden, "not a member of this room");
                 }
                 let key = room_key(&self.identity.tenant, &room_id);
@@ -255,7 +264,7 @@ impl NativeWs {
                 let conversation = match with {
                     Recipient::User(peer) => ConversationKey::direct(tenant, &self.identity.user_id, &peer),
                     Recipient::Room(room) => {
-                        if !shard.node.membership.is_member(tenant, &room, &self.identity.user_id) {
+                        if !self.members.is_member(tenant, &room, &self.identity.user_id) {
                             return self.error(
                                 shard,
                                 conn,
@@ -305,7 +314,7 @@ impl NativeWs {
         let (app, conn, identity) = (app.clone(), conn.clone(), self.identity.clone());
         let (kind, id) = (kind.to_string(), id.map(str::to_string));
         // Every handler is bounded by `chat.handler_timeout_ms`, whatever its own layers say.
-        let limit = shard.node.config.chat.handler_timeout;
+        let limit = self.hub.config().handler_timeout;
         monoio::spawn(async move {
             let result = monoio::select! {
                 r = fut => r,

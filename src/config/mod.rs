@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use file::{FileConfig, ShardFile};
 
+pub use crate::shard::config::{
+    Backpressure, Coalesce, DriverChoice, HttpConfig, RingFullPolicy, RuntimeConfig, ShardConfig, WsConfig,
+};
+
 /// A configuration that cannot be used. Each message names the offending field or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,81 +34,6 @@ pub enum ConfigError {
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), message: message.into() }
-}
-
-/// Which io_uring/epoll driver a shard runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverChoice {
-    /// io_uring, falling back to epoll when the ring cannot be created.
-    Auto,
-    IoUring,
-    Epoll,
-}
-
-/// What a full session send queue does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Backpressure {
-    /// Close the session with 1008 "slow consumer".
-    Close,
-    /// Drop the frame being queued.
-    DropNewest,
-    /// Drop the oldest queued data frame to make room.
-    DropOldest,
-}
-
-/// What a full cross-shard ring does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RingFullPolicy {
-    /// The sending task waits until the receiving shard frees a slot.
-    Wait,
-    /// The message is dropped.
-    Drop,
-}
-
-/// HTTP/1.1 limits.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HttpConfig {
-    pub max_head_bytes: usize,
-    pub max_headers: usize,
-    pub max_body_bytes: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub read_buffer_bytes: usize,
-}
-
-/// WebSocket session settings.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WsConfig {
-    pub max_message_bytes: usize,
-    pub max_frame_bytes: usize,
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    pub backpressure: Backpressure,
-    pub write_timeout: Duration,
-    pub close_timeout: Duration,
-    /// Write coalescing under load; `None` when `websocket.coalesce_us` is 0.
-    pub coalesce: Option<Coalesce>,
-}
-
-/// When and how long a busy shard holds broadcast frames (see [`crate::shard::coalesce`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Coalesce {
-    pub window: Duration,
-    pub on_busy_percent: u8,
-    pub off_busy_percent: u8,
-}
-
-/// One shard's resolved settings.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ShardConfig {
-    pub index: usize,
-    pub cpu: Option<usize>,
-    pub listen: Vec<SocketAddr>,
-    pub max_connections: usize,
-    pub send_queue_len: usize,
 }
 
 /// The resolved, validated configuration of a node.
@@ -367,6 +296,25 @@ impl Config {
         self.conformance = true;
         self.auth.allow_any_origin = true;
         self.limits.rate = None;
+    }
+
+    /// What the shard layer needs of this configuration.
+    pub fn runtime(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            shards: self.shards.clone(),
+            driver: self.driver,
+            uring_entries: self.uring_entries,
+            max_connections: self.max_connections,
+            limits: self.limits.clone(),
+            shutdown_timeout: self.shutdown_timeout,
+            tick: self.tick,
+            http: self.http.clone(),
+            ws: self.ws.clone(),
+            ring_capacity: self.ring_capacity,
+            ring_full_policy: self.ring_full_policy,
+            sidecar_channel_capacity: self.sidecar_channel_capacity,
+            sidecar_probe_timeout: self.sidecar_probe_timeout,
+        }
     }
 
     /// A configuration from defaults alone (what `make run` uses without a file).

@@ -3,7 +3,7 @@
 //! [`packet`] module; the layer above (Socket.IO, or the raw echo of the conformance
 //! application) is an [`EioApp`].
 //!
-//! A session belongs to the shard that opened it: its id is a [`SessionId`], which names that
+//! A session belongs to the shard that opened it: its id is a [`Sid`], which names that
 //! shard. Everything about a session (its queue, its pending long-poll, its timers) lives there
 //! and is touched only by that shard's thread.
 
@@ -19,13 +19,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::app::Response;
 use crate::http::parse::{Method, RequestHead};
-use crate::shard::session::{Conn, SessionId};
-use crate::shard::Shard;
+use crate::http::Response;
+use crate::shard::conn::Conn;
+use crate::shard::route::{HttpHandler, ResponseFuture};
+use crate::shard::{Route, Shard, ShardService, WsHandler};
 use crate::ws::codec::{encode_frame, Opcode};
-use crate::ws::WsHandler;
 use packet::{Packet, Payload, WsOut};
+
+pub use sid::Sid;
+
+mod sid;
 
 /// Engine.IO settings (the `[engineio]` section).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -82,8 +86,67 @@ pub trait EioApp {
     /// The session exists and its open packet is queued.
     fn on_open(&self, _shard: &Shard, _s: &Rc<EioSession>) {}
     fn on_message(&self, shard: &Shard, s: &Rc<EioSession>, msg: Payload);
-    /// The session is gone; `reason` is Engine.IO's (`transport close`, `ping timeout`, ...).
-    fn on_close(&self, _shard: &Shard, _s: &Rc<EioSession>, _reason: &'static str) {}
+    /// The session is gone, for this reason.
+    fn on_close(&self, _shard: &Shard, _s: &Rc<EioSession>, _reason: CloseReason) {}
+}
+
+/// Why an Engine.IO session ended. [`CloseReason::as_str`] is the reason string the reference
+/// server reports to the layer above (Socket.IO passes it to disconnect handlers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The node is shutting down.
+    ServerShutdown,
+    /// The client sent something that is not Engine.IO.
+    ParseError,
+    /// No pong within `ping_timeout`.
+    PingTimeout,
+    /// The transport failed: a second concurrent GET, an oversized POST, too many packets
+    /// buffered for a polling client.
+    TransportError,
+    /// The client closed its transport (or sent a close packet).
+    TransportClose,
+    /// The server closed it on purpose (Socket.IO's `disconnect(true)`).
+    ForcedClose,
+    /// The client sent no Socket.IO CONNECT in time.
+    ConnectTimeout,
+    /// The client sent faster than `limits.message_rate` allows.
+    RateLimited,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::ParseError => "parse error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::TransportError => "transport error",
+            CloseReason::TransportClose => "transport close",
+            CloseReason::ForcedClose => "forced close",
+            CloseReason::ConnectTimeout => "connect timeout",
+            CloseReason::RateLimited => "rate limited",
+        }
+    }
+
+    /// The WebSocket close code and the metrics reason, for a session on a WebSocket.
+    fn websocket_close(self) -> (u16, crate::metrics::CloseReason) {
+        use crate::metrics::CloseReason as Metric;
+        match self {
+            CloseReason::ServerShutdown => (1001, Metric::Shutdown),
+            CloseReason::ParseError => (1002, Metric::Protocol),
+            CloseReason::PingTimeout => (1000, Metric::PingTimeout),
+            CloseReason::TransportError => (1000, Metric::Io),
+            CloseReason::RateLimited => (1008, Metric::Policy),
+            CloseReason::TransportClose | CloseReason::ForcedClose | CloseReason::ConnectTimeout => {
+                (1000, Metric::Client)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 enum Transport {
@@ -93,8 +156,10 @@ enum Transport {
 
 /// One Engine.IO session.
 pub struct EioSession {
-    pub id: SessionId,
+    pub id: Sid,
     pub sid: Rc<str>,
+    /// The table the session is in, with the settings it runs under.
+    engine: Rc<Engine>,
     app: Rc<dyn EioApp>,
     transport: RefCell<Transport>,
     /// Packets waiting for the next polling GET (also while an upgrade is in progress).
@@ -131,8 +196,8 @@ impl EioSession {
     }
 
     /// Whether the pong deadline has passed (the heartbeat task may not have noticed yet).
-    fn expired(&self, shard: &Shard) -> bool {
-        Instant::now() >= self.ping_due.get() + shard.node.config.eio.ping_timeout
+    fn expired(&self) -> bool {
+        Instant::now() >= self.ping_due.get() + self.engine.cfg.ping_timeout
     }
 
     pub fn is_websocket(&self) -> bool {
@@ -223,10 +288,10 @@ impl EioSession {
         let overflow = {
             let mut q = self.queue.borrow_mut();
             q.extend(packets);
-            q.len() > shard.node.config.eio.max_buffered_packets
+            q.len() > self.engine.cfg.max_buffered_packets
         };
         if overflow {
-            close(shard, self, "transport error", true);
+            close(shard, self, CloseReason::TransportError, true);
         } else {
             self.wake_poll();
         }
@@ -270,6 +335,8 @@ pub(crate) fn ws_frame(p: &Packet) -> Bytes {
 
 /// A shard's Engine.IO sessions.
 pub struct Engine {
+    /// `[engineio]`.
+    pub cfg: EioConfig,
     sessions: RefCell<Slab<Rc<EioSession>>>,
     generation: Cell<u32>,
     /// Heartbeat deadlines, earliest first: a ping due, or a pong overdue (see [`heartbeats`]).
@@ -283,7 +350,7 @@ pub struct Engine {
 }
 
 /// A heartbeat deadline in the heap: nanoseconds since the engine's epoch, then the session's
-/// slot and generation. 16 bytes rather than an `Instant` and a `SessionId` (40): the heap
+/// slot and generation. 16 bytes rather than an `Instant` and a `Sid` (40): the heap
 /// holds about two for every open session.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Deadline {
@@ -292,9 +359,18 @@ struct Deadline {
     generation: u32,
 }
 
-impl Default for Engine {
-    fn default() -> Self {
+impl Engine {
+    /// Starts the Engine.IO table of a shard: registers it and spawns its heartbeat task.
+    pub fn start(shard: &Rc<Shard>, cfg: EioConfig) -> Rc<Engine> {
+        let engine = Rc::new(Engine::new(cfg));
+        shard.add_service(engine.clone());
+        monoio::spawn(heartbeats(shard.clone(), engine.clone()));
+        engine
+    }
+
+    fn new(cfg: EioConfig) -> Self {
         Self {
+            cfg,
             sessions: RefCell::default(),
             generation: Cell::default(),
             timers: RefCell::default(),
@@ -319,7 +395,7 @@ impl Engine {
     /// Adds a heartbeat deadline for session `id`. Entries of closed sessions stay until they
     /// come due; when they outnumber the live ones the heap is swept, so a connect storm
     /// cannot grow it beyond about two entries per open session.
-    fn schedule(&self, at: Instant, id: SessionId) {
+    fn schedule(&self, at: Instant, id: Sid) {
         let at = self.since_epoch(at);
         let earliest = self.timers.borrow().peek().is_none_or(|t| at < t.0.at);
         let mut timers = self.timers.borrow_mut();
@@ -359,7 +435,7 @@ impl Engine {
     }
 
     pub fn get(&self, shard: &Shard, sid: &str) -> Option<Rc<EioSession>> {
-        let id: SessionId = sid.parse().ok()?;
+        let id: Sid = sid.parse().ok()?;
         if usize::from(id.shard) != shard.index {
             return None;
         }
@@ -374,15 +450,16 @@ impl Engine {
         self.sessions.borrow().is_empty()
     }
 
-    fn create(&self, shard: &Shard, app: Rc<dyn EioApp>, transport: Transport) -> Option<Rc<EioSession>> {
+    fn create(self: &Rc<Self>, shard: &Shard, app: Rc<dyn EioApp>, transport: Transport) -> Option<Rc<EioSession>> {
         let mut sessions = self.sessions.borrow_mut();
         let generation = self.generation.get().wrapping_add(1);
         self.generation.set(generation);
         let entry = sessions.vacant_entry();
-        let id = SessionId::new(u16::try_from(shard.index).ok()?, u32::try_from(entry.key()).ok()?, generation);
+        let id = Sid::new(u16::try_from(shard.index).ok()?, u32::try_from(entry.key()).ok()?, generation);
         let s = Rc::new(EioSession {
             id,
             sid: id.to_string().into(),
+            engine: self.clone(),
             app,
             transport: RefCell::new(transport),
             queue: RefCell::new(VecDeque::new()),
@@ -391,7 +468,7 @@ impl Engine {
             upgrading: Cell::new(false),
             candidates: RefCell::new(Vec::new()),
             awaiting_pong: Cell::new(false),
-            ping_due: Cell::new(Instant::now() + shard.node.config.eio.ping_interval),
+            ping_due: Cell::new(Instant::now() + self.cfg.ping_interval),
             closed: Cell::new(false),
             closed_event: crate::util::LocalEvent::default(),
             identity: RefCell::new(None),
@@ -412,14 +489,14 @@ impl Engine {
     pub fn close_all(&self, shard: &Shard) {
         let all: Vec<Rc<EioSession>> = self.sessions.borrow().iter().map(|(_, s)| s.clone()).collect();
         for s in all {
-            close(shard, &s, "server shutting down", true);
+            close(shard, &s, CloseReason::ServerShutdown, true);
         }
     }
 }
 
 /// Ends a session: wakes a pending GET (which answers the queued close packet, or `6`), tells
 /// the app, and forgets the session. `notify` queues a close packet for the client.
-pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bool) {
+pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: CloseReason, notify: bool) {
     if s.closed.get() {
         return;
     }
@@ -433,10 +510,10 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
                 shard.deliver(&c, ws_frame(&Packet::Close));
             }
             if !c.reader_done.get() {
-                let (code, why) = ws_close_for(reason);
+                let (code, why) = reason.websocket_close();
                 if why == crate::metrics::CloseReason::Policy {
                     // What explains the close (an `error` event) goes out first.
-                    shard.close_session_keeping_data(&c, code, reason, why);
+                    shard.close_session_keeping_data(&c, code, reason.as_str(), why);
                 } else {
                     shard.close_session(&c, code, "", why);
                 }
@@ -449,22 +526,9 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: &'static str, notify: bo
     s.closed_event.set();
     s.candidates.borrow_mut().clear();
     s.wake_poll();
-    shard.engine.remove(s);
+    s.engine.remove(s);
     // Called once our state is final, so the app sees a closed, unregistered session.
     s.app.clone().on_close(shard, s, reason);
-}
-
-/// The WebSocket close code and metrics reason for an Engine.IO close reason.
-fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
-    use crate::metrics::CloseReason;
-    match reason {
-        "server shutting down" => (1001, CloseReason::Shutdown),
-        "parse error" => (1002, CloseReason::Protocol),
-        "ping timeout" => (1000, CloseReason::PingTimeout),
-        "transport error" => (1000, CloseReason::Io),
-        "rate limited" => (1008, CloseReason::Policy),
-        _ => (1000, CloseReason::Client),
-    }
 }
 
 /// Starts a session's heartbeat, as the reference server does it: a ping one `ping_interval`
@@ -475,16 +539,15 @@ fn ws_close_for(reason: &str) -> (u16, crate::metrics::CloseReason) {
 /// A session's heartbeat is an entry in its shard's deadline heap ([`Engine::heartbeats`]), not
 /// a task with a timer of its own: a timer future alone is 640 bytes, and every idle session
 /// has a heartbeat.
-fn start_heartbeat(shard: &Rc<Shard>, s: &Rc<EioSession>) {
-    shard.engine.schedule(s.ping_due.get(), s.id);
+fn start_heartbeat(s: &Rc<EioSession>) {
+    s.engine.schedule(s.ping_due.get(), s.id);
 }
 
 /// Drives every heartbeat of the shard's sessions: sleeps until the earliest deadline, then
 /// pings the sessions whose ping is due and closes those whose pong is overdue. Deadlines are
 /// exact (the earliest one is slept for, not a coarse tick); an entry whose session has since
 /// answered, closed or moved on is stale and skipped.
-pub async fn heartbeats(shard: Rc<Shard>) {
-    let engine = &shard.engine;
+async fn heartbeats(shard: Rc<Shard>, engine: Rc<Engine>) {
     loop {
         let next = engine.timers.borrow().peek().map(|t| engine.instant(t.0.at));
         match next {
@@ -514,20 +577,20 @@ pub async fn heartbeats(shard: Rc<Shard>) {
             if s.closed.get() {
                 continue;
             }
-            let cfg = &shard.node.config.eio;
+            let cfg = &engine.cfg;
             if !s.awaiting_pong.get() && at == s.ping_due.get() {
                 s.awaiting_pong.set(true);
                 s.send(&shard, Packet::Ping(None));
                 engine.schedule(s.ping_due.get() + cfg.ping_timeout, id);
             } else if s.awaiting_pong.get() && at == s.ping_due.get() + cfg.ping_timeout {
-                close(&shard, &s, "ping timeout", false);
+                close(&shard, &s, CloseReason::PingTimeout, false);
             }
         }
     }
 }
 
-fn open_packet(shard: &Shard, s: &EioSession, upgrades: &[&str]) -> Packet {
-    let cfg = &shard.node.config.eio;
+fn open_packet(s: &EioSession, upgrades: &[&str]) -> Packet {
+    let cfg = &s.engine.cfg;
     let open = packet::OpenPacket {
         sid: s.sid.to_string(),
         upgrades: upgrades.iter().map(|u| u.to_string()).collect(),
@@ -551,17 +614,17 @@ fn on_packet(shard: &Shard, s: &Rc<EioSession>, p: Packet) -> bool {
         // ping one interval later (the entries made stale by it are skipped).
         Packet::Pong(_) => {
             s.awaiting_pong.set(false);
-            s.ping_due.set(Instant::now() + shard.node.config.eio.ping_interval);
-            shard.engine.schedule(s.ping_due.get(), s.id);
+            s.ping_due.set(Instant::now() + s.engine.cfg.ping_interval);
+            s.engine.schedule(s.ping_due.get(), s.id);
         }
         Packet::Close => {
-            close(shard, s, "transport close", false);
+            close(shard, s, CloseReason::TransportClose, false);
             return false;
         }
         Packet::Ping(data) => s.send(shard, Packet::Pong(data)),
         Packet::Noop => {}
         Packet::Open(_) | Packet::Upgrade => {
-            close(shard, s, "parse error", true);
+            close(shard, s, CloseReason::ParseError, true);
             return false;
         }
     }
@@ -613,8 +676,14 @@ pub fn cors(head: &RequestHead, cfg: &EioConfig, r: &mut Response) {
 }
 
 /// Answers a polling request (or its CORS preflight) for `app`.
-pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead, body: &[u8]) -> Response {
-    let cfg = &shard.node.config.eio;
+async fn polling(
+    shard: &Rc<Shard>,
+    engine: &Rc<Engine>,
+    app: &Rc<dyn EioApp>,
+    head: &RequestHead,
+    body: &[u8],
+) -> Response {
+    let cfg = &engine.cfg;
     if head.method == Method::Options {
         let mut r = Response::new(204, "text/plain", Vec::new());
         cors(head, cfg, &mut r);
@@ -631,8 +700,8 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
         return RequestError::BadRequest.response(head, cfg);
     }
     let mut r = match (&q.sid, head.method) {
-        (None, Method::Get) => match crate::app::admit(shard, head) {
-            Ok(identity) => handshake(shard, app, identity.map(Rc::new)),
+        (None, Method::Get) => match admit(shard, head) {
+            Ok(identity) => handshake(shard, engine, app, identity.map(Rc::new)),
             // A refused origin gets no CORS headers: its page may not read the answer.
             Err(refused) if refused.status == 403 => return refused,
             Err(refused) => refused,
@@ -640,11 +709,11 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
         (None, _) => return RequestError::BadHandshakeMethod.response(head, cfg),
         (Some(sid), m @ (Method::Get | Method::Post)) => {
             let post = m == Method::Post;
-            match sid.parse::<SessionId>() {
-                Ok(id) if usize::from(id.shard) != shard.index && usize::from(id.shard) < shard.node.stats.len() => {
-                    shard.forward_poll(usize::from(id.shard), sid.clone(), post, Bytes::copy_from_slice(body)).await
+            match sid.parse::<Sid>() {
+                Ok(id) if usize::from(id.shard) != shard.index && usize::from(id.shard) < shard.shard_count() => {
+                    forward_poll(shard, engine, usize::from(id.shard), sid.clone(), post, body).await
                 }
-                _ => serve_poll(shard, sid, post, body).await,
+                _ => serve_poll(shard, engine, sid, post, body).await,
             }
         }
         (Some(_), _) => RequestError::BadHandshakeMethod.response(head, cfg),
@@ -653,14 +722,40 @@ pub async fn polling(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, head: &RequestHead
     r
 }
 
+/// Runs a polling request on the shard that owns its session (there are no sticky sessions: any
+/// shard may receive any request) and waits for the answer. Bounded: a lost answer (ring
+/// `drop` policy) becomes a 503 after one heartbeat.
+async fn forward_poll(
+    shard: &Rc<Shard>,
+    engine: &Engine,
+    owner: usize,
+    sid: String,
+    post: bool,
+    body: &[u8],
+) -> Response {
+    let body = Bytes::copy_from_slice(body);
+    let run = move |owner: Rc<Shard>| async move {
+        match owner.service::<Engine>() {
+            Some(engine) => serve_poll(&owner, &engine, &sid, post, &body).await,
+            None => error_body(RequestError::UnknownSid),
+        }
+    };
+    let limit = engine.cfg.ping_interval + engine.cfg.ping_timeout + Duration::from_secs(1);
+    let answer = monoio::select! {
+        r = shard.call(owner, run) => r,
+        _ = monoio::time::sleep(limit) => None,
+    };
+    answer.unwrap_or_else(|| Response::new(503, "text/plain", "session owner did not answer\n"))
+}
+
 /// A polling GET or POST for a session of this shard (the request may have arrived on another
 /// shard). CORS headers are added by the shard that answers the client.
-pub async fn serve_poll(shard: &Shard, sid: &str, post: bool, body: &[u8]) -> Response {
-    let Some(s) = shard.engine.get(shard, sid) else {
+async fn serve_poll(shard: &Shard, engine: &Engine, sid: &str, post: bool, body: &[u8]) -> Response {
+    let Some(s) = engine.get(shard, sid) else {
         return error_body(RequestError::UnknownSid);
     };
-    if s.expired(shard) {
-        close(shard, &s, "ping timeout", false);
+    if s.expired() {
+        close(shard, &s, CloseReason::PingTimeout, false);
         return error_body(RequestError::UnknownSid);
     }
     if s.is_websocket() && !s.upgrading.get() {
@@ -678,25 +773,12 @@ fn error_body(e: RequestError) -> Response {
     Response::new(if e == RequestError::Forbidden { 403 } else { 400 }, "application/json", body)
 }
 
-/// Serves a WebSocket another shard accepted and upgraded for a session of this one.
-pub fn adopt(
-    shard: &Rc<Shard>,
-    fd: std::os::fd::OwnedFd,
-    sid: &str,
-    leftover: Vec<u8>,
-    ip: Option<crate::limits::IpGuard>,
-) {
-    let std_stream = std::net::TcpStream::from(fd);
-    let Some(s) = shard.engine.get(shard, sid) else {
-        // The session ended meanwhile: the socket closes when dropped.
-        return;
-    };
-    if std_stream.set_nonblocking(true).is_err() {
-        return;
-    }
-    let Ok(stream) = monoio::net::TcpStream::from_std(std_stream) else { return };
-    let handler: Rc<dyn WsHandler> = Rc::new(EioWs::new(s.app.clone(), Some(s)));
-    monoio::spawn(crate::http::conn::serve_adopted(shard.clone(), stream, leftover, handler, ip));
+/// Who serves a WebSocket that another shard accepted and upgraded for a session of this
+/// one ([`Route::HandOff`]); `None` when the session ended meanwhile.
+fn adopt(shard: &Rc<Shard>, sid: &str) -> Option<Rc<dyn WsHandler>> {
+    let engine = shard.service::<Engine>()?;
+    let s = engine.get(shard, sid)?;
+    Some(Rc::new(EioWs::new(engine, s.app.clone(), Some(s))))
 }
 
 fn payload_response(s: &EioSession) -> Response {
@@ -706,13 +788,18 @@ fn payload_response(s: &EioSession) -> Response {
     Response::new(200, "text/plain; charset=UTF-8", body)
 }
 
-fn handshake(shard: &Rc<Shard>, app: &Rc<dyn EioApp>, identity: Option<Rc<crate::auth::Identity>>) -> Response {
-    let Some(s) = shard.engine.create(shard, app.clone(), Transport::Polling) else {
+fn handshake(
+    shard: &Rc<Shard>,
+    engine: &Rc<Engine>,
+    app: &Rc<dyn EioApp>,
+    identity: Option<Rc<crate::auth::Identity>>,
+) -> Response {
+    let Some(s) = engine.create(shard, app.clone(), Transport::Polling) else {
         return Response::new(503, "text/plain", "no session slots\n");
     };
     *s.identity.borrow_mut() = identity;
-    s.queue.borrow_mut().push_back(open_packet(shard, &s, &["websocket"]));
-    start_heartbeat(shard, &s);
+    s.queue.borrow_mut().push_back(open_packet(&s, &["websocket"]));
+    start_heartbeat(&s);
     app.on_open(shard, &s);
     payload_response(&s)
 }
@@ -725,7 +812,7 @@ const UPGRADE_CHECK: Duration = Duration::from_millis(100);
 async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
     if s.poll_active.get() {
         // Two GETs at once: the protocol closes the session; the pending one gets `1`.
-        close(shard, s, "transport error", true);
+        close(shard, s, CloseReason::TransportError, true);
         return error_body(RequestError::BadRequest);
     }
     s.poll_active.set(true);
@@ -768,15 +855,15 @@ async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
 }
 
 fn poll_post(shard: &Shard, s: &Rc<EioSession>, body: &[u8]) -> Response {
-    let max = shard.node.config.eio.max_payload;
+    let max = s.engine.cfg.max_payload;
     if body.len() > max {
-        close(shard, s, "transport error", true);
+        close(shard, s, CloseReason::TransportError, true);
         return Response::new(413, "text/plain", "payload too large\n");
     }
     let packets = match packet::decode_payload(Bytes::copy_from_slice(body), max) {
         Ok(p) => p,
         Err(_) => {
-            close(shard, s, "parse error", true);
+            close(shard, s, CloseReason::ParseError, true);
             return error_body(RequestError::BadRequest);
         }
     };
@@ -788,9 +875,77 @@ fn poll_post(shard: &Shard, s: &Rc<EioSession>, body: &[u8]) -> Response {
     Response::new(200, "text/html", "ok")
 }
 
+impl ShardService for Engine {
+    /// Polling sessions have no connection for the drain to close: they end here, and a pending
+    /// GET answers their close packet.
+    fn on_drain(&self, shard: &Shard) {
+        self.close_all(shard);
+    }
+}
+
+/// The authenticator's verdict on a handshake ([`crate::auth::Gate::admit`]).
+fn admit(shard: &Shard, head: &RequestHead) -> Result<Option<crate::auth::Identity>, Response> {
+    match shard.require::<crate::auth::Gate>() {
+        Ok(gate) => gate.admit(head),
+        Err(e) => Err(Response::refusal(500, "internal", &e.to_string())),
+    }
+}
+
+/// Where an Engine.IO request for `app` goes: a polling request (or its preflight) is answered
+/// over HTTP; a WebSocket opens a fresh session, upgrades one of this shard, or moves to the
+/// shard that owns the session it upgrades.
+pub fn route(shard: &Rc<Shard>, engine: &Rc<Engine>, app: Rc<dyn EioApp>, head: &RequestHead) -> Route {
+    let cfg = &engine.cfg;
+    if !head.is_websocket_upgrade() {
+        return Route::Http(Rc::new(Polling { engine: engine.clone(), app }));
+    }
+    let q = match parse_query(head) {
+        Ok(q) => q,
+        Err(e) => return Route::Fixed(e.response(head, cfg)),
+    };
+    if q.transport != TransportKind::WebSocket {
+        return Route::Fixed(RequestError::BadRequest.response(head, cfg));
+    }
+    let upgrade_of = match q.sid {
+        None => None,
+        Some(sid) => match sid.parse::<Sid>().map(|id| usize::from(id.shard)) {
+            Ok(owner) if owner != shard.index && owner < shard.shard_count() => {
+                return Route::HandOff { owner, adopt: Box::new(move |shard: &Rc<Shard>| adopt(shard, &sid)) };
+            }
+            _ => match engine.get(shard, &sid) {
+                // A session already on a WebSocket: `EioWs` answers 101 and closes at once.
+                Some(s) => Some(s),
+                None => return Route::Fixed(RequestError::UnknownSid.response(head, cfg)),
+            },
+        },
+    };
+    if upgrade_of.is_some() {
+        return Route::WebSocket(Rc::new(EioWs::new(engine.clone(), app, upgrade_of)));
+    }
+    match admit(shard, head) {
+        Ok(identity) => {
+            Route::WebSocket(Rc::new(EioWs::new(engine.clone(), app, None).with_identity(identity.map(Rc::new))))
+        }
+        Err(refused) => Route::Fixed(refused),
+    }
+}
+
+/// The polling transport of one app.
+struct Polling {
+    engine: Rc<Engine>,
+    app: Rc<dyn EioApp>,
+}
+
+impl HttpHandler for Polling {
+    fn respond<'a>(&'a self, shard: &'a Rc<Shard>, head: &'a RequestHead, body: &'a [u8]) -> ResponseFuture<'a> {
+        Box::pin(polling(shard, &self.engine, &self.app, head, body))
+    }
+}
+
 /// The WebSocket side of Engine.IO: a fresh session (no `sid`), or the upgrade of a polling
 /// session (`sid` given).
 pub struct EioWs {
+    engine: Rc<Engine>,
     app: Rc<dyn EioApp>,
     session: RefCell<Option<Rc<EioSession>>>,
     /// The session being upgraded onto this connection, until its `5` arrives.
@@ -800,8 +955,8 @@ pub struct EioWs {
 }
 
 impl EioWs {
-    pub fn new(app: Rc<dyn EioApp>, upgrade_of: Option<Rc<EioSession>>) -> Self {
-        Self { app, session: RefCell::new(None), upgrade_of, identity: RefCell::new(None) }
+    pub fn new(engine: Rc<Engine>, app: Rc<dyn EioApp>, upgrade_of: Option<Rc<EioSession>>) -> Self {
+        Self { engine, app, session: RefCell::new(None), upgrade_of, identity: RefCell::new(None) }
     }
 
     /// A fresh session whose handshake was [`admit`]ted with this identity.
@@ -823,19 +978,19 @@ impl WsHandler for EioWs {
             }
             return; // the session goes on; it switches to us on `5`
         }
-        let Some(s) = shard.engine.create(shard, self.app.clone(), Transport::WebSocket(conn.clone())) else {
+        let Some(s) = self.engine.create(shard, self.app.clone(), Transport::WebSocket(conn.clone())) else {
             shard.close_session(conn, 1013, "no session slots", crate::metrics::CloseReason::Limit);
             return;
         };
         *s.identity.borrow_mut() = self.identity.borrow_mut().take();
-        shard.deliver(conn, ws_frame(&open_packet(shard, &s, &[])));
+        shard.deliver(conn, ws_frame(&open_packet(&s, &[])));
         *self.session.borrow_mut() = Some(s.clone());
-        start_heartbeat(shard, &s);
+        start_heartbeat(&s);
         self.app.on_open(shard, &s);
     }
 
     fn on_message(&self, shard: &Shard, conn: &Rc<Conn>, msg: tungstenite::Message) {
-        if msg.len() > shard.node.config.eio.max_payload {
+        if msg.len() > self.engine.cfg.max_payload {
             shard.close_session(conn, 1009, "message over maxPayload", crate::metrics::CloseReason::TooBig);
             return;
         }
@@ -850,7 +1005,7 @@ impl WsHandler for EioWs {
                 Ok(p) => {
                     on_packet(shard, &s, p);
                 }
-                Err(_) => close(shard, &s, "parse error", false),
+                Err(_) => close(shard, &s, CloseReason::ParseError, false),
             }
             return;
         }
@@ -888,7 +1043,7 @@ impl WsHandler for EioWs {
     fn on_close(&self, shard: &Shard, conn: &Rc<Conn>) {
         let session = self.session.borrow_mut().take();
         if let Some(s) = session {
-            close(shard, &s, "transport close", false);
+            close(shard, &s, CloseReason::TransportClose, false);
         } else if let Some(s) = &self.upgrade_of {
             // The upgrade failed: the session carries on polling.
             s.candidates.borrow_mut().retain(|c| c.id != conn.id);

@@ -1,8 +1,11 @@
-//! HTTP/1.1: the pure request-head parser and response writer ([`parse`]) and the per-connection
-//! driver on the shard ([`conn`]).
+//! HTTP/1.1, pure: the request-head parser and response writer ([`parse`]) and the
+//! [`Response`] a handler gives. The driver that runs them on a connection is the shard's
+//! ([`crate::shard::http`]).
 
-pub mod conn;
 pub mod parse;
+mod response;
+
+pub use response::Response;
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant, SystemTime};

@@ -24,10 +24,10 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::config::Coalesce;
+use super::config::Coalesce;
+use super::conn::Conn;
+use super::Shard;
 use crate::metrics::{self, ShardStats};
-use crate::shard::session::Conn;
-use crate::shard::Shard;
 
 /// Flushes after which coalescing judges whether it batches anything.
 const JUDGED_AFTER_FLUSHES: u64 = 8;

@@ -2,10 +2,24 @@
 //! connection slab, room table, timer and ring endpoints. Nothing in here is shared with other
 //! shards except through the rings, the per-shard counters (written only here) and the sidecar
 //! channels.
+//!
+//! The shard is the runtime and knows no protocol. It runs the transports (the HTTP/1.1 driver,
+//! [`http`], and the WebSocket session driver, [`websocket`]), asks the assembler's [`Router`]
+//! who answers each request, and carries work between shards as a small generic message set
+//! ([`ShardMsg`]): a frame for a session, a frame for a room, a broadcast, or a closure to run
+//! on the receiving shard ([`Shard::invoke_on`], [`Shard::call`]). Protocols and services are
+//! registered on it by the assembler ([`services`]).
 
 pub mod coalesce;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod launch;
+pub mod pacing;
 pub mod rooms;
-pub mod session;
+pub mod route;
+pub mod services;
+pub mod websocket;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,39 +34,80 @@ use bytes::Bytes;
 use monoio::net::TcpListener;
 use slab::Slab;
 
-use crate::config::{RingFullPolicy, ShardConfig};
 use crate::metrics::{self, CloseReason, DriverKind, ShardStats};
-use crate::node::NodeShared;
 use crate::ring::{PushError, ShardRings};
 use crate::sidecar::{FromSidecar, SidecarHealth, SidecarLink, ToSidecar};
 use crate::util::LocalEvent;
 use crate::ws::codec::{encode_close, encode_frame, Opcode};
+use config::{DriverChoice, RingFullPolicy, RuntimeConfig, ShardConfig};
+use conn::{Conn, ConnId, Enqueued, FrameKind, Phase};
 use rooms::RoomTable;
-use session::{Conn, Enqueued, FrameKind, Phase, SessionId};
+pub use route::{Route, Router, WsHandler};
+pub use services::{MissingService, ShardService};
 
-/// A message between shards. Frames are encoded once by the sender; the `Bytes` are shared.
+/// A message between shards: the whole set the runtime carries. Frames are encoded once by
+/// the sender and the `Bytes` shared; anything a protocol needs beyond frames travels as a
+/// closure ([`ShardMsg::Invoke`]) defined by that protocol, so a new protocol adds no variant.
 pub enum ShardMsg {
     /// A frame for one session owned by the receiving shard.
-    ToSession { id: SessionId, frame: Bytes },
+    ToSession { id: ConnId, frame: Bytes },
     /// A frame for every local member of `room` on the receiving shard, but `except`.
-    ToRoom { room: Arc<str>, frame: Bytes, except: Option<SessionId> },
-    /// An Engine.IO polling request that reached shard `from` for a session this shard owns
-    /// (no sticky sessions: any shard may receive any request).
-    EioPoll { from: usize, token: u64, sid: String, post: bool, body: Bytes },
-    /// The owner's answer to [`ShardMsg::EioPoll`].
-    EioPollReply { token: u64, response: crate::app::Response },
-    /// A TCP connection, already upgraded to WebSocket, whose Engine.IO session this shard
-    /// owns: the receiving shard adopts the socket and serves it from here on.
-    EioAdopt { fd: std::os::fd::OwnedFd, sid: String, leftover: Vec<u8>, ip: Option<crate::limits::IpGuard> },
-    /// A Socket.IO broadcast for this shard's members, encoded once by the sender.
-    SioBroadcast(Arc<crate::socketio::RemoteBroadcast>),
-    /// A client reconnected on shard `from` and claims a socket this shard keeps for recovery.
-    SioRestore { from: usize, token: u64, pid: String, offset: Option<String> },
-    /// The answer to [`ShardMsg::SioRestore`].
-    SioRestored { token: u64, result: Option<crate::socketio::recovery::Restored> },
-    /// Work for the receiving shard's chat worker (identities, presence, chat delivery).
-    Chat(Box<crate::chat::ChatMsg>),
+    ToRoom { room: Arc<str>, frame: Bytes, except: Option<ConnId> },
+    /// A broadcast encoded once by the sender, the same `Arc` for every shard: each receiving
+    /// shard delivers it to its own members.
+    Broadcast(Arc<dyn Broadcast>),
+    /// Work to run on the receiving shard (seastar's `invoke_on`).
+    Invoke(Task),
 }
+
+/// A closure run on another shard by [`Shard::invoke_on`].
+pub type Task = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
+/// A protocol's broadcast as it travels to the other shards ([`ShardMsg::Broadcast`]).
+pub trait Broadcast: Send + Sync {
+    /// Delivers it to the receiving shard's members.
+    fn deliver(self: Arc<Self>, shard: &Rc<Shard>);
+}
+
+/// State every shard of a node can read: the runtime's settings, every shard's counters, the
+/// start time, the connection counts and the shutdown flag. Written only at start-up and when
+/// the node stops.
+pub struct NodeState {
+    pub config: Arc<RuntimeConfig>,
+    pub stats: Vec<Arc<ShardStats>>,
+    pub started: Instant,
+    /// Open connections on the node (`server.max_connections`).
+    pub connections: crate::limits::NodeCounter,
+    /// Open connections per client address (`limits.max_connections_per_ip`).
+    pub ip_counter: Arc<crate::limits::IpCounter>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl NodeState {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        Self {
+            stats: (0..config.shards.len()).map(|_| Arc::new(ShardStats::default())).collect(),
+            config,
+            started: Instant::now(),
+            connections: Default::default(),
+            ip_counter: Default::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the node as stopping; the caller then rings every shard's doorbell.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// What the assembler does on each shard's thread before the shard accepts connections:
+/// register its services and router, spawn their tasks.
+pub type ShardSetup = Arc<dyn Fn(&Rc<Shard>) + Send + Sync>;
 
 /// Why a shard could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +121,10 @@ pub enum ShardError {
 /// Everything a shard thread needs to start, moved onto it.
 pub struct ShardInit {
     pub cfg: ShardConfig,
-    pub node: Arc<NodeShared>,
+    pub node: Arc<NodeState>,
     pub rings: ShardRings<ShardMsg>,
     pub sidecar: SidecarLink,
+    pub setup: ShardSetup,
     /// Where to report the bound listener addresses (or the start error) once accepting.
     pub ready: std::sync::mpsc::Sender<Result<Vec<SocketAddr>, ShardError>>,
 }
@@ -77,7 +133,7 @@ pub struct ShardInit {
 pub struct Shard {
     pub index: usize,
     pub cfg: ShardConfig,
-    pub node: Arc<NodeShared>,
+    pub node: Arc<NodeState>,
     pub stats: Arc<ShardStats>,
     conns: RefCell<Slab<Rc<Conn>>>,
     next_generation: Cell<u32>,
@@ -93,15 +149,13 @@ pub struct Shard {
     /// Messages [`Shard::post`]ed while a ring was full, per destination, in order.
     backlog: RefCell<Vec<std::collections::VecDeque<ShardMsg>>>,
     backlog_waker: RefCell<Option<Waker>>,
-    /// Polling requests forwarded to another shard, waiting for its answer.
-    remote_polls: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<crate::app::Response>>>,
-    next_remote_poll: Cell<u64>,
-    /// This shard's Engine.IO sessions.
-    pub engine: crate::engineio::Engine,
-    /// The applications this shard serves, built on the shard (handlers may be `!Send`).
-    pub apps: crate::app::Apps,
-    /// This shard's part of the identity directory and of the message store.
-    pub chat: crate::chat::Hub,
+    /// The protocols and services the assembler registered here ([`services`]).
+    services: RefCell<services::Services>,
+    /// Who answers each request: the assembler's routes.
+    router: RefCell<Rc<dyn Router>>,
+    /// Frames waiting for room in a session's send queue, and tracked frames in it
+    /// ([`pacing`]).
+    pub(crate) pacing: pacing::Pacing,
     /// Set when the node begins a graceful shutdown.
     pub stopping: LocalEvent,
     /// Set when the last connection is gone after `stopping`.
@@ -134,7 +188,7 @@ pub fn run(init: ShardInit) {
         }
     }
     let cfg = init.node.config.clone();
-    let want_uring = cfg.driver != crate::config::DriverChoice::Epoll;
+    let want_uring = cfg.driver != DriverChoice::Epoll;
     if want_uring {
         let urb = io_uring_builder();
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -149,7 +203,7 @@ pub fn run(init: ShardInit) {
                 rt.block_on(shard_main(init));
                 return;
             }
-            Err(e) if cfg.driver == crate::config::DriverChoice::Auto => {
+            Err(e) if cfg.driver == DriverChoice::Auto => {
                 tracing::warn!(shard = index, error = %e, "io_uring unavailable; falling back to epoll");
             }
             Err(source) => {
@@ -179,13 +233,10 @@ fn io_uring_builder() -> io_uring::Builder {
 }
 
 async fn shard_main(init: ShardInit) {
-    let ShardInit { cfg, node, rings, sidecar, ready } = init;
+    let ShardInit { cfg, node, rings, sidecar, ready, setup } = init;
     let index = cfg.index;
     let ShardRings { outboxes, inboxes, bell, .. } = rings;
     let node_config = node.config.clone();
-    let apps = crate::app::Apps::new(&node_config, &node.factories);
-    let store: Rc<dyn crate::store::Store> = Rc::new(crate::store::MemoryStore::new(node_config.store.clone()));
-    let chat = crate::chat::Hub::new(node_config.chat.clone(), store);
     let shard = Rc::new(Shard {
         index,
         stats: node.stats[index].clone(),
@@ -201,11 +252,9 @@ async fn shard_main(init: ShardInit) {
         next_probe: Cell::new(0),
         backlog: RefCell::new((0..node_config.shards.len()).map(|_| Default::default()).collect()),
         backlog_waker: RefCell::new(None),
-        remote_polls: RefCell::new(HashMap::new()),
-        next_remote_poll: Cell::new(0),
-        engine: crate::engineio::Engine::default(),
-        apps,
-        chat,
+        services: RefCell::default(),
+        router: RefCell::new(Rc::new(route::NotFound)),
+        pacing: pacing::Pacing::default(),
         stopping: LocalEvent::default(),
         drained: LocalEvent::default(),
         read_scratch: RefCell::new(vec![0; node_config.http.read_buffer_bytes]),
@@ -217,8 +266,7 @@ async fn shard_main(init: ShardInit) {
     monoio::spawn(backlog_pump(shard.clone()));
     monoio::spawn(sidecar_pump(shard.clone(), sidecar.rx));
     monoio::spawn(ticker(shard.clone()));
-    monoio::spawn(crate::chat::worker(shard.clone()));
-    monoio::spawn(crate::engineio::heartbeats(shard.clone()));
+    setup(&shard);
     if let Some(c) = node_config.ws.coalesce {
         monoio::spawn(coalesce::flusher(shard.clone(), c.window));
     }
@@ -303,7 +351,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Ok((stream, peer)) => {
                 metrics::add(&shard.stats.connections_total, 1);
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(crate::http::conn::serve(shard.clone(), stream, peer));
+                monoio::spawn(http::serve(shard.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -328,9 +376,9 @@ async fn ring_pump(
             shard.stopping.set();
         }
         loop {
-            // Chat work queues up behind the shard's chat worker; while it is far behind, leave
-            // messages in the rings so their senders feel the backpressure.
-            shard.chat.wait_for_room().await;
+            // Work queues up behind the shard's services (the chat worker); while one is far
+            // behind, leave messages in the rings so their senders feel the backpressure.
+            shard.services_ready().await;
             let n = rings.drain_all(256, |_, msg| shard.handle_ring(msg));
             metrics::add(&shard.stats.ring_received, n as u64);
             if n == 0 {
@@ -387,7 +435,8 @@ async fn ticker(shard: Rc<Shard>) {
         for (_, c) in shard.conns.borrow().iter() {
             shard.check_timers(c, now);
         }
-        shard.chat.publish_stats(&shard.stats);
+        shard.pacing.publish_stats(&shard.stats);
+        shard.each_service(|s| s.on_tick(&shard));
         shard.coalesce.on_tick(cfg.ws.coalesce.as_ref(), &shard.stats, now);
         if !shard.coalesce.is_active() {
             shard.release_held_broadcasts();
@@ -425,7 +474,7 @@ impl Shard {
         let generation = self.next_generation.get().wrapping_add(1);
         self.next_generation.set(generation);
         let conn = Rc::new(Conn::new(
-            SessionId::new(shard, slot, generation),
+            ConnId::new(shard, slot, generation),
             fd,
             Instant::now(),
             self.cfg.send_queue_len,
@@ -458,7 +507,7 @@ impl Shard {
     }
 
     /// The local session with this id, if it is still connected.
-    pub fn session(&self, id: SessionId) -> Option<Rc<Conn>> {
+    pub fn session(&self, id: ConnId) -> Option<Rc<Conn>> {
         if usize::from(id.shard) != self.index {
             return None;
         }
@@ -522,7 +571,7 @@ impl Shard {
     }
 
     /// As [`Shard::deliver`] for a stored chat message; returns the tag that
-    /// [`crate::shard::session::SendQueue::take_written_tag`] reports once a write took it.
+    /// [`conn::SendQueue::take_written_tag`] reports once a write took it.
     pub fn deliver_message(&self, c: &Conn, frame: Bytes) -> u32 {
         let tag = c.next_tag();
         self.deliver_as(c, FrameKind::Owed(tag), frame);
@@ -603,15 +652,13 @@ impl Shard {
                 }
             }
         }
-        if let Some(io) = &self.apps.socketio {
-            io.release_held(self, at_flush);
-        }
+        self.each_service(|s| s.release_held(self, at_flush));
         self.coalesce.end_release();
     }
 
     /// Sends an encoded frame to a session on any shard of this node, without waiting (other
     /// shards through [`Shard::post`]). The local case never touches a ring.
-    pub fn send_to(&self, id: SessionId, frame: Bytes) {
+    pub fn send_to(&self, id: ConnId, frame: Bytes) {
         if usize::from(id.shard) == self.index {
             if let Some(c) = self.session(id) {
                 self.deliver(&c, frame);
@@ -624,7 +671,7 @@ impl Shard {
     /// Sends an encoded frame to every member of `room` on every shard of this node, but
     /// `except`: encoded once, the same bytes go to each shard and each member. Other shards are
     /// reached with [`Shard::post`], so it never waits.
-    pub fn post_room(&self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) {
+    pub fn post_room(&self, room: &Arc<str>, frame: Bytes, except: Option<ConnId>) {
         self.deliver_room(room, &frame, except);
         for to in 0..self.shard_count() {
             if to != self.index {
@@ -633,14 +680,14 @@ impl Shard {
         }
     }
 
-    fn deliver_room(&self, room: &Arc<str>, frame: &Bytes, except: Option<SessionId>) {
+    fn deliver_room(&self, room: &Arc<str>, frame: &Bytes, except: Option<ConnId>) {
         if self.coalesce.is_active() {
             // Held whole, as Socket.IO broadcasts are: see `SocketIo::hold`.
             self.rooms.borrow_mut().hold(room, frame.clone(), except);
             self.coalesce.held_one(&self.stats);
             return;
         }
-        let members: Vec<SessionId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
+        let members: Vec<ConnId> = self.rooms.borrow().members(room).filter(|m| Some(*m) != except).collect();
         for id in members {
             if let Some(c) = self.session(id) {
                 self.deliver_broadcast(&c, frame.clone());
@@ -656,55 +703,48 @@ impl Shard {
                 }
             }
             ShardMsg::ToRoom { room, frame, except } => self.deliver_room(&room, &frame, except),
-            ShardMsg::EioPoll { from, token, sid, post, body } => {
-                let shard = self.clone();
-                monoio::spawn(async move {
-                    let response = crate::engineio::serve_poll(&shard, &sid, post, &body).await;
-                    shard.push_ring(from, ShardMsg::EioPollReply { token, response }).await;
-                });
-            }
-            ShardMsg::EioPollReply { token, response } => {
-                let waiter = self.remote_polls.borrow_mut().remove(&token);
-                if let Some(w) = waiter {
-                    let _ = w.send(response);
-                }
-            }
-            ShardMsg::EioAdopt { fd, sid, leftover, ip } => crate::engineio::adopt(self, fd, &sid, leftover, ip),
-            ShardMsg::Chat(m) => self.chat.accept(*m),
-            ShardMsg::SioBroadcast(b) => {
-                if let Some(io) = &self.apps.socketio {
-                    io.deliver_local(self, &b);
-                }
-            }
-            ShardMsg::SioRestore { from, token, pid, offset } => {
-                if let Some(io) = &self.apps.socketio {
-                    io.on_restore_request(self, from, token, &pid, offset.as_deref());
-                }
-            }
-            ShardMsg::SioRestored { token, result } => {
-                if let Some(io) = &self.apps.socketio {
-                    io.on_restored(token, result);
-                }
-            }
+            ShardMsg::Broadcast(b) => b.deliver(self),
+            ShardMsg::Invoke(task) => task(self),
         }
     }
 
-    /// Runs an Engine.IO polling request on the shard that owns its session and waits for the
-    /// answer. Bounded: a lost answer (ring `drop` policy) becomes a 503 after one heartbeat.
-    pub async fn forward_poll(&self, owner: usize, sid: String, post: bool, body: Bytes) -> crate::app::Response {
+    /// Runs `task` on shard `to` without waiting (seastar's `invoke_on`): at once when `to` is
+    /// this shard, otherwise over the ring ([`Shard::post`], ordered behind earlier posts).
+    pub fn invoke_on(self: &Rc<Self>, to: usize, task: impl FnOnce(&Rc<Shard>) + Send + 'static) {
+        if to == self.index {
+            task(self);
+        } else {
+            self.post(to, ShardMsg::Invoke(Box::new(task)));
+        }
+    }
+
+    /// Runs `f` on shard `owner` and waits for its answer (seastar's `submit_to`). The answer
+    /// comes back over the ring to this shard. `None` when the message or its answer was
+    /// dropped (`rings.full_policy = "drop"`) or the node is stopping; callers bound the wait
+    /// with their own timeout.
+    pub async fn call<R, F, Fut>(self: &Rc<Self>, owner: usize, f: F) -> Option<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = R> + 'static,
+    {
+        if owner == self.index {
+            return Some(f(self.clone()).await);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let token = self.next_remote_poll.get().wrapping_add(1);
-        self.next_remote_poll.set(token);
-        self.remote_polls.borrow_mut().insert(token, tx);
-        self.push_ring(owner, ShardMsg::EioPoll { from: self.index, token, sid, post, body }).await;
-        let eio = &self.node.config.eio;
-        let limit = eio.ping_interval + eio.ping_timeout + Duration::from_secs(1);
-        let answer = monoio::select! {
-            r = rx => r.ok(),
-            _ = monoio::time::sleep(limit) => None,
-        };
-        self.remote_polls.borrow_mut().remove(&token);
-        answer.unwrap_or_else(|| crate::app::Response::new(503, "text/plain", "session owner did not answer\n"))
+        let from = self.index;
+        self.push_ring(
+            owner,
+            ShardMsg::Invoke(Box::new(move |owner: &Rc<Shard>| {
+                let owner = owner.clone();
+                monoio::spawn(async move {
+                    let answer = f(owner.clone()).await;
+                    owner.post(from, ShardMsg::Invoke(Box::new(move |_: &Rc<Shard>| drop(tx.send(answer)))));
+                });
+            })),
+        )
+        .await;
+        rx.await.ok()
     }
 
     /// Sends a message to shard `to` without waiting, for code that cannot await (handlers).
@@ -739,18 +779,6 @@ impl Shard {
         if let Some(w) = self.backlog_waker.borrow_mut().take() {
             w.wake();
         }
-    }
-
-    /// Hands an upgraded connection to the shard that owns its Engine.IO session.
-    pub async fn hand_off(
-        &self,
-        owner: usize,
-        fd: std::os::fd::OwnedFd,
-        sid: String,
-        leftover: Vec<u8>,
-        ip: Option<crate::limits::IpGuard>,
-    ) {
-        self.push_ring(owner, ShardMsg::EioAdopt { fd, sid, leftover, ip }).await;
     }
 
     /// Pushes onto the ring to shard `to`, applying `rings.full_policy` when it is full. The
@@ -802,6 +830,28 @@ impl Shard {
         .await
     }
 
+    /// Resolves once every service can take more work from the rings
+    /// ([`ShardService::poll_ring_ready`]).
+    async fn services_ready(&self) {
+        if !self.services.borrow().has_hooks() {
+            return;
+        }
+        let hooks = self.services.borrow().hooks();
+        for h in hooks.iter() {
+            poll_fn(|cx| h.poll_ring_ready(cx)).await;
+        }
+    }
+
+    /// The router the assembler set ([`Shard::set_router`]).
+    pub fn router(&self) -> Rc<dyn Router> {
+        self.router.borrow().clone()
+    }
+
+    /// Sets who answers this shard's requests; for the assembler.
+    pub fn set_router(&self, router: Rc<dyn Router>) {
+        *self.router.borrow_mut() = router;
+    }
+
     /// Asks the sidecar for its health, without ever blocking the shard: a full channel or a
     /// late answer is reported as unavailable.
     pub async fn probe_sidecar(&self) -> Option<SidecarHealth> {
@@ -827,7 +877,7 @@ impl Shard {
     /// Graceful shutdown, after the listeners are closed: WebSockets get close 1001 after their
     /// queued frames, idle HTTP connections are closed, busy ones finish their response.
     fn begin_drain(&self) {
-        self.engine.close_all(self);
+        self.each_service(|s| s.on_drain(self));
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
         for c in &conns {
             match c.phase.get() {

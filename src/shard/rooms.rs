@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::session::SessionId;
+use super::conn::ConnId;
 
 #[derive(Default)]
 pub struct RoomTable {
-    members: HashMap<Arc<str>, HashSet<SessionId>>,
-    rooms_of: HashMap<SessionId, HashSet<Arc<str>>>,
+    members: HashMap<Arc<str>, HashSet<ConnId>>,
+    rooms_of: HashMap<ConnId, HashSet<Arc<str>>>,
     /// Room messages held for the shard's coalesced flush, oldest first.
     held: Vec<HeldRoom>,
 }
@@ -22,20 +22,20 @@ pub struct RoomTable {
 struct HeldRoom {
     room: Arc<str>,
     /// Each message, and the session it leaves out (its sender).
-    frames: Vec<(Bytes, Option<SessionId>)>,
+    frames: Vec<(Bytes, Option<ConnId>)>,
     /// The members they go to, fixed when membership changed after they were sent; until then,
     /// the members at the release.
-    members: Option<Vec<SessionId>>,
+    members: Option<Vec<ConnId>>,
 }
 
 /// Held room messages on their way out: who gets them, and each message with the session it
 /// leaves out.
-pub type Released = (Vec<SessionId>, Vec<(Bytes, Option<SessionId>)>);
+pub type Released = (Vec<ConnId>, Vec<(Bytes, Option<ConnId>)>);
 
 impl RoomTable {
     /// Holds a message to `room` for the shard's next flush; messages to the same room in a row
     /// reach its members in one pass.
-    pub fn hold(&mut self, room: &Arc<str>, frame: Bytes, except: Option<SessionId>) {
+    pub fn hold(&mut self, room: &Arc<str>, frame: Bytes, except: Option<ConnId>) {
         match self.held.last_mut() {
             Some(g) if g.members.is_none() && g.room == *room => g.frames.push((frame, except)),
             _ => self.held.push(HeldRoom { room: room.clone(), frames: vec![(frame, except)], members: None }),
@@ -63,7 +63,7 @@ impl RoomTable {
     }
 
     /// Adds `id` to `room`; returns false when it was already a member.
-    pub fn join(&mut self, room: &str, id: SessionId) -> bool {
+    pub fn join(&mut self, room: &str, id: ConnId) -> bool {
         self.fix_held();
         let room: Arc<str> = match self.members.get_key_value(room) {
             Some((k, _)) => k.clone(),
@@ -75,7 +75,7 @@ impl RoomTable {
     }
 
     /// Removes `id` from `room`; an emptied room is dropped.
-    pub fn leave(&mut self, room: &str, id: SessionId) -> bool {
+    pub fn leave(&mut self, room: &str, id: ConnId) -> bool {
         self.fix_held();
         let removed = match self.members.get_mut(room) {
             Some(set) => {
@@ -97,7 +97,7 @@ impl RoomTable {
     }
 
     /// Removes `id` from every room (on disconnect).
-    pub fn leave_all(&mut self, id: SessionId) {
+    pub fn leave_all(&mut self, id: ConnId) {
         self.fix_held();
         if let Some(rooms) = self.rooms_of.remove(&id) {
             for room in rooms {
@@ -111,7 +111,7 @@ impl RoomTable {
         }
     }
 
-    pub fn members(&self, room: &str) -> impl Iterator<Item = SessionId> + '_ {
+    pub fn members(&self, room: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.members.get(room).into_iter().flat_map(|s| s.iter().copied())
     }
 
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn held_messages_go_to_the_members_of_when_they_were_sent() {
         let mut t = RoomTable::default();
-        let (a, b, c) = (SessionId::new(0, 1, 1), SessionId::new(0, 2, 1), SessionId::new(0, 3, 1));
+        let (a, b, c) = (ConnId::new(0, 1, 1), ConnId::new(0, 2, 1), ConnId::new(0, 3, 1));
         let r: Arc<str> = "r".into();
         t.join("r", a);
         t.hold(&r, Bytes::from_static(b"1"), None);
@@ -140,19 +140,19 @@ mod tests {
         t.leave("r", b);
         let held = t.take_held();
         assert!(t.take_held().is_empty(), "taken once");
-        let sorted = |mut m: Vec<SessionId>| {
+        let sorted = |mut m: Vec<ConnId>| {
             m.sort_by_key(|s| s.slot);
             m
         };
-        let shape: Vec<(Vec<SessionId>, usize)> = held.into_iter().map(|(m, f)| (sorted(m), f.len())).collect();
+        let shape: Vec<(Vec<ConnId>, usize)> = held.into_iter().map(|(m, f)| (sorted(m), f.len())).collect();
         assert_eq!(shape, vec![(vec![a], 2), (vec![a, b], 1), (vec![b, c], 1)]);
     }
 
     #[test]
     fn join_leave_and_cleanup() {
         let mut t = RoomTable::default();
-        let a = SessionId::new(0, 1, 1);
-        let b = SessionId::new(0, 2, 1);
+        let a = ConnId::new(0, 1, 1);
+        let b = ConnId::new(0, 2, 1);
         assert!(t.join("r", a));
         assert!(!t.join("r", a));
         t.join("r", b);

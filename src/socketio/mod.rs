@@ -20,9 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::engineio::packet::{Packet as EioPacket, Payload};
-use crate::engineio::{self, EioApp, EioSession, Prepared};
-use crate::shard::session::SessionId;
-use crate::shard::{Shard, ShardMsg};
+use crate::engineio::{self, EioApp, EioSession, Prepared, Sid};
+use crate::shard::{Broadcast, Shard, ShardMsg, ShardService};
 use packet::{BinaryAssembler, Packet, PacketKind};
 use recovery::{Logged, RecoveryConfig, Restored, Stored};
 
@@ -231,7 +230,7 @@ impl Socket {
 
     /// Emits an event with binary attachments (`args_tail` holds the placeholders).
     pub fn emit_binary(&self, shard: &Shard, event: &str, args_tail: &str, binaries: Vec<Bytes>) {
-        let offset = shard.apps.socketio.as_ref().and_then(|io| io.next_offset(shard));
+        let offset = shard.service::<SocketIo>().and_then(|io| io.next_offset(shard));
         let Some(offset) = offset else {
             let text = packet::encode_event(&self.nsp, None, event, args_tail, binaries.len());
             return self.send(shard, text, binaries);
@@ -245,7 +244,8 @@ impl Socket {
     }
 
     fn record(&self, shard: &Shard, offset: &Arc<str>, text: &Bytes, binaries: &[Bytes]) {
-        let max = shard.apps.socketio.as_ref().and_then(|io| io.cfg.recovery.as_ref()).map_or(0, |r| r.max_packets);
+        let io = shard.service::<SocketIo>();
+        let max = io.as_ref().and_then(|io| io.cfg.recovery.as_ref()).map_or(0, |r| r.max_packets);
         recovery::push_bounded(&mut self.log.borrow_mut(), (offset.clone(), text.clone(), binaries.to_vec()), max);
     }
 
@@ -349,7 +349,7 @@ impl Socket {
         self.send(shard, packet::encode_disconnect(&self.nsp), Vec::new());
         io.remove_socket(shard, self, "server namespace disconnect");
         if close {
-            engineio::close(shard, &self.eio, "forced close", true);
+            engineio::close(shard, &self.eio, engineio::CloseReason::ForcedClose, true);
         }
     }
 
@@ -389,6 +389,20 @@ impl RemoteBroadcast {
     /// Whether `other` goes to the same sockets, but perhaps for the sender it leaves out.
     fn same_targets(&self, other: &RemoteBroadcast) -> bool {
         self.nsp == other.nsp && self.rooms == other.rooms && self.except_rooms == other.except_rooms
+    }
+}
+
+impl Broadcast for RemoteBroadcast {
+    fn deliver(self: Arc<Self>, shard: &Rc<Shard>) {
+        if let Some(io) = shard.service::<SocketIo>() {
+            io.deliver_local(shard, &self);
+        }
+    }
+}
+
+impl ShardService for SocketIo {
+    fn release_held(&self, shard: &Shard, at_flush: bool) {
+        self.release(shard, at_flush);
     }
 }
 
@@ -466,7 +480,7 @@ type RoomIndex = HashMap<Rc<str>, Members>;
 pub struct SocketIo {
     cfg: SioConfig,
     namespaces: Vec<Namespace>,
-    conns: RefCell<HashMap<SessionId, Rc<SioConn>>>,
+    conns: RefCell<HashMap<Sid, Rc<SioConn>>>,
     /// Namespace → room → socket id → socket, for this shard's sockets.
     rooms: RefCell<HashMap<Rc<str>, RoomIndex>>,
     /// Namespace → socket id → socket.
@@ -474,9 +488,6 @@ pub struct SocketIo {
     /// Disconnected sockets that may still be recovered, by private id.
     stored: RefCell<HashMap<Rc<str>, Stored>>,
     next_offset: Cell<u64>,
-    /// Recoveries asked of other shards, waiting for their answer.
-    restores: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<Option<Restored>>>>,
-    next_restore: Cell<u64>,
     /// Broadcasts held for the shard's next coalesced flush, oldest first.
     held: RefCell<Vec<Held>>,
 }
@@ -491,8 +502,6 @@ impl SocketIo {
             sockets: RefCell::new(HashMap::new()),
             stored: RefCell::new(HashMap::new()),
             next_offset: Cell::new(0),
-            restores: RefCell::new(HashMap::new()),
-            next_restore: Cell::new(0),
             held: RefCell::new(Vec::new()),
         }
     }
@@ -542,10 +551,11 @@ impl SocketIo {
             binaries,
         });
         self.deliver_local(shard, &msg);
-        let shards = shard.node.config.shards.len();
+        let shards = shard.shard_count();
         if shards > 1 {
+            let remote: Arc<dyn Broadcast> = msg.clone();
             for to in (0..shards).filter(|&to| to != shard.index) {
-                shard.post(to, ShardMsg::SioBroadcast(msg.clone()));
+                shard.post(to, ShardMsg::Broadcast(remote.clone()));
             }
         }
     }
@@ -644,7 +654,7 @@ impl SocketIo {
     /// Sends the held broadcasts, in order; [`Shard::release_held`] calls it. At the flush they
     /// are written at once; released early (something else is sent first), they are ordinary
     /// broadcasts that the writer may still hold.
-    pub(crate) fn release_held(&self, shard: &Shard, at_flush: bool) {
+    fn release(&self, shard: &Shard, at_flush: bool) {
         let groups = std::mem::take(&mut *self.held.borrow_mut());
         for g in groups {
             let targets = match g.targets {
@@ -738,35 +748,25 @@ impl SocketIo {
         let Some(claim) = claim else {
             return self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), None);
         };
-        match recovery::owner_of(&claim.pid).filter(|&o| o != shard.index && o < shard.node.config.shards.len()) {
+        match recovery::owner_of(&claim.pid).filter(|&o| o != shard.index && o < shard.shard_count()) {
             None => {
                 let restored = self.take_stored(&claim.pid, claim.offset.as_deref());
                 self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), restored);
             }
             Some(owner) => {
                 // The socket lived on another shard: ask it for the state, then connect here.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let token = self.next_restore.get().wrapping_add(1);
-                self.next_restore.set(token);
-                self.restores.borrow_mut().insert(token, tx);
-                shard.post(
-                    owner,
-                    ShardMsg::SioRestore {
-                        from: shard.index,
-                        token,
-                        pid: claim.pid.clone(),
-                        offset: claim.offset.clone(),
-                    },
-                );
+                let (pid, offset) = (claim.pid, claim.offset);
+                let ask = move |owner: Rc<Shard>| async move {
+                    owner.service::<SocketIo>().and_then(|io| io.take_stored(&pid, offset.as_deref()))
+                };
+                let Some(shard) = crate::shard::current() else { return };
                 let (eio, conn) = (eio.clone(), conn.clone());
                 monoio::spawn(async move {
                     let restored = monoio::select! {
-                        r = rx => r.ok().flatten(),
+                        r = shard.call(owner, ask) => r.flatten(),
                         _ = monoio::time::sleep(Duration::from_secs(2)) => None,
                     };
-                    let Some(shard) = crate::shard::current() else { return };
-                    let Some(io) = shard.apps.socketio.clone() else { return };
-                    io.restores.borrow_mut().remove(&token);
+                    let Some(io) = shard.service::<SocketIo>() else { return };
                     if !eio.is_closed() {
                         io.finish_connect(&shard, &eio, &conn, ns_index, nsp, auth.as_deref(), restored);
                     }
@@ -879,7 +879,7 @@ impl SocketIo {
         self.stored.borrow_mut().insert(pid.clone(), stored);
         monoio::spawn(async move {
             monoio::time::sleep(window).await;
-            if let Some(io) = crate::shard::current().and_then(|s| s.apps.socketio.clone()) {
+            if let Some(io) = crate::shard::current().and_then(|s| s.service::<SocketIo>()) {
                 io.stored.borrow_mut().remove(&pid);
             }
         });
@@ -889,19 +889,6 @@ impl SocketIo {
     fn take_stored(&self, pid: &str, offset: Option<&str>) -> Option<Restored> {
         let stored = self.stored.borrow_mut().remove(pid)?;
         stored.restore(pid, offset)
-    }
-
-    /// Another shard asks for a socket stored here; the answer goes back over the ring.
-    pub fn on_restore_request(&self, shard: &Shard, from: usize, token: u64, pid: &str, offset: Option<&str>) {
-        let result = self.take_stored(pid, offset);
-        shard.post(from, ShardMsg::SioRestored { token, result });
-    }
-
-    /// The answer to a recovery asked of another shard.
-    pub fn on_restored(&self, token: u64, result: Option<Restored>) {
-        if let Some(w) = self.restores.borrow_mut().remove(&token) {
-            let _ = w.send(result);
-        }
     }
 
     fn dispatch(&self, shard: &Shard, eio: &Rc<EioSession>, conn: &Rc<SioConn>, p: Packet, binaries: Vec<Bytes>) {
@@ -933,7 +920,7 @@ impl SocketIo {
                 }
             }
             PacketKind::ConnectError => {
-                engineio::close(shard, eio, "parse error", false);
+                engineio::close(shard, eio, engineio::CloseReason::ParseError, false);
             }
         }
     }
@@ -956,7 +943,8 @@ fn authenticate(
             return Ok(i.clone());
         }
     }
-    crate::app::identify(shard, token.as_deref()).map(Rc::new)
+    let gate = shard.service::<crate::auth::Gate>().ok_or(crate::auth::AuthError::Unavailable)?;
+    gate.identify(token.as_deref()).map(Rc::new)
 }
 
 /// A Socket.IO socket id: 120 random bits as 20 base64url characters.
@@ -987,8 +975,8 @@ impl EioApp for SocketIo {
         // A connection that joins no namespace in time is closed; when a token is required,
         // the auth timeout bounds that wait too.
         let mut timeout = self.cfg.connect_timeout;
-        if _shard.node.auth.requires_token() {
-            timeout = timeout.min(_shard.node.config.auth.timeout);
+        if let Some(gate) = _shard.service::<crate::auth::Gate>().filter(|g| g.requires_token()) {
+            timeout = timeout.min(gate.timeout);
         }
         let s = s.clone();
         monoio::spawn(async move {
@@ -999,7 +987,7 @@ impl EioApp for SocketIo {
             }
             let Some(shard) = crate::shard::current() else { return };
             if !conn.joined.is_set() && !s.is_closed() {
-                engineio::close(&shard, &s, "connect timeout", true);
+                engineio::close(&shard, &s, engineio::CloseReason::ConnectTimeout, true);
             }
         });
     }
@@ -1019,7 +1007,7 @@ impl EioApp for SocketIo {
                 for socket in sockets {
                     socket.emit(shard, "error", &data);
                 }
-                engineio::close(shard, s, "rate limited", true);
+                engineio::close(shard, s, engineio::CloseReason::RateLimited, true);
                 return;
             }
         }
@@ -1035,16 +1023,16 @@ impl EioApp for SocketIo {
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(sid = %s.sid, error = %e, "closing connection on a bad packet");
-                engineio::close(shard, s, "parse error", false);
+                engineio::close(shard, s, engineio::CloseReason::ParseError, false);
             }
         }
     }
 
-    fn on_close(&self, shard: &Shard, s: &Rc<EioSession>, reason: &'static str) {
+    fn on_close(&self, shard: &Shard, s: &Rc<EioSession>, reason: engineio::CloseReason) {
         let Some(conn) = self.conns.borrow_mut().remove(&s.id) else { return };
         let sockets: Vec<Rc<Socket>> = conn.sockets.borrow_mut().drain().map(|(_, s)| s).collect();
         for socket in sockets {
-            self.remove_socket(shard, &socket, reason);
+            self.remove_socket(shard, &socket, reason.as_str());
         }
     }
 }

@@ -1,9 +1,5 @@
-//! Session ids, the per-session bounded send queue and the connection entry kept in each shard's
-//! slab.
-//!
-//! A [`SessionId`] names its owning shard and slab slot, so any shard can route to a session
-//! without a global map; the slot's generation and 64 random bits make a stale or guessed id
-//! miss instead of reaching whoever holds the slot now.
+//! Connection ids, the per-connection bounded send queue and the connection entry kept in each
+//! shard's slab.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -13,73 +9,43 @@ use std::str::FromStr;
 use std::task::Waker;
 use std::time::Instant;
 
-use base64::Engine as _;
 use bytes::Bytes;
 
-use crate::config::Backpressure;
+use super::config::Backpressure;
 use crate::metrics::CloseReason;
+use crate::util::slot_id::{BadSlotId, SlotId};
 
-/// Globally unique, unguessable session id: owning shard, slab slot, slot generation and 64
-/// bits from a CSPRNG. Rendered as 24 base64url characters.
+/// A connection's id: the [`SlotId`] of its entry in its shard's slab. Routes a frame to its
+/// connection from any shard; a distinct type from Engine.IO's session ids, which name entries
+/// of another table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId {
-    pub shard: u16,
-    pub slot: u32,
-    pub generation: u32,
-    pub nonce: u64,
-}
+pub struct ConnId(pub SlotId);
 
-const ID_BYTES: usize = 18;
-
-impl SessionId {
-    /// A fresh id for `slot` on `shard`, with 64 bits from the thread's CSPRNG (ChaCha12 seeded
-    /// from the OS).
+impl ConnId {
     pub fn new(shard: u16, slot: u32, generation: u32) -> Self {
-        Self { shard, slot, generation, nonce: rand::random::<u64>() }
-    }
-
-    fn to_bytes(self) -> [u8; ID_BYTES] {
-        let mut b = [0u8; ID_BYTES];
-        b[0..2].copy_from_slice(&self.shard.to_be_bytes());
-        b[2..6].copy_from_slice(&self.slot.to_be_bytes());
-        b[6..10].copy_from_slice(&self.generation.to_be_bytes());
-        b[10..18].copy_from_slice(&self.nonce.to_be_bytes());
-        b
+        Self(SlotId::new(shard, slot, generation))
     }
 }
 
-impl fmt::Display for SessionId {
+impl std::ops::Deref for ConnId {
+    type Target = SlotId;
+
+    fn deref(&self) -> &SlotId {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = [0u8; 24];
-        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode_slice(self.to_bytes(), &mut out)
-            .map_err(|_| fmt::Error)?;
-        f.write_str(std::str::from_utf8(&out[..n]).map_err(|_| fmt::Error)?)
+        self.0.fmt(f)
     }
 }
 
-/// A string that is not a session id.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed session id")]
-pub struct BadSessionId;
+impl FromStr for ConnId {
+    type Err = BadSlotId;
 
-impl FromStr for SessionId {
-    type Err = BadSessionId;
-
-    fn from_str(s: &str) -> Result<Self, BadSessionId> {
-        if s.len() != 24 {
-            return Err(BadSessionId);
-        }
-        let mut b = [0u8; ID_BYTES];
-        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(s, &mut b).map_err(|_| BadSessionId)?;
-        if n != ID_BYTES {
-            return Err(BadSessionId);
-        }
-        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
-        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let mut nonce = [0u8; 8];
-        nonce.copy_from_slice(&b[10..18]);
-        Ok(SessionId { shard: u16_at(0), slot: u32_at(2), generation: u32_at(6), nonce: u64::from_be_bytes(nonce) })
+    fn from_str(s: &str) -> Result<Self, BadSlotId> {
+        s.parse().map(Self)
     }
 }
 
@@ -95,7 +61,7 @@ pub enum FrameKind {
     /// Data that must leave in a socket write of its own, after which the writer takes more
     /// (a reply a client may expect to read apart from what follows it).
     DataFlush,
-    /// Data the server owes the session (chat): a stored message, tagged so that its session
+    /// Data the server owes the session (paced): a tracked frame (a stored message), tagged so that its session
     /// can tell when a write took it ([`SendQueue::take_written_tag`]; tags grow with each
     /// message), or, with tag 0, an ack or error about the client's own message. Counts as data,
     /// but `drop_oldest` never drops it to make room.
@@ -316,7 +282,7 @@ pub enum Phase {
 /// One connection in a shard's slab. Lives in an `Rc`; shared by the connection's reader task,
 /// its writer task and the shard's timer, all on the same thread.
 pub struct Conn {
-    pub id: SessionId,
+    pub id: ConnId,
     pub fd: RawFd,
     pub phase: Cell<Phase>,
     /// When the current HTTP phase's deadline passes.
@@ -346,14 +312,14 @@ pub struct Conn {
     /// The writer holds broadcasts for the shard's next coalesced flush
     /// ([`crate::shard::coalesce::Coalescer::hold`]): another broadcast need not wake it.
     pub holding: Cell<bool>,
-    /// Stored chat messages wait for room in this session's queue (`chat::Hub::refill`).
+    /// Paced frames wait for room in this session's queue ([`super::Shard::refill`]).
     pub backlogged: Cell<bool>,
-    /// The tag of the last stored chat message queued ([`FrameKind::Owed`]).
+    /// The tag of the last tracked frame queued ([`FrameKind::Owed`]).
     last_tag: Cell<u32>,
 }
 
 impl Conn {
-    pub fn new(id: SessionId, fd: RawFd, now: Instant, queue_len: usize, policy: Backpressure) -> Self {
+    pub fn new(id: ConnId, fd: RawFd, now: Instant, queue_len: usize, policy: Backpressure) -> Self {
         Self {
             id,
             fd,
@@ -398,7 +364,7 @@ impl Conn {
         r
     }
 
-    /// The tag for the next stored chat message queued on this session; never 0.
+    /// The tag for the next tracked frame queued on this session; never 0.
     pub fn next_tag(&self) -> u32 {
         let t = self.last_tag.get().wrapping_add(1).max(1);
         self.last_tag.set(t);
@@ -461,13 +427,13 @@ mod tests {
 
     #[test]
     fn id_roundtrips_and_rejects_garbage() {
-        let id = SessionId::new(3, 77, 9);
+        let id = ConnId::new(3, 77, 9);
         let s = id.to_string();
         assert_eq!(s.len(), 24);
-        assert_eq!(s.parse::<SessionId>(), Ok(id));
-        assert_eq!("short".parse::<SessionId>(), Err(BadSessionId));
-        assert_eq!("!!!!!!!!!!!!!!!!!!!!!!!!".parse::<SessionId>(), Err(BadSessionId));
-        assert_ne!(SessionId::new(3, 77, 9).nonce, id.nonce);
+        assert_eq!(s.parse::<ConnId>(), Ok(id));
+        assert_eq!("short".parse::<ConnId>(), Err(BadSlotId));
+        assert_eq!("!!!!!!!!!!!!!!!!!!!!!!!!".parse::<ConnId>(), Err(BadSlotId));
+        assert_ne!(ConnId::new(3, 77, 9).nonce, id.nonce);
     }
 
     #[test]

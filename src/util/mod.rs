@@ -1,5 +1,7 @@
 //! Small single-thread synchronisation helpers for code running on a shard.
 
+pub mod slot_id;
+
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
 

@@ -14,12 +14,12 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use super::http_date;
-use super::parse::{parse_head, write_response, HttpError, Limits, Parsed};
-use crate::app::{self, Response, Route};
+use super::conn::{Conn, Phase};
+use super::route::{Adopt, Route, WsHandler};
+use super::{Shard, ShardMsg};
+use crate::http::parse::{parse_head, write_response, HttpError, Limits, Parsed};
+use crate::http::{http_date, Response};
 use crate::metrics::{self, CloseReason};
-use crate::shard::session::{Conn, Phase};
-use crate::shard::Shard;
 use crate::ws::handshake::{validate_upgrade, write_upgrade_response, HandshakeError};
 
 /// What a connection reads a request into at first: most request heads fit, and a connection
@@ -48,7 +48,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         Ended::Upgraded(stream, leftover, handler) => {
             // The session runs as a task of its own, so this one ends and frees everything the
             // HTTP phase needed: a long-lived session keeps only its own state.
-            monoio::spawn(crate::ws::session::run(shard, conn, stream, leftover, handler, ip));
+            monoio::spawn(super::websocket::run(shard, conn, stream, leftover, handler, ip));
         }
     }
 }
@@ -58,7 +58,7 @@ enum Ended {
     /// The connection is closed (or moved to another shard), for this reason.
     Closed(CloseReason),
     /// It was upgraded to a WebSocket session served on this shard, starting with `leftover`.
-    Upgraded(TcpStream, Vec<u8>, Rc<dyn crate::ws::WsHandler>),
+    Upgraded(TcpStream, Vec<u8>, Rc<dyn WsHandler>),
 }
 
 impl From<CloseReason> for Ended {
@@ -117,7 +117,8 @@ async fn http_loop(
             conn.phase.set(Phase::HttpBusy);
             metrics::add(&shard.stats.http_requests, 1);
             let keep_alive = head.keep_alive && !shard.stopping.is_set();
-            match app::route(shard, &head) {
+            let route = shard.router().route(shard, &head);
+            match route {
                 Route::WebSocket(handler) => match validate_upgrade(&head) {
                     Ok(accept) => {
                         write_upgrade_response(&mut out, &accept, None);
@@ -132,14 +133,14 @@ async fn http_loop(
                         return CloseReason::Protocol.into();
                     }
                 },
-                Route::HandOff { owner, sid } => {
+                Route::HandOff { owner, adopt } => {
                     return Ended::Closed(match validate_upgrade(&head) {
                         Ok(accept) => {
                             write_upgrade_response(&mut out, &accept, None);
                             if flush(shard, conn, &mut stream, &mut out).await.is_err() {
                                 return CloseReason::Io.into();
                             }
-                            Box::pin(hand_off(shard, stream, owner, sid, buf[body_end..].to_vec(), ip.take())).await
+                            Box::pin(hand_off(shard, stream, owner, adopt, buf[body_end..].to_vec(), ip.take())).await
                         }
                         Err(e) => {
                             handshake_error(&mut out, &e);
@@ -148,11 +149,12 @@ async fn http_loop(
                         }
                     });
                 }
-                Route::Http(r) => {
+                Route::Http(handler) => {
                     let body = &buf[start + head.head_len..body_end];
-                    let resp = Box::pin(app::respond(shard, r, &head, body)).await;
+                    let resp = handler.respond(shard, &head, body).await;
                     write(&mut out, &resp, keep_alive);
                 }
+                Route::Fixed(resp) => write(&mut out, &resp, keep_alive),
             }
             start = body_end;
             if !keep_alive {
@@ -216,12 +218,12 @@ async fn http_loop(
 
 /// Moves an upgraded socket to the shard that owns its session: a duplicate of the descriptor
 /// travels over the ring and this shard's copy is closed, so the socket is registered with one
-/// driver at a time.
+/// driver at a time. On the owner, `adopt` says who serves it.
 async fn hand_off(
     shard: &Shard,
     stream: TcpStream,
     owner: usize,
-    sid: String,
+    adopt: Adopt,
     leftover: Vec<u8>,
     ip: Option<crate::limits::IpGuard>,
 ) -> CloseReason {
@@ -233,23 +235,33 @@ async fn hand_off(
     }
     // SAFETY: `fd` was just returned by `dup` and is owned by nothing else.
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    shard.hand_off(owner, owned, sid, leftover, ip).await;
+    let task = move |shard: &Rc<Shard>| {
+        // Without a handler the session ended meanwhile: the socket closes when dropped.
+        let Some(handler) = adopt(shard) else { return };
+        let std_stream = std::net::TcpStream::from(owned);
+        if std_stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(stream) = TcpStream::from_std(std_stream) else { return };
+        monoio::spawn(serve_adopted(shard.clone(), stream, leftover, handler, ip));
+    };
+    shard.push_ring(owner, ShardMsg::Invoke(Box::new(task))).await;
     CloseReason::Moved
 }
 
 /// Serves a WebSocket that another shard accepted and upgraded, until it closes.
-pub async fn serve_adopted(
+async fn serve_adopted(
     shard: Rc<Shard>,
     stream: TcpStream,
     leftover: Vec<u8>,
-    handler: Rc<dyn crate::ws::WsHandler>,
+    handler: Rc<dyn WsHandler>,
     ip: Option<crate::limits::IpGuard>,
 ) {
     let Some(conn) = shard.register(stream.as_raw_fd()) else {
         shard.stats.closed(CloseReason::Limit);
         return;
     };
-    crate::ws::session::run(shard, conn, stream, leftover, handler, ip).await;
+    super::websocket::run(shard, conn, stream, leftover, handler, ip).await;
 }
 
 fn set_phase(conn: &Conn, phase: Phase, timeout: std::time::Duration) {

@@ -19,11 +19,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, S
 use monoio::net::TcpStream;
 use tungstenite::Message;
 
-use super::codec::{CodecLimits, WsCodec, WsError};
-use super::WsHandler;
+use super::conn::{Conn, Enqueued, FrameKind, Phase};
+use super::route::WsHandler;
+use super::Shard;
 use crate::metrics::{self, CloseReason};
-use crate::shard::session::{Conn, Enqueued, FrameKind, Phase};
-use crate::shard::Shard;
+use crate::ws::codec::{CodecLimits, WsCodec, WsError};
 
 /// A session's own read buffer, which its pending read holds while the session waits for the
 /// peer. Small, because most sessions are idle or exchange small messages; a read that fills
@@ -70,9 +70,9 @@ pub async fn run(
     // and one task per session instead of two.
     monoio::join!(read_loop(&shard, &conn, rd, leftover, &*handler), write_loop(&shard, &conn, wr));
     handler.on_close(&shard, &conn);
-    // Whatever still waited for room in the queue (paced chat frames, IM acks) goes back to
-    // its recipients' home shards or is dropped with the session: here, for every endpoint.
-    shard.chat.drop_pending(&shard, conn.id);
+    // Whatever still waited for room in the queue, or was queued and never written (paced
+    // frames: stored messages, acks), goes back to its senders: here, for every endpoint.
+    shard.drop_paced(conn.id);
     shard.stats.websockets_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     shard.unregister(&conn);
     shard.stats.closed(conn.close_reason.get().unwrap_or(CloseReason::Client));
@@ -199,8 +199,8 @@ const WRITER_TURN: Duration = Duration::from_millis(1);
 /// in-flight write can complete) and stops reading meanwhile, so TCP pushes back on the sender.
 /// If the queue is still full, or the writer has completed no write since the last such pause
 /// (the peer really is not reading), the policy applies. `paused_at` remembers the writer's
-/// progress at the last pause. A session whose queue is full of paced chat frames (acks,
-/// stored messages; see `chat::deliver_paced`) instead waits for room for as long as the write
+/// progress at the last pause. A session whose queue is full of paced frames (acks,
+/// stored messages; see [`Shard::deliver_paced`]) instead waits for room for as long as the write
 /// timeout allows: those frames are never dropped, so the client is throttled, not closed.
 async fn process_all(
     shard: &Shard,
@@ -349,12 +349,12 @@ async fn write_loop(shard: &Shard, conn: &Conn, mut wr: OwnedWriteHalf<TcpStream
         metrics::add(&shard.stats.ws_writes, 1);
         let written = conn.queue.borrow_mut().take_written_tag();
         if written != 0 {
-            // Stored chat messages this write took need no routing again if the session ends.
-            shard.chat.written(conn.id, written);
+            // Tracked frames this write took need no routing again if the session ends.
+            shard.written(conn.id, written);
         }
         if conn.backlogged.get() {
-            // Messages waiting for room in the queue (chat deliveries) come in as it drains.
-            shard.chat.refill(shard, conn);
+            // Paced frames waiting for room in the queue come in as it drains.
+            shard.refill(conn);
         }
         conn.wake_reader();
         if close {
