@@ -36,11 +36,11 @@ pub mod worker;
 
 pub use error::Error;
 pub use params::{Load, Params, Protocol, Scenario};
-pub use report::Report;
+pub use report::{progress_line, Report};
 
 use crate::clock::{now_ns, secs_to_ns, unix_ms};
 use crate::probe::{Memory, ServerProbe};
-use crate::report::{ServerInputs, Tick};
+use crate::report::ServerInputs;
 use crate::worker::{Progress, Worker};
 
 /// Runs `p` to the end and returns its report. Blocks; builds its own runtime (and worker
@@ -73,24 +73,4 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     })?;
     let server = probe.active().then(|| ServerInputs { pid: probe.pid(), before, after_setup, at_end, cpu });
     Report::build(p, &[report], server, started, cores)
-}
-
-/// The line printed each second on a terminal.
-pub fn progress_line(p: &Params, t: &Tick) -> String {
-    let rate = |n: u64| if t.dur_s > 0.0 { report::si(n as f64 / t.dur_s) } else { "-".into() };
-    let (sent, received) = match p.scenario {
-        Scenario::Fanout => ("publishes", "deliveries"),
-        Scenario::Chat => ("messages", "deliveries"),
-        Scenario::Connect => ("started", "connected"),
-        _ => ("sent", "received"),
-    };
-    format!(
-        "[{:>5.1}s] {sent} {}/s  {received} {}/s  p99 {:.0} µs  alive {}  errors {}",
-        t.t_s,
-        rate(t.sent),
-        rate(t.received),
-        t.p99_us,
-        t.alive,
-        t.errors
-    )
 }
