@@ -22,6 +22,7 @@ pub mod conn;
 pub mod error;
 pub mod multiproc;
 pub mod params;
+pub mod plan;
 pub mod plot;
 pub mod probe;
 pub mod proto;
