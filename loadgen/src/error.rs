@@ -1,5 +1,8 @@
-//! The run's errors. Connection-level failures ([`crate::conn::ConnError`]) never end a run:
-//! they are counted by kind in the report. These end it, before or instead of a report.
+//! The run's errors. Connection-level failures (the connection driver's `ConnError`) never end
+//! a run: they are counted by kind in the report. These end it, before or instead of a report.
+//!
+//! A leaf: every other module may return these, so this one names none of them (a conversion
+//! from a higher module's error belongs in that module).
 
 use std::io;
 

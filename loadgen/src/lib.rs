@@ -1,27 +1,36 @@
 //! imks-loadgen: a load generator for imks and any other WebSocket or Socket.IO v5 server.
 //!
-//! Modules, in the order a run flows through them:
-//! - [`params`]: the command line and the checked, bounded parameters of a run.
-//! - [`target`]: the one address a run connects to.
-//! - [`multiproc`]: several worker processes for more connections than one may open.
-//! - [`worker`]: one process's run: set-up, warm-up, measurement, drain.
-//! - [`scenario`]: who each connection is, pacing, and the echo / ack / fan-out / chat / connect /
-//!   idle behaviors.
-//! - [`token`]: the token each connection presents on its upgrade (`--token`, `--jwt-secret`).
-//! - [`conn`]: one connection on tokio: connect, handshakes, the readiness-driven loop.
+//! Modules, lowest first: each uses only modules listed before it, so dependencies point down
+//! and there is no cycle (`tests/module_order.rs` checks it).
+//! - [`clock`]: the monotonic clock and the precise timer for open-loop sends.
+//! - [`error`]: the errors that end a run; names no other module.
+//! - [`stats`]: tallies, sharded counters and hdrhistograms.
 //! - [`proto`]: the pure wire codecs (WebSocket, Engine.IO / Socket.IO, imks's native JSON,
 //!   message stamps).
+//! - [`params`]: the command line and the checked, bounded parameters of a run (token settings
+//!   as plain data).
+//! - [`token`]: the token each connection presents on its upgrade (`--token`, `--jwt-secret`).
+//! - [`target`]: the one address a run connects to.
+//! - [`sys`]: this process's CPU, a server's CPU and RSS, its health JSON, limits.
+//! - [`plan`]: what a run decides before connecting: who each connection is, this process's
+//!   share, pacing.
 //! - [`shared`]: the state a process's connections share: phase, counters, timer, feedback.
-//! - [`clock`]: the monotonic clock and the precise timer for open-loop sends.
-//! - [`stats`]: tallies, sharded counters and hdrhistograms.
-//! - [`probe`] and [`sys`]: the server's CPU and RSS, this process's CPU, limits.
-//! - [`report`]: worker reports, the merged report and its text form; [`plot`]: the SVG.
+//! - [`conn`]: one connection on tokio: connect, handshakes, the readiness-driven loop.
+//! - [`scenario`]: setting a connection up, and the echo / ack / fan-out / chat / connect /
+//!   idle behaviors.
+//! - [`probe`]: the server's CPU and memory over a run.
+//! - [`report`]: worker reports, the merged report, its text form and the progress line.
+//! - [`worker`]: one process's run: set-up, warm-up, measurement, drain.
+//! - [`plot`]: the SVG of a report.
+//! - [`multiproc`]: several worker processes for more connections than one may open.
+//! - this root: [`run`], which picks one process or several.
 
 pub mod clock;
 pub mod conn;
 pub mod error;
 pub mod multiproc;
 pub mod params;
+pub mod plan;
 pub mod plot;
 pub mod probe;
 pub mod proto;
@@ -36,11 +45,11 @@ pub mod worker;
 
 pub use error::Error;
 pub use params::{Load, Params, Protocol, Scenario};
-pub use report::Report;
+pub use report::{progress_line, Report};
 
 use crate::clock::{now_ns, secs_to_ns, unix_ms};
 use crate::probe::{Memory, ServerProbe};
-use crate::report::{ServerInputs, Tick};
+use crate::report::ServerInputs;
 use crate::worker::{Progress, Worker};
 
 /// Runs `p` to the end and returns its report. Blocks; builds its own runtime (and worker
@@ -73,24 +82,4 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     })?;
     let server = probe.active().then(|| ServerInputs { pid: probe.pid(), before, after_setup, at_end, cpu });
     Report::build(p, &[report], server, started, cores)
-}
-
-/// The line printed each second on a terminal.
-pub fn progress_line(p: &Params, t: &Tick) -> String {
-    let rate = |n: u64| if t.dur_s > 0.0 { report::si(n as f64 / t.dur_s) } else { "-".into() };
-    let (sent, received) = match p.scenario {
-        Scenario::Fanout => ("publishes", "deliveries"),
-        Scenario::Chat => ("messages", "deliveries"),
-        Scenario::Connect => ("started", "connected"),
-        _ => ("sent", "received"),
-    };
-    format!(
-        "[{:>5.1}s] {sent} {}/s  {received} {}/s  p99 {:.0} µs  alive {}  errors {}",
-        t.t_s,
-        rate(t.sent),
-        rate(t.received),
-        t.p99_us,
-        t.alive,
-        t.errors
-    )
 }

@@ -18,7 +18,7 @@ use crate::clock::{now_ns, secs_to_ns, unix_ms};
 use crate::error::Error;
 use crate::params::{Params, WorkerSlot};
 use crate::probe::ServerProbe;
-use crate::report::{Report, ServerInputs, Tick, WorkerReport};
+use crate::report::{progress_line, Report, ServerInputs, Tick, WorkerReport};
 use crate::sys;
 use crate::target::Target;
 use crate::worker::{Progress, Worker};
@@ -158,7 +158,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
                         alive: a.alive + x.alive,
                     });
                     ticks.retain(|x| x.index != idx);
-                    eprintln!("{}", crate::progress_line(p, &sum));
+                    eprintln!("{}", progress_line(p, &sum));
                 }
             }
             _ => {}

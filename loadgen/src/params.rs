@@ -176,6 +176,12 @@ impl Params {
         }
     }
 
+    /// Whether every connection presents the same token, and is therefore the same user. Here
+    /// rather than in [`crate::token`], which builds on these parameters: validation needs it.
+    pub fn shares_token(&self) -> bool {
+        self.jwt_secret.is_none() && self.token.as_ref().is_some_and(|t| !t.contains("{i}"))
+    }
+
     /// Checks every bound; the message names the flag.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
@@ -219,7 +225,7 @@ impl Params {
             if self.processes > self.connections / 2 {
                 return bad("chat keeps each pair in one process: --processes must be at most --connections / 2".into());
             }
-            if self.processes > 1 && crate::token::shared(self) {
+            if self.processes > 1 && self.shares_token() {
                 return bad("a --token without {i} makes every connection one user, whose deliveries can only be \
                             counted in one process: use --processes 1"
                     .into());

@@ -560,6 +560,27 @@ pub fn si(v: f64) -> String {
     }
 }
 
+/// The line printed each second on a terminal. Here, beside [`Tick`], because both a single
+/// process's run and the parent of worker processes print it.
+pub fn progress_line(p: &Params, t: &Tick) -> String {
+    let rate = |n: u64| if t.dur_s > 0.0 { si(n as f64 / t.dur_s) } else { "-".into() };
+    let (sent, received) = match p.scenario {
+        Scenario::Fanout => ("publishes", "deliveries"),
+        Scenario::Chat => ("messages", "deliveries"),
+        Scenario::Connect => ("started", "connected"),
+        _ => ("sent", "received"),
+    };
+    format!(
+        "[{:>5.1}s] {sent} {}/s  {received} {}/s  p99 {:.0} µs  alive {}  errors {}",
+        t.t_s,
+        rate(t.sent),
+        rate(t.received),
+        t.p99_us,
+        t.alive,
+        t.errors
+    )
+}
+
 fn us(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")

@@ -13,7 +13,7 @@ use futures_util::task::AtomicWaker;
 use crate::clock::TimerHandle;
 use crate::error::Error;
 use crate::params::{Load, Params};
-use crate::scenario::Plan;
+use crate::plan::Plan;
 use crate::stats::{new_hist, Ack, Hist, Stats, Tally};
 use crate::target::Target;
 

@@ -28,9 +28,10 @@ pub fn for_connection(p: &Params, index: usize) -> Option<String> {
     p.token.as_ref().map(|t| t.replace("{i}", &index.to_string()))
 }
 
-/// Whether every connection presents the same token, and is therefore the same user.
+/// Whether every connection presents the same token, and is therefore the same user (see
+/// [`Params::shares_token`], which validation uses).
 pub fn shared(p: &Params) -> bool {
-    p.jwt_secret.is_none() && p.token.as_ref().is_some_and(|t| !t.contains("{i}"))
+    p.shares_token()
 }
 
 /// A compact JWS: `base64url(header).base64url(claims).base64url(HMAC-SHA256)`.

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{now_ns, secs_to_ns, Timer};
 use crate::error::Error;
 use crate::params::{share, Params, Scenario};
+use crate::plan::plan;
 use crate::report::{Tick, WorkerChat, WorkerReport};
 use crate::scenario::{self, conn_task, Outcome};
 use crate::shared::{Run, DRAIN, STOP};
@@ -55,7 +56,7 @@ impl Worker {
     pub fn setup(p: &Params, progress: bool) -> Result<Worker, Error> {
         let target = Target::from_params(p)?;
         let threads = if p.threads == 0 { sys::available_cores() } else { p.threads };
-        let plan = scenario::plan(p);
+        let plan = plan(p);
         let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
         let fds = match p.scenario {
             // A handshake in flight and one closing in the background each hold a descriptor.

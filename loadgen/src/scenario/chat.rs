@@ -1,6 +1,6 @@
 //! `chat`: point-to-point messages with acknowledgements over imks's native protocol at `/ws`.
 //!
-//! Connections come in pairs, both in one process (see [`crate::scenario::plan`]). Each learns
+//! Connections come in pairs, both in one process (see [`crate::plan::plan`]). Each learns
 //! its user id from the server's `connected` during set-up ([`hello`]) and registers it in the
 //! run's [`crate::shared::Directory`]; when sending starts, each looks its peer's user up once
 //! and sends it `chat` messages while the peer does the same the other way. Every message brings
@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use crate::conn::{Behavior, Conn, ConnError, Cx, Io, Produce};
 use crate::params::{Load, Params};
+use crate::plan::Sched;
 use crate::proto::native::{self, AckStatus, MsgId, ServerMsg};
 use crate::proto::ws::Opcode;
-use crate::scenario::Sched;
 use crate::stats::{Ack, DUP_DELIVERED_ACK, DUP_DELIVERY, DUP_SENT_ACK};
 
 /// Waits for the server's `connected` and returns the user id it names. Whatever follows it

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::clock::{now_ns, secs_to_ns};
 use crate::conn::{self, ConnError};
 use crate::params::{share, Load};
-use crate::scenario::Sched;
+use crate::plan::Sched;
 use crate::shared::{Run, RUN};
 use crate::stats::Tally;
 use crate::token;

@@ -8,17 +8,17 @@
 //!
 //! Closed loop has no answer from the server to count a window with, so a publisher counts the
 //! deliveries of its own messages to the subscribers in its own process (see
-//! [`crate::scenario::plan`]): it keeps publishing while fewer than `window` publishes' worth of
+//! [`crate::plan::plan`]): it keeps publishing while fewer than `window` publishes' worth of
 //! deliveries are outstanding.
 
 use std::sync::atomic::Ordering;
 
 use crate::conn::{Behavior, Conn, ConnError, Cx, Io, Produce, WBUF_HIGH};
 use crate::params::{Load, Params, Protocol};
+use crate::plan::{room_name, Due, Sched};
 use crate::proto::sio::{self, Packet};
 use crate::proto::stamp::{self, Stamp};
 use crate::proto::ws::Opcode;
-use crate::scenario::{room_name, Due, Sched};
 
 const T: &[u8] = b"\"t\"";
 const PUB: &[u8] = b"\"pub\"";

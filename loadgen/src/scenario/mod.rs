@@ -1,8 +1,8 @@
-//! The scenarios: who each connection is ([`Plan`]), how sends are paced ([`Sched`]), how a
-//! connection is set up and driven ([`conn_task`]), and the behaviors themselves:
-//! [`roundtrip`] (echo, ack), [`fanout`] (subscribers and publishers), [`chat`] (pairs over
-//! imks's native protocol), [`connect`] (the handshake storm); idle connections only answer
-//! heartbeats.
+//! The scenarios: how a connection is set up and driven ([`conn_task`]), pacing in the
+//! driver's terms, and the behaviors themselves: [`roundtrip`] (echo, ack), [`fanout`]
+//! (subscribers and publishers), [`chat`] (pairs over imks's native protocol), [`connect`] (the
+//! handshake storm); idle connections only answer heartbeats. Who each connection is and how
+//! its sends are paced is decided before, in [`crate::plan`].
 
 pub mod chat;
 pub mod connect;
@@ -16,150 +16,14 @@ use tokio::sync::Semaphore;
 
 use crate::clock::{now_ns, secs_to_ns};
 use crate::conn::{self, drive, Behavior, ConnError, End};
-use crate::params::{share, Load, Params, Scenario};
+use crate::plan::{room_name, Due, Role, Sched};
 use crate::shared::{Run, SETUP, STOP};
 use crate::token;
 
-/// What one connection does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Echo or ack requests; `sender` is its index among all senders of the run.
-    RoundTrip {
-        sender: usize,
-    },
-    Subscriber {
-        room: usize,
-    },
-    Publisher {
-        index: usize,
-    },
-    /// One of a chat pair: `index` over the run's connections, `peer` the other one's local slot.
-    Chat {
-        index: usize,
-        peer: usize,
-    },
-    Idle,
-}
-
-impl Role {
-    /// The connection's index over the run (worker processes included), which picks its token.
-    fn index(self, slot: usize, worker: usize, workers: usize) -> usize {
-        match self {
-            Role::RoundTrip { sender } => sender,
-            Role::Chat { index, .. } => index,
-            _ => slot * workers + worker,
-        }
-    }
-}
-
-/// This process's share of the run.
-#[derive(Debug, Clone, Default)]
-pub struct Plan {
-    pub roles: Vec<Role>,
-    /// Sending connections over all processes; open-loop pacing divides the rate among them.
-    pub senders: usize,
-    /// Fan-out: subscribers of each room in this process.
-    pub local_subs: Vec<usize>,
-    pub max_local_subs: usize,
-    pub local_publishers: usize,
-}
-
-/// Splits the run between worker processes. Fan-out deals each room's subscribers round-robin
-/// so every process holds some of every room, and publisher `i` runs in process `i % K`: a
-/// publisher then sees deliveries of its own messages locally, which closed-loop fan-out needs.
-/// Chat deals out pairs, connections `2k` and `2k + 1`, so each learns its peer's user locally.
-pub fn plan(p: &Params) -> Plan {
-    let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
-    let mut plan = Plan::default();
-    match p.scenario {
-        Scenario::Echo | Scenario::Ack => {
-            let (first, n) = share(p.connections, wi, wk);
-            plan.roles = (first..first + n).map(|sender| Role::RoundTrip { sender }).collect();
-            plan.senders = p.connections;
-        }
-        Scenario::Idle => {
-            let (_, n) = share(p.connections, wi, wk);
-            plan.roles = vec![Role::Idle; n];
-        }
-        Scenario::Fanout => {
-            plan.local_subs = vec![0; p.rooms];
-            for room in 0..p.rooms {
-                for s in 0..p.subscribers {
-                    if (room * p.subscribers + s) % wk == wi {
-                        plan.roles.push(Role::Subscriber { room });
-                        plan.local_subs[room] += 1;
-                    }
-                }
-            }
-            plan.max_local_subs = plan.local_subs.iter().copied().max().unwrap_or(0);
-            for index in (wi..p.publishers).step_by(wk) {
-                plan.roles.push(Role::Publisher { index });
-                plan.local_publishers += 1;
-            }
-            plan.senders = p.publishers;
-        }
-        Scenario::Chat => {
-            let (first, pairs) = share(p.connections / 2, wi, wk);
-            for pair in 0..pairs {
-                let (a, b) = (2 * pair, 2 * pair + 1);
-                let index = 2 * (first + pair);
-                plan.roles.push(Role::Chat { index, peer: b });
-                plan.roles.push(Role::Chat { index: index + 1, peer: a });
-            }
-            plan.senders = p.connections;
-        }
-        Scenario::Connect => {}
-    }
-    plan
-}
-
-pub fn room_name(room: usize) -> String {
-    format!("r{room}")
-}
-
-/// When the next send is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Send now, stamped with this time (the intended one in open loop).
-    Now(u64),
-    At(u64),
-}
-
-/// Pacing of one sender.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sched {
-    /// Sends at `base + k × interval`; senders are staggered by `index / rate` so the sum is
-    /// evenly spread.
-    Open {
-        base: u64,
-        interval: f64,
-        k: u64,
-        next: u64,
-    },
-    Closed {
-        window: usize,
-    },
-}
-
+/// Pacing in the connection driver's terms: what a sender should tell the driver, given its
+/// schedule and what is in flight. Here rather than in [`crate::plan`], which sits below the
+/// driver and so cannot name its [`Produce`](conn::Produce) or [`Cx`](conn::Cx).
 impl Sched {
-    pub fn new(load: Load, senders: usize, index: usize, start: u64) -> Sched {
-        match load {
-            Load::Open { rate } => {
-                let base = start + (index as f64 / rate * 1e9) as u64;
-                Sched::Open { base, interval: senders as f64 / rate * 1e9, k: 0, next: base }
-            }
-            Load::Closed { window } => Sched::Closed { window },
-        }
-    }
-
-    pub fn due(&self, now: u64) -> Due {
-        match *self {
-            Sched::Open { next, .. } if next > now => Due::At(next),
-            Sched::Open { next, .. } => Due::Now(next),
-            Sched::Closed { .. } => Due::Now(now),
-        }
-    }
-
     /// The (intended) time of the next send when one is due now and may go; otherwise what the
     /// sender should do instead: nothing more before `end`, wait until a later time, or wait
     /// for room (`blocked`: too much in flight or buffered).
@@ -192,38 +56,6 @@ impl Sched {
         } else {
             Err(crate::conn::Produce::Idle)
         }
-    }
-
-    /// How many messages may be in flight: the window in closed loop, `open_max` in open loop.
-    pub fn in_flight_limit(&self, open_max: usize) -> usize {
-        match *self {
-            Sched::Open { .. } => open_max,
-            Sched::Closed { window } => window,
-        }
-    }
-
-    pub fn advance(&mut self) {
-        if let Sched::Open { base, interval, k, next } = self {
-            *k += 1;
-            *next = *base + (*k as f64 * *interval) as u64;
-        }
-    }
-
-    /// Open loop: intended sends in `[from, to)` not made yet.
-    pub fn remaining(&self, from: u64, to: u64) -> u64 {
-        let Sched::Open { base, interval, k, next } = *self else { return 0 };
-        if interval <= 0.0 {
-            return 0;
-        }
-        let count_before = |t: u64| -> u64 {
-            if t <= base {
-                0
-            } else {
-                ((t - base) as f64 / interval).ceil() as u64
-            }
-        };
-        let lo = count_before(from.max(next)).max(k);
-        count_before(to).saturating_sub(lo)
     }
 }
 
@@ -319,65 +151,3 @@ async fn go<B: Behavior>(conn: conn::Conn, beh: B, run: &Run, slot: usize) -> En
 struct IdleConn;
 
 impl Behavior for IdleConn {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::params::WorkerSlot;
-
-    #[test]
-    fn open_schedule_spreads_senders_and_counts_what_is_left() {
-        let a = Sched::new(Load::Open { rate: 1000.0 }, 4, 0, 1_000);
-        let b = Sched::new(Load::Open { rate: 1000.0 }, 4, 1, 1_000);
-        // 1000/s over 4 senders: each every 4 ms, the second 1 ms after the first.
-        assert_eq!(a.due(0), Due::At(1_000));
-        assert_eq!(b.due(0), Due::At(1_001_000));
-        let mut a = a;
-        assert_eq!(a.due(5_000), Due::Now(1_000));
-        a.advance();
-        assert_eq!(a.due(5_000), Due::At(4_001_000));
-        // Intended sends in [0, 1 s): at 4 ms steps from 4.001 ms, 249 of them.
-        assert_eq!(a.remaining(0, 1_000_000_000), 249);
-        assert_eq!(Sched::new(Load::Closed { window: 2 }, 1, 0, 0).due(7), Due::Now(7));
-    }
-
-    #[test]
-    fn fanout_plan_splits_rooms_and_publishers_over_workers() {
-        let mut p = Params::new(Scenario::Fanout, "ws://127.0.0.1:1");
-        p.rooms = 2;
-        p.subscribers = 5;
-        p.publishers = 3;
-        let mut subs = [0usize; 2];
-        let mut pubs = 0;
-        for index in 0..2 {
-            p.worker = Some(WorkerSlot { index, count: 2, source_ip: None });
-            let plan = plan(&p);
-            for (r, n) in plan.local_subs.iter().enumerate() {
-                assert!(*n >= 2);
-                subs[r] += n;
-            }
-            pubs += plan.local_publishers;
-        }
-        assert_eq!((subs, pubs), ([5, 5], 3));
-    }
-
-    #[test]
-    fn chat_plan_keeps_pairs_in_one_process() {
-        let mut p = Params::new(Scenario::Chat, "ws://127.0.0.1:1");
-        p.connections = 10;
-        let mut indices = Vec::new();
-        for index in 0..2 {
-            p.worker = Some(WorkerSlot { index, count: 2, source_ip: None });
-            let plan = plan(&p);
-            assert_eq!(plan.senders, 10);
-            for (slot, role) in plan.roles.iter().enumerate() {
-                let Role::Chat { index, peer } = *role else { panic!("{role:?}") };
-                let Role::Chat { index: other, peer: back } = plan.roles[peer] else { panic!() };
-                assert_eq!((index ^ 1, back), (other, slot));
-                indices.push(index);
-            }
-        }
-        indices.sort_unstable();
-        assert_eq!(indices, (0..10).collect::<Vec<_>>());
-    }
-}

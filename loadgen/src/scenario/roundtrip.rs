@@ -4,10 +4,10 @@
 
 use crate::conn::{Behavior, ConnError, Cx, Io, Produce};
 use crate::params::{Load, Params, Protocol};
+use crate::plan::Sched;
 use crate::proto::sio::{self, Packet};
 use crate::proto::stamp::{self, Stamp};
 use crate::proto::ws::Opcode;
-use crate::scenario::Sched;
 
 const T: &[u8] = b"\"t\"";
 
