@@ -99,11 +99,11 @@ fn main() -> ExitCode {
             config.eio.max_payload = 1_000_000;
             config.eio.cors_origins = vec!["*".into()];
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            for s in &mut config.shards {
+            for s in &mut config.runtime.shards {
                 s.listen = vec![addr];
             }
-            config.ws.max_message_bytes = CONFORMANCE_MAX_MESSAGE;
-            config.ws.max_frame_bytes = CONFORMANCE_MAX_MESSAGE;
+            config.runtime.ws.max_message_bytes = CONFORMANCE_MAX_MESSAGE;
+            config.runtime.ws.max_frame_bytes = CONFORMANCE_MAX_MESSAGE;
             run(config)
         }
         Cmd::Serve { .. } => run(config),
@@ -127,11 +127,11 @@ fn run(config: Config) -> ExitCode {
                 tracing::info!(from = files.before, to = files.now, "raised the open files limit");
             }
             // Listeners, the rings' doorbells, the sidecar and the runtime hold a few more.
-            let wanted = (config.max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
+            let wanted = (config.runtime.max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
             if files.now < wanted {
                 tracing::warn!(
                     open_files = files.now,
-                    max_connections = config.max_connections,
+                    max_connections = config.runtime.max_connections,
                     "the open files limit is below server.max_connections: accept fails with EMFILE before the node is full; raise the hard limit (LimitNOFILE= under systemd)"
                 );
             }
@@ -145,7 +145,7 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shards = node.shared().config.shards.len();
+    let shards = node.shared().config.runtime.shards.len();
     for addr in node.local_addrs() {
         tracing::info!(%addr, shards, "imks listening");
     }

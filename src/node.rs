@@ -97,7 +97,7 @@ impl Node {
         });
         let for_shards = shared.clone();
         let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| assemble_shard(shard, &for_shards));
-        let runtime = Launched::start(config.runtime(), setup)?;
+        let runtime = Launched::start(config.runtime.clone(), setup)?;
         Ok(Node { shared, runtime })
     }
 
@@ -132,7 +132,7 @@ fn assemble_shard(shard: &Rc<Shard>, node: &NodeShared) {
     let gate = Gate::new(
         node.auth.clone(),
         node.origins.clone(),
-        cfg.limits.max_name_bytes,
+        cfg.runtime.limits.max_name_bytes,
         cfg.auth.timeout,
         shard.stats.clone(),
     );

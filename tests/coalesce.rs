@@ -300,8 +300,8 @@ fn broadcasts_from_another_shard_are_held_there_too() {
         |f| coalesce_always(f, WINDOW_US),
         |c| {
             c.conformance_mode();
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
         },
     );
     let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);

@@ -219,8 +219,8 @@ fn requests_of_one_session_are_served_from_any_shard() {
                 c.conformance_mode();
                 c.eio.ping_interval = Duration::from_secs(5);
                 c.eio.ping_timeout = Duration::from_secs(5);
-                c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-                c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+                c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+                c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
             },
         );
         let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);

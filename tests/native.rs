@@ -43,8 +43,8 @@ fn two_shards(driver: &str, tweak: impl FnOnce(&mut FileConfig)) -> (Node, [Sock
             tweak(f);
         },
         |c| {
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
         },
     );
     let addrs = [node.shard_addrs(0)[0], node.shard_addrs(1)[0]];
@@ -643,10 +643,10 @@ fn connection_limits_per_ip_node_and_shard_answer_503() {
             f.server.max_connections = 2;
         },
         |c| {
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-            c.shards[0].max_connections = 10;
-            c.shards[1].max_connections = 10;
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.runtime.shards[0].max_connections = 10;
+            c.runtime.shards[1].max_connections = 10;
         },
     );
     let (a2, b2) = (node2.shard_addrs(0)[0], node2.shard_addrs(1)[0]);
@@ -660,9 +660,9 @@ fn connection_limits_per_ip_node_and_shard_answer_503() {
 
     // Per shard: shard 0 may hold one connection, shard 1 is not affected.
     let (node3, _) = start_full("epoll", 2, static_auth, |c| {
-        c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-        c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-        c.shards[0].max_connections = 1;
+        c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        c.runtime.shards[0].max_connections = 1;
     });
     let (a3, b3) = (node3.shard_addrs(0)[0], node3.shard_addrs(1)[0]);
     let (_e1, _) = Client::connect(a3, "t-alice");
@@ -880,9 +880,9 @@ fn with_a_stalled_reader(queue_len: usize, max_offline: usize) -> (Node, SocketA
             f.server.tick_ms = 20;
         },
         |c| {
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-            c.shards[1].send_queue_len = queue_len;
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.runtime.shards[1].send_queue_len = queue_len;
         },
     );
     let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);

@@ -116,8 +116,8 @@ fn start(log: Log) -> (Node, [std::net::SocketAddr; 2]) {
     // Tighter than the application's own 200 ms `Timeout` layer: the node's bound wins.
     f.chat.handler_timeout_ms = 100;
     let mut c = Config::resolve(f, |_| Ok(None)).unwrap();
-    c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-    c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+    c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
     let factories = AppFactories {
         socketio: None,
         chat: Some(Arc::new(move || app(log.clone()))),

@@ -131,8 +131,8 @@ fn a_dropped_socket_recovers_its_id_rooms_and_missed_events_on_another_shard() {
                 window: std::time::Duration::from_secs(10),
                 max_packets: 100,
             });
-            c.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
         },
     );
     let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);

@@ -21,9 +21,12 @@
 //! store for each, so store operations of one conversation happen in order even when the
 //! store answers asynchronously.
 
+mod config;
 pub mod envelope;
 pub mod router;
 pub mod session;
+
+pub use config::{ChatConfig, ChatSection, DuplicateLogin};
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -44,56 +47,6 @@ use crate::shard::pacing::Tracked;
 use crate::shard::{Shard, ShardMsg, ShardService};
 use crate::store::{ConversationKey, Message, MessageId, NewMessage, Store, Target};
 use envelope::{encode, encode_ack, encode_error, encode_presence, AckStatus, ErrorCode};
-
-/// What a second login of the same user does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DuplicateLogin {
-    /// Every session stays (several devices).
-    Allow,
-    /// The oldest session gets `kicked` and is closed with 4001.
-    KickOldest,
-}
-
-/// `[chat]`: the native protocol.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ChatSection {
-    /// What a second login of the same user does: `allow` or `kick_oldest`. Default `allow`.
-    pub duplicate_login: DuplicateLogin,
-    /// Most sessions one user may have at once under `allow`; the oldest is kicked beyond it.
-    /// Default 16.
-    pub max_sessions_per_user: usize,
-    /// Longest an application route's handler may run before the client is answered
-    /// `error timeout`, in milliseconds (an application's own `Timeout` layer may be
-    /// stricter). Default 5000.
-    pub handler_timeout_ms: u64,
-}
-
-impl Default for ChatSection {
-    fn default() -> Self {
-        Self { duplicate_login: DuplicateLogin::Allow, max_sessions_per_user: 16, handler_timeout_ms: 5000 }
-    }
-}
-
-/// The resolved `[chat]`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatConfig {
-    pub duplicate_login: DuplicateLogin,
-    pub max_sessions_per_user: usize,
-    pub handler_timeout: Duration,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        let s = ChatSection::default();
-        Self {
-            duplicate_login: s.duplicate_login,
-            max_sessions_per_user: s.max_sessions_per_user,
-            handler_timeout: Duration::from_millis(s.handler_timeout_ms),
-        }
-    }
-}
 
 /// Close code of a session kicked by a newer login of the same user.
 pub const CLOSE_KICKED: u16 = 4001;

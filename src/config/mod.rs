@@ -1,6 +1,11 @@
 //! Configuration: `imks.toml` (the file's shape, [`file`]) plus per-shard files and `IMKS_*`
 //! environment overrides, resolved and validated into [`Config`], which is what the server uses.
 //!
+//! This module only composes: each section and its validation belong to the module it
+//! configures (the shard runtime, Engine.IO, Socket.IO, chat, auth, limits, store,
+//! membership); here the file is loaded, overridden from the environment, split into sections
+//! and the resolved sections gathered.
+//!
 //! Environment overrides name a key path with `__` between sections:
 //! `IMKS_SERVER__SHARDS=2`, `IMKS_WEBSOCKET__BACKPRESSURE=drop_oldest`,
 //! `IMKS_SERVER__LISTEN='["127.0.0.1:3000"]'`. The value is read as a TOML value, or as a string
@@ -8,9 +13,7 @@
 
 pub mod file;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use file::{FileConfig, ShardFile};
 
@@ -32,25 +35,23 @@ pub enum ConfigError {
     Section(String),
 }
 
+impl From<crate::util::FieldError> for ConfigError {
+    fn from(e: crate::util::FieldError) -> Self {
+        ConfigError::Invalid { field: e.field, message: e.message }
+    }
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), message: message.into() }
 }
 
-/// The resolved, validated configuration of a node.
+/// The resolved, validated configuration of a node: each module's resolved section.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
-    pub shards: Vec<ShardConfig>,
-    pub driver: DriverChoice,
-    pub uring_entries: u32,
-    pub max_connections: usize,
-    pub shutdown_timeout: Duration,
-    pub tick: Duration,
-    pub http: HttpConfig,
-    pub ws: WsConfig,
-    pub ring_capacity: usize,
-    pub ring_full_policy: RingFullPolicy,
-    pub sidecar_channel_capacity: usize,
-    pub sidecar_probe_timeout: Duration,
+    /// The shard runtime's settings (`[server]`, `[http]`, `[websocket]`, `[rings]`,
+    /// `[sidecar]`, `[limits]` and the shard files).
+    #[serde(flatten)]
+    pub runtime: RuntimeConfig,
     pub eio: crate::engineio::EioConfig,
     pub sio: crate::socketio::SioConfig,
     pub log_level: String,
@@ -59,7 +60,6 @@ pub struct Config {
     /// Keys are not printed by `imks config check`.
     #[serde(skip)]
     pub auth: crate::auth::AuthConfig,
-    pub limits: crate::limits::LimitsConfig,
     pub chat: crate::chat::ChatConfig,
     #[serde(skip)]
     pub store: crate::store::StoreConfig,
@@ -95,193 +95,40 @@ impl Config {
         Self::resolve(file, |i| read_shard_file(&shards_dir, i))
     }
 
-    /// Validates a file configuration; `shard_file(i)` yields shard `i`'s overrides, if any.
+    /// Validates a file configuration, each section by the module that owns it;
+    /// `shard_file(i)` yields shard `i`'s overrides, if any.
     pub fn resolve(
         file: FileConfig,
         mut shard_file: impl FnMut(usize) -> Result<Option<ShardFile>, ConfigError>,
     ) -> Result<Self, ConfigError> {
-        let s = &file.server;
-        let driver = match s.driver.as_str() {
-            "auto" => DriverChoice::Auto,
-            "io_uring" | "iouring" => DriverChoice::IoUring,
-            "epoll" | "legacy" => DriverChoice::Epoll,
-            other => return Err(invalid("server.driver", format!("`{other}` is not one of auto, io_uring, epoll"))),
+        let section = |e: &dyn std::fmt::Display| ConfigError::Section(e.to_string());
+        let shard_count = crate::shard::config::shard_count(&file.server)?;
+        let shard_files = (0..shard_count).map(&mut shard_file).collect::<Result<Vec<_>, _>>()?;
+        let limits = crate::limits::resolve(&file.limits).map_err(|e| section(&e))?;
+        let sections = crate::shard::config::Sections {
+            server: &file.server,
+            http: &file.http,
+            websocket: &file.websocket,
+            rings: &file.rings,
+            sidecar: &file.sidecar,
         };
-        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let shard_count = match s.shards {
-            0 if !s.cpus.is_empty() => s.cpus.len(),
-            0 => available,
-            n => n,
-        };
-        if shard_count > 1024 {
-            return Err(invalid("server.shards", "at most 1024 shards"));
-        }
-        if !s.cpus.is_empty() && s.cpus.len() != shard_count {
-            return Err(invalid(
-                "server.cpus",
-                format!("lists {} CPUs for {} shards; give one per shard or none", s.cpus.len(), shard_count),
-            ));
-        }
-        let listen = parse_addrs("server.listen", &s.listen)?;
-        if listen.is_empty() {
-            return Err(invalid("server.listen", "needs at least one address"));
-        }
-        positive("server.max_connections", s.max_connections as u64)?;
-        positive("server.tick_ms", s.tick_ms)?;
-        positive("server.uring_entries", u64::from(s.uring_entries))?;
-        let h = &file.http;
-        positive("http.max_head_bytes", h.max_head_bytes as u64)?;
-        positive("http.max_headers", h.max_headers as u64)?;
-        positive("http.header_timeout_ms", h.header_timeout_ms)?;
-        positive("http.idle_timeout_ms", h.idle_timeout_ms)?;
-        if h.read_buffer_bytes < 512 {
-            return Err(invalid("http.read_buffer_bytes", "must be at least 512"));
-        }
-        let w = &file.websocket;
-        positive("websocket.max_message_bytes", w.max_message_bytes as u64)?;
-        positive("websocket.max_frame_bytes", w.max_frame_bytes as u64)?;
-        positive("websocket.ping_interval_ms", w.ping_interval_ms)?;
-        positive("websocket.ping_timeout_ms", w.ping_timeout_ms)?;
-        positive("websocket.send_queue_len", w.send_queue_len as u64)?;
-        positive("websocket.write_timeout_ms", w.write_timeout_ms)?;
-        positive("websocket.close_timeout_ms", w.close_timeout_ms)?;
-        if w.coalesce_us > 1_000_000 {
-            return Err(invalid("websocket.coalesce_us", "must be at most 1000000 (one second)"));
-        }
-        if w.coalesce_on_busy_percent > 100 {
-            return Err(invalid("websocket.coalesce_on_busy_percent", "must be at most 100"));
-        }
-        if w.coalesce_off_busy_percent > w.coalesce_on_busy_percent {
-            return Err(invalid(
-                "websocket.coalesce_off_busy_percent",
-                "must be at most websocket.coalesce_on_busy_percent",
-            ));
-        }
-        let backpressure = match w.backpressure.as_str() {
-            "close" => Backpressure::Close,
-            "drop_newest" => Backpressure::DropNewest,
-            "drop_oldest" => Backpressure::DropOldest,
-            other => {
-                return Err(invalid(
-                    "websocket.backpressure",
-                    format!("`{other}` is not one of close, drop_newest, drop_oldest"),
-                ))
-            }
-        };
-        if file.rings.capacity < 2 {
-            return Err(invalid("rings.capacity", "must be at least 2"));
-        }
-        let ring_full_policy = match file.rings.full_policy.as_str() {
-            "wait" => RingFullPolicy::Wait,
-            "drop" => RingFullPolicy::Drop,
-            other => return Err(invalid("rings.full_policy", format!("`{other}` is not one of wait, drop"))),
-        };
-        positive("sidecar.channel_capacity", file.sidecar.channel_capacity as u64)?;
-        let e = &file.engineio;
-        positive("engineio.ping_interval_ms", e.ping_interval_ms)?;
-        positive("engineio.ping_timeout_ms", e.ping_timeout_ms)?;
-        positive("engineio.max_payload", e.max_payload as u64)?;
-        positive("engineio.max_buffered_packets", e.max_buffered_packets as u64)?;
-        let eio = crate::engineio::EioConfig {
-            ping_interval: Duration::from_millis(e.ping_interval_ms),
-            ping_timeout: Duration::from_millis(e.ping_timeout_ms),
-            max_payload: e.max_payload,
-            max_buffered_packets: e.max_buffered_packets,
-            cors_origins: e.cors_origins.clone(),
-            cors_credentials: e.cors_credentials,
-        };
-        let so = &file.socketio;
-        positive("socketio.connect_timeout_ms", so.connect_timeout_ms)?;
-        positive("socketio.recovery_max_packets", so.recovery_max_packets as u64)?;
-        let sio = crate::socketio::SioConfig {
-            connect_timeout: Duration::from_millis(so.connect_timeout_ms),
-            max_attachments: so.max_attachments,
-            recovery: (so.recovery_window_ms > 0).then(|| crate::socketio::recovery::RecoveryConfig {
-                window: Duration::from_millis(so.recovery_window_ms),
-                max_packets: so.recovery_max_packets,
-            }),
-        };
+        let runtime = crate::shard::config::resolve(sections, &shard_files, limits)?;
+        let eio = file.engineio.resolve()?;
+        let sio = file.socketio.resolve()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
             return Err(invalid("log.level", format!("`{}` is not a tracing filter: {e}", file.log.level)));
         }
-        positive("sidecar.probe_timeout_ms", file.sidecar.probe_timeout_ms)?;
-        let auth = crate::auth::resolve(&file.auth).map_err(|e| ConfigError::Section(e.to_string()))?;
-        let limits = crate::limits::resolve(&file.limits).map_err(|e| ConfigError::Section(e.to_string()))?;
-        positive("chat.handler_timeout_ms", file.chat.handler_timeout_ms)?;
-        positive("chat.max_sessions_per_user", file.chat.max_sessions_per_user as u64)?;
-        let chat = crate::chat::ChatConfig {
-            duplicate_login: file.chat.duplicate_login,
-            max_sessions_per_user: file.chat.max_sessions_per_user,
-            handler_timeout: Duration::from_millis(file.chat.handler_timeout_ms),
-        };
-        let store = crate::store::config::resolve(&file.store).map_err(|e| ConfigError::Section(e.to_string()))?;
-        let membership =
-            crate::membership::resolve(&file.membership).map_err(|e| ConfigError::Section(e.to_string()))?;
-
-        let allowed = if s.pin_threads { allowed_cpus() } else { Vec::new() };
-        let per_shard_conns = s.max_connections.div_ceil(shard_count);
-        let mut shards = Vec::with_capacity(shard_count);
-        for index in 0..shard_count {
-            let over = shard_file(index)?.unwrap_or_default();
-            let field = |name: &str| format!("{}/shard-{index}.toml: {name}", s.shards_dir);
-            let listen = match &over.listen {
-                Some(l) => parse_addrs(&field("listen"), l)?,
-                None => listen.clone(),
-            };
-            if listen.is_empty() {
-                return Err(invalid(field("listen"), "needs at least one address"));
-            }
-            let cpu = over
-                .cpu
-                .or_else(|| s.cpus.get(index).copied())
-                .or_else(|| (!allowed.is_empty()).then(|| allowed[index % allowed.len()]));
-            let cpu = if s.pin_threads { cpu } else { None };
-            let max_connections = over.max_connections.unwrap_or(per_shard_conns);
-            positive(&field("max_connections"), max_connections as u64)?;
-            let send_queue_len = over.send_queue_len.unwrap_or(w.send_queue_len);
-            positive(&field("send_queue_len"), send_queue_len as u64)?;
-            shards.push(ShardConfig { index, cpu, listen, max_connections, send_queue_len });
-        }
-
+        let auth = crate::auth::resolve(&file.auth).map_err(|e| section(&e))?;
+        let chat = file.chat.resolve()?;
+        let store = crate::store::config::resolve(&file.store).map_err(|e| section(&e))?;
+        let membership = crate::membership::resolve(&file.membership).map_err(|e| section(&e))?;
         Ok(Config {
-            shards,
-            driver,
-            uring_entries: s.uring_entries,
-            max_connections: s.max_connections,
-            shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
-            tick: Duration::from_millis(s.tick_ms),
-            http: HttpConfig {
-                max_head_bytes: h.max_head_bytes,
-                max_headers: h.max_headers,
-                max_body_bytes: h.max_body_bytes,
-                header_timeout: Duration::from_millis(h.header_timeout_ms),
-                idle_timeout: Duration::from_millis(h.idle_timeout_ms),
-                read_buffer_bytes: h.read_buffer_bytes,
-            },
-            ws: WsConfig {
-                max_message_bytes: w.max_message_bytes,
-                max_frame_bytes: w.max_frame_bytes,
-                ping_interval: Duration::from_millis(w.ping_interval_ms),
-                ping_timeout: Duration::from_millis(w.ping_timeout_ms),
-                backpressure,
-                write_timeout: Duration::from_millis(w.write_timeout_ms),
-                close_timeout: Duration::from_millis(w.close_timeout_ms),
-                coalesce: (w.coalesce_us > 0).then(|| Coalesce {
-                    window: Duration::from_micros(w.coalesce_us),
-                    on_busy_percent: w.coalesce_on_busy_percent,
-                    off_busy_percent: w.coalesce_off_busy_percent,
-                }),
-            },
-            ring_capacity: file.rings.capacity,
-            ring_full_policy,
-            sidecar_channel_capacity: file.sidecar.channel_capacity,
-            sidecar_probe_timeout: Duration::from_millis(file.sidecar.probe_timeout_ms),
+            runtime,
             eio,
             sio,
             log_level: file.log.level.clone(),
             conformance: false,
             auth,
-            limits,
             chat,
             store,
             membership,
@@ -295,55 +142,13 @@ impl Config {
     pub fn conformance_mode(&mut self) {
         self.conformance = true;
         self.auth.allow_any_origin = true;
-        self.limits.rate = None;
-    }
-
-    /// What the shard layer needs of this configuration.
-    pub fn runtime(&self) -> RuntimeConfig {
-        RuntimeConfig {
-            shards: self.shards.clone(),
-            driver: self.driver,
-            uring_entries: self.uring_entries,
-            max_connections: self.max_connections,
-            limits: self.limits.clone(),
-            shutdown_timeout: self.shutdown_timeout,
-            tick: self.tick,
-            http: self.http.clone(),
-            ws: self.ws.clone(),
-            ring_capacity: self.ring_capacity,
-            ring_full_policy: self.ring_full_policy,
-            sidecar_channel_capacity: self.sidecar_channel_capacity,
-            sidecar_probe_timeout: self.sidecar_probe_timeout,
-        }
+        self.runtime.limits.rate = None;
     }
 
     /// A configuration from defaults alone (what `make run` uses without a file).
     pub fn defaults() -> Result<Self, ConfigError> {
         Self::resolve(FileConfig::default(), |_| Ok(None))
     }
-}
-
-/// The CPUs this process may run on (its affinity mask), in ascending order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: `set` is a plain bitmask that sched_getaffinity fills in; we pass its exact size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
-}
-
-fn positive(field: &str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 {
-        return Err(invalid(field, "must be greater than 0"));
-    }
-    Ok(())
-}
-
-fn parse_addrs(field: &str, list: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
-    list.iter().map(|a| a.parse().map_err(|_| invalid(field, format!("`{a}` is not an IP:port address")))).collect()
 }
 
 fn deserialize_table<T: serde::de::DeserializeOwned>(table: toml::Table, what: &str) -> Result<T, ConfigError> {
@@ -408,6 +213,8 @@ fn parse_env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
 
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempdir();
@@ -426,10 +233,10 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = load_str("", &[]).unwrap();
-        assert_eq!(c.shards[0].listen, vec!["0.0.0.0:3000".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.ws.backpressure, Backpressure::Close);
-        assert_eq!(c.http.max_head_bytes, 8192);
-        assert_eq!(c.ring_full_policy, RingFullPolicy::Wait);
+        assert_eq!(c.runtime.shards[0].listen, vec!["0.0.0.0:3000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.runtime.ws.backpressure, Backpressure::Close);
+        assert_eq!(c.runtime.http.max_head_bytes, 8192);
+        assert_eq!(c.runtime.ring_full_policy, RingFullPolicy::Wait);
     }
 
     #[test]
@@ -466,9 +273,9 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.shards.len(), 2);
-        assert_eq!(c.ws.backpressure, Backpressure::DropOldest);
-        assert_eq!(c.shards[1].listen[0].port(), 0);
+        assert_eq!(c.runtime.shards.len(), 2);
+        assert_eq!(c.runtime.ws.backpressure, Backpressure::DropOldest);
+        assert_eq!(c.runtime.shards[1].listen[0].port(), 0);
     }
 
     #[test]
@@ -491,12 +298,12 @@ mod tests {
         let path = dir.join("imks.toml");
         std::fs::write(&path, "[server]\nshards = 2\nmax_connections = 100\n").unwrap();
         let c = Config::load_with_env(Some(&path), &[]).unwrap();
-        assert_eq!(c.shards[0].send_queue_len, 1024);
-        assert_eq!(c.shards[0].max_connections, 50);
-        assert_eq!(c.shards[1].send_queue_len, 7);
-        assert_eq!(c.shards[1].cpu, Some(1));
-        assert_eq!(c.shards[1].max_connections, 9);
-        assert_eq!(c.shards[1].listen[0].port(), 4000);
+        assert_eq!(c.runtime.shards[0].send_queue_len, 1024);
+        assert_eq!(c.runtime.shards[0].max_connections, 50);
+        assert_eq!(c.runtime.shards[1].send_queue_len, 7);
+        assert_eq!(c.runtime.shards[1].cpu, Some(1));
+        assert_eq!(c.runtime.shards[1].max_connections, 9);
+        assert_eq!(c.runtime.shards[1].listen[0].port(), 4000);
 
         std::fs::write(dir.join("shards/shard-0.toml"), "cpus = 1\n").unwrap();
         let err = Config::load_with_env(Some(&path), &[]).unwrap_err().to_string();
@@ -507,12 +314,12 @@ mod tests {
     fn write_coalescing_is_checked_and_can_be_turned_off() {
         let c = load_str("", &[]).unwrap();
         assert_eq!(
-            c.ws.coalesce,
+            c.runtime.ws.coalesce,
             Some(Coalesce { window: Duration::from_micros(5000), on_busy_percent: 80, off_busy_percent: 50 })
         );
-        assert_eq!(load_str("[websocket]\ncoalesce_us = 0\n", &[]).unwrap().ws.coalesce, None);
+        assert_eq!(load_str("[websocket]\ncoalesce_us = 0\n", &[]).unwrap().runtime.ws.coalesce, None);
         let always = "[websocket]\ncoalesce_on_busy_percent = 0\ncoalesce_off_busy_percent = 0\n";
-        assert_eq!(load_str(always, &[]).unwrap().ws.coalesce.map(|c| c.on_busy_percent), Some(0));
+        assert_eq!(load_str(always, &[]).unwrap().runtime.ws.coalesce.map(|c| c.on_busy_percent), Some(0));
         for (toml, field) in [
             ("coalesce_us = 1000001", "websocket.coalesce_us"),
             ("coalesce_on_busy_percent = 101", "websocket.coalesce_on_busy_percent"),
@@ -548,7 +355,7 @@ mod tests {
         }
         let c = load_str("[chat]\nduplicate_login = \"kick_oldest\"\n[limits]\nmessage_rate = 0\n", &[]).unwrap();
         assert_eq!(c.chat.duplicate_login, crate::chat::DuplicateLogin::KickOldest);
-        assert!(c.limits.rate.is_none());
+        assert!(c.runtime.limits.rate.is_none());
     }
 
     #[test]

@@ -27,23 +27,11 @@ use crate::shard::{Route, Shard, ShardService, WsHandler};
 use crate::ws::codec::{encode_frame, Opcode};
 use packet::{Packet, Payload, WsOut};
 
+pub use config::{EioConfig, EngineIoSection};
 pub use sid::Sid;
 
+mod config;
 mod sid;
-
-/// Engine.IO settings (the `[engineio]` section).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct EioConfig {
-    pub ping_interval: Duration,
-    pub ping_timeout: Duration,
-    /// Most bytes a polling POST body or a WebSocket message may hold.
-    pub max_payload: usize,
-    /// Most packets buffered for a polling client between two GETs; more closes the session.
-    pub max_buffered_packets: usize,
-    /// Allowed CORS origins for polling; `*` allows any and echoes the request's origin.
-    pub cors_origins: Vec<String>,
-    pub cors_credentials: bool,
-}
 
 /// The protocol's error answers: HTTP 400 with `{"code":N,"message":"..."}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -8,8 +8,11 @@
 //! which delivers it to its own members. Packets are encoded once per broadcast, not per
 //! recipient.
 
+mod config;
 pub mod packet;
 pub mod recovery;
+
+pub use config::{SioConfig, SocketIoSection};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -23,28 +26,7 @@ use crate::engineio::packet::{Packet as EioPacket, Payload};
 use crate::engineio::{self, EioApp, EioSession, Prepared, Sid};
 use crate::shard::{Broadcast, Shard, ShardMsg, ShardService};
 use packet::{BinaryAssembler, Packet, PacketKind};
-use recovery::{Logged, RecoveryConfig, Restored, Stored};
-
-/// Socket.IO settings (the `[socketio]` section).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SioConfig {
-    /// A connection that joins no namespace within this time is closed.
-    pub connect_timeout: Duration,
-    /// Most binary attachments one packet may announce.
-    pub max_attachments: usize,
-    /// Connection state recovery (socket.io 4.6+); off when `None`.
-    pub recovery: Option<RecoveryConfig>,
-}
-
-impl Default for SioConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(45),
-            max_attachments: packet::DEFAULT_MAX_ATTACHMENTS,
-            recovery: None,
-        }
-    }
-}
+use recovery::{Logged, Restored, Stored};
 
 /// A refused CONNECT: sent to the client as CONNECT_ERROR `{"message": ...}` plus `data`.
 #[derive(Debug, Clone)]

@@ -2,6 +2,29 @@
 
 pub mod slot_id;
 
+/// A configuration value that cannot be used: the field's path (`websocket.ping_timeout_ms`)
+/// and what is wrong with it. The error of the sections that need no richer one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Refuses 0 for a field that must be at least 1.
+pub fn require_positive(field: &str, v: u64) -> Result<(), FieldError> {
+    if v == 0 {
+        return Err(FieldError::new(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
 
