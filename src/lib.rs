@@ -1,34 +1,27 @@
 //! imks: a thread-per-core, io_uring realtime messaging server.
 //!
-//! Module map, in the order a connection's bytes flow through them:
+//! Module map, in layers from the bottom up; a module uses only the layers below it (and the
+//! modules before it in its own layer), which `tests/layers.rs` enforces
+//! (docs/architecture.md):
 //!
-//! - [`config`]: `imks.toml`, `shards/shard-<N>.toml` and `IMKS_*` overrides, resolved into
-//!   [`config::Config`].
-//! - [`node`]: assembles a node: sidecar thread, ring mesh, one pinned shard thread per core.
-//! - [`shard`]: one monoio runtime per core with its listeners, connection slab, room table,
-//!   coarse timer and ring endpoints; [`shard::session`] holds session ids and send queues.
-//! - [`http`]: the pure HTTP/1.1 head parser and the per-connection driver (keep-alive,
-//!   pipelining, limits, timeouts, upgrade).
-//! - [`auth`]: who a client is (anonymous, static tokens or JWT) and which web origins may
-//!   connect; pure, shared by all shards.
-//! - [`ws`]: the pure WebSocket handshake and codec, and the session driver (reader and
-//!   coalescing writer).
-//! - [`engineio`]: Engine.IO v4 sessions over polling and WebSocket, with the pure packet codec.
-//! - [`socketio`]: Socket.IO v5 namespaces, events, acks, binary and cross-shard rooms on top
-//!   of Engine.IO, with the pure packet codec.
-//! - [`chat`]: identities on the node (home shards), presence, and the native JSON protocol at
-//!   `/ws` with `sent`/`delivered`/`read` acks, offline delivery and the embeddable router.
-//! - [`app`]: what the node serves: `/health`, `/metrics`, `/ws-echo`, the IM events on
-//!   Socket.IO, and in conformance mode the raw Engine.IO echo.
-//! - [`limits`]: connection limits per node and IP, per-session rate and room limits, names.
-//! - [`ring`]: bounded lock-free SPSC rings between shards, with doorbells.
-//! - [`sidecar`]: the tokio thread for external services, reached over bounded channels.
-//! - [`store`]: the per-shard message store interface and its in-memory backend: messages,
-//!   history, edits, reactions, read state, offline queues, with bounded eviction.
-//! - [`membership`]: who may send to and join each channel, a lock-free snapshot shared by all
-//!   shards.
-//! - [`names`]: the one validation rule for tenant, room, channel and user ids.
-//! - [`metrics`]: per-shard counters and Prometheus rendering.
+//! 1. **Foundation.** [`util`] (local events, slot ids, field errors), [`names`] (the one
+//!    validation rule for ids), [`metrics`] (per-shard counters, Prometheus text), [`ring`]
+//!    (bounded lock-free SPSC rings between shards), [`sidecar`] (the tokio thread for external
+//!    services), [`limits`] (connection, rate, room and name limits).
+//! 2. **Pure codecs.** [`http`] (request heads, responses) and [`ws`] (RFC 6455 handshake and
+//!    frames): bytes in, values out, no runtime.
+//! 3. **Runtime.** [`shard`]: one monoio runtime per core with its listeners, connection slab,
+//!    send queues, rooms, rings, timers, the HTTP and WebSocket drivers, and the registry of
+//!    per-shard services. It knows no protocol.
+//! 4. **Services and protocols.** [`auth`] (who a client is, the per-shard gate),
+//!    [`membership`] (who may use which channel), [`store`] (messages, history, offline
+//!    queues), [`engineio`] (Engine.IO v4 over polling and WebSocket), [`socketio`] (Socket.IO
+//!    v5 on top of it), [`chat`] (identities, presence and the native JSON protocol at `/ws`).
+//! 5. **What a node serves.** [`app`]: `/health`, `/metrics`, `/ws-echo`, the IM events on
+//!    Socket.IO and the conformance application.
+//! 6. **Assembly.** [`config`] (composes each module's section of `imks.toml`) and [`node`]
+//!    (the one place that says what a node is made of: listeners, routes, applications,
+//!    per-shard and sidecar services).
 
 pub mod app;
 pub mod auth;

@@ -7,14 +7,14 @@
 //!   [`crate::app::im`], or the conformance application), the native protocol at `/ws`
 //!   ([`crate::chat`]) with the embedder's routes, and the conformance parts (`/engine.io/`,
 //!   `/ws-echo`).
-//! - **Per-shard services**: [`assemble_shard`] starts them on each shard's thread: the
+//! - **Per-shard services**: `assemble_shard` starts them on each shard's thread: the
 //!   authenticator's gate, channel membership, the Engine.IO table, the chat hub over the
 //!   message store, the IM events' presence counts.
 //! - **Sidecar services**: the sidecar thread ([`crate::sidecar`]) answers health probes today;
 //!   Postgres, NATS, Redis and gRPC clients are started there as they arrive.
 //!
 //! A new endpoint is one line in [`Routes::route`]; a new per-shard service is one line in
-//! [`assemble_shard`].
+//! `assemble_shard`.
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -312,7 +312,7 @@ pub struct Conn {
     /// The writer holds broadcasts for the shard's next coalesced flush
     /// ([`crate::shard::coalesce::Coalescer::hold`]): another broadcast need not wake it.
     pub holding: Cell<bool>,
-    /// Paced frames wait for room in this session's queue ([`super::Shard::refill`]).
+    /// Paced frames wait for room in this session's queue (the shard's pacing refills it).
     pub backlogged: Cell<bool>,
     /// The tag of the last tracked frame queued ([`FrameKind::Owed`]).
     last_tag: Cell<u32>,

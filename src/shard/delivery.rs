@@ -24,7 +24,7 @@ impl Shard {
     }
 
     /// As [`Shard::deliver`] for a stored chat message; returns the tag that
-    /// [`conn::SendQueue::take_written_tag`] reports once a write took it.
+    /// [`super::conn::SendQueue::take_written_tag`] reports once a write took it.
     pub fn deliver_message(&self, c: &Conn, frame: Bytes) -> u32 {
         let tag = c.next_tag();
         self.deliver_as(c, FrameKind::Owed(tag), frame);

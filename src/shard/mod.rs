@@ -10,10 +10,10 @@
 //! on the receiving shard ([`Shard::invoke_on`], [`Shard::call`]). Protocols and services are
 //! registered on it by the assembler ([`services`]).
 //!
-//! - [`runtime`]: the shard's thread, its I/O driver, listeners and accept loop, the drain.
-//! - [`messages`]: the message set between shards, the ring pumps, `invoke_on` and `call`.
-//! - [`delivery`]: queueing frames on local sessions, rooms, closes and held broadcasts.
-//! - [`timers`]: the coarse ticker (heartbeats, deadlines, write stalls, close timeouts).
+//! - `runtime`: the shard's thread, its I/O driver, listeners and accept loop, the drain.
+//! - `messages`: the message set between shards, the ring pumps, `invoke_on` and `call`.
+//! - `delivery`: queueing frames on local sessions, rooms, closes and held broadcasts.
+//! - `timers`: the coarse ticker (heartbeats, deadlines, write stalls, close timeouts).
 //! - [`conn`], [`http`], [`websocket`], [`route`]: a connection, its two transports' drivers
 //!   and who answers it; [`pacing`], [`coalesce`], [`rooms`]: what its send queue offers.
 //! - [`services`], [`launch`], [`config`]: what the assembler plugs in and starts.

@@ -5,7 +5,7 @@
 //!
 //! A paced frame is never dropped by the send queue's backpressure policy. While the queue is
 //! full, paced frames wait behind it, per session and in order, and the session's writer pulls
-//! them in as it drains ([`Shard::refill`]). A session that lets too many pile up is closed as a
+//! them in as it drains (`Shard::refill`). A session that lets too many pile up is closed as a
 //! slow consumer. A tracked frame that no write took when its session ends is handed back to its
 //! sender ([`Tracked::lost`]), so a message is never lost between a queue and a closed socket.
 
