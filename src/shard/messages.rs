@@ -106,11 +106,12 @@ impl Shard {
 
     /// Runs `task` on shard `to` without waiting (seastar's `invoke_on`): at once when `to` is
     /// this shard, otherwise over the ring ([`Shard::post`], ordered behind earlier posts).
-    pub fn invoke_on(self: &Rc<Self>, to: usize, task: impl FnOnce(&Rc<Shard>) + Send + 'static) {
-        if to == self.index {
-            task(self);
-        } else {
-            self.post(to, ShardMsg::Invoke(Box::new(task)));
+    pub fn invoke_on(&self, to: usize, task: impl FnOnce(&Rc<Shard>) + Send + 'static) {
+        if to != self.index {
+            return self.post(to, ShardMsg::Invoke(Box::new(task)));
+        }
+        if let Some(this) = self.this() {
+            task(&this);
         }
     }
 
@@ -118,14 +119,14 @@ impl Shard {
     /// comes back over the ring to this shard. `None` when the message or its answer was
     /// dropped (`rings.full_policy = "drop"`) or the node is stopping; callers bound the wait
     /// with their own timeout.
-    pub async fn call<R, F, Fut>(self: &Rc<Self>, owner: usize, f: F) -> Option<R>
+    pub async fn call<R, F, Fut>(&self, owner: usize, f: F) -> Option<R>
     where
         R: Send + 'static,
         F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = R> + 'static,
     {
         if owner == self.index {
-            return Some(f(self.clone()).await);
+            return Some(f(self.this()?).await);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let from = self.index;
@@ -141,6 +142,12 @@ impl Shard {
         )
         .await;
         rx.await.ok()
+    }
+
+    /// This shard as the `Rc` its tasks share: the shard running on this thread, which is the
+    /// one `&self` names (one shard per thread).
+    fn this(&self) -> Option<Rc<Shard>> {
+        super::current().filter(|s| std::ptr::eq(&**s, self))
     }
 
     /// Sends a message to shard `to` without waiting, for code that cannot await (handlers).
