@@ -106,8 +106,6 @@ pub enum ChatMsg {
     Kick {
         session: ConnId,
     },
-    /// To the user's home shard: which sessions does the user have? Answered with
-    /// [`ChatMsg::Sessions`] to shard `from`.
     /// To a session's shard: a frame for it, paced like deliveries.
     Paced {
         session: ConnId,
