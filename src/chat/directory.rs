@@ -1,0 +1,205 @@
+//! The identity directory and presence: which sessions each user has (kept on the user's
+//! home shard), who watches whose presence, logins that kick older sessions, and the queries
+//! and sends addressed to a user rather than a session.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::delivery::send_paced;
+use super::encode::{encode_message, text};
+use super::envelope::{encode, encode_presence};
+use super::msg::post_home;
+use super::{home_shard, now_ms, post, ChatMsg, ChatTask, DuplicateLogin, Hub, UserKey};
+use crate::metrics::{self, CloseReason};
+use crate::shard::conn::ConnId;
+use crate::shard::Shard;
+
+/// Close code of a session kicked by a newer login of the same user.
+pub const CLOSE_KICKED: u16 = 4001;
+
+/// A user whose home is this shard.
+#[derive(Default)]
+pub(super) struct HomeEntry {
+    /// Open sessions, oldest first.
+    pub(super) sessions: Vec<ConnId>,
+    watchers: HashSet<ConnId>,
+}
+
+/// Sends a frame to every session of a user, on any shard (several devices), at the pace each
+/// reads and in order with the chat messages and acks it gets: never dropped by the send
+/// queue's policy.
+pub fn send_to_identity(shard: &Shard, tenant: &str, user: &str, frame: Bytes) {
+    let user = UserKey { tenant: tenant.into(), user: user.into() };
+    post_home(shard, &user.clone(), ChatMsg::ToIdentity { user, frame });
+}
+
+/// The sessions a user has on this node, asked of the user's home shard.
+pub async fn identity_sessions(shard: &Shard, tenant: &str, user: &str) -> Vec<ConnId> {
+    let user = UserKey { tenant: tenant.into(), user: user.into() };
+    let home = home_shard(&user.tenant, &user.user, shard.shard_count());
+    // Asked of the home shard's worker, so the answer is in order with the logins before it.
+    let ask = move |home: Rc<Shard>| async move {
+        let Some(hub) = home.service::<Hub>() else { return Vec::new() };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let query: ChatTask = Box::new(move |_, hub: Rc<Hub>| {
+            Box::pin(async move {
+                let _ = tx.send(hub.sessions_of(&user));
+            })
+        });
+        hub.accept(ChatMsg::Task(query));
+        rx.await.unwrap_or_default()
+    };
+    let Some(shard) = crate::shard::current().filter(|s| s.index == shard.index) else { return Vec::new() };
+    let answer = monoio::select! {
+        r = shard.call(home, ask) => r,
+        _ = monoio::time::sleep(Duration::from_secs(5)) => None,
+    };
+    answer.unwrap_or_default()
+}
+
+/// Whether a user has a session anywhere on this node.
+pub async fn is_online(shard: &Shard, tenant: &str, user: &str) -> bool {
+    !identity_sessions(shard, tenant, user).await.is_empty()
+}
+
+/// Distinct users online on the node.
+pub fn online_count(shard: &Shard) -> u64 {
+    shard.node.stats.iter().map(|s| metrics::get(&s.identities_online)).sum()
+}
+
+impl Hub {
+    /// The sessions a user of this home shard has.
+    pub(super) fn sessions_of(&self, user: &UserKey) -> Vec<ConnId> {
+        self.homes.borrow().get(user).map(|e| e.sessions.clone()).unwrap_or_default()
+    }
+}
+
+/// A session of `user` opened: `online` to the watchers when it is the first, kicks past
+/// the sessions allowed, `connected`, then the offline queue.
+pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, session: ConnId) {
+    let (first, kick, watchers) = {
+        let mut homes = hub.homes.borrow_mut();
+        let e = homes.entry(user.clone()).or_default();
+        let first = e.sessions.is_empty();
+        e.sessions.push(session);
+        let keep = match hub.config.duplicate_login {
+            DuplicateLogin::KickOldest => 1,
+            DuplicateLogin::Allow => hub.config.max_sessions_per_user.max(1),
+        };
+        let excess = e.sessions.len().saturating_sub(keep);
+        let kick: Vec<ConnId> = e.sessions.drain(..excess).collect();
+        let watchers: Vec<ConnId> = if first { e.watchers.iter().copied().collect() } else { Vec::new() };
+        (first, kick, watchers)
+    };
+    if first {
+        metrics::add(&shard.stats.identities_online, 1);
+        let frame = text(encode_presence(true, &user.user, now_ms()));
+        for w in watchers {
+            shard.send_to(w, frame.clone());
+        }
+    }
+    for k in kick {
+        post(shard, usize::from(k.shard), ChatMsg::Kick { session: k });
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Connected<'a> {
+        user_id: &'a str,
+        tenant: &'a str,
+        session_id: String,
+        online_count: u64,
+    }
+    let hello = Connected {
+        user_id: &user.user,
+        tenant: &user.tenant,
+        session_id: session.to_string(),
+        online_count: online_count(shard),
+    };
+    shard.send_to(session, text(encode("connected", None, &hello)));
+    // Offline messages, oldest first, ahead of anything routed to the user after this point
+    // (which this worker handles only once this function returns).
+    let queued = match hub.store.take_offline(&user.tenant, &user.user).await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the offline queue");
+            Vec::new()
+        }
+    };
+    let targets: Arc<[ConnId]> = Arc::from([session]);
+    for m in queued {
+        let frame = encode_message(&m);
+        let msg = ChatMsg::Deliver { session, frame, message: Arc::new(m), sender: None, targets: targets.clone() };
+        post(shard, usize::from(session.shard), msg);
+    }
+}
+
+/// A session of `user` closed: `offline` to the watchers when it was the last.
+pub(super) fn unregister(shard: &Shard, hub: &Hub, user: UserKey, session: ConnId) {
+    let mut homes = hub.homes.borrow_mut();
+    let Some(e) = homes.get_mut(&user) else { return };
+    let before = e.sessions.len();
+    e.sessions.retain(|s| *s != session);
+    if before > 0 && e.sessions.is_empty() {
+        metrics::sub(&shard.stats.identities_online, 1);
+        let frame = text(encode_presence(false, &user.user, now_ms()));
+        for w in &e.watchers {
+            shard.send_to(*w, frame.clone());
+        }
+    }
+    if e.sessions.is_empty() && e.watchers.is_empty() {
+        homes.remove(&user);
+    }
+}
+
+/// `watcher` wants `online`/`offline` for `user`.
+pub(super) fn watch(shard: &Shard, hub: &Hub, user: UserKey, watcher: ConnId) {
+    let online = {
+        let mut homes = hub.homes.borrow_mut();
+        let e = homes.entry(user.clone()).or_default();
+        e.watchers.insert(watcher);
+        !e.sessions.is_empty()
+    };
+    // The current state, so the watcher need not guess until the next change.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct State<'a> {
+        user_id: &'a str,
+        online: bool,
+    }
+    shard.send_to(watcher, text(encode("presence", None, &State { user_id: &user.user, online })));
+}
+
+pub(super) fn unwatch(hub: &Hub, user: UserKey, watcher: ConnId) {
+    let mut homes = hub.homes.borrow_mut();
+    if let Some(e) = homes.get_mut(&user) {
+        e.watchers.remove(&watcher);
+        if e.sessions.is_empty() && e.watchers.is_empty() {
+            homes.remove(&user);
+        }
+    }
+}
+
+/// A frame for every session of `user`.
+pub(super) fn to_identity(shard: &Shard, hub: &Hub, user: UserKey, frame: Bytes) {
+    let sessions = hub.homes.borrow().get(&user).map(|e| e.sessions.clone()).unwrap_or_default();
+    for s in sessions {
+        send_paced(shard, s, frame.clone());
+    }
+}
+
+/// Closes a session a newer login took the place of.
+pub(super) fn kick(shard: &Shard, session: ConnId) {
+    if let Some(c) = shard.session(session) {
+        #[derive(Serialize)]
+        struct Kicked {
+            reason: &'static str,
+        }
+        shard.deliver(&c, text(encode("kicked", None, &Kicked { reason: "duplicate_login" })));
+        shard.close_session_keeping_data(&c, CLOSE_KICKED, "kicked: duplicate login", CloseReason::Policy);
+    }
+}
