@@ -54,7 +54,6 @@ pub async fn identity_sessions(shard: &Shard, tenant: &str, user: &str) -> Vec<C
         hub.accept(ChatMsg::Task(query));
         rx.await.unwrap_or_default()
     };
-    let Some(shard) = crate::shard::current().filter(|s| s.index == shard.index) else { return Vec::new() };
     let answer = monoio::select! {
         r = shard.call(home, ask) => r,
         _ = monoio::time::sleep(Duration::from_secs(5)) => None,

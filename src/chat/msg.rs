@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::Hub;
 use crate::shard::conn::ConnId;
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::Shard;
 use crate::store::{ConversationKey, Message, MessageId, NewMessage};
 
 /// The shard that keeps a user's sessions, presence watchers and offline queue.
@@ -136,17 +136,11 @@ pub enum Delivery {
 /// Sends `msg` to the chat worker of shard `to`: the local queue when that is this shard,
 /// otherwise the ring (ordered behind earlier posts).
 pub fn post(shard: &Shard, to: usize, msg: ChatMsg) {
-    if to != shard.index {
-        let accept = move |shard: &Rc<Shard>| {
-            if let Some(hub) = shard.service::<Hub>() {
-                hub.accept(msg);
-            }
-        };
-        return shard.post(to, ShardMsg::Invoke(Box::new(accept)));
-    }
-    if let Some(hub) = shard.service::<Hub>() {
-        hub.accept(msg);
-    }
+    shard.invoke_on(to, move |shard: &Rc<Shard>| {
+        if let Some(hub) = shard.service::<Hub>() {
+            hub.accept(msg);
+        }
+    });
 }
 
 pub(super) fn post_home(shard: &Shard, user: &UserKey, msg: ChatMsg) {
