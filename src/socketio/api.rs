@@ -1,0 +1,133 @@
+//! What applications see: a [`Namespace`] with its middleware and handlers, the [`Event`]s they
+//! receive, acks and their errors, and the refusal a middleware answers with.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::packet::{self, Packet};
+use super::Socket;
+use crate::shard::Shard;
+
+/// A refused CONNECT: sent to the client as CONNECT_ERROR `{"message": ...}` plus `data`.
+#[derive(Debug, Clone)]
+pub struct ConnectRefusal {
+    pub message: String,
+    /// Extra JSON placed under `data`, if any.
+    pub data: Option<String>,
+}
+
+/// An event's arguments, as the client sent them.
+pub struct Event<'a> {
+    pub name: &'a str,
+    pub(super) packet: &'a Packet,
+    /// Binary attachments, in placeholder order.
+    pub binaries: Vec<Bytes>,
+}
+
+impl Event<'_> {
+    /// The arguments after the event name as raw JSON without brackets (`1,"2",{}`).
+    pub fn args_tail(&self) -> &str {
+        packet::args_tail(self.packet).unwrap_or("")
+    }
+
+    /// The arguments parsed as a JSON array into `T` (e.g. a tuple).
+    pub fn args<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&format!("[{}]", self.args_tail()))
+    }
+
+    /// The ack id, when the client wants an answer.
+    pub fn ack_id(&self) -> Option<u64> {
+        self.packet.id
+    }
+}
+
+/// What the client answered to an event sent with [`Socket::emit_with_ack`].
+pub struct AckResponse {
+    /// The ack arguments as raw JSON without brackets.
+    pub args_tail: String,
+    pub binaries: Vec<Bytes>,
+}
+
+/// Why an ack did not arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("ack timed out")]
+    Timeout,
+    #[error("socket disconnected before the ack")]
+    Disconnected,
+}
+
+pub type EventHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Event<'_>)>;
+pub type ConnectionHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>)>;
+pub type Middleware = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal>>;
+pub type DisconnectHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, &str)>;
+pub(super) type AckCallback = Box<dyn FnOnce(&Shard, Result<AckResponse, AckError>)>;
+
+enum NsMatch {
+    Exact(String),
+    Dynamic(Rc<dyn Fn(&str) -> bool>),
+}
+
+/// A namespace: which names it serves, its middleware, its connection handler and the event
+/// handlers every socket of it shares.
+pub struct Namespace {
+    matcher: NsMatch,
+    pub(super) middleware: Vec<Middleware>,
+    pub(super) on_connection: Option<ConnectionHandler>,
+    /// Shared by every socket of the namespace: a handler registered here costs nothing per
+    /// socket, where [`Socket::on`] costs a map entry per socket.
+    pub(super) events: HashMap<String, EventHandler>,
+}
+
+impl Namespace {
+    /// A namespace with exactly this name (`/`, `/chat`).
+    pub fn new(name: &str) -> Self {
+        Self {
+            matcher: NsMatch::Exact(name.to_string()),
+            middleware: Vec::new(),
+            on_connection: None,
+            events: HashMap::new(),
+        }
+    }
+
+    /// Namespaces created on demand for every name the predicate accepts.
+    pub fn dynamic(pred: impl Fn(&str) -> bool + 'static) -> Self {
+        Self {
+            matcher: NsMatch::Dynamic(Rc::new(pred)),
+            middleware: Vec::new(),
+            on_connection: None,
+            events: HashMap::new(),
+        }
+    }
+
+    /// Connect middleware: runs before the socket joins; an error refuses it.
+    pub fn middleware(
+        mut self,
+        f: impl Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal> + 'static,
+    ) -> Self {
+        self.middleware.push(Rc::new(f));
+        self
+    }
+
+    /// Handles event `name` from every socket of the namespace (unless the socket has its own
+    /// handler for it, [`Socket::on`]).
+    pub fn on(mut self, name: &str, f: impl Fn(&Shard, &Rc<Socket>, Event<'_>) + 'static) -> Self {
+        self.events.insert(name.to_string(), Rc::new(f));
+        self
+    }
+
+    /// Called once per socket that joined, with the CONNECT auth payload (raw JSON).
+    pub fn on_connection(mut self, f: impl Fn(&Shard, &Rc<Socket>, Option<&str>) + 'static) -> Self {
+        self.on_connection = Some(Rc::new(f));
+        self
+    }
+
+    pub(super) fn matches(&self, name: &str) -> bool {
+        match &self.matcher {
+            NsMatch::Exact(n) => n == name,
+            NsMatch::Dynamic(p) => p(name),
+        }
+    }
+}
