@@ -131,3 +131,46 @@ impl Namespace {
         }
     }
 }
+
+/// A Socket.IO socket id: 120 random bits as 20 base64url characters, or the id a recovered
+/// socket had. A type of its own so that it is never taken for an Engine.IO session id
+/// ([`crate::engineio::Sid`]) or a connection id; it reads as the `str` it is on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(Rc<str>);
+
+impl SocketId {
+    pub fn random() -> Self {
+        Self(super::random_id().into())
+    }
+
+    /// The id as a room name (every socket is in the room named by its id).
+    pub fn to_rc(&self) -> Rc<str> {
+        self.0.clone()
+    }
+}
+
+impl From<&str> for SocketId {
+    fn from(id: &str) -> Self {
+        Self(id.into())
+    }
+}
+
+impl std::ops::Deref for SocketId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SocketId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -11,7 +11,7 @@ use super::api::AckCallback;
 use super::engine::{prepare_bytes, text_packet, SioConn};
 use super::packet::{self, Packet, PacketKind};
 use super::recovery::{self, Restored, Stored};
-use super::{AckError, Socket, SocketIo};
+use super::{AckError, Socket, SocketId, SocketIo};
 use crate::engineio::{self, EioSession};
 use crate::shard::Shard;
 
@@ -112,9 +112,9 @@ impl SocketIo {
             }
         };
         let recovering = self.cfg.recovery.is_some();
-        let (id, pid, recovered): (Rc<str>, Option<Rc<str>>, bool) = match &restored {
-            Some(r) => (Rc::from(&*r.sid), Some(Rc::from(&*r.pid)), true),
-            None => (random_id().into(), recovering.then(|| recovery::new_pid(shard.index).into()), false),
+        let (id, pid, recovered): (SocketId, Option<Rc<str>>, bool) = match &restored {
+            Some(r) => (SocketId::from(&*r.sid), Some(Rc::from(&*r.pid)), true),
+            None => (SocketId::random(), recovering.then(|| recovery::new_pid(shard.index).into()), false),
         };
         let socket = Rc::new(Socket {
             id,
@@ -150,11 +150,11 @@ impl SocketIo {
         conn.joined.set();
         self.fix_held_targets();
         conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
-        self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.clone(), socket.clone());
+        self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.to_rc(), socket.clone());
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere. Only
         // the socket's own set records it: broadcasts find it through the socket table, and an
         // index entry per socket would cost every connection a map of its own.
-        socket.rooms.borrow_mut().insert(socket.id.clone());
+        socket.rooms.borrow_mut().insert(socket.id.to_rc());
         let answer = match &socket.pid {
             Some(pid) => {
                 let data = format!("{{\"sid\":{},\"pid\":{}}}", json_string(&socket.id), json_string(pid));

@@ -33,7 +33,7 @@ mod socket;
 
 pub use api::{
     AckError, AckResponse, ConnectRefusal, ConnectionHandler, DisconnectHandler, Event, EventHandler, Middleware,
-    Namespace,
+    Namespace, SocketId,
 };
 pub use broadcast::{BroadcastOp, RemoteBroadcast, Target};
 pub use config::{SioConfig, SocketIoSection};

@@ -81,7 +81,7 @@ impl SocketIo {
             .or_default()
             .entry(room)
             .or_default()
-            .insert(s.id.clone(), s.clone());
+            .insert(s.id.to_rc(), s.clone());
     }
 
     pub(super) fn index_leave(&self, s: &Socket, room: &str) {

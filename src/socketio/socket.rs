@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::api::{AckCallback, DisconnectHandler, EventHandler};
 use super::engine::{prepare, prepare_bytes};
 use super::recovery::{self, Logged};
-use super::{packet, AckError, AckResponse, Event, SocketIo};
+use super::{packet, AckError, AckResponse, Event, SocketId, SocketIo};
 use crate::engineio::packet::{Packet as EioPacket, Payload};
 use crate::engineio::{self, EioSession};
 use crate::shard::Shard;
@@ -20,7 +20,7 @@ use crate::shard::Shard;
 /// One client's membership of one namespace.
 pub struct Socket {
     /// The Socket.IO id (not the Engine.IO session id).
-    pub id: Rc<str>,
+    pub id: SocketId,
     pub nsp: Rc<str>,
     pub(super) eio: Rc<EioSession>,
     pub(super) events: RefCell<HashMap<String, EventHandler>>,
