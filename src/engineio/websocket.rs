@@ -30,7 +30,8 @@ impl EioWs {
         Self { engine, app, session: RefCell::new(None), upgrade_of, identity: RefCell::new(None) }
     }
 
-    /// A fresh session whose handshake was [`admit`](super::polling::admit)ted with this identity.
+    /// A fresh session whose handshake the gate admitted ([`crate::auth::Gate::admit`]) with this
+    /// identity.
     pub fn with_identity(self, identity: Option<Rc<crate::auth::Identity>>) -> Self {
         *self.identity.borrow_mut() = identity;
         self

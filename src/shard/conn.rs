@@ -3,9 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::fmt;
 use std::os::fd::RawFd;
-use std::str::FromStr;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -13,40 +11,12 @@ use bytes::Bytes;
 
 use super::config::Backpressure;
 use crate::metrics::CloseReason;
-use crate::util::slot_id::{BadSlotId, SlotId};
 
-/// A connection's id: the [`SlotId`] of its entry in its shard's slab. Routes a frame to its
-/// connection from any shard; a distinct type from Engine.IO's session ids, which name entries
-/// of another table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub SlotId);
-
-impl ConnId {
-    pub fn new(shard: u16, slot: u32, generation: u32) -> Self {
-        Self(SlotId::new(shard, slot, generation))
-    }
-}
-
-impl std::ops::Deref for ConnId {
-    type Target = SlotId;
-
-    fn deref(&self) -> &SlotId {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for ConnId {
-    type Err = BadSlotId;
-
-    fn from_str(s: &str) -> Result<Self, BadSlotId> {
-        s.parse().map(Self)
-    }
+crate::util::slot_id::slot_id_type! {
+    /// A connection's id: the [`SlotId`](crate::util::slot_id::SlotId) of its entry in its
+    /// shard's slab. Routes a frame to its connection from any shard; a distinct type from
+    /// Engine.IO's session ids, which name entries of another table.
+    ConnId
 }
 
 /// What kind of bytes a queued frame holds.
@@ -420,6 +390,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::slot_id::BadSlotId;
 
     fn b(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())

@@ -72,3 +72,42 @@ impl FromStr for SlotId {
         Ok(SlotId { shard: u16_at(0), slot: u32_at(2), generation: u32_at(6), nonce: u64::from_be_bytes(nonce) })
     }
 }
+
+/// Declares a type of its own over [`SlotId`], for one table's entries: `new`, `Deref` to the
+/// fields, and the same text form, so two tables' ids cannot be mixed up.
+macro_rules! slot_id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub $crate::util::slot_id::SlotId);
+
+        impl $name {
+            pub fn new(shard: u16, slot: u32, generation: u32) -> Self {
+                Self($crate::util::slot_id::SlotId::new(shard, slot, generation))
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::util::slot_id::SlotId;
+
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::util::slot_id::BadSlotId;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map(Self)
+            }
+        }
+    };
+}
+pub(crate) use slot_id_type;
