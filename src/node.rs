@@ -10,8 +10,10 @@
 //! - **Per-shard services**: `assemble_shard` starts them on each shard's thread: the
 //!   authenticator's gate, channel membership, the Engine.IO table, the chat hub over the
 //!   message store, the IM events' presence counts.
-//! - **Sidecar services**: the sidecar thread ([`crate::sidecar`]) answers health probes today;
-//!   Postgres, NATS, Redis and gRPC clients are started there as they arrive.
+//! - **Sidecar services**: `sidecar_services` lists the clients of external services that run
+//!   on the sidecar thread ([`crate::sidecar::SidecarService`]); none yet, the node keeps
+//!   everything in memory. Postgres, NATS, Redis and gRPC clients are added there, with their
+//!   shard-side handles provided in `assemble_shard`.
 //!
 //! A new endpoint is one line in [`Routes::route`]; a new per-shard service is one line in
 //! `assemble_shard`.
@@ -30,6 +32,7 @@ use crate::http::parse::{Method, RequestHead};
 use crate::membership::{Members, Membership, MembershipSource};
 use crate::shard::launch::{LaunchError, Launched};
 use crate::shard::{Route, Router, Shard, ShardSetup};
+use crate::sidecar::SidecarService;
 use crate::socketio::SocketIo;
 use crate::store::MemoryStore;
 
@@ -97,7 +100,7 @@ impl Node {
         });
         let for_shards = shared.clone();
         let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| assemble_shard(shard, &for_shards));
-        let runtime = Launched::start(config.runtime.clone(), setup)?;
+        let runtime = Launched::start(config.runtime.clone(), setup, sidecar_services(&config))?;
         Ok(Node { shared, runtime })
     }
 
@@ -121,6 +124,12 @@ impl Node {
     pub fn shutdown(mut self) -> bool {
         self.runtime.stop_and_join()
     }
+}
+
+/// The clients of external services, run on the sidecar thread. None yet: a node on embedded
+/// defaults keeps everything in memory.
+fn sidecar_services(_config: &Config) -> Vec<Box<dyn SidecarService>> {
+    Vec::new()
 }
 
 /// Starts a node's per-shard services and applications on one shard, and sets its routes.

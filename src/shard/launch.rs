@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::config::RuntimeConfig;
 use super::{NodeState, ShardError, ShardInit, ShardMsg, ShardSetup};
 use crate::ring::{self, Doorbell};
-use crate::sidecar::{self, SidecarError};
+use crate::sidecar::{self, SidecarError, SidecarService};
 
 /// The runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,12 @@ pub struct Launched {
 impl Launched {
     /// Starts the sidecar and every shard, and returns once all shards accept connections.
     /// `config`'s ephemeral ports (0) are resolved to one port that every shard shares.
-    pub fn start(mut config: RuntimeConfig, setup: ShardSetup) -> Result<Launched, LaunchError> {
+    /// `sidecar` are the clients of external services, run on the sidecar thread.
+    pub fn start(
+        mut config: RuntimeConfig,
+        setup: ShardSetup,
+        sidecar: Vec<Box<dyn SidecarService>>,
+    ) -> Result<Launched, LaunchError> {
         // Port 0 means "any free port", but every shard must listen on the same one: reserve a
         // port with a bound, never-listening SO_REUSEPORT socket (which receives no
         // connections) until all shards have bound it.
@@ -52,7 +57,8 @@ impl Launched {
         let shard_count = config.shards.len();
         let config = Arc::new(config);
         let state = Arc::new(NodeState::new(config.clone()));
-        let (sidecar, links) = sidecar::spawn(shard_count, config.sidecar_channel_capacity)?;
+        let (sidecar, links) =
+            sidecar::spawn(shard_count, config.sidecar_channel_capacity, sidecar, config.shutdown_timeout)?;
         let rings = ring::mesh::<ShardMsg>(shard_count, config.ring_capacity);
         let bells: Vec<Arc<Doorbell>> = rings.iter().map(|r| r.bell.clone()).collect();
 
@@ -122,7 +128,8 @@ impl Launched {
         // Every shard dropped its sidecar sender when it ended, which stops the sidecar. A shard
         // that did not end still holds one: then the sidecar is left behind, not waited for.
         if let Some(s) = self.sidecar.take() {
-            let deadline = Instant::now() + Duration::from_secs(2);
+            // Its services have the shutdown timeout to finish what they hold.
+            let deadline = Instant::now() + self.state.config.shutdown_timeout + Duration::from_secs(2);
             while clean && !s.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }

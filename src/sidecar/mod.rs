@@ -6,11 +6,53 @@
 //! channel. A shard only ever `try_send`s, so a slow or stuck sidecar can never block a shard
 //! thread; a full channel is an error the caller reports. Answers are picked up by a shard task
 //! (the monoio `sync` feature lets the tokio thread wake it).
+//!
+//! Each client of an external service is a [`SidecarService`], which the assembler
+//! (`crate::node`) hands to the sidecar when the node starts. A service owns its connection,
+//! its bounded inbox from the shards (the shards hold its sender as a per-shard service of
+//! theirs, and only ever `try_send`), its batching, reconnects and backoff; it reports its state
+//! in `/health` through its [`ServiceContext`], and is told when the node stops so it can flush
+//! what it holds.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// A client of an external service (Postgres, NATS, Redis, gRPC), run on the sidecar thread.
+/// Built where the node is assembled and moved to the sidecar (hence `Send`); its future runs
+/// on the sidecar's own thread and need not be.
+pub trait SidecarService: Send + 'static {
+    /// Its name in `/health` (`sidecar.services`).
+    fn name(&self) -> &'static str;
+    /// Runs the service until the node stops ([`ServiceContext::stopping`]); then it has until
+    /// the shutdown timeout to finish (flush, close its connection).
+    fn run(self: Box<Self>, ctx: ServiceContext) -> Pin<Box<dyn Future<Output = ()>>>;
+}
+
+/// What a sidecar service gets from the sidecar: where to report its state, and when to stop.
+pub struct ServiceContext {
+    state: Rc<RefCell<String>>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl ServiceContext {
+    /// Sets the state `/health` shows for this service (`connecting`, `ok`, `retrying in 2 s`).
+    pub fn set_state(&self, state: impl Into<String>) {
+        *self.state.borrow_mut() = state.into();
+    }
+
+    /// Resolves once the node is stopping: every shard has let go of the sidecar.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.clone();
+        // An error means the sidecar is gone, which is stopping too.
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
 
 /// Work a shard hands to the sidecar.
 #[derive(Debug)]
@@ -32,7 +74,7 @@ pub struct SidecarHealth {
     pub uptime_ms: u64,
     /// Probes answered so far, node-wide.
     pub probes: u64,
-    /// External services and their state (none are configured yet).
+    /// Each sidecar service's name and the state it last reported.
     pub services: Vec<(String, String)>,
 }
 
@@ -51,9 +93,15 @@ pub enum SidecarError {
     Spawn(std::io::Error),
 }
 
-/// Starts the sidecar thread and returns its join handle and one link per shard. The thread ends
-/// when every shard has dropped its sender.
-pub fn spawn(shards: usize, capacity: usize) -> Result<(JoinHandle<()>, Vec<SidecarLink>), SidecarError> {
+/// Starts the sidecar thread with its services and returns its join handle and one link per
+/// shard. When every shard has dropped its sender, the services are told to stop and have
+/// `stop_timeout` to finish; then the thread ends.
+pub fn spawn(
+    shards: usize,
+    capacity: usize,
+    services: Vec<Box<dyn SidecarService>>,
+    stop_timeout: Duration,
+) -> Result<(JoinHandle<()>, Vec<SidecarLink>), SidecarError> {
     let (to_tx, to_rx) = mpsc::channel::<ToSidecar>(capacity.saturating_mul(shards).max(1));
     let mut back = Vec::with_capacity(shards);
     let mut links = Vec::with_capacity(shards);
@@ -66,15 +114,29 @@ pub fn spawn(shards: usize, capacity: usize) -> Result<(JoinHandle<()>, Vec<Side
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(SidecarError::Runtime)?;
     let handle = std::thread::Builder::new()
         .name("imks-sidecar".into())
-        .spawn(move || rt.block_on(run(to_rx, back)))
+        .spawn(move || tokio::task::LocalSet::new().block_on(&rt, run(to_rx, back, services, stop_timeout)))
         .map_err(SidecarError::Spawn)?;
     Ok((handle, links))
 }
 
-async fn run(mut rx: mpsc::Receiver<ToSidecar>, back: Vec<mpsc::Sender<FromSidecar>>) {
+async fn run(
+    mut rx: mpsc::Receiver<ToSidecar>,
+    back: Vec<mpsc::Sender<FromSidecar>>,
+    services: Vec<Box<dyn SidecarService>>,
+    stop_timeout: Duration,
+) {
     let started = Instant::now();
     let mut probes = 0u64;
-    tracing::debug!("sidecar running");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut states = Vec::with_capacity(services.len());
+    let mut running = Vec::with_capacity(services.len());
+    for service in services {
+        let state = Rc::new(RefCell::new(String::from("starting")));
+        states.push((service.name(), state.clone()));
+        let ctx = ServiceContext { state, stopping: stop_rx.clone() };
+        running.push((service.name(), tokio::task::spawn_local(service.run(ctx))));
+    }
+    tracing::debug!(services = running.len(), "sidecar running");
     while let Some(msg) = rx.recv().await {
         match msg {
             ToSidecar::Probe { shard, token } => {
@@ -83,7 +145,7 @@ async fn run(mut rx: mpsc::Receiver<ToSidecar>, back: Vec<mpsc::Sender<FromSidec
                     status: "ok",
                     uptime_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     probes,
-                    services: Vec::new(),
+                    services: states.iter().map(|(name, state)| (name.to_string(), state.borrow().clone())).collect(),
                 };
                 if let Some(tx) = back.get(shard) {
                     // Bounded wait: a shard that stopped draining must not wedge the sidecar.
@@ -93,6 +155,15 @@ async fn run(mut rx: mpsc::Receiver<ToSidecar>, back: Vec<mpsc::Sender<FromSidec
                     }
                 }
             }
+        }
+    }
+    // Every shard has let go: the node is stopping. Services finish what they hold, within the
+    // shutdown timeout.
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + stop_timeout;
+    for (name, task) in running {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(service = name, "sidecar service did not stop within the shutdown timeout");
         }
     }
     tracing::debug!("sidecar stopped");
