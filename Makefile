@@ -9,11 +9,15 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec bench bench-quick fmt clean
+.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec bench bench-quick fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
 	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
+
+## migrate: apply the Postgres store's migrations to store.postgres.url (IMKS_STORE__POSTGRES__URL)
+migrate: release
+	$(CARGO_TARGET_DIR)/release/imks migrate $(if $(CONFIG),--config $(CONFIG))
 
 build:
 	$(CARGO) build --workspace
@@ -26,6 +30,7 @@ test: test-deps lint unit python-tests js-tests
 
 test-deps:
 	scripts/setup-test-deps.sh
+	scripts/ensure-postgres.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,4 +1,4 @@
-//! The `imks` command: `serve`, `conformance` and `config check`.
+//! The `imks` command: `serve`, `conformance`, `config check` and `migrate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Apply the Postgres store's schema migrations (`migrate/`) to `store.postgres.url`.
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// List every migration and whether it is applied, instead of applying them.
+        #[arg(long)]
+        status: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,9 +73,10 @@ const CONFORMANCE_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded = match &cli.cmd {
-        Cmd::Serve { config } | Cmd::Conformance { config, .. } | Cmd::Config { cmd: ConfigCmd::Check { config } } => {
-            Config::load(config.as_deref())
-        }
+        Cmd::Serve { config }
+        | Cmd::Conformance { config, .. }
+        | Cmd::Config { cmd: ConfigCmd::Check { config } }
+        | Cmd::Migrate { config, .. } => Config::load(config.as_deref()),
     };
     let mut config = match loaded {
         Ok(c) => c,
@@ -107,6 +116,43 @@ fn main() -> ExitCode {
             run(config)
         }
         Cmd::Serve { .. } => run(config),
+        Cmd::Migrate { status, .. } => migrate(&config, status),
+    }
+}
+
+/// `imks migrate`: applies the pending migrations, or with `--status` lists them all.
+fn migrate(config: &Config, status: bool) -> ExitCode {
+    use imks::store::migrate::{self, State, MIGRATIONS};
+    init_logging(&config.log_level);
+    let pg = &config.store.postgres;
+    let result = if status {
+        migrate::blocking(&pg.url, pg.connect_timeout(), async |client| migrate::status(client, MIGRATIONS).await).map(
+            |lines| {
+                for s in lines {
+                    let state = match s.state {
+                        State::Applied { at } => format!("applied {at}"),
+                        State::Pending => "pending".to_string(),
+                        State::Changed { at } => format!("CHANGED since it was applied {at}"),
+                        State::Unknown { at } => format!("applied {at} by a newer imks (unknown here)"),
+                    };
+                    println!("{:04} {:<24} {state}", s.version, s.name);
+                }
+            },
+        )
+    } else {
+        migrate::blocking(&pg.url, pg.connect_timeout(), async |client| migrate::run(client, MIGRATIONS).await).map(
+            |applied| match applied.as_slice() {
+                [] => println!("imks migrate: the schema is up to date"),
+                v => println!("imks migrate: applied {v:?}"),
+            },
+        )
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imks migrate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -56,6 +56,33 @@ pub struct StoreSection {
     /// Most readers whose read state a conversation keeps; one more forgets the reader who
     /// marked least recently (their read state starts again from 0). Default 10000.
     pub max_readers_per_conversation: usize,
+    /// `[store.postgres]`: the database of the Postgres store. `imks migrate` uses it today;
+    /// the store of record on Postgres comes with `backend = "postgres"`.
+    pub postgres: PostgresSection,
+}
+
+/// `[store.postgres]` as written in `imks.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSection {
+    /// The database, as a `postgres://user:password@host:port/database` URL or a key=value
+    /// string. Default `postgres://postgres@127.0.0.1:5432/imks`. Never printed with its
+    /// password: `imks config check` leaves `[store]` out and error messages show `***`.
+    pub url: String,
+    /// How long connecting may take before it counts as failed, in milliseconds. Default 5000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        Self { url: "postgres://postgres@127.0.0.1:5432/imks".into(), connect_timeout_ms: 5000 }
+    }
+}
+
+impl PostgresSection {
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connect_timeout_ms)
+    }
 }
 
 impl Default for StoreSection {
@@ -74,6 +101,7 @@ impl Default for StoreSection {
             max_edits_per_message: 100,
             max_reactions_per_message: 1_000,
             max_readers_per_conversation: 10_000,
+            postgres: PostgresSection::default(),
         }
     }
 }
@@ -87,6 +115,8 @@ pub type StoreConfig = StoreSection;
 pub enum StoreConfigError {
     #[error("store.{field} must be at least 1")]
     Zero { field: &'static str },
+    #[error("store.postgres.url must not be empty")]
+    NoUrl,
 }
 
 /// Validates `[store]`: every bound must be at least 1 (a zero bound would make the store
@@ -106,10 +136,16 @@ pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
         ("max_reactions_per_message", s.max_reactions_per_message),
         ("max_readers_per_conversation", s.max_readers_per_conversation),
     ];
-    match bounds.iter().find(|(_, v)| *v == 0) {
-        Some(&(field, _)) => Err(StoreConfigError::Zero { field }),
-        None => Ok(s.clone()),
+    if let Some(&(field, _)) = bounds.iter().find(|(_, v)| *v == 0) {
+        return Err(StoreConfigError::Zero { field });
     }
+    if s.postgres.connect_timeout_ms == 0 {
+        return Err(StoreConfigError::Zero { field: "postgres.connect_timeout_ms" });
+    }
+    if s.postgres.url.trim().is_empty() {
+        return Err(StoreConfigError::NoUrl);
+    }
+    Ok(s.clone())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 pub mod config;
 mod lru;
 mod memory;
+pub mod migrate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
