@@ -347,7 +347,55 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
     let _ =
         writeln!(out, "# HELP imks_uptime_seconds Seconds since the node started.\n# TYPE imks_uptime_seconds gauge");
     let _ = writeln!(out, "imks_uptime_seconds {}", started.elapsed().as_secs());
+    let p = ProcessStats::read();
+    let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+        if let Some(v) = value {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    gauge("process_resident_memory_bytes", "Resident memory of the process, in bytes.", p.rss_bytes);
+    gauge("process_open_fds", "Open file descriptors of the process.", p.open_fds);
+    gauge("process_max_fds", "The process's limit on open file descriptors (soft).", p.max_fds);
     out
+}
+
+/// The process's memory and file descriptors, read from `/proc` and `getrlimit` when asked
+/// (`/health`, `/metrics`); `None` where the platform does not say. Counting descriptors lists
+/// `/proc/self/fd`, about a millisecond per 10,000 open: cheap for a health probe, and never on
+/// the message path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessStats {
+    pub rss_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    pub fn read() -> Self {
+        Self { rss_bytes: rss_bytes(), open_fds: open_fds(), max_fds: max_fds() }
+    }
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+fn open_fds() -> Option<u64> {
+    // The listing's own descriptor is one of the entries; leave it out.
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1) as u64)
+}
+
+fn max_fds() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some(lim.rlim_cur)
 }
 
 #[cfg(test)]

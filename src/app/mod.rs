@@ -70,6 +70,8 @@ struct HealthBody<'a> {
     version: &'static str,
     uptime_s: u64,
     sidecar: Option<crate::sidecar::SidecarHealth>,
+    /// The process's resident memory and open file descriptors against its limit.
+    process: metrics::ProcessStats,
     shards: Vec<ShardHealth<'a>>,
 }
 
@@ -94,6 +96,7 @@ async fn health(shard: &Shard) -> Response {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: shard.node.started.elapsed().as_secs(),
         sidecar,
+        process: metrics::ProcessStats::read(),
         shards: shard
             .node
             .stats
