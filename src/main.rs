@@ -88,8 +88,16 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Config { cmd: ConfigCmd::Check { .. } } => match serde_json::to_string_pretty(&config) {
             Ok(s) => {
-                println!("{s}");
-                ExitCode::SUCCESS
+                // Written by hand: `println!` panics when the reader went away (`| head`).
+                use std::io::Write;
+                match writeln!(std::io::stdout().lock(), "{s}") {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("imks: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("imks: {e}");
