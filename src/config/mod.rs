@@ -375,4 +375,38 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("imks.example.toml");
         Config::load_with_env(Some(&path), &[]).unwrap();
     }
+
+    #[test]
+    fn the_example_file_holds_every_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("imks.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let example: FileConfig = toml::from_str(&text).unwrap();
+        let defaults = serde_json::to_value(FileConfig::default()).unwrap();
+        assert_eq!(serde_json::to_value(&example).unwrap(), defaults, "imks.example.toml says the defaults");
+        // And says every one of them: each key with a value in the defaults is written out.
+        let written: toml::Table = text.parse().unwrap();
+        let written = serde_json::to_value(written).unwrap();
+        fn missing(defaults: &serde_json::Value, written: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+            let Some(map) = defaults.as_object() else { return };
+            for (k, v) in map {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match written.get(k) {
+                    None if !v.is_null() => out.push(path),
+                    Some(w) => missing(v, w, &path, out),
+                    None => {}
+                }
+            }
+        }
+        let mut absent = Vec::new();
+        missing(&defaults, &written, "", &mut absent);
+        // Lists and tables empty by default are shown as commented examples instead.
+        let commented = |path: &String| {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            text.lines().any(|l| {
+                l.trim_start().starts_with('#') && (l.contains(&format!("{key} =")) || l.contains(&format!("[{path}]")))
+            })
+        };
+        absent.retain(|p| !commented(p));
+        assert!(absent.is_empty(), "keys imks.example.toml leaves out: {absent:?}");
+    }
 }
