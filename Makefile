@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run build release test test-deps lint unit python-tests js-tests bench-codec bench bench-quick fmt clean migrate
+.PHONY: run build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -39,11 +39,16 @@ lint:
 unit:
 	$(CARGO) test --workspace
 
-python-tests: build
+# The client tests run the binary `cargo test` built (target/debug/imks). `cargo build` would
+# build it again: dev-dependencies' features are not unified with a plain build's.
+test-build:
+	$(CARGO) test --workspace --no-run
+
+python-tests: test-build
 	$(PYTHON) tests/py/run.py $(CARGO_TARGET_DIR)/debug/imks
 	$(PYTHON) tests/py/socketio_client.py $(CARGO_TARGET_DIR)/debug/imks
 
-js-tests: build
+js-tests: test-build
 	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
 
 bench-codec:
