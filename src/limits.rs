@@ -237,6 +237,31 @@ impl Drop for IpGuard {
     }
 }
 
+/// Descriptors a node holds besides its connections (listeners, doorbells, the sidecar's runtime
+/// and clients): what the open-files limit must leave beyond `server.max_connections`.
+pub const OPEN_FILES_MARGIN: u64 = 256;
+
+/// The most connections the process can hold: its hard open-files limit (an unlimited one
+/// counts as the kernel's `fs.nr_open`), less [`OPEN_FILES_MARGIN`]; at least 1. What
+/// `server.max_connections = 0` resolves to, since [`raise_open_files`] lifts the soft limit to
+/// the hard one at start-up.
+pub fn connections_the_fd_limit_allows() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        1024
+    } else if lim.rlim_max == libc::RLIM_INFINITY {
+        nr_open().unwrap_or(1 << 20)
+    } else {
+        lim.rlim_max
+    };
+    usize::try_from(hard.saturating_sub(OPEN_FILES_MARGIN)).unwrap_or(usize::MAX).max(1)
+}
+
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok())
+}
+
 /// The process's open-files limit before and after [`raise_open_files`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenFiles {
@@ -258,8 +283,7 @@ pub fn raise_open_files() -> std::io::Result<OpenFiles> {
     let before = lim.rlim_cur;
     let mut target = lim.rlim_max;
     if target == libc::RLIM_INFINITY {
-        target =
-            std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(before);
+        target = nr_open().unwrap_or(before);
     }
     if target <= before {
         return Ok(OpenFiles { before, now: before });

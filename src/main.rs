@@ -63,10 +63,6 @@ enum ConfigCmd {
     },
 }
 
-/// Descriptors a node holds besides its connections (listeners, doorbells, the sidecar's
-/// runtime and clients), counted when checking the open files limit.
-const OPEN_FILES_MARGIN: u64 = 256;
-
 /// The conformance suites send messages of at least 16 MiB to `/ws-echo`.
 const CONFORMANCE_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
 
@@ -181,7 +177,7 @@ fn run(config: Config) -> ExitCode {
                 tracing::info!(from = files.before, to = files.now, "raised the open files limit");
             }
             // Listeners, the rings' doorbells, the sidecar and the runtime hold a few more.
-            let wanted = (config.runtime.max_connections as u64).saturating_add(OPEN_FILES_MARGIN);
+            let wanted = (config.runtime.max_connections as u64).saturating_add(imks::limits::OPEN_FILES_MARGIN);
             if files.now < wanted {
                 tracing::warn!(
                     open_files = files.now,

@@ -132,3 +132,28 @@ fn a_hard_limit_below_max_connections_is_reported() {
     let (_server, log) = start(limit, &[("IMKS_SERVER__MAX_CONNECTIONS", "256")]);
     assert!(!log.iter().any(|l| l.contains(WARNING)), "{}", log.join("\n"));
 }
+
+#[test]
+fn by_default_max_connections_follows_the_limit_and_nothing_warns() {
+    const WARNING: &str = "the open files limit is below server.max_connections";
+    // The same hard limit of 512: room for 256 connections, which the default takes.
+    let limit = libc::rlimit { rlim_cur: 512, rlim_max: 512 };
+    assert!(limits().rlim_max >= 512, "this test lowers the hard limit to 512");
+    let (_server, log) = start(limit, &[]);
+    assert!(!log.iter().any(|l| l.contains(WARNING)), "a default start warns of nothing: {}", log.join("\n"));
+
+    let mut check = Command::new(env!("CARGO_BIN_EXE_imks"));
+    check.args(["config", "check"]);
+    // SAFETY: only async-signal-safe setrlimit between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut check, move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = check.output().expect("imks config check runs");
+    let resolved: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(resolved["max_connections"], 256, "512 descriptors less the node's 256");
+}

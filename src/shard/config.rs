@@ -125,7 +125,8 @@ pub struct ServerSection {
     /// io_uring submission queue entries per shard. Default 1024.
     pub uring_entries: u32,
     /// Maximum connections on the whole node (spread evenly over shards unless a shard file
-    /// says otherwise). Default 100000.
+    /// says otherwise); 0 means as many as the open-files limit allows: the hard limit less 256
+    /// descriptors the node keeps for itself. Default 0.
     pub max_connections: usize,
     /// How long a graceful shutdown may take before remaining connections are dropped, in
     /// milliseconds. Default 10000.
@@ -147,7 +148,7 @@ impl Default for ServerSection {
             pin_threads: true,
             driver: "auto".into(),
             uring_entries: 1024,
-            max_connections: 100_000,
+            max_connections: 0,
             shutdown_timeout_ms: 10_000,
             tick_ms: 100,
             shards_dir: "shards".into(),
@@ -340,7 +341,12 @@ pub fn resolve(
     if listen.is_empty() {
         return Err(FieldError::new("server.listen", "needs at least one address"));
     }
-    positive("server.max_connections", s.max_connections as u64)?;
+    // 0: as many as the open-files limit allows (the default), so a default start never asks
+    // for more than the host can give.
+    let max_connections = match s.max_connections {
+        0 => crate::limits::connections_the_fd_limit_allows(),
+        n => n,
+    };
     positive("server.tick_ms", s.tick_ms)?;
     positive("server.uring_entries", u64::from(s.uring_entries))?;
     positive("http.max_head_bytes", h.max_head_bytes as u64)?;
@@ -392,7 +398,7 @@ pub fn resolve(
     positive("sidecar.probe_timeout_ms", sidecar.probe_timeout_ms)?;
 
     let allowed = if s.pin_threads { allowed_cpus() } else { Vec::new() };
-    let per_shard_conns = s.max_connections.div_ceil(shard_count);
+    let per_shard_conns = max_connections.div_ceil(shard_count);
     let mut shards = Vec::with_capacity(shard_count);
     for index in 0..shard_count {
         let over = shard_files.get(index).cloned().flatten().unwrap_or_default();
@@ -420,7 +426,7 @@ pub fn resolve(
         shards,
         driver,
         uring_entries: s.uring_entries,
-        max_connections: s.max_connections,
+        max_connections,
         limits,
         shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
         tick: Duration::from_millis(s.tick_ms),
