@@ -1,7 +1,8 @@
 //! `imks-loadgen <SCENARIO> [OPTIONS]`: see `--help` and loadgen/README.md.
 //!
-//! Exit status: 0 when the run completed (whatever it measured: read `counts.lost` in the
-//! report), 2 for bad parameters, 1 for a run that could not be carried out.
+//! Exit status: 0 for a clean run; 3 for a run that lost messages, received some twice, or
+//! whose connections failed or dropped (`--allow-loss` makes it 0; the report says what
+//! happened either way); 2 for bad parameters; 1 for a run that could not be carried out.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -65,6 +66,11 @@ fn main() -> ExitCode {
             eprintln!("imks-loadgen: writing {}: {e}", path.display());
             status = ExitCode::from(1);
         }
+    }
+    let problems = report.problems();
+    if !problems.is_empty() && !cli.allow_loss && status == ExitCode::SUCCESS {
+        eprintln!("imks-loadgen: FAILED: {} (--allow-loss exits 0 all the same)", problems.join(", "));
+        status = ExitCode::from(3);
     }
     status
 }

@@ -345,8 +345,8 @@ pub struct Cli {
     #[arg(long)]
     pub total: Option<u64>,
 
-    /// Runtime threads per process (default: the cores this process may use).
-    #[arg(long, default_value_t = 0)]
+    /// Runtime threads per process [default: the cores this process may use].
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub threads: usize,
 
     /// Worker processes, for more connections than one process may open; on a 127.0.0.0/8
@@ -413,6 +413,11 @@ pub struct Cli {
     /// No progress line, even on a terminal.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Exit 0 even when messages were lost or delivered twice, or connections failed (the
+    /// report still says so); without it such a run exits 3.
+    #[arg(long)]
+    pub allow_loss: bool,
 
     /// Internal: run as a worker process (parameters on stdin).
     #[arg(long, hide = true)]

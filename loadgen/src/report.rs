@@ -237,6 +237,29 @@ fn units(s: Scenario) -> Units {
 }
 
 impl Report {
+    /// What went wrong in the run, one phrase each: messages lost or delivered twice,
+    /// connections that failed or dropped, handshakes that failed. Empty for a clean run.
+    pub fn problems(&self) -> Vec<String> {
+        let c = &self.counts;
+        let mut out = Vec::new();
+        let mut say = |n: u64, what: &str| {
+            if n > 0 {
+                out.push(format!("{n} {what}"));
+            }
+        };
+        say(c.lost, &format!("{} lost", self.units.received));
+        say(c.duplicates, &format!("{} received twice", self.units.received));
+        if let Some(chat) = &self.chat {
+            say(chat.sent_acks.lost, "sent acks lost");
+            say(chat.delivered_acks.lost, "delivered acks lost");
+            say(chat.sent_acks.duplicates + chat.delivered_acks.duplicates, "acks received twice");
+        }
+        say(c.failed, "handshakes failed");
+        say(self.connections.setup_failed as u64, "connections failed to set up");
+        say(self.connections.dropped as u64, "connections dropped during the run");
+        out
+    }
+
     /// Merges the workers' reports.
     pub fn build(
         p: &Params,

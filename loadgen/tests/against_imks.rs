@@ -225,3 +225,33 @@ fn chat_with_minted_jwts() {
     assert_chat_complete(&r, 200);
     assert_eq!(r.params.jwt_secret.as_deref(), Some("<redacted>"));
 }
+
+/// The binary's verdict: a run whose connections failed exits 3 with the reason on stderr,
+/// unless `--allow-loss`; a clean run exits 0.
+#[test]
+fn the_exit_status_tells_a_clean_run_from_a_lossy_one() {
+    // One shard, so the limit does not depend on how the kernel spreads the connections.
+    let (_node, addr) = start_native(|f| {
+        f.server.shards = 1;
+        f.server.max_connections = 4;
+    });
+    let loadgen = |extra: &[&str], connections: &str| {
+        let url = format!("ws://{addr}");
+        let mut args = vec!["idle", "-c", connections, "--url", &url, "--protocol", "ws", "-q"];
+        args.extend(["-d", "1", "--warmup", "0", "--drain", "0", "--setup-timeout", "5", "--threads", "1"]);
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imks-loadgen"))
+            .args(&args)
+            .output()
+            .expect("imks-loadgen runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = loadgen(&[], "3");
+    assert_eq!(code, Some(0), "three connections fit: {stderr}");
+    let (code, stderr) = loadgen(&[], "8");
+    assert_eq!(code, Some(3), "eight do not: {stderr}");
+    let reason = stderr.lines().find(|l| l.contains("FAILED")).unwrap_or_default();
+    assert!(reason.contains("connections failed to set up"), "{stderr}");
+    let (code, stderr) = loadgen(&["--allow-loss"], "8");
+    assert_eq!(code, Some(0), "--allow-loss: {stderr}");
+}
