@@ -310,3 +310,78 @@ fn polling_answers_cors_preflights_and_echoes_the_origin() {
     assert!(head.contains("Access-Control-Allow-Origin: http://app.example"), "{head}");
     assert!(body.starts_with(b"0{"));
 }
+
+#[test]
+fn more_packets_than_max_buffered_packets_for_a_polling_client_close_its_session() {
+    let (_node, addr) = start_full(
+        "io_uring",
+        1,
+        |_| {},
+        |c| {
+            c.conformance_mode();
+            c.eio.ping_interval = Duration::from_secs(5);
+            c.eio.ping_timeout = Duration::from_secs(5);
+            c.eio.max_buffered_packets = 4;
+        },
+    );
+    let (sid, _) = handshake(addr);
+    // Four echoes wait for the next GET: at the bound, not past it.
+    assert_eq!(poll_post(addr, &sid, "4a\u{1e}4b\u{1e}4c\u{1e}4d"), (200, "ok".into()));
+    assert_eq!(poll_get(addr, &sid), (200, "4a\u{1e}4b\u{1e}4c\u{1e}4d".into()));
+    // Five do not fit: the session is closed, and its next GET finds none.
+    assert_eq!(poll_post(addr, &sid, "4a\u{1e}4b\u{1e}4c\u{1e}4d\u{1e}4e").0, 200);
+    assert_eq!(poll_get(addr, &sid).0, 400, "closed past engineio.max_buffered_packets");
+}
+
+#[test]
+fn a_polling_post_over_max_payload_gets_413_and_closes_the_session() {
+    let (_node, addr) = start_full(
+        "epoll",
+        1,
+        |_| {},
+        |c| {
+            c.conformance_mode();
+            c.eio.ping_interval = Duration::from_secs(5);
+            c.eio.ping_timeout = Duration::from_secs(5);
+            c.eio.max_payload = 100;
+        },
+    );
+    let (sid, open) = handshake(addr);
+    assert_eq!(open["maxPayload"], 100, "the client is told the bound");
+    assert_eq!(poll_post(addr, &sid, &format!("4{}", "x".repeat(99))), (200, "ok".into()), "at the bound");
+    assert_eq!(poll_get(addr, &sid).0, 200);
+    assert_eq!(poll_post(addr, &sid, &format!("4{}", "x".repeat(100))).0, 413, "one byte over");
+    assert_eq!(poll_get(addr, &sid).0, 400, "the session is gone");
+}
+
+#[test]
+fn a_restricted_cors_list_answers_only_its_origins_with_credentials() {
+    let (_node, addr) = start_full(
+        "io_uring",
+        1,
+        |_| {},
+        |c| {
+            c.conformance_mode();
+            c.eio.cors_origins = vec!["https://app.example".into()];
+            c.eio.cors_credentials = true;
+        },
+    );
+    let preflight = |origin: &str| {
+        http(
+            addr,
+            &format!(
+                "OPTIONS {PATH} HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\
+                 Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let (status, head, _) = preflight("https://app.example");
+    assert_eq!(status, 204, "{head}");
+    assert!(head.contains("Access-Control-Allow-Origin: https://app.example"), "{head}");
+    assert!(head.contains("Access-Control-Allow-Credentials: true"), "{head}");
+    assert!(head.contains("Vary: Origin"), "{head}");
+    let (status, head, _) = preflight("https://elsewhere.example");
+    assert_eq!(status, 204, "{head}");
+    assert!(!head.contains("Access-Control-Allow-Origin"), "an origin off the list gets no grant: {head}");
+    assert!(!head.contains("Access-Control-Allow-Credentials"), "{head}");
+}
