@@ -139,6 +139,8 @@ pub struct ShardStats {
     pub store_evicted_conversations: AtomicU64,
     pub store_evicted_messages: AtomicU64,
     pub store_forgotten_dedup: AtomicU64,
+    /// Engine.IO long-polling GETs parked until the session has something to send.
+    pub polls_waiting: AtomicU64,
     /// Frames waiting in sessions' backlogs for room in their send queues, copied every tick.
     pub send_backlog_frames: AtomicU64,
     /// Socket writes by WebSocket sessions (each carries one or more frames).
@@ -284,6 +286,12 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         "counter",
         "De-duplication entries forgotten by store.max_dedup_entries.",
         &|s| get(&s.store_forgotten_dedup),
+    );
+    family(
+        "imks_engineio_polls_waiting",
+        "gauge",
+        "Engine.IO long-polling GETs parked until their session has something to send.",
+        &|s| get(&s.polls_waiting),
     );
     family("imks_handler_errors_total", "counter", "Application handlers that failed, panicked or timed out.", &|s| {
         get(&s.handler_errors)

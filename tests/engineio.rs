@@ -25,6 +25,13 @@ fn poll_post(addr: SocketAddr, sid: &str, body: &str) -> (u16, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
+/// Waits until a long-polling GET is parked on the node, as `imks_engineio_polls_waiting` says,
+/// so the next request surely comes after it.
+fn wait_parked(addr: SocketAddr) {
+    let parked = || metric_sum(addr, "imks_engineio_polls_waiting") >= 1;
+    assert!(wait_until(Duration::from_secs(10), parked), "no long-poll parked");
+}
+
 /// Opens a polling session; returns its sid and the open packet's JSON.
 fn handshake(addr: SocketAddr) -> (String, serde_json::Value) {
     let (status, head, body) = get(addr, PATH);
@@ -115,7 +122,7 @@ fn client_close_releases_the_pending_get_with_noop() {
         let sid = sid.clone();
         std::thread::spawn(move || poll_get(addr, &sid))
     };
-    std::thread::sleep(Duration::from_millis(100)); // let the GET reach the server first
+    wait_parked(addr);
     assert_eq!(poll_post(addr, &sid, "1").0, 200);
     assert_eq!(pending.join().unwrap(), (200, "6".into()));
     assert_eq!(poll_get(addr, &sid).0, 400, "the session is gone");
@@ -129,7 +136,7 @@ fn a_second_concurrent_get_is_refused_and_closes_the_session() {
         let sid = sid.clone();
         std::thread::spawn(move || poll_get(addr, &sid))
     };
-    std::thread::sleep(Duration::from_millis(100));
+    wait_parked(addr);
     assert_eq!(poll_get(addr, &sid).0, 400);
     assert_eq!(pending.join().unwrap(), (200, "1".into()));
     assert_eq!(poll_get(addr, &sid).0, 400);
@@ -188,7 +195,7 @@ fn upgrade_from_polling_to_websocket() {
             let sid = sid.clone();
             std::thread::spawn(move || poll_get(addr, &sid))
         };
-        std::thread::sleep(Duration::from_millis(100));
+        wait_parked(addr);
         let mut c = eio_ws(addr, Some(&sid));
         c.send(Message::text("2probe")).unwrap();
         assert_eq!(text(&mut c), "3probe");
@@ -235,7 +242,7 @@ fn requests_of_one_session_are_served_from_any_shard() {
             let sid = sid.clone();
             std::thread::spawn(move || poll_get(a, &sid))
         };
-        std::thread::sleep(Duration::from_millis(100));
+        wait_parked(a);
         let mut c = eio_ws(b, Some(&sid));
         c.send(Message::text("2probe")).unwrap();
         assert_eq!(text(&mut c), "3probe");
@@ -257,7 +264,7 @@ fn a_get_that_overtakes_the_upgrade_is_answered_not_left_hanging() {
         let sid = sid.clone();
         std::thread::spawn(move || poll_get(addr, &sid))
     };
-    std::thread::sleep(Duration::from_millis(100)); // the GET is parked first
+    wait_parked(addr);
     let mut c = eio_ws(addr, Some(&sid));
     // `2probe` and `5` back to back, as a client that does not wait for `3probe` sends them.
     c.send(Message::text("2probe")).unwrap();

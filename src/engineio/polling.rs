@@ -229,6 +229,8 @@ async fn poll_get(shard: &Shard, s: &Rc<EioSession>) -> Response {
         return error_body(RequestError::BadRequest);
     }
     s.poll_active.set(true);
+    // Counted while this GET is parked, whichever way it ends (`imks_engineio_polls_waiting`).
+    let _parked = Parked::new(&shard.stats);
     poll_fn(|cx| {
         if !s.queue.borrow().is_empty() || s.closed.get() || s.upgrading.get() || s.is_websocket() {
             Poll::Ready(())
@@ -293,5 +295,21 @@ pub(super) fn admit(shard: &Shard, head: &RequestHead) -> Result<Option<crate::a
     match shard.require::<crate::auth::Gate>() {
         Ok(gate) => gate.admit(head),
         Err(e) => Err(Response::refusal(500, "internal", &e.to_string())),
+    }
+}
+
+/// A long-poll parked on a shard, counted in its stats while it lives.
+struct Parked<'a>(&'a crate::metrics::ShardStats);
+
+impl<'a> Parked<'a> {
+    fn new(stats: &'a crate::metrics::ShardStats) -> Self {
+        crate::metrics::add(&stats.polls_waiting, 1);
+        Self(stats)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        crate::metrics::sub(&self.0.polls_waiting, 1);
     }
 }
