@@ -94,13 +94,15 @@ impl Client {
         }
     }
 
-    /// The close code the server ends with, reading past any messages.
+    /// The close code the server ends with, reading past any messages; `None` when it ends
+    /// the connection without a close frame. A read that times out fails the test.
     fn close_code(&mut self) -> Option<u16> {
         loop {
             match self.ws.read() {
                 Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
                 Ok(_) => continue,
-                Err(_) => return None,
+                Err(e) if common::is_closed(&e) => return None,
+                Err(e) => panic!("neither a message nor a close: {e}"),
             }
         }
     }

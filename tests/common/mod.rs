@@ -228,7 +228,8 @@ pub fn on_both_drivers(f: impl Fn(&str)) {
 }
 
 /// The next Engine.IO text message on a raw WebSocket, answering server pings on the way;
-/// `None` once the connection has closed.
+/// `None` once the connection has closed: a close frame or the end of the stream. A read that
+/// times out is no close: it fails the test.
 pub fn sio_text(c: &mut Ws) -> Option<String> {
     use tungstenite::Message;
     loop {
@@ -236,8 +237,29 @@ pub fn sio_text(c: &mut Ws) -> Option<String> {
             Ok(Message::Text(t)) if t.as_str() == "2" => c.send(Message::text("3")).unwrap(),
             Ok(Message::Text(t)) => return Some(t.to_string()),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return None,
+            Err(e) if is_closed(&e) => return None,
+            Err(e) => panic!("neither a message nor a close: {e}"),
             Ok(m) => panic!("unexpected {m:?}"),
         }
+    }
+}
+
+/// Whether a WebSocket read error means the connection ended (rather than a read timeout or
+/// a broken frame): the peer closed, reset or went away.
+pub fn is_closed(e: &tungstenite::Error) -> bool {
+    use std::io::ErrorKind;
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => true,
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        tungstenite::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+                | ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
