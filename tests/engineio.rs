@@ -392,3 +392,20 @@ fn a_restricted_cors_list_answers_only_its_origins_with_credentials() {
     assert!(!head.contains("Access-Control-Allow-Origin"), "an origin off the list gets no grant: {head}");
     assert!(!head.contains("Access-Control-Allow-Credentials"), "{head}");
 }
+
+#[test]
+fn sids_are_checked_before_any_ring_hop() {
+    let (_node, addr) = start_conformance("io_uring", 2, (5000, 5000));
+    let pushes = || metric_sum(addr, "imks_ring_pushes_total{");
+    let before = pushes();
+    let out_of_range = imks::engineio::Sid::new(7, 0, 1).to_string();
+    for sid in ["not-a-sid", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", out_of_range.as_str()] {
+        let (status, body) = poll_get(addr, sid);
+        assert_eq!(status, 400, "{sid}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["code"], 1, "Session ID unknown: {sid}");
+        let (status, _) = poll_post(addr, sid, "4x");
+        assert_eq!(status, 400, "{sid}");
+    }
+    assert_eq!(pushes(), before, "no request crossed the rings");
+}
