@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use imks::http::parse::RequestHead;
 use imks::http::Response;
+use imks::shard::config::{RingFullPolicy, RuntimeConfig};
 use imks::shard::launch::Launched;
 use imks::shard::route::{HttpHandler, ResponseFuture};
 use imks::shard::{Route, Router, Shard, ShardService, ShardSetup};
@@ -28,6 +29,8 @@ struct Doubler {
     inbox: mpsc::Receiver<(u64, oneshot::Sender<u64>)>,
     flushed: Arc<AtomicU64>,
     stopped: Arc<AtomicBool>,
+    /// Set while it blocks the sidecar's thread (asked to double 0).
+    blocking: Arc<AtomicBool>,
 }
 
 impl SidecarService for Doubler {
@@ -43,6 +46,13 @@ impl SidecarService for Doubler {
                 tokio::select! {
                     work = self.inbox.recv() => {
                         let Some((n, reply)) = work else { break };
+                        if n == 0 {
+                            // A stuck client of an external service: it blocks the sidecar's
+                            // thread, as a blocking call would.
+                            self.blocking.store(true, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(1500));
+                            self.blocking.store(false, Ordering::SeqCst);
+                        }
                         let _ = reply.send(n * 2);
                         answered += 1;
                         ctx.set_state(format!("ok, {answered} answered"));
@@ -77,7 +87,10 @@ impl ShardService for Counter {
 /// `/count`: this shard's hits and ticks.
 struct Routes;
 
-struct Handler(&'static str, usize);
+struct Handler(&'static str, usize, usize);
+
+/// Whether a shard is blocked by `/block/N/SLOT`, by slot.
+static BLOCKED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
 impl HttpHandler for Handler {
     fn respond<'a>(&'a self, shard: &'a Rc<Shard>, _head: &'a RequestHead, _body: &'a [u8]) -> ResponseFuture<'a> {
@@ -116,6 +129,27 @@ impl HttpHandler for Handler {
                     Some(h) => h.services.iter().map(|(name, state)| format!("{name}: {state}")).collect(),
                     None => "no answer".to_string(),
                 },
+                "block" => {
+                    // A shard that does not drain its rings for a while; `BLOCKED[slot]` says
+                    // when it is (one slot per test, as tests run side by side).
+                    let slot = self.2;
+                    shard.invoke_on(to, move |_: &Rc<Shard>| {
+                        BLOCKED[slot].store(true, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(300));
+                        BLOCKED[slot].store(false, Ordering::SeqCst);
+                    });
+                    "blocked".to_string()
+                }
+                "burst" => {
+                    for _ in 0..100 {
+                        shard.invoke_on(to, |owner: &Rc<Shard>| {
+                            if let Some(counter) = owner.service::<Counter>() {
+                                counter.hits.set(counter.hits.get() + 1);
+                            }
+                        });
+                    }
+                    "burst".to_string()
+                }
                 "post" => {
                     shard.invoke_on(to, |owner: &Rc<Shard>| {
                         if let Some(counter) = owner.service::<Counter>() {
@@ -139,17 +173,27 @@ impl Router for Routes {
         let path = head.path.as_str();
         let target = |p: &str| p.parse::<usize>().ok().filter(|&n| n < shard.shard_count());
         if let Some(n) = path.strip_prefix("/call/").and_then(target) {
-            return Route::Http(Rc::new(Handler("call", n)));
+            return Route::Http(Rc::new(Handler("call", n, 0)));
         }
         if let Some(n) = path.strip_prefix("/post/").and_then(target) {
-            return Route::Http(Rc::new(Handler("post", n)));
+            return Route::Http(Rc::new(Handler("post", n, 0)));
+        }
+        if let Some((n, slot)) = path.strip_prefix("/block/").and_then(|p| p.split_once('/')) {
+            let slot = slot.parse::<usize>().ok().filter(|&s| s < BLOCKED.len());
+            if let (Some(n), Some(slot)) = (target(n), slot) {
+                return Route::Http(Rc::new(Handler("block", n, slot)));
+            }
+        }
+        if let Some(n) = path.strip_prefix("/burst/").and_then(target) {
+            return Route::Http(Rc::new(Handler("burst", n, 0)));
         }
         if let Some(n) = path.strip_prefix("/double/").and_then(|p| p.parse::<usize>().ok()) {
-            return Route::Http(Rc::new(Handler("double", n)));
+            return Route::Http(Rc::new(Handler("double", n, 0)));
         }
         match path {
-            "/count" => Route::Http(Rc::new(Handler("count", shard.index))),
-            "/sidecar" => Route::Http(Rc::new(Handler("sidecar", shard.index))),
+            "/count" => Route::Http(Rc::new(Handler("count", shard.index, 0))),
+            "/sidecar" => Route::Http(Rc::new(Handler("sidecar", shard.index, 0))),
+            "/metrics" => Route::Http(Rc::new(imks::app::Metrics)),
             // The native protocol's upgrade, on a node that registered none of its services.
             "/ws" => match imks::chat::session::accept(shard, head) {
                 Ok(handler) => Route::WebSocket(handler),
@@ -165,16 +209,28 @@ impl Router for Routes {
 struct Stopped {
     flushed: Arc<AtomicU64>,
     stopped: Arc<AtomicBool>,
+    blocking: Arc<AtomicBool>,
 }
 
 /// Two shards, each on its own loopback address so a test knows which one it talks to.
 fn start(driver: &str) -> (Launched, [SocketAddr; 2], Stopped) {
+    start_tuned(driver, |_| {})
+}
+
+/// As [`start`], with the runtime's settings tweaked.
+fn start_tuned(driver: &str, tweak: impl FnOnce(&mut RuntimeConfig)) -> (Launched, [SocketAddr; 2], Stopped) {
     let mut runtime = common::config(driver, 2, |f| f.server.tick_ms = 20, |_| {}).runtime;
+    tweak(&mut runtime);
     runtime.shards[0].listen = vec!["127.0.0.1:0".parse().expect("an address")];
     runtime.shards[1].listen = vec!["127.0.0.2:0".parse().expect("an address")];
     let (tx, inbox) = mpsc::channel(16);
     let stopped = Stopped::default();
-    let doubler = Doubler { inbox, flushed: stopped.flushed.clone(), stopped: stopped.stopped.clone() };
+    let doubler = Doubler {
+        inbox,
+        flushed: stopped.flushed.clone(),
+        stopped: stopped.stopped.clone(),
+        blocking: stopped.blocking.clone(),
+    };
     let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| {
         shard.add_service(Rc::new(Counter::default()));
         shard.provide(Rc::new(DoublerHandle(tx.clone())));
@@ -246,4 +302,60 @@ fn sidecar_services_answer_every_shard_report_their_state_and_stop_with_the_node
     assert!(runtime.stop_and_join(), "every thread ends, the sidecar too");
     assert!(stopped.stopped.load(Ordering::SeqCst), "told to stop when the node stopped");
     assert_eq!(stopped.flushed.load(Ordering::SeqCst), 2, "and finished what it held before the sidecar ended");
+}
+
+/// Shard 1 stops draining its rings for 300 ms while shard 0 sends it 100 closures.
+fn burst_while_blocked(policy: RingFullPolicy, slot: usize) -> (Launched, u64, u64) {
+    let (runtime, [a, b], _) = start_tuned("epoll", |r| {
+        r.ring_capacity = 4;
+        r.ring_full_policy = policy;
+    });
+    assert_eq!(body(a, &format!("/block/1/{slot}")), "blocked");
+    let blocked = || BLOCKED[slot].load(Ordering::SeqCst);
+    assert!(common::wait_until(Duration::from_secs(5), blocked), "shard 1 is blocked");
+    assert_eq!(body(a, "/burst/1"), "burst");
+    let hits = |addr| body(addr, "/count").split(' ').nth(3).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    let drops = || common::metric_sum(a, "imks_ring_drops_total{");
+    // Settled: every closure either ran on shard 1 or was dropped.
+    let settled = || hits(b) + drops() >= 100;
+    assert!(
+        common::wait_until(Duration::from_secs(10), settled),
+        "the burst settles: {} ran, {} dropped",
+        hits(b),
+        drops()
+    );
+    (runtime, hits(b), drops())
+}
+
+#[test]
+fn a_full_ring_under_the_drop_policy_drops_and_counts() {
+    let (_runtime, ran, dropped) = burst_while_blocked(RingFullPolicy::Drop, 0);
+    assert!(dropped > 0, "a 4-slot ring to a blocked shard overflows");
+    assert_eq!(ran + dropped, 100, "each closure ran or was counted as dropped");
+}
+
+#[test]
+fn a_full_ring_under_the_wait_policy_loses_nothing() {
+    let (_runtime, ran, dropped) = burst_while_blocked(RingFullPolicy::Wait, 1);
+    assert_eq!((ran, dropped), (100, 0), "every closure waits for room and runs");
+}
+
+#[test]
+fn a_stuck_sidecar_fails_health_probes_at_the_probe_timeout_and_recovers() {
+    let (_runtime, [a, b], doubler) = start_tuned("io_uring", |r| r.sidecar_probe_timeout = Duration::from_millis(200));
+    assert_eq!(body(a, "/sidecar"), "doubler: ok, 0 answered");
+    // Shard 1 asks the doubler for what blocks the sidecar's thread for 1.5 s.
+    let stuck = std::thread::spawn(move || body(b, "/double/0"));
+    let blocking = || doubler.blocking.load(Ordering::SeqCst);
+    assert!(common::wait_until(Duration::from_secs(5), blocking), "the sidecar is stuck");
+    let started = std::time::Instant::now();
+    assert_eq!(body(a, "/sidecar"), "no answer", "a probe the sidecar cannot answer in time");
+    let waited = started.elapsed();
+    // The probe's timeout, with a wide margin below the 1.5 s the sidecar is stuck.
+    assert!(waited >= Duration::from_millis(190) && waited < Duration::from_millis(1200), "{waited:?}");
+    assert_eq!(stuck.join().expect("the request"), "doubled 0");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || body(a, "/sidecar").starts_with("doubler: ok")),
+        "probes are answered again"
+    );
 }
