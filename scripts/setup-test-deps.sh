@@ -25,6 +25,8 @@ fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 command -v cc >/dev/null || apt_install build-essential
+# curl runs the README's quick start in tests/quick_start.rs.
+command -v curl >/dev/null || apt_install curl ca-certificates
 
 # Python clients for tests/py.
 command -v python3 >/dev/null || apt_install python3

@@ -1,9 +1,11 @@
-//! The `imks` command: `serve`, `conformance`, `config check` and `migrate`.
+//! The `imks` command: `serve`, `conformance`, `config check`, `migrate` and `client`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod client;
 use imks::{Config, Node};
 
 #[derive(Parser)]
@@ -44,6 +46,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// A line-based WebSocket client: sends each line of standard input as a text message and
+    /// prints every message it receives (for trying a node: `imks client ws://localhost:3000/ws`).
+    Client {
+        /// `ws://HOST:PORT/PATH`
+        url: String,
+    },
     /// Apply the Postgres store's schema migrations (`migrate/`) to `store.postgres.url`.
     Migrate {
         #[arg(long, short)]
@@ -68,11 +76,21 @@ const CONFORMANCE_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Client { url } = &cli.cmd {
+        return match client::run(url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("imks client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let loaded = match &cli.cmd {
         Cmd::Serve { config }
         | Cmd::Conformance { config, .. }
         | Cmd::Config { cmd: ConfigCmd::Check { config } }
         | Cmd::Migrate { config, .. } => Config::load(config.as_deref()),
+        Cmd::Client { .. } => return ExitCode::SUCCESS, // handled above
     };
     let mut config = match loaded {
         Ok(c) => c,
@@ -121,6 +139,7 @@ fn main() -> ExitCode {
         }
         Cmd::Serve { .. } => run(config),
         Cmd::Migrate { status, .. } => migrate(&config, status),
+        Cmd::Client { .. } => ExitCode::SUCCESS, // handled above
     }
 }
 
