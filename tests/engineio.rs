@@ -409,3 +409,27 @@ fn sids_are_checked_before_any_ring_hop() {
     }
     assert_eq!(pushes(), before, "no request crossed the rings");
 }
+
+#[test]
+fn past_max_buffered_packets_polling_follows_the_drop_policies() {
+    for (policy, kept) in [("drop_newest", "4a\u{1e}4b\u{1e}4c"), ("drop_oldest", "4c\u{1e}4d\u{1e}4e")] {
+        let (_node, addr) = start_full(
+            "epoll",
+            1,
+            |f| f.websocket.backpressure = policy.into(),
+            |c| {
+                c.conformance_mode();
+                c.eio.ping_interval = Duration::from_secs(5);
+                c.eio.ping_timeout = Duration::from_secs(5);
+                c.eio.max_buffered_packets = 3;
+            },
+        );
+        let (sid, _) = handshake(addr);
+        assert_eq!(poll_post(addr, &sid, "4a\u{1e}4b\u{1e}4c\u{1e}4d\u{1e}4e"), (200, "ok".into()), "{policy}");
+        assert_eq!(poll_get(addr, &sid), (200, kept.into()), "{policy} keeps three of five");
+        assert_eq!(metric_sum(addr, &format!("imks_send_queue_drops_total{{shard=\"0\",policy=\"{policy}\"}}")), 2);
+        // The session goes on.
+        assert_eq!(poll_post(addr, &sid, "4f"), (200, "ok".into()), "{policy}");
+        assert_eq!(poll_get(addr, &sid), (200, "4f".into()), "{policy}");
+    }
+}

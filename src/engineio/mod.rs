@@ -38,6 +38,7 @@ pub use table::Engine;
 pub use websocket::EioWs;
 
 mod config;
+mod poll_queue;
 mod polling;
 mod route;
 mod session;

@@ -195,7 +195,7 @@ fn error_body(e: RequestError) -> Response {
 }
 
 fn payload_response(s: &EioSession) -> Response {
-    let packets: Vec<Packet> = s.queue.borrow_mut().drain(..).collect();
+    let packets: Vec<Packet> = s.queue.borrow_mut().take_all();
     let mut body = Vec::with_capacity(64);
     packet::encode_payload(&packets, &mut body);
     Response::new(200, "text/plain; charset=UTF-8", body)
@@ -211,7 +211,8 @@ fn handshake(
         return Response::new(503, "text/plain", "no session slots\n");
     };
     *s.identity.borrow_mut() = identity;
-    s.queue.borrow_mut().push_back(open_packet(&s, &["websocket"]));
+    let open = open_packet(&s, &["websocket"]);
+    s.queue.borrow_mut().push_group(&[open], 0, crate::shard::config::Backpressure::Close);
     start_heartbeat(&s);
     app.on_open(shard, &s);
     payload_response(&s)

@@ -2,7 +2,6 @@
 //! receives, and its end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Instant;
@@ -29,7 +28,7 @@ pub struct EioSession {
     pub(super) app: Rc<dyn EioApp>,
     pub(super) transport: RefCell<Transport>,
     /// Packets waiting for the next polling GET (also while an upgrade is in progress).
-    pub(super) queue: RefCell<VecDeque<Packet>>,
+    pub(super) queue: RefCell<super::poll_queue::PollQueue>,
     pub(super) poll_waiter: RefCell<Option<Waker>>,
     pub(super) poll_active: Cell<bool>,
     /// A WebSocket has sent `2probe` and the upgrade is not finished.
@@ -85,7 +84,7 @@ impl EioSession {
         }
         match self.websocket() {
             Some(c) => shard.deliver(&c, ws_frame(&p)),
-            None => self.queue_for_polling(shard, std::iter::once(p)),
+            None => self.queue_for_polling(shard, std::iter::once(std::slice::from_ref(&p))),
         }
     }
 
@@ -99,7 +98,7 @@ impl EioSession {
         }
         match self.websocket() {
             Some(c) => shard.deliver_flushed(&c, ws_frame(&p)),
-            None => self.queue_for_polling(shard, std::iter::once(p)),
+            None => self.queue_for_polling(shard, std::iter::once(std::slice::from_ref(&p))),
         }
     }
 
@@ -135,7 +134,7 @@ impl EioSession {
                     }
                 }
             }
-            None => self.queue_for_polling(shard, ps.flat_map(|p| p.packets.iter().cloned())),
+            None => self.queue_for_polling(shard, ps.map(|p| p.packets.as_slice())),
         }
     }
 
@@ -148,14 +147,23 @@ impl EioSession {
         }
     }
 
-    fn queue_for_polling(self: &Rc<Self>, shard: &Shard, packets: impl Iterator<Item = Packet>) {
+    /// Queues groups of packets (each one send: a packet, or an event with its attachments) for
+    /// the next GET. Past `engineio.max_buffered_packets`, the node's backpressure policy
+    /// applies to whole groups, as on a WebSocket ([`super::poll_queue`]).
+    fn queue_for_polling<'a>(self: &Rc<Self>, shard: &Shard, groups: impl Iterator<Item = &'a [Packet]>) {
+        use super::poll_queue::Pushed;
         // Broadcasts held for the flush were sent before this.
         shard.release_held_broadcasts();
-        let overflow = {
-            let mut q = self.queue.borrow_mut();
-            q.extend(packets);
-            q.len() > self.engine.cfg.max_buffered_packets
-        };
+        let (max, policy) = (self.engine.cfg.max_buffered_packets, shard.node.config.ws.backpressure);
+        let mut overflow = false;
+        for group in groups {
+            match self.queue.borrow_mut().push_group(group, max, policy) {
+                Pushed::Queued => {}
+                Pushed::DroppedNewest(n) => crate::metrics::add(&shard.stats.drops_newest, n as u64),
+                Pushed::DroppedOldest(n) => crate::metrics::add(&shard.stats.drops_oldest, n as u64),
+                Pushed::Overflow => overflow = true,
+            }
+        }
         if overflow {
             close(shard, self, CloseReason::TransportError, true);
         } else {
@@ -224,7 +232,9 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: CloseReason, notify: boo
                 }
             }
         }
-        None if notify => s.queue.borrow_mut().push_back(Packet::Close),
+        None if notify => {
+            s.queue.borrow_mut().push_group(&[Packet::Close], 0, crate::shard::config::Backpressure::Close);
+        }
         None => {}
     }
     s.closed.set(true);

@@ -2,7 +2,6 @@
 //! shard, driven by one task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -149,7 +148,7 @@ impl Engine {
             engine: self.clone(),
             app,
             transport: RefCell::new(transport),
-            queue: RefCell::new(VecDeque::new()),
+            queue: RefCell::default(),
             poll_waiter: RefCell::new(None),
             poll_active: Cell::new(false),
             upgrading: Cell::new(false),

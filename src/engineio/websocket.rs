@@ -99,7 +99,7 @@ impl WsHandler for EioWs {
                     shard.close_session(other, 1008, "session already upgraded", crate::metrics::CloseReason::Protocol);
                 }
                 // Whatever the polling side had not fetched goes out on the WebSocket.
-                let pending = std::mem::take(&mut *s.queue.borrow_mut());
+                let pending = s.queue.borrow_mut().take_all();
                 for p in pending {
                     shard.deliver(conn, ws_frame(&p));
                 }
