@@ -25,6 +25,21 @@ fn poll_post(addr: SocketAddr, sid: &str, body: &str) -> (u16, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
+/// The conformance application on one shard with 5 s heartbeats, after `file` and `eio` adjust
+/// its file config and its resolved `[engineio]`.
+fn start_eio(
+    driver: &str,
+    file: impl FnOnce(&mut imks::config::file::FileConfig),
+    eio: impl FnOnce(&mut imks::engineio::EioConfig),
+) -> (imks::Node, SocketAddr) {
+    start_full(driver, 1, file, |c| {
+        c.conformance_mode();
+        c.eio.ping_interval = Duration::from_secs(5);
+        c.eio.ping_timeout = Duration::from_secs(5);
+        eio(&mut c.eio);
+    })
+}
+
 /// Waits until a long-polling GET is parked on the node, as `imks_engineio_polls_waiting` says,
 /// so the next request surely comes after it.
 fn wait_parked(addr: SocketAddr) {
@@ -320,15 +335,11 @@ fn polling_answers_cors_preflights_and_echoes_the_origin() {
 
 #[test]
 fn more_packets_than_max_buffered_packets_for_a_polling_client_close_its_session() {
-    let (_node, addr) = start_full(
+    let (_node, addr) = start_eio(
         "io_uring",
-        1,
         |_| {},
-        |c| {
-            c.conformance_mode();
-            c.eio.ping_interval = Duration::from_secs(5);
-            c.eio.ping_timeout = Duration::from_secs(5);
-            c.eio.max_buffered_packets = 4;
+        |e| {
+            e.max_buffered_packets = 4;
         },
     );
     let (sid, _) = handshake(addr);
@@ -342,15 +353,11 @@ fn more_packets_than_max_buffered_packets_for_a_polling_client_close_its_session
 
 #[test]
 fn a_polling_post_over_max_payload_gets_413_and_closes_the_session() {
-    let (_node, addr) = start_full(
+    let (_node, addr) = start_eio(
         "epoll",
-        1,
         |_| {},
-        |c| {
-            c.conformance_mode();
-            c.eio.ping_interval = Duration::from_secs(5);
-            c.eio.ping_timeout = Duration::from_secs(5);
-            c.eio.max_payload = 100;
+        |e| {
+            e.max_payload = 100;
         },
     );
     let (sid, open) = handshake(addr);
@@ -363,14 +370,12 @@ fn a_polling_post_over_max_payload_gets_413_and_closes_the_session() {
 
 #[test]
 fn a_restricted_cors_list_answers_only_its_origins_with_credentials() {
-    let (_node, addr) = start_full(
+    let (_node, addr) = start_eio(
         "io_uring",
-        1,
         |_| {},
-        |c| {
-            c.conformance_mode();
-            c.eio.cors_origins = vec!["https://app.example".into()];
-            c.eio.cors_credentials = true;
+        |e| {
+            e.cors_origins = vec!["https://app.example".into()];
+            e.cors_credentials = true;
         },
     );
     let preflight = |origin: &str| {
@@ -413,15 +418,11 @@ fn sids_are_checked_before_any_ring_hop() {
 #[test]
 fn past_max_buffered_packets_polling_follows_the_drop_policies() {
     for (policy, kept) in [("drop_newest", "4a\u{1e}4b\u{1e}4c"), ("drop_oldest", "4c\u{1e}4d\u{1e}4e")] {
-        let (_node, addr) = start_full(
+        let (_node, addr) = start_eio(
             "epoll",
-            1,
             |f| f.websocket.backpressure = policy.into(),
-            |c| {
-                c.conformance_mode();
-                c.eio.ping_interval = Duration::from_secs(5);
-                c.eio.ping_timeout = Duration::from_secs(5);
-                c.eio.max_buffered_packets = 3;
+            |e| {
+                e.max_buffered_packets = 3;
             },
         );
         let (sid, _) = handshake(addr);
