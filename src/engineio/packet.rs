@@ -479,68 +479,23 @@ fn encode_base64(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// Number of decimal digits of `n`.
-fn dec_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 10 {
-        n /= 10;
-        len += 1;
-    }
-    len
+fn dec_len(n: u64) -> usize {
+    crate::util::text::decimal_len(n)
 }
 
 /// Appends `n` in decimal.
 fn write_dec(out: &mut Vec<u8>, n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
-/// The JSON escape of one byte, if it needs one: quote, backslash and the C0 controls, as both
-/// `JSON.stringify` and serde_json escape them (neither escapes `/` or non-ASCII).
-fn json_escape(byte: u8) -> Option<&'static [u8]> {
-    const CONTROL: [&[u8]; 32] = [
-        b"\\u0000", b"\\u0001", b"\\u0002", b"\\u0003", b"\\u0004", b"\\u0005", b"\\u0006", b"\\u0007", b"\\b", b"\\t",
-        b"\\n", b"\\u000b", b"\\f", b"\\r", b"\\u000e", b"\\u000f", b"\\u0010", b"\\u0011", b"\\u0012", b"\\u0013",
-        b"\\u0014", b"\\u0015", b"\\u0016", b"\\u0017", b"\\u0018", b"\\u0019", b"\\u001a", b"\\u001b", b"\\u001c",
-        b"\\u001d", b"\\u001e", b"\\u001f",
-    ];
-    match byte {
-        b'"' => Some(b"\\\""),
-        b'\\' => Some(b"\\\\"),
-        0..=0x1f => Some(CONTROL[usize::from(byte)]),
-        _ => None,
-    }
+    out.extend_from_slice(crate::util::text::decimal(n, &mut [0; 20]).as_bytes());
 }
 
 /// Length of `s` as a quoted JSON string.
 fn json_str_len(s: &str) -> usize {
-    2 + s.bytes().map(|b| json_escape(b).map_or(1, <[u8]>::len)).sum::<usize>()
+    crate::util::text::json_str_len(s)
 }
 
 /// Appends `s` as a quoted JSON string.
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut run_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if let Some(escape) = json_escape(b) {
-            out.extend_from_slice(&bytes[run_start..i]);
-            out.extend_from_slice(escape);
-            run_start = i + 1;
-        }
-    }
-    out.extend_from_slice(&bytes[run_start..]);
-    out.push(b'"');
+    crate::util::text::json_str(s, |piece| out.extend_from_slice(piece.as_bytes()));
 }
 
 #[cfg(test)]

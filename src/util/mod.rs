@@ -1,6 +1,7 @@
 //! Small single-thread synchronisation helpers for code running on a shard.
 
 pub mod slot_id;
+pub mod text;
 
 /// A configuration value that cannot be used: the field's path (`websocket.ping_timeout_ms`)
 /// and what is wrong with it. The error of the sections that need no richer one.

@@ -147,69 +147,23 @@ fn write_header(out: &mut String, kind: PacketKind, nsp: &str, id: Option<u64>, 
     }
 }
 
-/// Number of decimal digits of `n`.
-fn dec_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 10 {
-        n /= 10;
-        len += 1;
-    }
-    len
+fn dec_len(n: u64) -> usize {
+    crate::util::text::decimal_len(n)
 }
 
 /// Appends `n` in decimal.
-fn write_dec(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &digit in &buf[i..] {
-        out.push(char::from(digit));
-    }
-}
-
-/// The JSON escape of one byte, if it needs one: quote, backslash and the C0 controls, as both
-/// `JSON.stringify` and serde_json escape them (neither escapes `/` or non-ASCII).
-fn json_escape(byte: u8) -> Option<&'static str> {
-    const CONTROL: [&str; 32] = [
-        "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\b", "\\t", "\\n",
-        "\\u000b", "\\f", "\\r", "\\u000e", "\\u000f", "\\u0010", "\\u0011", "\\u0012", "\\u0013", "\\u0014",
-        "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a", "\\u001b", "\\u001c", "\\u001d", "\\u001e",
-        "\\u001f",
-    ];
-    match byte {
-        b'"' => Some("\\\""),
-        b'\\' => Some("\\\\"),
-        0..=0x1f => CONTROL.get(usize::from(byte)).copied(),
-        _ => None,
-    }
+fn write_dec(out: &mut String, n: u64) {
+    out.push_str(crate::util::text::decimal(n, &mut [0; 20]));
 }
 
 /// Length of `s` as a quoted JSON string.
 fn json_str_len(s: &str) -> usize {
-    2 + s.bytes().map(|b| json_escape(b).map_or(1, str::len)).sum::<usize>()
+    crate::util::text::json_str_len(s)
 }
 
-/// Appends `s` as a quoted JSON string. Escaped bytes are all ASCII, so slicing `s` around
-/// them always lands on character boundaries.
+/// Appends `s` as a quoted JSON string.
 fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut run_start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if let Some(escape) = json_escape(b) {
-            out.push_str(s.get(run_start..i).unwrap_or(""));
-            out.push_str(escape);
-            run_start = i + 1;
-        }
-    }
-    out.push_str(s.get(run_start..).unwrap_or(""));
-    out.push('"');
+    crate::util::text::json_str(s, |piece| out.push_str(piece));
 }
 
 #[cfg(test)]
