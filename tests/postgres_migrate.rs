@@ -198,3 +198,17 @@ fn imks_migrate_applies_and_lists() {
     assert!(!out.status.success(), "no server, no success");
     assert!(err.contains("postgres://postgres:***@127.0.0.1:1/nowhere") && !err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn a_server_that_never_answers_fails_at_the_connect_timeout() {
+    // Accepts connections (the kernel completes the handshake) but never speaks Postgres.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url = format!("postgres://postgres@{}/imks", silent.local_addr().expect("its address"));
+    let started = std::time::Instant::now();
+    let err = migrate::blocking(&url, Duration::from_millis(300), async |c| migrate::run(c, MIGRATIONS).await)
+        .expect_err("nothing answers");
+    assert!(matches!(err, MigrateError::Timeout { .. }), "{err}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(290) && waited < Duration::from_secs(5), "{waited:?}");
+    drop(silent);
+}

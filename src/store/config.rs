@@ -179,6 +179,17 @@ mod tests {
     }
 
     #[test]
+    fn the_postgres_section_refuses_an_empty_url_and_a_zero_timeout() {
+        let s: StoreSection = toml::from_str("[postgres]\nurl = \"postgres://db/imks\"\n").unwrap();
+        assert_eq!(resolve(&s).unwrap().postgres.url, "postgres://db/imks");
+        let s: StoreSection = toml::from_str("[postgres]\nurl = \" \"\n").unwrap();
+        assert_eq!(resolve(&s), Err(StoreConfigError::NoUrl));
+        let s: StoreSection = toml::from_str("[postgres]\nconnect_timeout_ms = 0\n").unwrap();
+        assert_eq!(resolve(&s), Err(StoreConfigError::Zero { field: "postgres.connect_timeout_ms" }));
+        assert!(toml::from_str::<StoreSection>("[postgres]\npool = 3\n").is_err(), "unknown keys refused");
+    }
+
+    #[test]
     fn every_bound_refuses_zero_by_name() {
         let fields = [
             "max_conversations",
