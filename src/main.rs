@@ -155,7 +155,7 @@ fn migrate(config: &Config, status: bool) -> ExitCode {
                     let state = match s.state {
                         State::Applied { at } => format!("applied {at}"),
                         State::Pending => "pending".to_string(),
-                        State::Changed { at } => format!("CHANGED since it was applied {at}"),
+                        State::Changed { at, .. } => format!("CHANGED since it was applied {at}"),
                         State::Unknown { at } => format!("applied {at} by a newer imks (unknown here)"),
                     };
                     println!("{:04} {:<24} {state}", s.version, s.name);

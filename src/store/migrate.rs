@@ -62,8 +62,8 @@ pub enum State {
     Applied { at: String },
     /// Not applied yet.
     Pending,
-    /// Applied, but the file changed since.
-    Changed { at: String },
+    /// Applied, but the file changed since; `applied` is the checksum then.
+    Changed { at: String, applied: String },
     /// Applied by a newer imks: this binary has no such file.
     Unknown { at: String },
 }
@@ -136,20 +136,13 @@ async fn apply_pending(client: &mut Client, migrations: &[Migration]) -> Result<
     let statuses = status_of(client, migrations).await?;
     if let Some(s) = statuses.iter().find(|s| !matches!(s.state, State::Applied { .. } | State::Pending)) {
         return Err(match &s.state {
-            State::Unknown { .. } => MigrateError::Unknown { version: s.version, name: s.name.clone() },
-            _ => {
-                let file = migrations.iter().find(|m| m.version == s.version).map(|m| checksum(m.sql));
-                let applied = client
-                    .query_one("SELECT checksum FROM imks_migration WHERE version = $1", &[&s.version])
-                    .await?
-                    .get(0);
-                MigrateError::Changed {
-                    version: s.version,
-                    name: s.name.clone(),
-                    applied,
-                    file: file.unwrap_or_default(),
-                }
-            }
+            State::Changed { applied, .. } => MigrateError::Changed {
+                version: s.version,
+                name: s.name.clone(),
+                applied: applied.clone(),
+                file: migrations.iter().find(|m| m.version == s.version).map(|m| checksum(m.sql)).unwrap_or_default(),
+            },
+            _ => MigrateError::Unknown { version: s.version, name: s.name.clone() },
         });
     }
     let mut applied = Vec::new();
@@ -201,7 +194,7 @@ async fn status_of(client: &Client, migrations: &[Migration]) -> Result<Vec<Stat
             let state = match applied.iter().find(|a| a.0 == m.version) {
                 None => State::Pending,
                 Some((_, _, sum, at)) if *sum == checksum(m.sql) => State::Applied { at: at.clone() },
-                Some((_, _, _, at)) => State::Changed { at: at.clone() },
+                Some((_, _, sum, at)) => State::Changed { at: at.clone(), applied: sum.clone() },
             };
             Status { version: m.version, name: m.name.to_string(), state }
         })
