@@ -146,6 +146,7 @@ impl TokenBucket {
 }
 
 pub use crate::names::{validate_name, NameError};
+use crate::util::rlimit;
 
 /// Connections open on the whole node, checked against `server.max_connections`.
 #[derive(Debug, Default)]
@@ -246,20 +247,12 @@ pub const OPEN_FILES_MARGIN: u64 = 256;
 /// `server.max_connections = 0` resolves to, since [`raise_open_files`] lifts the soft limit to
 /// the hard one at start-up.
 pub fn connections_the_fd_limit_allows() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
-    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        1024
-    } else if lim.rlim_max == libc::RLIM_INFINITY {
-        nr_open().unwrap_or(1 << 20)
-    } else {
-        lim.rlim_max
+    let hard = match rlimit::nofile() {
+        Err(_) => 1024,
+        Ok(lim) if lim.rlim_max == libc::RLIM_INFINITY => rlimit::nr_open().unwrap_or(1 << 20),
+        Ok(lim) => lim.rlim_max,
     };
     usize::try_from(hard.saturating_sub(OPEN_FILES_MARGIN)).unwrap_or(usize::MAX).max(1)
-}
-
-fn nr_open() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// The process's open-files limit before and after [`raise_open_files`].
@@ -275,15 +268,11 @@ pub struct OpenFiles {
 /// hard limit allows far more. An unlimited hard limit is capped at the kernel's
 /// `fs.nr_open`, the most `setrlimit` accepts.
 pub fn raise_open_files() -> std::io::Result<OpenFiles> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut lim = rlimit::nofile()?;
     let before = lim.rlim_cur;
     let mut target = lim.rlim_max;
     if target == libc::RLIM_INFINITY {
-        target = nr_open().unwrap_or(before);
+        target = rlimit::nr_open().unwrap_or(before);
     }
     if target <= before {
         return Ok(OpenFiles { before, now: before });

@@ -398,12 +398,7 @@ fn open_fds() -> Option<u64> {
 }
 
 fn max_fds() -> Option<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into `lim`, a valid and exclusively borrowed local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    Some(lim.rlim_cur)
+    crate::util::rlimit::nofile().ok().map(|l| l.rlim_cur)
 }
 
 #[cfg(test)]

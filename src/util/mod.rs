@@ -1,5 +1,6 @@
 //! Small single-thread synchronisation helpers for code running on a shard.
 
+pub mod rlimit;
 pub mod slot_id;
 pub mod text;
 
