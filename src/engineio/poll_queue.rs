@@ -71,6 +71,12 @@ impl PollQueue {
         }
     }
 
+    /// Queues a control packet (open, close), which no bound or policy refuses.
+    pub(super) fn push_control(&mut self, p: Packet) {
+        debug_assert!(!is_data(&p));
+        self.append(std::slice::from_ref(&p));
+    }
+
     fn append(&mut self, group: &[Packet]) {
         for (i, p) in group.iter().enumerate() {
             self.data += usize::from(is_data(p));

@@ -211,8 +211,7 @@ fn handshake(
         return Response::new(503, "text/plain", "no session slots\n");
     };
     *s.identity.borrow_mut() = identity;
-    let open = open_packet(&s, &["websocket"]);
-    s.queue.borrow_mut().push_group(&[open], 0, crate::shard::config::Backpressure::Close);
+    s.queue.borrow_mut().push_control(open_packet(&s, &["websocket"]));
     start_heartbeat(&s);
     app.on_open(shard, &s);
     payload_response(&s)

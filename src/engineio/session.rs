@@ -232,9 +232,7 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: CloseReason, notify: boo
                 }
             }
         }
-        None if notify => {
-            s.queue.borrow_mut().push_group(&[Packet::Close], 0, crate::shard::config::Backpressure::Close);
-        }
+        None if notify => s.queue.borrow_mut().push_control(Packet::Close),
         None => {}
     }
     s.closed.set(true);
