@@ -10,10 +10,10 @@
 //! - **Per-shard services**: `assemble_shard` starts them on each shard's thread: the
 //!   authenticator's gate, channel membership, the Engine.IO table, the chat hub over the
 //!   message store, the IM events' presence counts.
-//! - **Sidecar services**: `sidecar_services` lists the clients of external services that run
-//!   on the sidecar thread ([`crate::sidecar::SidecarService`]); none yet, the node keeps
-//!   everything in memory. Postgres, NATS, Redis and gRPC clients are added there, with their
-//!   shard-side handles provided in `assemble_shard`.
+//! - **Sidecar services**: the clients of external services that run on the sidecar thread
+//!   ([`crate::sidecar::SidecarService`]), built in `Node::start_apps` with their shard-side
+//!   handles: the Postgres store when `store.backend = "postgres"` (its migrations run first,
+//!   before any shard accepts). NATS, Redis and gRPC clients are added the same way.
 //!
 //! A new endpoint is one line in [`Routes::route`]; a new per-shard service is one line in
 //! `assemble_shard`.
@@ -34,7 +34,9 @@ use crate::shard::launch::{LaunchError, Launched};
 use crate::shard::{Route, Router, Shard, ShardSetup};
 use crate::sidecar::SidecarService;
 use crate::socketio::SocketIo;
-use crate::store::MemoryStore;
+use crate::store::migrate::{self, MigrateError, MIGRATIONS};
+use crate::store::postgres::{self, PgHandle};
+use crate::store::{MemoryStore, Store, StoreBackend};
 
 /// What an embedding application serves, each built once per shard on the shard's thread.
 #[derive(Default, Clone)]
@@ -59,10 +61,18 @@ pub struct NodeShared {
     pub membership: Arc<dyn MembershipSource>,
     /// The built-in source (`[membership]` plus its in-memory admin API: `add_member`, ...).
     pub membership_admin: Arc<Membership>,
+    /// The shards' handle on the Postgres store, when it is the backend.
+    pub postgres: Option<PgHandle>,
 }
 
 /// A node could not start.
-pub type NodeError = LaunchError;
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("the Postgres store's migrations failed: {0}")]
+    Migrate(#[from] MigrateError),
+}
 
 /// A running node.
 pub struct Node {
@@ -90,6 +100,18 @@ impl Node {
             Some(source) => source.clone(),
             None => membership_admin.clone(),
         };
+        let mut sidecar: Vec<Box<dyn SidecarService>> = Vec::new();
+        let postgres = match config.store.backend {
+            StoreBackend::Memory => None,
+            StoreBackend::Postgres => {
+                let pg = &config.store.postgres;
+                // Under the runner's advisory lock: nodes starting together apply each once.
+                migrate::blocking(&pg.url, pg.connect_timeout(), async |c| migrate::run(c, MIGRATIONS).await)?;
+                let (service, handle) = postgres::build(&config.store);
+                sidecar.push(Box::new(service));
+                Some(handle)
+            }
+        };
         let shared = Arc::new(NodeShared {
             config: config.clone(),
             factories,
@@ -97,10 +119,11 @@ impl Node {
             origins: Arc::new(OriginPolicy::new(&config.auth)),
             membership,
             membership_admin,
+            postgres,
         });
         let for_shards = shared.clone();
         let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| assemble_shard(shard, &for_shards));
-        let runtime = Launched::start(config.runtime.clone(), setup, sidecar_services(&config))?;
+        let runtime = Launched::start(config.runtime.clone(), setup, sidecar)?;
         Ok(Node { shared, runtime })
     }
 
@@ -126,12 +149,6 @@ impl Node {
     }
 }
 
-/// The clients of external services, run on the sidecar thread. None yet: a node on embedded
-/// defaults keeps everything in memory.
-fn sidecar_services(_config: &Config) -> Vec<Box<dyn SidecarService>> {
-    Vec::new()
-}
-
 /// Starts a node's per-shard services and applications on one shard, and sets its routes.
 /// Runs on the shard's own thread, before it accepts connections, so what it builds may be
 /// `!Send`.
@@ -148,7 +165,10 @@ fn assemble_shard(shard: &Rc<Shard>, node: &NodeShared) {
     shard.provide(Rc::new(gate));
     shard.provide(Rc::new(Members(node.membership.clone())));
     let engine = Engine::start(shard, cfg.eio.clone());
-    let store = Rc::new(MemoryStore::new(cfg.store.clone()));
+    let store: Rc<dyn Store> = match &node.postgres {
+        Some(pg) => Rc::new(pg.store()),
+        None => Rc::new(MemoryStore::new(cfg.store.clone())),
+    };
     Hub::start(shard, cfg.chat.clone(), cfg.store.clone(), store);
 
     // Applications.

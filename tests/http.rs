@@ -240,7 +240,9 @@ fn a_port_in_use_by_another_process_is_refused_at_start() {
     f.server.pin_threads = false;
     let config = imks::Config::resolve(f, |_| Ok(None)).unwrap();
     match imks::Node::start(config) {
-        Err(e @ imks::node::NodeError::InUse { .. }) => assert!(e.to_string().contains(&taken.to_string()), "{e}"),
+        Err(e @ imks::node::NodeError::Launch(imks::shard::launch::LaunchError::InUse { .. })) => {
+            assert!(e.to_string().contains(&taken.to_string()), "{e}")
+        }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("started on a port another process listens on"),
     }

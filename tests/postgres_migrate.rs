@@ -183,11 +183,14 @@ fn imks_migrate_applies_and_lists() {
     let (ok, out) = cmd(&["migrate", "--status"]);
     assert!(ok && out.contains("0001 messages") && out.contains("pending"), "{out}");
     let (ok, out) = cmd(&["migrate"]);
-    assert!(ok && out.contains("applied [1]"), "{out}");
+    assert!(ok && out.contains("applied [1, 2]"), "{out}");
     let (ok, out) = cmd(&["migrate"]);
     assert!(ok && out.contains("up to date"), "{out}");
     let (ok, out) = cmd(&["migrate", "--status"]);
-    assert!(ok && out.contains("0001 messages") && out.contains("applied 20"), "{out}");
+    assert!(
+        ok && out.contains("0001 messages") && out.contains("0002 store_writer") && out.contains("applied 20"),
+        "{out}"
+    );
 
     let out = Command::new(imks)
         .args(["migrate"])

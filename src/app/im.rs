@@ -145,13 +145,25 @@ struct Failure<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorBody<'a> {
     code: &'a str,
     message: &'a str,
+    /// With `unavailable`: when the client may try again (with the same `clientMsgId`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 fn failure(code: &str, message: &str) -> String {
-    json(&Failure { ok: false, error: ErrorBody { code, message } })
+    json(&Failure { ok: false, error: ErrorBody { code, message, retry_after_ms: None } })
+}
+
+fn store_failure(e: &StoreError) -> String {
+    let retry_after_ms = match e {
+        StoreError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
+        _ => None,
+    };
+    json(&Failure { ok: false, error: ErrorBody { code: e.code(), message: &e.to_string(), retry_after_ms } })
 }
 
 fn ack(shard: &Shard, s: &Socket, ev: &Event<'_>, body: &str) {
@@ -538,7 +550,7 @@ async fn perform(shard: Rc<Shard>, hub: Rc<Hub>, op: ImOp, reply: Reply) {
             }
             ack_body
         }
-        Err(e) => failure(e.code(), &e.to_string()),
+        Err(e) => store_failure(&e),
     };
     if let Some(id) = reply.ack {
         let packet = packet::encode_ack(&reply.nsp, id, &ack_body, 0);

@@ -45,11 +45,11 @@ impl HttpHandler for Metrics {
     fn respond<'a>(&'a self, shard: &'a Rc<Shard>, _head: &'a RequestHead, _body: &'a [u8]) -> ResponseFuture<'a> {
         Box::pin(async move {
             let up = shard.probe_sidecar().await.is_some();
-            Response::new(
-                200,
-                "text/plain; version=0.0.4",
-                render_prometheus(&shard.node.stats, shard.node.started, up),
-            )
+            let mut text = render_prometheus(&shard.node.stats, shard.node.started, up);
+            if let Some(hub) = shard.service::<crate::chat::Hub>() {
+                hub.store().render_metrics(&mut text);
+            }
+            Response::new(200, "text/plain; version=0.0.4", text)
         })
     }
 }
@@ -72,6 +72,10 @@ struct HealthBody<'a> {
     sidecar: Option<crate::sidecar::SidecarHealth>,
     /// The process's resident memory and open file descriptors against its limit.
     process: metrics::ProcessStats,
+    /// The external services the node depends on, by name (`postgres`): `status` (`up` or
+    /// `down`) and the last round trip, `latency_ms`. A service that is down does not fail the
+    /// check: the node goes on serving what needs no database.
+    checks: std::collections::BTreeMap<&'static str, crate::store::BackendCheck>,
     shards: Vec<ShardHealth<'a>>,
 }
 
@@ -97,6 +101,12 @@ async fn health(shard: &Shard) -> Response {
         uptime_s: shard.node.started.elapsed().as_secs(),
         sidecar,
         process: metrics::ProcessStats::read(),
+        checks: shard
+            .service::<crate::chat::Hub>()
+            .and_then(|hub| hub.store().check())
+            .map(|c| (c.name, c))
+            .into_iter()
+            .collect(),
         shards: shard
             .node
             .stats

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::directory::send_to_identity;
 use super::encode::{encode_history, encode_message, text};
-use super::envelope::{encode_ack, encode_error, AckStatus, ErrorCode};
+use super::envelope::{encode_ack, encode_store_error, AckStatus};
 use super::msg::post_home;
 use super::{now_ms, post, ChatMsg, Delivery, Hub, UserKey};
 use crate::metrics;
@@ -34,8 +34,7 @@ pub(super) async fn store(
     let appended = match hub.store.append(new).await {
         Ok(a) => a,
         Err(e) => {
-            let err =
-                encode_error(envelope_id.as_deref(), client_msg_id.as_deref(), ErrorCode::StoreFailed, &e.to_string());
+            let err = encode_store_error(envelope_id.as_deref(), client_msg_id.as_deref(), &e);
             send_paced(shard, sender, text(err));
             return;
         }
@@ -156,13 +155,11 @@ pub(super) async fn delivered(
     id: MessageId,
     sender: Option<ConnId>,
 ) {
-    if let Ok(true) = hub.store.mark_delivered(&conversation, id).await {
-        if let Ok(Some(m)) = hub.store.get(&conversation, id).await {
-            let ack = encode_ack(None, &id.to_string(), m.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
-            match sender {
-                Some(s) => send_paced(shard, s, text(ack)),
-                None => send_to_identity(shard, &m.tenant, &m.author, text(ack)),
-            }
+    if let Ok(Some(r)) = hub.store.mark_delivered(&conversation, id).await {
+        let ack = encode_ack(None, &id.to_string(), r.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
+        match sender {
+            Some(s) => send_paced(shard, s, text(ack)),
+            None => send_to_identity(shard, &r.tenant, &r.author, text(ack)),
         }
     }
 }
@@ -178,9 +175,9 @@ pub(super) async fn read(
 ) {
     let Ok(read) = hub.store.mark_read(&tenant, &reader, &conversation, &ids).await else { return };
     let now = now_ms();
-    for m in read {
-        let ack = encode_ack(None, &m.id.to_string(), m.client_msg_id.as_deref(), AckStatus::Read, now);
-        send_to_identity(shard, &m.tenant, &m.author, text(ack));
+    for r in read {
+        let ack = encode_ack(None, &r.id.to_string(), r.client_msg_id.as_deref(), AckStatus::Read, now);
+        send_to_identity(shard, &r.tenant, &r.author, text(ack));
     }
 }
 
@@ -196,7 +193,7 @@ pub(super) async fn history(
 ) {
     let reply = match hub.store.history(&conversation, before, limit).await {
         Ok(page) => encode_history(envelope_id.as_deref(), &page),
-        Err(e) => encode_error(envelope_id.as_deref(), None, ErrorCode::StoreFailed, &e.to_string()),
+        Err(e) => encode_store_error(envelope_id.as_deref(), None, &e),
     };
     shard.send_to(session, text(reply));
 }

@@ -299,6 +299,33 @@ pub fn encode_error(id: Option<&str>, msg_id: Option<&str>, code: ErrorCode, mes
     encode("error", id, &E { msg_id, code, message })
 }
 
+/// An `error` for an operation the store refused: code `store_failed`, with the store's own
+/// `reason` (`unavailable`, `too_large`, `not_found`, ...) and, for `unavailable`, when to retry
+/// (with the same `msgId`, so a message whose commit was uncertain is not stored twice).
+pub fn encode_store_error(id: Option<&str>, msg_id: Option<&str>, e: &crate::store::StoreError) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct E<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        msg_id: Option<&'a str>,
+        code: ErrorCode,
+        reason: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    }
+    let retry_after_ms = match e {
+        crate::store::StoreError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
+        _ => None,
+    };
+    let message = e.to_string();
+    encode(
+        "error",
+        id,
+        &E { msg_id, code: ErrorCode::StoreFailed, reason: e.code(), message: &message, retry_after_ms },
+    )
+}
+
 /// The status an `ack` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

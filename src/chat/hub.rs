@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -102,11 +102,35 @@ impl Hub {
     }
 }
 
-/// The shard's chat worker: takes queued work in order and awaits the store for each.
+/// The shard's chat worker: takes queued work in order and starts each piece.
+///
+/// A piece runs inline until it first waits; one still waiting (for a commit, with the Postgres
+/// store) goes on as a task of its own, so many writes are in flight at once and the sidecar can
+/// commit them together. Order is kept: a store call fixes its operation's order when it is
+/// made ([`crate::store`]), which is here, in queue order, and commits complete in that order.
+/// A login is the exception: it is awaited before the next piece, so the user's offline
+/// messages reach the new session ahead of anything routed to the user after it.
 async fn worker(shard: Rc<Shard>, hub: Rc<Hub>) {
     loop {
         let next = poll_fn(|cx| hub.poll_next(cx)).await;
-        handle(&shard, &hub, next).await;
+        let login = matches!(next, ChatMsg::Register { .. });
+        let (s, h) = (shard.clone(), hub.clone());
+        let work = async move { handle(&s, &h, next).await };
+        if login {
+            work.await;
+        } else {
+            run_or_spawn(work);
+        }
+    }
+}
+
+/// Polls `work` once here; if it is not finished, spawns it to finish on its own.
+fn run_or_spawn(work: impl Future<Output = ()> + 'static) {
+    let mut work = Box::pin(work);
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        // Polled again by its task, which registers the task's own waker.
+        monoio::spawn(work);
     }
 }
 

@@ -111,7 +111,7 @@ pub fn spawn(
         links.push(SidecarLink { tx: to_tx.clone(), rx });
     }
     drop(to_tx);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(SidecarError::Runtime)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SidecarError::Runtime)?;
     let handle = std::thread::Builder::new()
         .name("imks-sidecar".into())
         .spawn(move || tokio::task::LocalSet::new().block_on(&rt, run(to_rx, back, services, stop_timeout)))

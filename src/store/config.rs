@@ -14,13 +14,33 @@ pub enum StoreBackend {
     /// [`super::MemoryStore`]: one per shard, lost on restart.
     #[default]
     Memory,
+    /// [`super::postgres::PgStore`]: the store of record in Postgres (`[store.postgres]`),
+    /// written through the sidecar in batched commits.
+    Postgres,
+}
+
+/// How the Postgres store commits messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitMode {
+    /// Everything queued while the previous commit was in flight goes in the next one
+    /// transaction, up to `max_batch_rows` and `max_batch_bytes`.
+    #[default]
+    Batched,
+    /// One autocommitted `INSERT` per message through a pool of `baseline_pool_size`
+    /// connections, acked after its own commit: what a user would otherwise write, kept as the
+    /// baseline `bench/store` measures against. Not for production.
+    PerMessage,
 }
 
 /// `[store]` as written in `imks.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// `"memory"`, the only backend so far. Default `"memory"`.
+    /// `"memory"` (one in-memory store per shard, lost on restart) or `"postgres"` (the store
+    /// of record, `[store.postgres]`). Default `"memory"`. The bounds below are the memory
+    /// store's, except `max_history_page`, `max_body_bytes`, `max_edits_per_message`,
+    /// `max_reactions_per_message` and `max_offline_per_user`, which both stores apply.
     pub backend: StoreBackend,
     /// Most conversations one shard keeps; one more evicts the conversation appended to least
     /// recently, whole (messages and read state). Default 100000.
@@ -56,8 +76,8 @@ pub struct StoreSection {
     /// Most readers whose read state a conversation keeps; one more forgets the reader who
     /// marked least recently (their read state starts again from 0). Default 10000.
     pub max_readers_per_conversation: usize,
-    /// `[store.postgres]`: the database of the Postgres store. `imks migrate` uses it today;
-    /// the store of record on Postgres comes with `backend = "postgres"`.
+    /// `[store.postgres]`: the database of the Postgres store, used by `backend = "postgres"`
+    /// and by `imks migrate`.
     pub postgres: PostgresSection,
 }
 
@@ -71,11 +91,53 @@ pub struct PostgresSection {
     pub url: String,
     /// How long connecting may take before it counts as failed, in milliseconds. Default 5000.
     pub connect_timeout_ms: u64,
+    /// `"batched"` (the default) or `"per_message"`, the naive baseline the store benchmark
+    /// compares with; see [`CommitMode`].
+    pub commit: CommitMode,
+    /// Connections for reads (history, the offline queue at login, single messages), apart
+    /// from the writer's one, so reads never wait behind writes. Default 2.
+    pub read_pool_size: usize,
+    /// Connections of the `per_message` baseline. Default 16.
+    pub baseline_pool_size: usize,
+    /// Most writes in one commit. Default 2000.
+    pub max_batch_rows: usize,
+    /// Most bytes (bodies, names and ids) in one commit. Default 4194304 (4 MiB).
+    pub max_batch_bytes: usize,
+    /// Most writes waiting for the database, node-wide; one more is refused with
+    /// `unavailable`. Default 100000.
+    pub max_queued_writes: usize,
+    /// Most bytes of writes waiting for the database, node-wide. Default 67108864 (64 MiB).
+    pub max_queued_bytes: usize,
+    /// How long a write may wait for its commit, queued or retried while the database is down
+    /// or slow, before its sender gets `unavailable`. Default 5000.
+    pub write_timeout_ms: u64,
+    /// How long a read may take before it fails with `unavailable`. Default 5000.
+    pub read_timeout_ms: u64,
+    /// The longest wait between reconnect attempts; waits double from 50 ms up to it.
+    /// Default 2000.
+    pub reconnect_max_ms: u64,
+    /// How often the database is pinged for `/health` (`checks.postgres`), in milliseconds.
+    /// Default 1000.
+    pub health_interval_ms: u64,
 }
 
 impl Default for PostgresSection {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/imks".into(), connect_timeout_ms: 5000 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/imks".into(),
+            connect_timeout_ms: 5000,
+            commit: CommitMode::Batched,
+            read_pool_size: 2,
+            baseline_pool_size: 16,
+            max_batch_rows: 2000,
+            max_batch_bytes: 4 << 20,
+            max_queued_writes: 100_000,
+            max_queued_bytes: 64 << 20,
+            write_timeout_ms: 5000,
+            read_timeout_ms: 5000,
+            reconnect_max_ms: 2000,
+            health_interval_ms: 1000,
+        }
     }
 }
 
@@ -139,8 +201,22 @@ pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
     if let Some(&(field, _)) = bounds.iter().find(|(_, v)| *v == 0) {
         return Err(StoreConfigError::Zero { field });
     }
-    if s.postgres.connect_timeout_ms == 0 {
-        return Err(StoreConfigError::Zero { field: "postgres.connect_timeout_ms" });
+    let pg = &s.postgres;
+    let pg_bounds = [
+        ("postgres.connect_timeout_ms", pg.connect_timeout_ms as usize),
+        ("postgres.read_pool_size", pg.read_pool_size),
+        ("postgres.baseline_pool_size", pg.baseline_pool_size),
+        ("postgres.max_batch_rows", pg.max_batch_rows),
+        ("postgres.max_batch_bytes", pg.max_batch_bytes),
+        ("postgres.max_queued_writes", pg.max_queued_writes),
+        ("postgres.max_queued_bytes", pg.max_queued_bytes),
+        ("postgres.write_timeout_ms", pg.write_timeout_ms as usize),
+        ("postgres.read_timeout_ms", pg.read_timeout_ms as usize),
+        ("postgres.reconnect_max_ms", pg.reconnect_max_ms as usize),
+        ("postgres.health_interval_ms", pg.health_interval_ms as usize),
+    ];
+    if let Some(&(field, _)) = pg_bounds.iter().find(|(_, v)| *v == 0) {
+        return Err(StoreConfigError::Zero { field });
     }
     if s.postgres.url.trim().is_empty() {
         return Err(StoreConfigError::NoUrl);
@@ -175,7 +251,9 @@ mod tests {
     #[test]
     fn refuses_unknown_keys_and_backends() {
         assert!(toml::from_str::<StoreSection>("max_history = 7\n").is_err());
-        assert!(toml::from_str::<StoreSection>("backend = \"postgres\"\n").is_err());
+        assert!(toml::from_str::<StoreSection>("backend = \"mysql\"\n").is_err());
+        let pg: StoreSection = toml::from_str("backend = \"postgres\"\n").unwrap();
+        assert_eq!(pg.backend, StoreBackend::Postgres);
     }
 
     #[test]
@@ -187,6 +265,13 @@ mod tests {
         let s: StoreSection = toml::from_str("[postgres]\nconnect_timeout_ms = 0\n").unwrap();
         assert_eq!(resolve(&s), Err(StoreConfigError::Zero { field: "postgres.connect_timeout_ms" }));
         assert!(toml::from_str::<StoreSection>("[postgres]\npool = 3\n").is_err(), "unknown keys refused");
+        for field in ["read_pool_size", "max_batch_rows", "max_queued_writes", "write_timeout_ms", "health_interval_ms"]
+        {
+            let s: StoreSection = toml::from_str(&format!("[postgres]\n{field} = 0\n")).unwrap();
+            assert_eq!(resolve(&s), Err(StoreConfigError::Zero { field: format!("postgres.{field}").leak() }));
+        }
+        let s: StoreSection = toml::from_str("[postgres]\ncommit = \"per_message\"\n").unwrap();
+        assert_eq!(s.postgres.commit, CommitMode::PerMessage);
     }
 
     #[test]

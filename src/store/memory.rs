@@ -10,10 +10,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::check_body;
 use super::lru::Lru;
 use super::{
-    Appended, ConversationKey, Cursor, Edit, Message, MessageId, NewMessage, Page, Store, StoreConfig, StoreError,
-    StoreFuture, StoreStats, MAX_CLIENT_MSG_ID_BYTES, MAX_EMOJI_BYTES,
+    Appended, ConversationKey, Cursor, Edit, Message, MessageId, NewMessage, Page, Receipt, Store, StoreConfig,
+    StoreError, StoreFuture, StoreStats, MAX_CLIENT_MSG_ID_BYTES, MAX_EMOJI_BYTES,
 };
 use crate::names::validate_name;
 
@@ -87,40 +88,12 @@ impl Conversation {
     }
 }
 
-/// What one reader has read in one conversation.
-///
-/// `floor` plus the set of read `seq`s above it, compacted as reading fills the gaps, so reading
-/// in order keeps the set empty; at worst it holds one entry per kept message.
+/// What one reader has read in one conversation: a pointer, as in Postgres.
 #[derive(Default)]
 struct ReadState {
-    /// The highest `seq` read.
+    /// The highest `seq` read; every message up to it counts as read.
     highest: u64,
-    /// Every `seq` up to here is read, or no longer kept.
-    floor: u64,
-    above: BTreeSet<u64>,
     tick: u64,
-}
-
-impl ReadState {
-    fn is_read(&self, seq: u64) -> bool {
-        seq <= self.floor || self.above.contains(&seq)
-    }
-
-    /// Marks `seq` read; `first_seq` is the oldest kept, below which nothing needs remembering.
-    fn mark(&mut self, seq: u64, first_seq: u64) {
-        self.highest = self.highest.max(seq);
-        let kept_floor = first_seq.saturating_sub(1);
-        if kept_floor > self.floor {
-            self.floor = kept_floor;
-            self.above = self.above.split_off(&(kept_floor + 1));
-        }
-        if seq > self.floor {
-            self.above.insert(seq);
-        }
-        while self.above.remove(&(self.floor + 1)) {
-            self.floor += 1;
-        }
-    }
 }
 
 /// The dedup index: `(tenant, author, client_msg_id)` to the message first stored with it.
@@ -193,9 +166,7 @@ impl MemoryStore {
     }
 
     fn append_now(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        if m.body.len() > self.cfg.max_body_bytes {
-            return Err(StoreError::TooLarge { size: m.body.len(), max: self.cfg.max_body_bytes });
-        }
+        check_body(&m.body, self.cfg.max_body_bytes)?;
         let inner = &mut *self.inner.borrow_mut();
         let dedup_key = match &m.client_msg_id {
             Some(cid) => {
@@ -300,9 +271,7 @@ impl MemoryStore {
             if m.deleted {
                 return Err(StoreError::Deleted);
             }
-            if body.len() > max_body {
-                return Err(StoreError::TooLarge { size: body.len(), max: max_body });
-            }
+            check_body(&body, max_body)?;
             let previous = std::mem::replace(&mut m.body, body);
             m.edits.push(Edit { body: previous, edited_at_ms: now_ms });
             if m.edits.len() > max_edits {
@@ -390,7 +359,7 @@ impl MemoryStore {
         reader: &str,
         conversation: &ConversationKey,
         ids: &[MessageId],
-    ) -> Vec<Message> {
+    ) -> Vec<Receipt> {
         let inner = &mut *self.inner.borrow_mut();
         let Some(conv) = inner.conversations.get_mut(conversation) else { return Vec::new() };
         if &*conv.tenant != tenant {
@@ -409,23 +378,20 @@ impl MemoryStore {
             conv.readers.insert(reader, ReadState { tick, ..ReadState::default() });
         }
         let Some(state) = conv.readers.get_mut(reader) else { return Vec::new() };
-        let mut newly = Vec::new();
-        for id in ids {
-            let Some(m) = conv.by_id.get(id).and_then(|&seq| {
-                let i = usize::try_from(seq.checked_sub(first_seq)?).ok()?;
-                conv.messages.get(i)
-            }) else {
-                continue;
-            };
-            if state.is_read(m.seq) {
-                continue;
-            }
-            state.mark(m.seq, first_seq);
-            if &*m.author != reader && !m.deleted {
-                newly.push(m.clone());
-            }
+        let old = state.highest;
+        let mut read: Vec<&Message> = ids
+            .iter()
+            .filter_map(|id| {
+                let seq = *conv.by_id.get(id)?;
+                conv.messages.get(usize::try_from(seq.checked_sub(first_seq)?).ok()?)
+            })
+            .collect();
+        read.sort_by_key(|m| m.seq);
+        read.dedup_by_key(|m| m.seq);
+        if let Some(top) = read.last() {
+            state.highest = state.highest.max(top.seq);
         }
-        newly
+        read.into_iter().filter(|m| m.seq > old && &*m.author != reader && !m.deleted).map(Receipt::from).collect()
     }
 
     fn read_state_now(&self, tenant: &str, reader: &str, conversation: &ConversationKey) -> u64 {
@@ -516,93 +482,84 @@ fn remove_queue(
 }
 
 /// An already-complete future: the memory store never waits.
-fn ready<'a, T: 'a>(r: Result<T, StoreError>) -> StoreFuture<'a, T> {
+fn ready<T: 'static>(r: Result<T, StoreError>) -> StoreFuture<T> {
     Box::pin(std::future::ready(r))
 }
 
 impl Store for MemoryStore {
-    fn append(&self, msg: NewMessage) -> StoreFuture<'_, Appended> {
+    fn append(&self, msg: NewMessage) -> StoreFuture<Appended> {
         ready(self.append_now(msg))
     }
 
-    fn get<'a>(&'a self, conversation: &'a ConversationKey, id: MessageId) -> StoreFuture<'a, Option<Message>> {
+    fn get(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Message>> {
         let inner = self.inner.borrow();
         ready(Ok(inner.conversations.get(conversation).and_then(|c| c.get(&id)).cloned()))
     }
 
-    fn edit<'a>(
-        &'a self,
-        conversation: &'a ConversationKey,
+    fn edit(
+        &self,
+        conversation: &ConversationKey,
         id: MessageId,
-        editor: &'a str,
+        editor: &str,
         body: String,
         now_ms: i64,
-    ) -> StoreFuture<'a, Message> {
+    ) -> StoreFuture<Message> {
         ready(self.edit_now(conversation, id, editor, body, now_ms))
     }
 
-    fn delete<'a>(
-        &'a self,
-        conversation: &'a ConversationKey,
-        id: MessageId,
-        by: &'a str,
-        now_ms: i64,
-    ) -> StoreFuture<'a, Message> {
+    fn delete(&self, conversation: &ConversationKey, id: MessageId, by: &str, now_ms: i64) -> StoreFuture<Message> {
         ready(self.delete_now(conversation, id, by, now_ms))
     }
 
-    fn react<'a>(
-        &'a self,
-        conversation: &'a ConversationKey,
+    fn react(
+        &self,
+        conversation: &ConversationKey,
         id: MessageId,
-        user: &'a str,
-        emoji: &'a str,
+        user: &str,
+        emoji: &str,
         add: bool,
-    ) -> StoreFuture<'a, Message> {
+    ) -> StoreFuture<Message> {
         ready(self.react_now(conversation, id, user, emoji, add))
     }
 
-    fn history<'a>(
-        &'a self,
-        conversation: &'a ConversationKey,
-        before: Option<Cursor>,
-        limit: usize,
-    ) -> StoreFuture<'a, Page> {
+    fn history(&self, conversation: &ConversationKey, before: Option<Cursor>, limit: usize) -> StoreFuture<Page> {
         ready(Ok(self.history_now(conversation, before, limit)))
     }
 
-    fn mark_delivered<'a>(&'a self, conversation: &'a ConversationKey, id: MessageId) -> StoreFuture<'a, bool> {
-        ready(self.with_message(conversation, id, |m| Ok(!std::mem::replace(&mut m.delivered, true))))
+    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Receipt>> {
+        ready(
+            match self.with_message(conversation, id, |m| {
+                Ok((!std::mem::replace(&mut m.delivered, true)).then(|| Receipt::from(&*m)))
+            }) {
+                Err(StoreError::NotFound) => Ok(None),
+                other => other,
+            },
+        )
     }
 
-    fn mark_read<'a>(
-        &'a self,
-        tenant: &'a str,
-        reader: &'a str,
-        conversation: &'a ConversationKey,
-        ids: &'a [MessageId],
-    ) -> StoreFuture<'a, Vec<Message>> {
+    fn mark_read(
+        &self,
+        tenant: &str,
+        reader: &str,
+        conversation: &ConversationKey,
+        ids: &[MessageId],
+    ) -> StoreFuture<Vec<Receipt>> {
         ready(Ok(self.mark_read_now(tenant, reader, conversation, ids)))
     }
 
-    fn read_state<'a>(
-        &'a self,
-        tenant: &'a str,
-        reader: &'a str,
-        conversation: &'a ConversationKey,
-    ) -> StoreFuture<'a, u64> {
+    fn read_state(&self, tenant: &str, reader: &str, conversation: &ConversationKey) -> StoreFuture<u64> {
         ready(Ok(self.read_state_now(tenant, reader, conversation)))
     }
 
-    fn push_offline<'a>(&'a self, tenant: &'a str, user: &'a str, message: Message) -> StoreFuture<'a, usize> {
+    fn push_offline(&self, tenant: &str, user: &str, message: Message) -> StoreFuture<usize> {
         ready(Ok(self.push_offline_now(tenant, user, message)))
     }
 
-    fn take_offline<'a>(&'a self, tenant: &'a str, user: &'a str) -> StoreFuture<'a, Vec<Message>> {
+    fn take_offline(&self, tenant: &str, user: &str) -> StoreFuture<Vec<Message>> {
         ready(Ok(self.take_offline_now(tenant, user)))
     }
 
-    fn offline_len<'a>(&'a self, tenant: &'a str, user: &'a str) -> StoreFuture<'a, usize> {
+    fn offline_len(&self, tenant: &str, user: &str) -> StoreFuture<usize> {
         ready(Ok(self.offline_len_now(tenant, user)))
     }
 
@@ -936,72 +893,15 @@ mod tests {
     }
 
     #[test]
-    fn mark_delivered_only_once() {
-        let s = store();
-        let m = send(&*s, &dm(), "alice", "hi");
-        assert!(now(s.mark_delivered(&dm(), m.id)).unwrap());
-        assert!(!now(s.mark_delivered(&dm(), m.id)).unwrap());
-        assert!(now(s.get(&dm(), m.id)).unwrap().unwrap().delivered);
-        assert_eq!(now(s.mark_delivered(&dm(), MessageId::nil())).unwrap_err(), StoreError::NotFound);
-    }
-
-    #[test]
-    fn mark_read_returns_only_newly_read_messages_from_others() {
-        let s = store();
-        let a1 = send(&*s, &dm(), "alice", "a1");
-        let b1 = send(&*s, &dm(), "bob", "b1");
-        let a2 = send(&*s, &dm(), "alice", "a2");
-        let a3 = send(&*s, &dm(), "alice", "a3");
-        assert_eq!(now(s.read_state("t", "bob", &dm())).unwrap(), 0);
-
-        let read = now(s.mark_read("t", "bob", &dm(), &[a2.id, b1.id, a2.id, MessageId::nil()])).unwrap();
-        assert_eq!(bodies(&read), ["a2"], "own, repeated and unknown ids left out");
-        assert_eq!(now(s.read_state("t", "bob", &dm())).unwrap(), 3);
-
-        let read = now(s.mark_read("t", "bob", &dm(), &[a1.id, a2.id, a3.id])).unwrap();
-        assert_eq!(bodies(&read), ["a1", "a3"]);
-        assert_eq!(now(s.read_state("t", "bob", &dm())).unwrap(), 4);
-        assert!(now(s.mark_read("t", "bob", &dm(), &[a1.id, a2.id, a3.id])).unwrap().is_empty());
-
-        // Alice's read state is her own.
-        assert_eq!(now(s.read_state("t", "alice", &dm())).unwrap(), 0);
-        assert_eq!(bodies(&now(s.mark_read("t", "alice", &dm(), &[b1.id, a1.id])).unwrap()), ["b1"]);
-        // Another tenant's name for the conversation finds nothing.
-        assert!(now(s.mark_read("u", "bob", &dm(), &[a1.id])).unwrap().is_empty());
-        assert_eq!(now(s.read_state("u", "bob", &dm())).unwrap(), 0);
-    }
-
-    #[test]
-    fn read_state_compacts_and_is_bounded_by_readers() {
-        let s = store_with(|c| {
-            c.max_readers_per_conversation = 2;
-            c.max_messages_per_conversation = 3;
-        });
-        let ms: Vec<Message> = (1..=3).map(|i| send(&*s, &dm(), "alice", &i.to_string())).collect();
-        now(s.mark_read("t", "r1", &dm(), &[ms[2].id])).unwrap();
-        now(s.mark_read("t", "r2", &dm(), &[ms[0].id])).unwrap();
-        now(s.mark_read("t", "r1", &dm(), &[ms[0].id])).unwrap();
-        // r3 forgets r2, who marked least recently.
-        now(s.mark_read("t", "r3", &dm(), &[ms[1].id])).unwrap();
-        assert_eq!(now(s.read_state("t", "r2", &dm())).unwrap(), 0);
-        assert_eq!(now(s.read_state("t", "r1", &dm())).unwrap(), 3);
-        // Evicting the oldest message keeps the read state right for the rest.
-        let m4 = send(&*s, &dm(), "alice", "4");
-        assert_eq!(bodies(&now(s.mark_read("t", "r1", &dm(), &[ms[1].id, m4.id])).unwrap()), ["2", "4"]);
-        assert!(now(s.mark_read("t", "r1", &dm(), &[ms[1].id, ms[2].id, m4.id])).unwrap().is_empty());
-    }
-
-    #[test]
-    fn read_state_set_compaction() {
-        let mut r = ReadState::default();
-        r.mark(3, 1);
-        r.mark(1, 1);
-        assert_eq!((r.floor, r.above.len(), r.highest), (1, 1, 3));
-        r.mark(2, 1);
-        assert_eq!((r.floor, r.above.len()), (3, 0));
-        r.mark(7, 6);
-        assert_eq!((r.floor, r.above.len(), r.highest), (5, 1, 7));
-        assert!(r.is_read(5) && r.is_read(7) && !r.is_read(6));
+    fn read_state_is_bounded_by_readers() {
+        let s = store_with(|c| c.max_readers_per_conversation = 2);
+        let m = send(&*s, &dm(), "alice", "1");
+        for r in ["r1", "r2", "r3"] {
+            now(s.mark_read("t", r, &dm(), &[m.id])).unwrap();
+        }
+        assert_eq!(now(s.read_state("t", "r1", &dm())).unwrap(), 0, "the least recent reader is forgotten");
+        assert_eq!(now(s.read_state("t", "r3", &dm())).unwrap(), 1);
+        assert_eq!(now(s.mark_read("t", "r1", &dm(), &[m.id])).unwrap().len(), 1, "and reads again");
     }
 
     #[test]

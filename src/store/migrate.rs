@@ -27,8 +27,10 @@ pub struct Migration {
 
 /// Every migration, in order. A new file in `migrate/` is added here too; a test checks that
 /// the list and the folder agree.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "messages", sql: include_str!("../../migrate/0001_messages.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "messages", sql: include_str!("../../migrate/0001_messages.sql") },
+    Migration { version: 2, name: "store_writer", sql: include_str!("../../migrate/0002_store_writer.sql") },
+];
 
 /// The advisory lock the runner holds: one 64-bit key for imks's migrations in a database.
 const LOCK_KEY: i64 = 0x696d_6b73_6d69_6772; // "imksmigr"

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use imks::config::file::FileConfig;
 use imks::{Config, Node};
 
+pub mod pg;
+
 pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
 /// Starts a node on 127.0.0.1:0 with `shards` shards and the given driver, after `tweak` edits

@@ -1,0 +1,529 @@
+//! The writer: one connection on the sidecar thread that turns the shards' queued writes into
+//! few transactions.
+//!
+//! Everything queued while a commit is in flight goes into the next one, up to
+//! `max_batch_rows` and `max_batch_bytes`: one transaction with one multi-row statement per
+//! kind of write (`unnest` arrays, prepared once per connection), plus a statement per edit,
+//! delete, reaction and read mark. Each write is answered when its transaction has committed,
+//! so an ack means durable; batches commit one after another, in queue order, so a
+//! conversation's `seq`s are committed in order and a history page never skips one that
+//! commits late.
+//!
+//! When Postgres is down, slow or restarted the batch stays at the front of the queue and is
+//! retried on a new connection (waits doubling from 50 ms to `reconnect_max_ms`); writes that
+//! wait longer than `write_timeout_ms` are answered `unavailable`, never acknowledged. A
+//! connection lost while its COMMIT was in flight leaves the outcome uncertain: the writer reads
+//! its row in `store_writer`, which every batch updates, to learn whether the batch committed,
+//! and answers or retries it accordingly. A batch the database refuses (not a connection
+//! problem) is retried one write per transaction, so only the write at fault fails.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_postgres::Client;
+
+use super::sql::{self, Prepared};
+use super::stats::Refusal;
+use super::{Ctx, Reply, Write, WriteOp};
+use crate::store::{Appended, Message, MessageId, Receipt, StoreError};
+
+/// The first wait before reconnecting; doubled up to `reconnect_max_ms`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+/// Conversations whose last `seq` the writer remembers; past it, it forgets them all and reads
+/// them again as they come.
+const MAX_CACHED_SEQS: usize = 100_000;
+
+/// The last `seq` of each conversation written recently. Cleared whenever a batch fails, so a
+/// `seq` given to a write that did not commit is given again, and reread from the database.
+#[derive(Default)]
+struct Seqs(HashMap<String, u64>);
+
+impl Seqs {
+    fn next(&mut self, conversation: &str) -> u64 {
+        let last = self.0.entry(conversation.to_owned()).or_insert(0);
+        *last += 1;
+        *last
+    }
+
+    fn missing<'a>(&self, conversations: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut out: Vec<&str> = conversations.filter(|c| !self.0.contains_key(*c)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn learn(&mut self, known: Vec<(String, u64)>) {
+        if self.0.len() + known.len() > MAX_CACHED_SEQS {
+            self.0.clear();
+        }
+        self.0.extend(known);
+    }
+}
+
+/// What a committed write answers.
+enum Done {
+    Appended(Appended),
+    Message(Result<Message, StoreError>),
+    Delivered(Option<Receipt>),
+    Read(Vec<Receipt>),
+    Pushed,
+}
+
+/// Why a batch did not commit.
+enum Failure {
+    /// It certainly did not: the transaction failed before its COMMIT, or the COMMIT was refused.
+    Rolledback(tokio_postgres::Error),
+    /// The connection was lost while the COMMIT was in flight: it may have committed, and if it
+    /// did, these are its answers.
+    Uncertain(tokio_postgres::Error, Vec<Done>),
+}
+
+/// Whether an error is the connection's or the server's state (retry on a new connection)
+/// rather than the statement's (retrying would fail again).
+fn transient(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        // Connection exceptions, operator intervention (shutdown), insufficient resources,
+        // serialization failures and deadlocks, read-only transactions (a failover).
+        Some(db) => {
+            let code = db.code().code();
+            ["08", "57", "53", "40", "25"].iter().any(|class| code.starts_with(class))
+        }
+    }
+}
+
+/// Runs one batch as one transaction.
+async fn commit(
+    client: &mut Client,
+    p: &Prepared,
+    batch: &[Write],
+    seqs: &mut Seqs,
+    ctx: &Ctx,
+    marker: (uuid::Uuid, i64),
+) -> Result<Vec<Done>, Failure> {
+    use Failure::Rolledback as R;
+    let tx = client.transaction().await.map_err(R)?;
+    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
+
+    // Appends: the originals of retransmissions, then one INSERT for the new ones.
+    let appends: Vec<(usize, &crate::store::NewMessage)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            WriteOp::Append { msg, .. } => Some((i, msg)),
+            _ => None,
+        })
+        .collect();
+    if !appends.is_empty() {
+        let keys: Vec<(&str, &str, &str)> =
+            appends.iter().filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?))).collect();
+        let mut originals =
+            if keys.is_empty() { HashMap::new() } else { sql::find_duplicates(&tx, p, &keys).await.map_err(R)? };
+        let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
+        if !missing.is_empty() {
+            seqs.learn(sql::last_seqs(&tx, p, &missing).await.map_err(R)?);
+        }
+        let mut new: Vec<(usize, Message)> = Vec::with_capacity(appends.len());
+        for (i, m) in &appends {
+            let key = m.client_msg_id.as_ref().map(|c| (m.tenant.to_string(), m.author.to_string(), c.clone()));
+            if let Some(original) = key.as_ref().and_then(|k| originals.get(k)) {
+                done[*i] = Some(Done::Appended(Appended { message: original.clone(), duplicate: true }));
+                continue;
+            }
+            let stored = sql::stored(m, MessageId::now_v7(), seqs.next(m.conversation.as_str()));
+            if let Some(k) = key {
+                // A retransmission later in this same batch finds it here.
+                originals.insert(k, stored.clone());
+            }
+            new.push((*i, stored));
+        }
+        let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
+        sql::insert_messages(&tx, p, &rows).await.map_err(R)?;
+        for (i, m) in new {
+            done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
+        }
+    }
+
+    // Delivery marks and offline queue entries: one statement each.
+    let delivered: Vec<(usize, MessageId, &str)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            WriteOp::Delivered { conversation, id, .. } => Some((i, *id, conversation.as_str())),
+            _ => None,
+        })
+        .collect();
+    if !delivered.is_empty() {
+        let keys: Vec<(MessageId, &str)> = delivered.iter().map(|d| (d.1, d.2)).collect();
+        let mut receipts = sql::mark_delivered(&tx, p, &keys).await.map_err(R)?;
+        for (i, id, _) in delivered {
+            // The first mark of a message in the batch gets the receipt, later ones none.
+            done[i] = Some(Done::Delivered(receipts.remove(&id)));
+        }
+    }
+    let offline: Vec<(usize, (&str, &str, MessageId))> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            WriteOp::PushOffline { tenant, user, id, .. } => Some((i, (tenant.as_str(), user.as_str(), *id))),
+            _ => None,
+        })
+        .collect();
+    if !offline.is_empty() {
+        let entries: Vec<(&str, &str, MessageId)> = offline.iter().map(|o| o.1).collect();
+        sql::push_offline(&tx, p, &entries).await.map_err(R)?;
+        for (i, _) in offline {
+            done[i] = Some(Done::Pushed);
+        }
+    }
+
+    // The rest, one at a time, in queue order.
+    for (i, w) in batch.iter().enumerate() {
+        let d = match &w.op {
+            WriteOp::Edit { conversation, id, editor, body, now_ms, .. } => {
+                Done::Message(sql::edit(&tx, conversation, *id, editor, body, *now_ms, ctx.max_edits).await.map_err(R)?)
+            }
+            WriteOp::Delete { conversation, id, by, now_ms, .. } => {
+                Done::Message(sql::delete(&tx, conversation, *id, by, *now_ms).await.map_err(R)?)
+            }
+            WriteOp::React { conversation, id, user, emoji, add, .. } => Done::Message(
+                sql::react(&tx, conversation, *id, user, emoji, *add, ctx.max_reactions).await.map_err(R)?,
+            ),
+            WriteOp::Read { tenant, reader, conversation, ids, .. } => {
+                Done::Read(sql::mark_read(&tx, p, tenant, reader, conversation, ids).await.map_err(R)?)
+            }
+            _ => continue,
+        };
+        done[i] = Some(d);
+    }
+
+    tx.execute(&p.marker, &[&marker.0, &marker.1]).await.map_err(R)?;
+    let done: Vec<Done> = done.into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect();
+    match tx.commit().await {
+        Ok(()) => Ok(done),
+        // The server answered: it refused the COMMIT, which rolled back.
+        Err(e) if e.as_db_error().is_some() => Err(R(e)),
+        Err(e) => Err(Failure::Uncertain(e, done)),
+    }
+}
+
+/// Answers one write and gives its room in the queue back.
+fn answer(ctx: &Ctx, w: Write, result: Result<Done, StoreError>) {
+    ctx.stats.release(w.bytes);
+    fn send<T>(reply: Reply<T>, r: Result<T, StoreError>) {
+        // The shard may have stopped waiting (its session closed); nothing to do then.
+        let _ = reply.send(r);
+    }
+    let mismatch = || StoreError::Unavailable { reason: "internal: answer of another kind".into(), retry_after_ms: 0 };
+    match (w.op, result) {
+        (WriteOp::Append { reply, .. }, Ok(Done::Appended(a))) => send(reply, Ok(a)),
+        (
+            WriteOp::Edit { reply, .. } | WriteOp::Delete { reply, .. } | WriteOp::React { reply, .. },
+            Ok(Done::Message(m)),
+        ) => send(reply, m),
+        (WriteOp::Delivered { reply, .. }, Ok(Done::Delivered(r))) => send(reply, Ok(r)),
+        (WriteOp::Read { reply, .. }, Ok(Done::Read(r))) => send(reply, Ok(r)),
+        (WriteOp::PushOffline { reply, .. }, Ok(Done::Pushed)) => send(reply, Ok(0)),
+        (op, result) => {
+            let e = result.err().unwrap_or_else(mismatch);
+            match op {
+                WriteOp::Append { reply, .. } => send(reply, Err(e)),
+                WriteOp::Edit { reply, .. } | WriteOp::Delete { reply, .. } | WriteOp::React { reply, .. } => {
+                    send(reply, Err(e))
+                }
+                WriteOp::Delivered { reply, .. } => send(reply, Err(e)),
+                WriteOp::Read { reply, .. } => send(reply, Err(e)),
+                WriteOp::PushOffline { reply, .. } => send(reply, Err(e)),
+            }
+        }
+    }
+}
+
+fn unavailable(ctx: &Ctx, reason: &str) -> StoreError {
+    StoreError::Unavailable { reason: reason.into(), retry_after_ms: ctx.reconnect_max.as_millis() as u64 }
+}
+
+/// The writer's state between batches.
+struct Writer {
+    ctx: Rc<Ctx>,
+    conn: Option<(Client, Prepared)>,
+    backlog: VecDeque<Write>,
+    seqs: Seqs,
+    backoff: Duration,
+    /// Writes still to be committed one per transaction, after a batch the database refused.
+    solo: usize,
+    id: uuid::Uuid,
+    batch: i64,
+}
+
+impl Writer {
+    /// Answers `unavailable` to the writes at the front that waited longer than the timeout.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while self.backlog.front().is_some_and(|w| now.duration_since(w.queued_at) >= self.ctx.write_timeout) {
+            if let Some(w) = self.backlog.pop_front() {
+                self.ctx.stats.refused(Refusal::Timeout);
+                answer(&self.ctx, w, Err(unavailable(&self.ctx, "the database did not commit the write in time")));
+            }
+        }
+    }
+
+    /// How many writes from the front go into the next batch.
+    fn batch_len(&mut self) -> usize {
+        if self.solo > 0 {
+            self.solo -= 1;
+            return 1;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        for w in &self.backlog {
+            if n > 0 && (n >= self.ctx.max_batch_rows || bytes + w.bytes > self.ctx.max_batch_bytes) {
+                break;
+            }
+            n += 1;
+            bytes += w.bytes;
+        }
+        n
+    }
+
+    /// Connects, or waits before the next attempt.
+    async fn ensure_connected(&mut self) -> bool {
+        if self.conn.as_ref().is_some_and(|(c, _)| !c.is_closed()) {
+            return true;
+        }
+        self.conn = None;
+        self.ctx.stats.set_up(false);
+        match super::connect(&self.ctx).await {
+            Ok(conn) => {
+                if self.backoff > MIN_BACKOFF {
+                    self.ctx.stats.reconnected();
+                    tracing::info!("store writer reconnected to Postgres");
+                }
+                self.backoff = MIN_BACKOFF;
+                self.ctx.stats.set_up(true);
+                self.conn = Some(conn);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "store writer cannot reach Postgres");
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(self.ctx.reconnect_max);
+                false
+            }
+        }
+    }
+
+    fn put_back(&mut self, batch: Vec<Write>) {
+        for w in batch.into_iter().rev() {
+            self.backlog.push_front(w);
+        }
+    }
+
+    /// After an uncertain COMMIT: reconnects and reads whether batch `n` committed. `None`
+    /// when the database stayed out of reach until the batch's writes timed out.
+    async fn resolve(&mut self, n: i64, oldest: Instant) -> Option<bool> {
+        while oldest.elapsed() < self.ctx.write_timeout {
+            if !self.ensure_connected().await {
+                continue;
+            }
+            let (client, _) = self.conn.as_ref()?;
+            match sql::committed(client, self.id, n).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the writer's last batch");
+                    self.conn = None;
+                }
+            }
+        }
+        None
+    }
+
+    async fn run_one(&mut self) {
+        let take = self.batch_len();
+        let batch: Vec<Write> = self.backlog.drain(..take).collect();
+        let Some(oldest) = batch.first().map(|w| w.queued_at) else { return };
+        self.batch += 1;
+        let n = self.batch;
+        let started = Instant::now();
+        let Some((client, prepared)) = self.conn.as_mut() else { return self.put_back(batch) };
+        let run = commit(client, prepared, &batch, &mut self.seqs, &self.ctx, (self.id, n));
+        let outcome = tokio::time::timeout(self.ctx.write_timeout, run).await;
+        let ctx = self.ctx.clone();
+        match outcome {
+            Ok(Ok(done)) => {
+                self.ctx.stats.committed(batch.len(), started.elapsed().as_millis() as u64);
+                for (w, d) in batch.into_iter().zip(done) {
+                    answer(&ctx, w, Ok(d));
+                }
+            }
+            Ok(Err(Failure::Rolledback(e))) if !transient(&e) => {
+                self.seqs.0.clear();
+                if batch.len() == 1 {
+                    tracing::error!(error = %e, "Postgres refused a write");
+                    self.ctx.stats.refused(Refusal::Failed);
+                    for w in batch {
+                        answer(&ctx, w, Err(unavailable(&ctx, "the database refused the write")));
+                    }
+                } else {
+                    tracing::warn!(error = %e, writes = batch.len(), "Postgres refused a batch; retrying its writes one by one");
+                    self.solo = batch.len();
+                    self.put_back(batch);
+                }
+            }
+            Ok(Err(Failure::Rolledback(e))) => {
+                tracing::warn!(error = %e, "a batch failed on the connection; retrying it");
+                self.seqs.0.clear();
+                self.conn = None;
+                self.put_back(batch);
+            }
+            Ok(Err(Failure::Uncertain(e, done))) => {
+                tracing::warn!(error = %e, "the connection was lost during a COMMIT; checking whether it committed");
+                self.seqs.0.clear();
+                self.conn = None;
+                match self.resolve(n, oldest).await {
+                    Some(true) => {
+                        self.ctx.stats.committed(batch.len(), started.elapsed().as_millis() as u64);
+                        for (w, d) in batch.into_iter().zip(done) {
+                            answer(&ctx, w, Ok(d));
+                        }
+                    }
+                    Some(false) => self.put_back(batch),
+                    None => self.give_up(batch),
+                }
+            }
+            Err(_) => {
+                tracing::warn!(timeout_ms = ctx.write_timeout.as_millis() as u64, "a batch did not commit in time");
+                self.seqs.0.clear();
+                self.conn = None;
+                // Its answers were lost with the statement: if it committed, a client's retry
+                // with the same msgId finds the message; if not, the writes wait again.
+                match self.resolve(n, oldest).await {
+                    Some(false) => self.put_back(batch),
+                    _ => self.give_up(batch),
+                }
+            }
+        }
+    }
+
+    fn give_up(&mut self, batch: Vec<Write>) {
+        for w in batch {
+            self.ctx.stats.refused(Refusal::Timeout);
+            answer(&self.ctx, w, Err(unavailable(&self.ctx, "the database did not confirm the commit in time")));
+        }
+    }
+}
+
+/// The batched writer: runs until every shard has let go of the queue and what they queued is
+/// committed or timed out.
+pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) {
+    let mut w = Writer {
+        ctx,
+        conn: None,
+        backlog: VecDeque::new(),
+        seqs: Seqs::default(),
+        backoff: MIN_BACKOFF,
+        solo: 0,
+        id: uuid::Uuid::now_v7(),
+        batch: 0,
+    };
+    let mut open = true;
+    loop {
+        if open && w.backlog.is_empty() {
+            match rx.recv().await {
+                Some(x) => w.backlog.push_back(x),
+                None => open = false,
+            }
+        }
+        while open {
+            match rx.try_recv() {
+                Ok(x) => w.backlog.push_back(x),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        w.expire();
+        if w.backlog.is_empty() {
+            if open {
+                continue;
+            }
+            break;
+        }
+        if w.ensure_connected().await {
+            w.run_one().await;
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// The `per_message` baseline: each append is one autocommitted `INSERT` on a pooled
+/// connection, answered after its own commit; other writes are one transaction each. What a
+/// user would write without batching, kept only for `bench/store` to compare against.
+pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) {
+    let pool = Rc::new(std::cell::RefCell::new(Vec::<(Client, Prepared)>::new()));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ctx.baseline_pool_size));
+    let mut seqs = Seqs::default();
+    while let Some(mut w) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { break };
+        let mut conn = match pool.borrow_mut().pop() {
+            Some(c) if !c.0.is_closed() => Some(c),
+            _ => None,
+        };
+        if conn.is_none() {
+            conn = super::connect(&ctx).await.ok();
+        }
+        let Some((client, prepared)) = conn else {
+            answer(&ctx, w, Err(unavailable(&ctx, "cannot connect to the database")));
+            continue;
+        };
+        // Sequence numbers in arrival order: a new conversation's last seq is read here.
+        let mut stored = None;
+        if let WriteOp::Append { msg, .. } = &mut w.op {
+            let c = msg.conversation.as_str();
+            if !seqs.missing(std::iter::once(c)).is_empty() {
+                match sql::last_seqs(&client, &prepared, &[c]).await {
+                    Ok(known) => seqs.learn(known),
+                    Err(_) => seqs.learn(vec![(c.to_owned(), 0)]),
+                }
+            }
+            stored = Some(sql::stored(msg, MessageId::now_v7(), seqs.next(c)));
+        }
+        let (ctx, pool) = (ctx.clone(), pool.clone());
+        tokio::task::spawn_local(async move {
+            let mut client = client;
+            let t0 = Instant::now();
+            let result = match &stored {
+                Some(m) => match tokio::time::timeout(ctx.write_timeout, sql::insert_one(&client, m)).await {
+                    Ok(Ok(_)) => Ok(Done::Appended(Appended { message: m.clone(), duplicate: false })),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".into()),
+                },
+                None => {
+                    let mut seqs = Seqs::default();
+                    let batch = [w];
+                    let r = commit(&mut client, &prepared, &batch, &mut seqs, &ctx, (uuid::Uuid::nil(), 0)).await;
+                    let [x] = batch;
+                    w = x;
+                    match r {
+                        Ok(mut d) => d.pop().ok_or_else(|| "no answer".to_string()),
+                        Err(Failure::Rolledback(e) | Failure::Uncertain(e, _)) => Err(e.to_string()),
+                    }
+                }
+            };
+            match result {
+                Ok(d) => {
+                    ctx.stats.committed(1, t0.elapsed().as_millis() as u64);
+                    answer(&ctx, w, Ok(d));
+                }
+                Err(reason) => {
+                    ctx.stats.refused(Refusal::Failed);
+                    answer(&ctx, w, Err(unavailable(&ctx, &reason)));
+                }
+            }
+            if !client.is_closed() {
+                pool.borrow_mut().push((client, prepared));
+            }
+            drop(permit);
+        });
+    }
+}
