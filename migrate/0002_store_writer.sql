@@ -10,6 +10,18 @@ CREATE TABLE store_writer (
     committed_at    timestamptz NOT NULL
 );
 
+-- When each message first reached a recipient session: a narrow row inserted once
+-- (INSERT ... ON CONFLICT DO NOTHING) rather than an update of the message, which would write a
+-- new version of the whole row and of every index entry for each message delivered. No foreign
+-- key: the insert checks that the message exists in its conversation itself (one probe instead
+-- of two), and messages are never removed (deletes are soft).
+-- A message's flag: WHERE message_id = $1 (the primary key).
+CREATE TABLE message_delivery (
+    message_id      uuid        PRIMARY KEY,
+    delivered_at    timestamptz NOT NULL
+);
+ALTER TABLE message DROP COLUMN delivered_at;
+
 -- History pages key on (conversation, seq), which the unique index message_conversation_seq
 -- serves: seq is gapless and sorts like id within a conversation (the writer assigns both
 -- together), so an index on (conversation, id) would only cost every insert.

@@ -61,8 +61,10 @@ pub struct NodeShared {
     pub membership: Arc<dyn MembershipSource>,
     /// The built-in source (`[membership]` plus its in-memory admin API: `add_member`, ...).
     pub membership_admin: Arc<Membership>,
-    /// The shards' handle on the Postgres store, when it is the backend.
-    pub postgres: Option<PgHandle>,
+    /// The shards' handle on the Postgres store, when it is the backend: each shard makes its
+    /// store from it while it starts, and the node lets go of it once all have started, so the
+    /// store's writers end as soon as the shards do.
+    postgres: std::sync::Mutex<Option<PgHandle>>,
 }
 
 /// A node could not start.
@@ -119,11 +121,12 @@ impl Node {
             origins: Arc::new(OriginPolicy::new(&config.auth)),
             membership,
             membership_admin,
-            postgres,
+            postgres: std::sync::Mutex::new(postgres),
         });
         let for_shards = shared.clone();
         let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| assemble_shard(shard, &for_shards));
         let runtime = Launched::start(config.runtime.clone(), setup, sidecar)?;
+        shared.postgres.lock().map(|mut pg| pg.take()).ok();
         Ok(Node { shared, runtime })
     }
 
@@ -165,9 +168,14 @@ fn assemble_shard(shard: &Rc<Shard>, node: &NodeShared) {
     shard.provide(Rc::new(gate));
     shard.provide(Rc::new(Members(node.membership.clone())));
     let engine = Engine::start(shard, cfg.eio.clone());
-    let store: Rc<dyn Store> = match &node.postgres {
-        Some(pg) => Rc::new(pg.store()),
-        None => Rc::new(MemoryStore::new(cfg.store.clone())),
+    let store: Rc<dyn Store> = match cfg.store.backend {
+        StoreBackend::Memory => Rc::new(MemoryStore::new(cfg.store.clone())),
+        StoreBackend::Postgres => match node.postgres.lock().ok().and_then(|pg| pg.as_ref().map(PgHandle::store)) {
+            Some(pg) => Rc::new(pg),
+            // Start-up only, and never falls back to memory: every shard is assembled before
+            // the node lets go of the handle.
+            None => panic!("a shard started after the node let go of the Postgres store"),
+        },
     };
     Hub::start(shard, cfg.chat.clone(), cfg.store.clone(), store);
 

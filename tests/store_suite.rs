@@ -229,10 +229,11 @@ async fn reactions_are_idempotent_validated_and_bounded(s: Rc<dyn Store>) {
 
 async fn delivered_is_reported_once(s: Rc<dyn Store>) {
     let m = s.append(new_msg(&dm(), "alice", Some("c1"), "hi")).await.unwrap().message;
-    let first = s.mark_delivered(&dm(), m.id).await.unwrap().expect("the first time");
-    assert_eq!((first.id, &*first.author, first.client_msg_id.as_deref()), (m.id, "alice", Some("c1")));
-    assert_eq!(s.mark_delivered(&dm(), m.id).await.unwrap(), None);
-    assert_eq!(s.mark_delivered(&dm(), MessageId::nil()).await.unwrap(), None);
+    assert!(!s.get(&dm(), m.id).await.unwrap().unwrap().delivered);
+    assert!(s.mark_delivered(&dm(), m.id).await.unwrap(), "the first time");
+    assert!(!s.mark_delivered(&dm(), m.id).await.unwrap(), "not again");
+    assert!(!s.mark_delivered(&dm(), MessageId::nil()).await.unwrap(), "nor for a message never stored");
+    assert!(!s.mark_delivered(&ConversationKey::room("t", "x"), m.id).await.unwrap(), "nor in another conversation");
     assert!(s.get(&dm(), m.id).await.unwrap().unwrap().delivered);
 }
 

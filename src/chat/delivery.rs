@@ -18,7 +18,7 @@ use crate::metrics;
 use crate::shard::conn::ConnId;
 use crate::shard::pacing::Tracked;
 use crate::shard::Shard;
-use crate::store::{ConversationKey, Message, MessageId, NewMessage, Target};
+use crate::store::{ConversationKey, Message, MessageId, NewMessage, Receipt, Target};
 
 /// On the conversation's owner: stores the message, acks `sent` to its sender, then sends it
 /// on to its recipient's home shard or its room.
@@ -152,11 +152,11 @@ pub(super) async fn delivered(
     shard: &Shard,
     hub: &Hub,
     conversation: ConversationKey,
-    id: MessageId,
+    r: Receipt,
     sender: Option<ConnId>,
 ) {
-    if let Ok(Some(r)) = hub.store.mark_delivered(&conversation, id).await {
-        let ack = encode_ack(None, &id.to_string(), r.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
+    if let Ok(true) = hub.store.mark_delivered(&conversation, r.id).await {
+        let ack = encode_ack(None, &r.id.to_string(), r.client_msg_id.as_deref(), AckStatus::Delivered, now_ms());
         match sender {
             Some(s) => send_paced(shard, s, text(ack)),
             None => send_to_identity(shard, &r.tenant, &r.author, text(ack)),
@@ -214,7 +214,8 @@ impl Tracked for Routed {
     fn queued(&self, shard: &Shard) {
         let conversation = self.message.conversation.clone();
         let owner = conversation.owner_shard(shard.shard_count());
-        post(shard, owner, ChatMsg::Delivered { conversation, id: self.message.id, sender: self.sender });
+        let receipt = Receipt::from(&*self.message);
+        post(shard, owner, ChatMsg::Delivered { conversation, receipt, sender: self.sender });
     }
 
     /// The message did not reach its session: its recipient's home shard routes it again if

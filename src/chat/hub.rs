@@ -149,8 +149,8 @@ async fn handle(shard: &Rc<Shard>, hub: &Rc<Hub>, msg: ChatMsg) {
             delivery::deliver(shard, hub, session, frame, message, sender, targets)
         }
         ChatMsg::Missed { message, sender, targets } => delivery::missed(shard, hub, message, sender, targets).await,
-        ChatMsg::Delivered { conversation, id, sender } => {
-            delivery::delivered(shard, hub, conversation, id, sender).await
+        ChatMsg::Delivered { conversation, receipt, sender } => {
+            delivery::delivered(shard, hub, conversation, receipt, sender).await
         }
         ChatMsg::Read { tenant, reader, conversation, ids } => {
             delivery::read(shard, hub, tenant, reader, conversation, ids).await

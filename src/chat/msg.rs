@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::Hub;
 use crate::shard::conn::ConnId;
 use crate::shard::Shard;
-use crate::store::{ConversationKey, Message, MessageId, NewMessage};
+use crate::store::{ConversationKey, Message, MessageId, NewMessage, Receipt};
 
 /// The shard that keeps a user's sessions, presence watchers and offline queue.
 pub fn home_shard(tenant: &str, user: &str, shards: usize) -> usize {
@@ -87,7 +87,8 @@ pub enum ChatMsg {
     /// queue acknowledges to every session of its author instead.
     Delivered {
         conversation: ConversationKey,
-        id: MessageId,
+        /// The message, and whom its `delivered` ack is for.
+        receipt: Receipt,
         sender: Option<ConnId>,
     },
     /// To the conversation's owner: `reader` read these messages.

@@ -94,6 +94,11 @@ pub struct PostgresSection {
     /// `"batched"` (the default) or `"per_message"`, the naive baseline the store benchmark
     /// compares with; see [`CommitMode`].
     pub commit: CommitMode,
+    /// Writer connections. Conversations are spread over them by a hash of their key, so one
+    /// conversation's writes commit in order on one connection while the writers commit in
+    /// parallel. Default 1: on a machine of few cores a second writer's backend competes with
+    /// the first for the same CPU and slows both (measured on 2 cores, docs/storage.md).
+    pub writers: usize,
     /// Connections for reads (history, the offline queue at login, single messages), apart
     /// from the writer's one, so reads never wait behind writes. Default 2.
     pub read_pool_size: usize,
@@ -127,6 +132,7 @@ impl Default for PostgresSection {
             url: "postgres://postgres@127.0.0.1:5432/imks".into(),
             connect_timeout_ms: 5000,
             commit: CommitMode::Batched,
+            writers: 1,
             read_pool_size: 2,
             baseline_pool_size: 16,
             max_batch_rows: 2000,
@@ -204,6 +210,7 @@ pub fn resolve(s: &StoreSection) -> Result<StoreConfig, StoreConfigError> {
     let pg = &s.postgres;
     let pg_bounds = [
         ("postgres.connect_timeout_ms", pg.connect_timeout_ms as usize),
+        ("postgres.writers", pg.writers),
         ("postgres.read_pool_size", pg.read_pool_size),
         ("postgres.baseline_pool_size", pg.baseline_pool_size),
         ("postgres.max_batch_rows", pg.max_batch_rows),

@@ -526,15 +526,11 @@ impl Store for MemoryStore {
         ready(Ok(self.history_now(conversation, before, limit)))
     }
 
-    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Receipt>> {
-        ready(
-            match self.with_message(conversation, id, |m| {
-                Ok((!std::mem::replace(&mut m.delivered, true)).then(|| Receipt::from(&*m)))
-            }) {
-                Err(StoreError::NotFound) => Ok(None),
-                other => other,
-            },
-        )
+    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<bool> {
+        ready(match self.with_message(conversation, id, |m| Ok(!std::mem::replace(&mut m.delivered, true))) {
+            Err(StoreError::NotFound) => Ok(false),
+            other => other,
+        })
     }
 
     fn mark_read(

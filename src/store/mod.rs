@@ -403,9 +403,9 @@ pub trait Store {
     /// first. `limit` is cut to `max_history_page`; 0 means `max_history_page`.
     fn history(&self, conversation: &ConversationKey, before: Option<Cursor>, limit: usize) -> StoreFuture<Page>;
 
-    /// Records that the message reached a recipient. Returns whom to ack `delivered` to the
-    /// first time, `None` after (and for a message it does not have).
-    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Receipt>>;
+    /// Records that the message reached a recipient: `true` only the first time (`false` for a
+    /// message it does not have).
+    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<bool>;
 
     /// Moves `reader`'s read pointer in `conversation` up to the highest `seq` among `ids`
     /// (reading a message reads everything before it) and returns the messages of `ids` that

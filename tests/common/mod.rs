@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use imks::config::file::FileConfig;
 use imks::{Config, Node};
 
+pub mod native;
 pub mod pg;
 
 pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];

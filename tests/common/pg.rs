@@ -1,8 +1,11 @@
 //! Postgres for tests: a database of the test's own on the local server
 //! (`scripts/ensure-postgres.sh` starts one where none runs; `IMKS_TEST_PG_URL` points
-//! elsewhere), and the Postgres store run on a sidecar thread of the test's own. A test fails,
-//! never skips, when Postgres cannot be reached.
+//! elsewhere), a server of the test's own that it may kill ([`PrivatePg`]), and the Postgres
+//! store run on a sidecar thread of the test's own. A test fails, never skips, when Postgres
+//! cannot be reached.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -52,20 +55,12 @@ impl TestDb {
 
     /// Rows of a one-column query, as text.
     pub fn strings(&self, sql: &str) -> Vec<String> {
-        let sql = sql.to_string();
-        migrate::blocking(&self.url(), Duration::from_secs(5), async move |c| {
-            Ok(c.query(&sql, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect())
-        })
-        .expect("the query runs")
+        strings(&self.url(), sql)
     }
 
     /// A count query's answer.
     pub fn count(&self, sql: &str) -> i64 {
-        let sql = sql.to_string();
-        migrate::blocking(&self.url(), Duration::from_secs(5), async move |c| {
-            Ok(c.query_one(&sql, &[]).await?.get::<_, i64>(0))
-        })
-        .expect("the query runs")
+        count(&self.url(), sql)
     }
 
     /// A `[store]` on this database with the Postgres backend.
@@ -80,6 +75,142 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = admin(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
     }
+}
+
+/// Rows of a one-column query on the database at `url`, as text.
+pub fn strings(url: &str, sql: &str) -> Vec<String> {
+    let sql = sql.to_string();
+    migrate::blocking(url, Duration::from_secs(5), async move |c| {
+        Ok(c.query(&sql, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect())
+    })
+    .expect("the query runs")
+}
+
+/// A count query's answer on the database at `url`.
+pub fn count(url: &str, sql: &str) -> i64 {
+    let sql = sql.to_string();
+    migrate::blocking(url, Duration::from_secs(5), async move |c| Ok(c.query_one(&sql, &[]).await?.get::<_, i64>(0)))
+        .expect("the query runs")
+}
+
+/// A Postgres server of the test's own, in a temporary data directory, on a free port of
+/// 127.0.0.1 with trust authentication: a test may kill it and start it again without touching
+/// the shared server. Stopped and deleted when dropped.
+///
+/// Run as root, its programs run as the `postgres` OS user (`runuser`), since Postgres refuses
+/// to run as root; otherwise they run as the current user. The programs are found through
+/// `pg_config --bindir`, else in `/usr/lib/postgresql/*/bin`.
+pub struct PrivatePg {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl PrivatePg {
+    /// Creates the cluster (`initdb`) and starts the server; returns once it accepts
+    /// connections.
+    pub fn start() -> Self {
+        let bin = pg_bin_dir();
+        let dir = std::env::temp_dir().join(format!("imks-pg-{}-{:x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir(&dir).expect("a temporary data directory");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        if as_postgres {
+            let chown = Command::new("chown").arg("postgres:postgres").arg(&dir).status().expect("chown runs");
+            assert!(chown.success(), "cannot give {} to the postgres user", dir.display());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let pg = PrivatePg { dir, port, bin, as_postgres };
+        let data = pg.dir.to_string_lossy().into_owned();
+        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.restart();
+        pg
+    }
+
+    /// The `postgres` database of this server.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server abruptly (`pg_ctl stop -m immediate`: every server process quits at
+    /// once, without a checkpoint, as in a crash); returns once it is gone.
+    pub fn kill(&self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "stop", "-m", "immediate", "-w"]);
+    }
+
+    /// Starts the server (again, after [`PrivatePg::kill`]: with crash recovery) on the same
+    /// port; returns once it accepts connections.
+    pub fn restart(&self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        let options = format!("-p {} -k {data} -c listen_addresses=127.0.0.1", self.port);
+        let log = self.dir.join("log").to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "start", "-w", "-t", "60"]);
+    }
+
+    /// Runs one of the server's programs and fails the test, with its output and the server's
+    /// log, when it fails.
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = cmd.args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            panic!(
+                "{program} {args:?} failed ({}):\n{}{}\nserver log:\n{log}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        let path = self.bin.join("pg_ctl");
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        // Stopped already after a kill: pg_ctl then fails, which is fine here.
+        let _ = cmd.args(["-D", &data, "stop", "-m", "immediate", "-w"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: `pg_config --bindir`, else the newest
+/// `/usr/lib/postgresql/*/bin` that has them.
+fn pg_bin_dir() -> PathBuf {
+    let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_tools(&dir) {
+            return dir;
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| has_tools(d))
+        .collect();
+    found.sort_by_key(|d| d.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()?.parse::<u32>().ok()));
+    found.pop().unwrap_or_else(|| {
+        panic!("no Postgres server programs (initdb, pg_ctl): neither `pg_config --bindir` nor /usr/lib/postgresql/*/bin has them")
+    })
 }
 
 /// The Postgres store running on a sidecar thread of its own, as a node runs it.

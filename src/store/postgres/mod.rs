@@ -82,7 +82,7 @@ enum WriteOp {
     Delivered {
         conversation: ConversationKey,
         id: MessageId,
-        reply: Reply<Option<Receipt>>,
+        reply: Reply<bool>,
     },
     Read {
         tenant: String,
@@ -150,7 +150,10 @@ async fn connect(ctx: &Ctx) -> Result<(Client, sql::Prepared), String> {
 pub fn build(cfg: &StoreConfig) -> (PgService, PgHandle) {
     let pg = &cfg.postgres;
     let stats = Arc::new(PgStats::new(pg.max_queued_writes, pg.max_queued_bytes));
-    let (writes, write_rx) = mpsc::unbounded_channel();
+    // The baseline's one dispatcher spreads its writes over its own pool.
+    let writers = if pg.commit == CommitMode::PerMessage { 1 } else { pg.writers };
+    let (writes, write_rx): (Vec<_>, Vec<_>) = (0..writers).map(|_| mpsc::unbounded_channel()).unzip();
+    let writes: Arc<[mpsc::UnboundedSender<Write>]> = writes.into();
     let (reads, read_rx) = mpsc::unbounded_channel();
     let ctx = ctx(cfg, pg, stats.clone());
     (PgService { ctx, write_rx, read_rx }, PgHandle { writes, reads, stats, cfg: Arc::new(cfg.clone()) })
@@ -178,7 +181,8 @@ fn ctx(cfg: &StoreConfig, pg: &PostgresSection, stats: Arc<PgStats>) -> Ctx {
 /// The shards' side of the Postgres store: `Send`, cloned into every shard.
 #[derive(Clone)]
 pub struct PgHandle {
-    writes: mpsc::UnboundedSender<Write>,
+    /// One queue per writer; a conversation's writes all go to one (see [`PgStore::write`]).
+    writes: Arc<[mpsc::UnboundedSender<Write>]>,
     reads: mpsc::UnboundedSender<(ReadOp, Instant)>,
     stats: Arc<PgStats>,
     cfg: Arc<StoreConfig>,
@@ -225,14 +229,17 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, St
 }
 
 impl PgStore {
-    /// Queues a write of `bytes`, or refuses it at the queue's bound.
-    fn write<T: 'static>(&self, bytes: usize, op: impl FnOnce(Reply<T>) -> WriteOp) -> StoreFuture<T> {
+    /// Queues a write of `bytes` for the writer of `key` (a conversation, or a user's offline
+    /// queue), or refuses it at the queue's bound. One key's writes all go to one writer, which
+    /// commits them in order.
+    fn write<T: 'static>(&self, key: &str, bytes: usize, op: impl FnOnce(Reply<T>) -> WriteOp) -> StoreFuture<T> {
         if let Err(e) = self.handle.stats.admit(bytes) {
             return ready(Err(e));
         }
         let (tx, rx) = oneshot::channel();
         let w = Write { op: op(tx), bytes, queued_at: Instant::now() };
-        if self.handle.writes.send(w).is_err() {
+        let writer = super::stable_shard(&[key], self.handle.writes.len());
+        if self.handle.writes.get(writer).is_none_or(|q| q.send(w).is_err()) {
             self.handle.stats.release(bytes);
             return ready(Err(stopped()));
         }
@@ -288,7 +295,8 @@ impl Store for PgStore {
             + msg.author.len()
             + msg.client_msg_id.as_ref().map_or(0, String::len)
             + 128;
-        self.write(bytes, |reply| WriteOp::Append { msg, reply })
+        let key = msg.conversation.clone();
+        self.write(key.as_str(), bytes, |reply| WriteOp::Append { msg, reply })
     }
 
     fn get(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Message>> {
@@ -307,13 +315,15 @@ impl Store for PgStore {
         if let Err(e) = check_body(&body, self.cfg().max_body_bytes) {
             return ready(Err(e));
         }
+        let key = conversation.as_str();
         let (conversation, editor) = (conversation.clone(), editor.to_owned());
-        self.write(body.len() + 128, |reply| WriteOp::Edit { conversation, id, editor, body, now_ms, reply })
+        self.write(key, body.len() + 128, |reply| WriteOp::Edit { conversation, id, editor, body, now_ms, reply })
     }
 
     fn delete(&self, conversation: &ConversationKey, id: MessageId, by: &str, now_ms: i64) -> StoreFuture<Message> {
+        let key = conversation.as_str();
         let (conversation, by) = (conversation.clone(), by.to_owned());
-        self.write(128, |reply| WriteOp::Delete { conversation, id, by, now_ms, reply })
+        self.write(key, 128, |reply| WriteOp::Delete { conversation, id, by, now_ms, reply })
     }
 
     fn react(
@@ -327,8 +337,9 @@ impl Store for PgStore {
         if let Err(e) = validate_name("emoji", emoji, MAX_EMOJI_BYTES) {
             return ready(Err(e.into()));
         }
+        let key = conversation.as_str();
         let (conversation, user, emoji) = (conversation.clone(), user.to_owned(), emoji.to_owned());
-        self.write(128, |reply| WriteOp::React { conversation, id, user, emoji, add, reply })
+        self.write(key, 128, |reply| WriteOp::React { conversation, id, user, emoji, add, reply })
     }
 
     fn history(&self, conversation: &ConversationKey, before: Option<Cursor>, limit: usize) -> StoreFuture<Page> {
@@ -339,9 +350,10 @@ impl Store for PgStore {
         self.read(|reply| ReadOp::History { conversation, before, limit, reply })
     }
 
-    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<Option<Receipt>> {
+    fn mark_delivered(&self, conversation: &ConversationKey, id: MessageId) -> StoreFuture<bool> {
+        let key = conversation.as_str();
         let conversation = conversation.clone();
-        self.write(64, |reply| WriteOp::Delivered { conversation, id, reply })
+        self.write(key, 64, |reply| WriteOp::Delivered { conversation, id, reply })
     }
 
     fn mark_read(
@@ -351,9 +363,10 @@ impl Store for PgStore {
         conversation: &ConversationKey,
         ids: &[MessageId],
     ) -> StoreFuture<Vec<Receipt>> {
+        let key = conversation.as_str();
         let (tenant, reader, conversation, ids) =
             (tenant.to_owned(), reader.to_owned(), conversation.clone(), ids.to_vec());
-        self.write(64 + 16 * ids.len(), |reply| WriteOp::Read { tenant, reader, conversation, ids, reply })
+        self.write(key, 64 + 16 * ids.len(), |reply| WriteOp::Read { tenant, reader, conversation, ids, reply })
     }
 
     fn read_state(&self, tenant: &str, reader: &str, conversation: &ConversationKey) -> StoreFuture<u64> {
@@ -363,8 +376,11 @@ impl Store for PgStore {
 
     fn push_offline(&self, tenant: &str, user: &str, message: Message) -> StoreFuture<usize> {
         let key: (Arc<str>, Arc<str>) = (tenant.into(), user.into());
+        // The message's conversation's writer: it committed the message, so the push cannot
+        // reach the database before it.
+        let writer_key = message.conversation.clone();
         let (tenant, user, id) = (tenant.to_owned(), user.to_owned(), message.id);
-        let push = self.write(64, |reply| WriteOp::PushOffline { tenant, user, id, reply });
+        let push = self.write(writer_key.as_str(), 64, |reply| WriteOp::PushOffline { tenant, user, id, reply });
         self.offline.borrow_mut().entry(key.clone()).or_default().pushes += 1;
         let guard = PushGuard { pending: self.offline.clone(), key };
         Box::pin(async move {
@@ -419,7 +435,7 @@ impl Store for PgStore {
 /// The Postgres store's sidecar service: the writer, the read pool and the health pinger.
 pub struct PgService {
     ctx: Ctx,
-    write_rx: mpsc::UnboundedReceiver<Write>,
+    write_rx: Vec<mpsc::UnboundedReceiver<Write>>,
     read_rx: mpsc::UnboundedReceiver<(ReadOp, Instant)>,
 }
 
@@ -433,13 +449,22 @@ impl SidecarService for PgService {
         let ctx = Rc::new(ctx);
         Box::pin(async move {
             sctx.set_state("starting");
-            let readers = tokio::task::spawn_local(serve_reads(ctx.clone(), read_rx));
-            let pinger = tokio::task::spawn_local(ping(ctx.clone(), Rc::new(sctx)));
-            match ctx.commit {
-                CommitMode::Batched => writer::run_batched(ctx.clone(), write_rx).await,
-                CommitMode::PerMessage => writer::run_per_message(ctx.clone(), write_rx).await,
+            let sctx = Rc::new(sctx);
+            let readers = tokio::task::spawn_local(serve_reads(ctx.clone(), read_rx, sctx.clone()));
+            let pinger = tokio::task::spawn_local(ping(ctx.clone(), sctx.clone()));
+            let writers: Vec<_> = write_rx
+                .into_iter()
+                .map(|rx| match ctx.commit {
+                    CommitMode::Batched => tokio::task::spawn_local(writer::run_batched(ctx.clone(), rx, sctx.clone())),
+                    CommitMode::PerMessage => {
+                        tokio::task::spawn_local(writer::run_per_message(ctx.clone(), rx, sctx.clone()))
+                    }
+                })
+                .collect();
+            for w in writers {
+                let _ = w.await;
             }
-            // The writes are done; the reads end with the shards' senders.
+            // The writes are done; the reads end with the shards.
             let _ = readers.await;
             pinger.abort();
         })
@@ -471,10 +496,16 @@ async fn ping(ctx: Rc<Ctx>, sctx: Rc<ServiceContext>) {
 }
 
 /// Serves reads on up to `read_pool_size` connections, each read a task of its own.
-async fn serve_reads(ctx: Rc<Ctx>, mut rx: mpsc::UnboundedReceiver<(ReadOp, Instant)>) {
+async fn serve_reads(ctx: Rc<Ctx>, mut rx: mpsc::UnboundedReceiver<(ReadOp, Instant)>, stop: Rc<ServiceContext>) {
     let pool: Rc<RefCell<Vec<Client>>> = Rc::new(RefCell::new(Vec::new()));
     let permits = Arc::new(Semaphore::new(ctx.read_pool_size));
-    while let Some((op, queued_at)) = rx.recv().await {
+    loop {
+        let next = tokio::select! {
+            x = rx.recv() => x,
+            // The shards have ended: no one waits for a read any more.
+            () = stop.stopping() => None,
+        };
+        let Some((op, queued_at)) = next else { break };
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let (ctx, pool) = (ctx.clone(), pool.clone());
         tokio::task::spawn_local(async move {

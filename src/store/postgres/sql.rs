@@ -13,9 +13,11 @@ use tokio_postgres::{GenericClient, Row, Statement};
 use crate::store::{ConversationKey, Edit, Message, MessageId, NewMessage, Receipt, StoreError, Target};
 
 /// The columns [`message_from_row`] reads, in its order.
-const COLUMNS: &str = "id, conversation, tenant, author, target_kind, target, client_msg_id, body, content_type, seq, \
-     (extract(epoch FROM created_at) * 1000)::int8, (extract(epoch FROM edited_at) * 1000)::int8, \
-     deleted_at IS NOT NULL, delivered_at IS NOT NULL";
+/// Every query that uses them names the message table `m`.
+const COLUMNS: &str = "m.id, m.conversation, m.tenant, m.author, m.target_kind, m.target, m.client_msg_id, m.body, \
+     m.content_type, m.seq, (extract(epoch FROM m.created_at) * 1000)::int8, \
+     (extract(epoch FROM m.edited_at) * 1000)::int8, m.deleted_at IS NOT NULL, \
+     EXISTS (SELECT 1 FROM message_delivery d WHERE d.message_id = m.id)";
 
 /// A millisecond timestamp parameter `$n` as `timestamptz`.
 fn ts(n: usize) -> String {
@@ -60,11 +62,15 @@ impl Prepared {
                      ON m.tenant = k.t AND m.author = k.a AND m.client_msg_id = k.c"
                 ))
                 .await?,
+            // Only messages of the named conversation; only the first mark inserts a row.
+            // Only messages of the named conversation (one primary key probe, no foreign key);
+            // only the first mark inserts a row, and RETURNING names those.
             mark_delivered: c
                 .prepare(
-                    "UPDATE message m SET delivered_at = now() FROM unnest($1::uuid[], $2::text[]) AS k(id, c) \
-                     WHERE m.id = k.id AND m.conversation = k.c AND m.delivered_at IS NULL \
-                     RETURNING m.id, m.tenant, m.author, m.client_msg_id",
+                    "INSERT INTO message_delivery (message_id, delivered_at) \
+                     SELECT k.id, now() FROM unnest($1::uuid[], $2::text[]) AS k(id, c) \
+                     WHERE EXISTS (SELECT 1 FROM message m WHERE m.id = k.id AND m.conversation = k.c) \
+                     ON CONFLICT DO NOTHING RETURNING message_id",
                 )
                 .await?,
             // A message deleted meanwhile (or never stored) is skipped rather than failing the
@@ -174,7 +180,7 @@ pub(super) async fn get(
     conversation: &ConversationKey,
     id: MessageId,
 ) -> Result<Option<Message>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM message WHERE id = $1 AND conversation = $2");
+    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.id = $1 AND m.conversation = $2");
     let Some(row) = c.query_opt(&sql, &[&id, &conversation.as_str()]).await? else { return Ok(None) };
     let mut m = [message_from_row(&row)?];
     attach(c, &mut m).await?;
@@ -190,7 +196,9 @@ pub(super) async fn history(
     before: u64,
     limit: usize,
 ) -> Result<(Vec<Message>, bool), tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM message WHERE conversation = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM message m WHERE m.conversation = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+    );
     let before = i64::try_from(before).unwrap_or(i64::MAX);
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
     let rows = c.query(&sql, &[&conversation.as_str(), &before, &fetch]).await?;
@@ -240,7 +248,7 @@ pub(super) async fn take_offline(
     // v7 ids sort by creation: the newest `max` are the last ones.
     ids.sort_unstable();
     let ids = ids.split_off(ids.len().saturating_sub(max));
-    let sql = format!("SELECT {COLUMNS} FROM message WHERE id = ANY($1) ORDER BY id");
+    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.id = ANY($1) ORDER BY m.id");
     let rows = tx.query(&sql, &[&ids]).await?;
     let mut messages = messages_from_rows(&rows)?;
     attach(&tx, &mut messages).await?;
@@ -310,7 +318,9 @@ pub(super) fn stored(m: &NewMessage, id: MessageId, seq: u64) -> Message {
     }
 }
 
-/// Inserts `messages` with one statement.
+/// Inserts `messages` with one statement. A message whose `(tenant, author, client_msg_id)` is
+/// already stored fails it on the dedup index ([`is_retransmission`]): cheaper than
+/// `ON CONFLICT`, which would make every row a speculative insertion.
 pub(super) async fn insert_messages(
     c: &impl GenericClient,
     p: &Prepared,
@@ -351,16 +361,23 @@ pub(super) async fn insert_messages(
     .await
 }
 
-/// Marks messages delivered; returns the receipts of those marked now (not before).
+/// Whether an insert failed because a message's client id is already stored.
+pub(super) fn is_retransmission(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some("message_dedup")
+    })
+}
+
+/// Marks messages delivered; returns the ids marked now (not before).
 pub(super) async fn mark_delivered(
     c: &impl GenericClient,
     p: &Prepared,
     keys: &[(MessageId, &str)],
-) -> Result<HashMap<MessageId, Receipt>, tokio_postgres::Error> {
+) -> Result<std::collections::HashSet<MessageId>, tokio_postgres::Error> {
     let ids: Vec<MessageId> = keys.iter().map(|k| k.0).collect();
     let convs: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let rows = c.query(&p.mark_delivered, &[&ids, &convs]).await?;
-    rows.iter().map(|r| receipt_from_row(r).map(|rc| (rc.id, rc))).collect()
+    rows.iter().map(|r| r.try_get::<_, MessageId>(0)).collect()
 }
 
 pub(super) async fn push_offline(

@@ -27,6 +27,7 @@ use tokio_postgres::Client;
 use super::sql::{self, Prepared};
 use super::stats::Refusal;
 use super::{Ctx, Reply, Write, WriteOp};
+use crate::sidecar::ServiceContext;
 use crate::store::{Appended, Message, MessageId, Receipt, StoreError};
 
 /// The first wait before reconnecting; doubled up to `reconnect_max_ms`.
@@ -54,6 +55,21 @@ impl Seqs {
         out
     }
 
+    /// The last `seq` of each of `conversations`, to [`Seqs::restore`] after a rollback.
+    fn snapshot<'a>(&self, conversations: impl Iterator<Item = &'a str>) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> =
+            conversations.filter_map(|c| self.0.get(c).map(|s| (c.to_owned(), *s))).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn restore(&mut self, snapshot: &[(String, u64)]) {
+        for (c, s) in snapshot {
+            self.0.insert(c.clone(), *s);
+        }
+    }
+
     fn learn(&mut self, known: Vec<(String, u64)>) {
         if self.0.len() + known.len() > MAX_CACHED_SEQS {
             self.0.clear();
@@ -66,7 +82,7 @@ impl Seqs {
 enum Done {
     Appended(Appended),
     Message(Result<Message, StoreError>),
-    Delivered(Option<Receipt>),
+    Delivered(bool),
     Read(Vec<Receipt>),
     Pushed,
 }
@@ -78,6 +94,39 @@ enum Failure {
     /// The connection was lost while the COMMIT was in flight: it may have committed, and if it
     /// did, these are its answers.
     Uncertain(tokio_postgres::Error, Vec<Done>),
+    /// The dedup index kept skipping messages that were not stored when read (another writer
+    /// inserting the same ids meanwhile): rolled back.
+    Conflict,
+}
+
+type Key = (String, String, String);
+
+/// The batch's appends with their ids and `seq`s, by their place in the batch.
+struct Plan {
+    /// New messages, to insert.
+    new: Vec<(usize, Message)>,
+    /// Answers of retransmissions (of a stored original, or of a message earlier in the batch).
+    again: Vec<(usize, Appended)>,
+}
+
+/// Gives the batch's new messages their ids and `seq`s, in order.
+fn plan(appends: &[(usize, &crate::store::NewMessage)], stored: &HashMap<Key, Message>, seqs: &mut Seqs) -> Plan {
+    let mut new = Vec::with_capacity(appends.len());
+    let mut again = Vec::new();
+    let mut in_batch: HashMap<Key, Message> = HashMap::new();
+    for (i, m) in appends {
+        let key = m.client_msg_id.as_ref().map(|c| (m.tenant.to_string(), m.author.to_string(), c.clone()));
+        if let Some(original) = key.as_ref().and_then(|k| stored.get(k).or_else(|| in_batch.get(k))) {
+            again.push((*i, Appended { message: original.clone(), duplicate: true }));
+            continue;
+        }
+        let message = sql::stored(m, MessageId::now_v7(), seqs.next(m.conversation.as_str()));
+        if let Some(k) = key {
+            in_batch.insert(k, message.clone());
+        }
+        new.push((*i, message));
+    }
+    Plan { new, again }
 }
 
 /// Whether an error is the connection's or the server's state (retry on a new connection)
@@ -107,7 +156,10 @@ async fn commit(
     let tx = client.transaction().await.map_err(R)?;
     let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
 
-    // Appends: the originals of retransmissions, then one INSERT for the new ones.
+    // Appends: one INSERT for the batch. The dedup index decides what is a retransmission: a
+    // message whose (tenant, author, client_msg_id) is stored fails the INSERT, and only then
+    // (rarely) are the originals read and the batch renumbered without them, so `seq` keeps no
+    // gap.
     let appends: Vec<(usize, &crate::store::NewMessage)> = batch
         .iter()
         .enumerate()
@@ -117,32 +169,44 @@ async fn commit(
         })
         .collect();
     if !appends.is_empty() {
-        let keys: Vec<(&str, &str, &str)> =
-            appends.iter().filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?))).collect();
-        let mut originals =
-            if keys.is_empty() { HashMap::new() } else { sql::find_duplicates(&tx, p, &keys).await.map_err(R)? };
         let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
         if !missing.is_empty() {
             seqs.learn(sql::last_seqs(&tx, p, &missing).await.map_err(R)?);
         }
-        let mut new: Vec<(usize, Message)> = Vec::with_capacity(appends.len());
-        for (i, m) in &appends {
-            let key = m.client_msg_id.as_ref().map(|c| (m.tenant.to_string(), m.author.to_string(), c.clone()));
-            if let Some(original) = key.as_ref().and_then(|k| originals.get(k)) {
-                done[*i] = Some(Done::Appended(Appended { message: original.clone(), duplicate: true }));
-                continue;
-            }
-            let stored = sql::stored(m, MessageId::now_v7(), seqs.next(m.conversation.as_str()));
-            if let Some(k) = key {
-                // A retransmission later in this same batch finds it here.
-                originals.insert(k, stored.clone());
-            }
-            new.push((*i, stored));
+        let retransmittable = appends.iter().any(|(_, m)| m.client_msg_id.is_some());
+        if retransmittable {
+            tx.batch_execute("SAVEPOINT appends").await.map_err(R)?;
         }
-        let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
-        sql::insert_messages(&tx, p, &rows).await.map_err(R)?;
-        for (i, m) in new {
-            done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
+        let before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
+        let mut originals = HashMap::new();
+        let mut attempts = 0;
+        loop {
+            let Plan { new, again } = plan(&appends, &originals, seqs);
+            let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
+            match sql::insert_messages(&tx, p, &rows).await {
+                Ok(_) => {
+                    for (i, m) in new {
+                        done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
+                    }
+                    for (i, a) in again {
+                        done[i] = Some(Done::Appended(a));
+                    }
+                    break;
+                }
+                Err(e) if retransmittable && sql::is_retransmission(&e) => {}
+                Err(e) => return Err(R(e)),
+            }
+            attempts += 1;
+            if attempts > 3 {
+                return Err(Failure::Conflict);
+            }
+            tx.batch_execute("ROLLBACK TO SAVEPOINT appends").await.map_err(R)?;
+            seqs.restore(&before);
+            let keys: Vec<(&str, &str, &str)> = appends
+                .iter()
+                .filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?)))
+                .collect();
+            originals = sql::find_duplicates(&tx, p, &keys).await.map_err(R)?;
         }
     }
 
@@ -157,10 +221,10 @@ async fn commit(
         .collect();
     if !delivered.is_empty() {
         let keys: Vec<(MessageId, &str)> = delivered.iter().map(|d| (d.1, d.2)).collect();
-        let mut receipts = sql::mark_delivered(&tx, p, &keys).await.map_err(R)?;
+        let mut first = sql::mark_delivered(&tx, p, &keys).await.map_err(R)?;
         for (i, id, _) in delivered {
-            // The first mark of a message in the batch gets the receipt, later ones none.
-            done[i] = Some(Done::Delivered(receipts.remove(&id)));
+            // The first mark of a message in the batch is the first, later ones are not.
+            done[i] = Some(Done::Delivered(first.remove(&id)));
         }
     }
     let offline: Vec<(usize, (&str, &str, MessageId))> = batch
@@ -357,6 +421,19 @@ impl Writer {
                     answer(&ctx, w, Ok(d));
                 }
             }
+            Ok(Err(Failure::Conflict)) => {
+                self.seqs.0.clear();
+                tracing::warn!("the dedup index kept changing under a batch; retrying its writes one by one");
+                if batch.len() == 1 {
+                    self.ctx.stats.refused(Refusal::Failed);
+                    for w in batch {
+                        answer(&ctx, w, Err(unavailable(&ctx, "conflicting writes")));
+                    }
+                } else {
+                    self.solo = batch.len();
+                    self.put_back(batch);
+                }
+            }
             Ok(Err(Failure::Rolledback(e))) if !transient(&e) => {
                 self.seqs.0.clear();
                 if batch.len() == 1 {
@@ -414,9 +491,9 @@ impl Writer {
     }
 }
 
-/// The batched writer: runs until every shard has let go of the queue and what they queued is
-/// committed or timed out.
-pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) {
+/// The batched writer: runs until the node stops (every shard has ended, or let go of the
+/// queue) and what was queued is committed or timed out.
+pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>, stop: Rc<ServiceContext>) {
     let mut w = Writer {
         ctx,
         conn: None,
@@ -429,16 +506,24 @@ pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) 
     };
     let mut open = true;
     loop {
+        let mut stopping = false;
         if open && w.backlog.is_empty() {
-            match rx.recv().await {
-                Some(x) => w.backlog.push_back(x),
-                None => open = false,
+            tokio::select! {
+                x = rx.recv() => match x {
+                    Some(x) => w.backlog.push_back(x),
+                    None => open = false,
+                },
+                // The shards have ended: nothing more can be queued after what is there now.
+                () = stop.stopping() => stopping = true,
             }
         }
         while open {
             match rx.try_recv() {
                 Ok(x) => w.backlog.push_back(x),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    open = !stopping;
+                    break;
+                }
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
@@ -459,11 +544,16 @@ pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) 
 /// The `per_message` baseline: each append is one autocommitted `INSERT` on a pooled
 /// connection, answered after its own commit; other writes are one transaction each. What a
 /// user would write without batching, kept only for `bench/store` to compare against.
-pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>) {
+pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>, stop: Rc<ServiceContext>) {
     let pool = Rc::new(std::cell::RefCell::new(Vec::<(Client, Prepared)>::new()));
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ctx.baseline_pool_size));
     let mut seqs = Seqs::default();
-    while let Some(mut w) = rx.recv().await {
+    loop {
+        let next = tokio::select! {
+            x = rx.recv() => x,
+            () = stop.stopping() => rx.try_recv().ok(),
+        };
+        let Some(mut w) = next else { break };
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let mut conn = match pool.borrow_mut().pop() {
             Some(c) if !c.0.is_closed() => Some(c),
@@ -507,6 +597,7 @@ pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Writ
                     match r {
                         Ok(mut d) => d.pop().ok_or_else(|| "no answer".to_string()),
                         Err(Failure::Rolledback(e) | Failure::Uncertain(e, _)) => Err(e.to_string()),
+                        Err(Failure::Conflict) => Err("conflicting writes".into()),
                     }
                 }
             };
