@@ -9,10 +9,19 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick fmt clean migrate
+.PHONY: run run-pg build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick bench-store fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
+	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
+
+## run-pg: the same node on the Postgres store (PG_URL, default the local server's `imks`
+## database, created when missing); migrations run at start-up
+PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/imks
+run-pg: release
+	scripts/ensure-postgres.sh
+	scripts/ensure-database.sh '$(PG_URL)'
+	IMKS_STORE__BACKEND=postgres IMKS_STORE__POSTGRES__URL='$(PG_URL)' \
 	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
 
 ## migrate: apply the Postgres store's migrations to store.postgres.url (IMKS_STORE__POSTGRES__URL)
@@ -62,6 +71,12 @@ bench:
 ## bench-quick: the same scenarios in short runs (2-3 minutes), for development; docs untouched
 bench-quick:
 	bench/run --quick
+
+## bench-store: durable messages per second, memory store against the Postgres store (batched
+## commits, and one INSERT per message), on a rate ladder (about 15 minutes); writes docs/benchmarks.md
+bench-store:
+	scripts/ensure-postgres.sh
+	bench/store --write-docs
 
 fmt:
 	$(CARGO) fmt --all

@@ -26,3 +26,22 @@ ALTER TABLE message DROP COLUMN delivered_at;
 -- serves: seq is gapless and sorts like id within a conversation (the writer assigns both
 -- together), so an index on (conversation, id) would only cost every insert.
 DROP INDEX message_conversation_id;
+
+-- Names and keys compare byte by byte (COLLATE "C"): they are identifiers, not prose, and every
+-- index insertion and lookup on them then costs a memcmp instead of a locale's collation.
+ALTER TABLE message
+    ALTER COLUMN conversation TYPE text COLLATE "C",
+    ALTER COLUMN tenant TYPE text COLLATE "C",
+    ALTER COLUMN author TYPE text COLLATE "C",
+    ALTER COLUMN target TYPE text COLLATE "C",
+    ALTER COLUMN client_msg_id TYPE text COLLATE "C";
+ALTER TABLE message_reaction
+    ALTER COLUMN emoji TYPE text COLLATE "C",
+    ALTER COLUMN user_id TYPE text COLLATE "C";
+ALTER TABLE message_read_state
+    ALTER COLUMN conversation TYPE text COLLATE "C",
+    ALTER COLUMN tenant TYPE text COLLATE "C",
+    ALTER COLUMN user_id TYPE text COLLATE "C";
+ALTER TABLE message_offline
+    ALTER COLUMN tenant TYPE text COLLATE "C",
+    ALTER COLUMN user_id TYPE text COLLATE "C";

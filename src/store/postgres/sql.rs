@@ -27,6 +27,9 @@ fn ts(n: usize) -> String {
 /// The writer's statements, prepared once per connection.
 pub(super) struct Prepared {
     pub insert_messages: Statement,
+    /// The common batch (appends, delivery marks, offline entries) as one statement, so one
+    /// round trip and one implicit transaction: see [`write_batch`].
+    pub write_batch: Statement,
     pub next_seqs: Statement,
     pub find_duplicates: Statement,
     pub mark_delivered: Statement,
@@ -48,6 +51,36 @@ impl Prepared {
                      $8::text[], $9::text[], $10::int8[], $11::int8[]) AS k(id, c, t, a, tk, tg, cm, b, ct, s, ms)",
                 )
                 .await?,
+            // Data-modifying CTEs all run, to completion, in the statement's one transaction. The
+            // marks and queue entries name messages committed before (a message is acked, then
+            // delivered or queued), which the statement's snapshot sees.
+            //
+            // Every lookup of a message from a list of keys is a LATERAL subquery with LIMIT 1:
+            // one index probe per key, whatever the planner thinks of the table's size. As a
+            // join, a plan made while the table was small (a prepared statement keeps it) hashes
+            // the whole table on every batch.
+            write_batch: c
+                .prepare(
+                    "WITH ins AS (INSERT INTO message (id, conversation, tenant, author, target_kind, target, \
+                       client_msg_id, body, content_type, seq, created_at) \
+                       SELECT k.id, k.c, k.t, k.a, k.tk, k.tg, k.cm, k.b, k.ct, k.s, \
+                       timestamptz 'epoch' + k.ms * interval '1 millisecond' \
+                       FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                       $7::text[], $8::text[], $9::text[], $10::int8[], $11::int8[]) \
+                       AS k(id, c, t, a, tk, tg, cm, b, ct, s, ms) RETURNING 1), \
+                     dlv AS (INSERT INTO message_delivery (message_id, delivered_at) \
+                       SELECT k.id, now() FROM unnest($12::uuid[], $13::text[]) AS k(id, c) \
+                       CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.id AND m.conversation = k.c LIMIT 1) AS known \
+                       ON CONFLICT DO NOTHING RETURNING message_id), \
+                     off AS (INSERT INTO message_offline (tenant, user_id, message_id, queued_at) \
+                       SELECT k.t, k.u, k.m, now() FROM unnest($14::text[], $15::text[], $16::uuid[]) AS k(t, u, m) \
+                       CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.m LIMIT 1) AS known ON CONFLICT DO NOTHING RETURNING 1), \
+                     mark AS (INSERT INTO store_writer (writer, batch, committed_at) VALUES ($17, $18, now()) \
+                       ON CONFLICT (writer) DO UPDATE SET batch = excluded.batch, committed_at = excluded.committed_at \
+                       RETURNING 1) \
+                     SELECT message_id FROM dlv",
+                )
+                .await?,
             // One index probe per conversation (message_conversation_seq, backwards).
             next_seqs: c
                 .prepare(
@@ -58,8 +91,9 @@ impl Prepared {
             // The dedup index (message_dedup).
             find_duplicates: c
                 .prepare(&format!(
-                    "SELECT {COLUMNS} FROM message m JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, a, c) \
-                     ON m.tenant = k.t AND m.author = k.a AND m.client_msg_id = k.c"
+                    "SELECT {COLUMNS} FROM unnest($1::text[], $2::text[], $3::text[]) AS k(t, a, c) \
+                     CROSS JOIN LATERAL (SELECT * FROM message m WHERE m.tenant = k.t AND m.author = k.a \
+                     AND m.client_msg_id = k.c LIMIT 1) AS m"
                 ))
                 .await?,
             // Only messages of the named conversation; only the first mark inserts a row.
@@ -69,7 +103,7 @@ impl Prepared {
                 .prepare(
                     "INSERT INTO message_delivery (message_id, delivered_at) \
                      SELECT k.id, now() FROM unnest($1::uuid[], $2::text[]) AS k(id, c) \
-                     WHERE EXISTS (SELECT 1 FROM message m WHERE m.id = k.id AND m.conversation = k.c) \
+                     CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.id AND m.conversation = k.c LIMIT 1) AS known \
                      ON CONFLICT DO NOTHING RETURNING message_id",
                 )
                 .await?,
@@ -79,13 +113,16 @@ impl Prepared {
                 .prepare(
                     "INSERT INTO message_offline (tenant, user_id, message_id, queued_at) \
                      SELECT k.t, k.u, k.m, now() FROM unnest($1::text[], $2::text[], $3::uuid[]) AS k(t, u, m) \
-                     WHERE EXISTS (SELECT 1 FROM message WHERE id = k.m) ON CONFLICT DO NOTHING",
+                     CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.m LIMIT 1) AS known ON CONFLICT DO NOTHING",
                 )
                 .await?,
             mark_read: c
                 .prepare(
-                    "WITH r AS (SELECT id, seq, tenant, author, client_msg_id, deleted_at IS NOT NULL AS deleted \
-                       FROM message WHERE id = ANY($1) AND conversation = $2 AND tenant = $3), \
+                    "WITH r AS (SELECT m.id, m.seq, m.tenant, m.author, m.client_msg_id, m.deleted \
+                       FROM (SELECT DISTINCT id FROM unnest($1::uuid[]) AS u(id)) AS k \
+                       CROSS JOIN LATERAL (SELECT id, seq, tenant, author, \
+                       client_msg_id, deleted_at IS NOT NULL AS deleted FROM message \
+                       WHERE id = k.id AND conversation = $2 AND tenant = $3 LIMIT 1) AS m), \
                      old AS (SELECT coalesce((SELECT last_read_seq FROM message_read_state \
                        WHERE conversation = $2 AND user_id = $4), 0) AS s), \
                      up AS (INSERT INTO message_read_state (conversation, tenant, user_id, last_read_seq, updated_at) \
@@ -248,7 +285,10 @@ pub(super) async fn take_offline(
     // v7 ids sort by creation: the newest `max` are the last ones.
     ids.sort_unstable();
     let ids = ids.split_off(ids.len().saturating_sub(max));
-    let sql = format!("SELECT {COLUMNS} FROM message m WHERE m.id = ANY($1) ORDER BY m.id");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM unnest($1::uuid[]) AS k(id) \
+         CROSS JOIN LATERAL (SELECT * FROM message WHERE id = k.id LIMIT 1) AS m ORDER BY m.id"
+    );
     let rows = tx.query(&sql, &[&ids]).await?;
     let mut messages = messages_from_rows(&rows)?;
     attach(&tx, &mut messages).await?;
@@ -359,6 +399,64 @@ pub(super) async fn insert_messages(
         ],
     )
     .await
+}
+
+/// Runs the common batch as one statement: inserts `messages`, marks `delivered` and queues
+/// `offline`, and moves the writer's marker, in one implicit transaction and one round trip.
+/// Returns the ids marked delivered now (not before). A retransmission fails it on the dedup
+/// index ([`is_retransmission`]), as [`insert_messages`] does.
+pub(super) async fn write_batch(
+    c: &impl GenericClient,
+    p: &Prepared,
+    messages: &[&Message],
+    delivered: &[(MessageId, &str)],
+    offline: &[(&str, &str, MessageId)],
+    marker: (uuid::Uuid, i64),
+) -> Result<std::collections::HashSet<MessageId>, tokio_postgres::Error> {
+    let col = |f: fn(&Message) -> &str| messages.iter().map(|m| f(m)).collect::<Vec<&str>>();
+    let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+    let kinds: Vec<&str> =
+        messages.iter().map(|m| if matches!(m.target, Target::Room(_)) { "room" } else { "user" }).collect();
+    let targets: Vec<&str> = messages
+        .iter()
+        .map(|m| match &m.target {
+            Target::User(u) | Target::Room(u) => &**u,
+        })
+        .collect();
+    let cids: Vec<Option<&str>> = messages.iter().map(|m| m.client_msg_id.as_deref()).collect();
+    let seqs: Vec<i64> = messages.iter().map(|m| i64::try_from(m.seq).unwrap_or(i64::MAX)).collect();
+    let created: Vec<i64> = messages.iter().map(|m| m.created_at_ms).collect();
+    let d_ids: Vec<MessageId> = delivered.iter().map(|d| d.0).collect();
+    let d_convs: Vec<&str> = delivered.iter().map(|d| d.1).collect();
+    let o_tenants: Vec<&str> = offline.iter().map(|o| o.0).collect();
+    let o_users: Vec<&str> = offline.iter().map(|o| o.1).collect();
+    let o_ids: Vec<MessageId> = offline.iter().map(|o| o.2).collect();
+    let rows = c
+        .query(
+            &p.write_batch,
+            &[
+                &ids,
+                &col(|m| m.conversation.as_str()),
+                &col(|m| &m.tenant),
+                &col(|m| &m.author),
+                &kinds,
+                &targets,
+                &cids,
+                &col(|m| &m.body),
+                &col(|m| &m.content_type),
+                &seqs,
+                &created,
+                &d_ids,
+                &d_convs,
+                &o_tenants,
+                &o_users,
+                &o_ids,
+                &marker.0,
+                &marker.1,
+            ],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get::<_, MessageId>(0)).collect()
 }
 
 /// Whether an insert failed because a message's client id is already stored.

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use crate::store::{BackendCheck, StoreError};
 
-/// Upper bounds, in milliseconds, of the commit latency histogram's buckets.
-const COMMIT_MS_BUCKETS: [u64; 11] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000];
+/// Upper bounds, in microseconds, of the commit latency histogram's buckets.
+const COMMIT_US_BUCKETS: [u64; 13] =
+    [250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000];
 /// Upper bounds of the rows-per-commit histogram's buckets.
 const ROWS_BUCKETS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 
@@ -38,7 +39,7 @@ impl<const N: usize> Histogram<N> {
         self.sum.fetch_add(v, Relaxed);
     }
 
-    /// Renders the family; `scale` divides bounds and sum (1000 turns milliseconds into seconds).
+    /// Renders the family; `scale` divides bounds and sum (1e6 turns microseconds into seconds).
     fn render(&self, out: &mut String, name: &str, help: &str, scale: f64) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -75,7 +76,7 @@ pub struct PgStats {
     max_bytes: usize,
     commits: AtomicU64,
     rows: AtomicU64,
-    commit_ms: Histogram<11>,
+    commit_us: Histogram<13>,
     batch_rows: Histogram<12>,
     refused_full: AtomicU64,
     refused_timeout: AtomicU64,
@@ -96,7 +97,7 @@ impl PgStats {
             max_bytes,
             commits: AtomicU64::new(0),
             rows: AtomicU64::new(0),
-            commit_ms: Histogram::new(COMMIT_MS_BUCKETS),
+            commit_us: Histogram::new(COMMIT_US_BUCKETS),
             batch_rows: Histogram::new(ROWS_BUCKETS),
             refused_full: AtomicU64::new(0),
             refused_timeout: AtomicU64::new(0),
@@ -134,10 +135,10 @@ impl PgStats {
         c.fetch_add(1, Relaxed);
     }
 
-    pub(super) fn committed(&self, rows: usize, ms: u64) {
+    pub(super) fn committed(&self, rows: usize, took: std::time::Duration) {
         self.commits.fetch_add(1, Relaxed);
         self.rows.fetch_add(rows as u64, Relaxed);
-        self.commit_ms.observe(ms);
+        self.commit_us.observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         self.batch_rows.observe(rows as u64);
     }
 
@@ -244,11 +245,11 @@ impl PgStats {
         {
             let _ = writeln!(out, "imks_store_pg_refused_total{{reason=\"{reason}\"}} {}", c.load(Relaxed));
         }
-        self.commit_ms.render(
+        self.commit_us.render(
             out,
             "imks_store_pg_commit_seconds",
             "How long each commit took, statements included.",
-            1000.0,
+            1e6,
         );
         self.batch_rows.render(out, "imks_store_pg_batch_rows", "Writes per commit.", 1.0);
     }
@@ -276,8 +277,8 @@ mod tests {
     #[test]
     fn histograms_are_cumulative() {
         let s = PgStats::new(1, 1);
-        s.committed(3, 4);
-        s.committed(700, 300);
+        s.committed(3, std::time::Duration::from_micros(4_000));
+        s.committed(700, std::time::Duration::from_micros(300_000));
         let mut out = String::new();
         s.render(&mut out);
         assert!(out.contains("imks_store_pg_batch_rows_bucket{le=\"5\"} 1"), "{out}");

@@ -143,6 +143,108 @@ fn transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// Whether every write of the batch is an append, a delivery mark or an offline entry: the
+/// common batch, which [`commit_one_statement`] writes in one round trip.
+fn is_common(batch: &[Write]) -> bool {
+    batch
+        .iter()
+        .all(|w| matches!(w.op, WriteOp::Append { .. } | WriteOp::Delivered { .. } | WriteOp::PushOffline { .. }))
+}
+
+/// Writes a common batch as one statement, in its one implicit transaction: a round trip
+/// instead of one per statement, which counts when the database's backend waits for a core
+/// shared with the node and the load. The same answers as [`commit`].
+async fn commit_one_statement(
+    client: &Client,
+    p: &Prepared,
+    batch: &[Write],
+    seqs: &mut Seqs,
+    marker: (uuid::Uuid, i64),
+) -> Result<Vec<Done>, Failure> {
+    use Failure::Rolledback as R;
+    let appends: Vec<(usize, &crate::store::NewMessage)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            WriteOp::Append { msg, .. } => Some((i, msg)),
+            _ => None,
+        })
+        .collect();
+    let delivered: Vec<(MessageId, &str)> = batch
+        .iter()
+        .filter_map(|w| match &w.op {
+            WriteOp::Delivered { conversation, id, .. } => Some((*id, conversation.as_str())),
+            _ => None,
+        })
+        .collect();
+    let offline: Vec<(&str, &str, MessageId)> = batch
+        .iter()
+        .filter_map(|w| match &w.op {
+            WriteOp::PushOffline { tenant, user, id, .. } => Some((tenant.as_str(), user.as_str(), *id)),
+            _ => None,
+        })
+        .collect();
+    let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
+    if !missing.is_empty() {
+        seqs.learn(sql::last_seqs(client, p, &missing).await.map_err(R)?);
+    }
+    let before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
+    let retransmittable = appends.iter().any(|(_, m)| m.client_msg_id.is_some());
+    let mut originals = HashMap::new();
+    for _ in 0..4 {
+        let Plan { new, again } = plan(&appends, &originals, seqs);
+        let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
+        let result = sql::write_batch(client, p, &rows, &delivered, &offline, marker).await;
+        match result {
+            Ok(first) => return Ok(answers(batch, new, again, Some(&first))),
+            Err(e) if retransmittable && sql::is_retransmission(&e) => {
+                // Nothing of the statement took effect: read the originals, renumber, again.
+                seqs.restore(&before);
+                let keys: Vec<(&str, &str, &str)> = appends
+                    .iter()
+                    .filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?)))
+                    .collect();
+                originals = sql::find_duplicates(client, p, &keys).await.map_err(R)?;
+            }
+            Err(e) if e.as_db_error().is_some() => return Err(R(e)),
+            // The answer was lost: if the statement committed, these are its answers (a mark
+            // counts as the first, as it most likely was).
+            Err(e) => return Err(Failure::Uncertain(e, answers(batch, new, again, None))),
+        }
+    }
+    Err(Failure::Conflict)
+}
+
+/// The answers of a common batch, in batch order. `first` holds the messages marked delivered
+/// for the first time; `None` when unknown, taken as all of them.
+fn answers(
+    batch: &[Write],
+    new: Vec<(usize, Message)>,
+    again: Vec<(usize, Appended)>,
+    first: Option<&std::collections::HashSet<MessageId>>,
+) -> Vec<Done> {
+    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
+    for (i, m) in new {
+        done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
+    }
+    for (i, a) in again {
+        done[i] = Some(Done::Appended(a));
+    }
+    let mut marked = std::collections::HashSet::new();
+    for (i, w) in batch.iter().enumerate() {
+        match &w.op {
+            WriteOp::Delivered { id, .. } => {
+                // The first mark of a message in the batch is the first, later ones are not.
+                let is_first = first.is_none_or(|f| f.contains(id)) && marked.insert(*id);
+                done[i] = Some(Done::Delivered(is_first));
+            }
+            WriteOp::PushOffline { .. } => done[i] = Some(Done::Pushed),
+            _ => {}
+        }
+    }
+    done.into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect()
+}
+
 /// Runs one batch as one transaction.
 async fn commit(
     client: &mut Client,
@@ -153,6 +255,9 @@ async fn commit(
     marker: (uuid::Uuid, i64),
 ) -> Result<Vec<Done>, Failure> {
     use Failure::Rolledback as R;
+    if is_common(batch) {
+        return commit_one_statement(client, p, batch, seqs, marker).await;
+    }
     let tx = client.transaction().await.map_err(R)?;
     let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
 
@@ -416,7 +521,7 @@ impl Writer {
         let ctx = self.ctx.clone();
         match outcome {
             Ok(Ok(done)) => {
-                self.ctx.stats.committed(batch.len(), started.elapsed().as_millis() as u64);
+                self.ctx.stats.committed(batch.len(), started.elapsed());
                 for (w, d) in batch.into_iter().zip(done) {
                     answer(&ctx, w, Ok(d));
                 }
@@ -460,7 +565,7 @@ impl Writer {
                 self.conn = None;
                 match self.resolve(n, oldest).await {
                     Some(true) => {
-                        self.ctx.stats.committed(batch.len(), started.elapsed().as_millis() as u64);
+                        self.ctx.stats.committed(batch.len(), started.elapsed());
                         for (w, d) in batch.into_iter().zip(done) {
                             answer(&ctx, w, Ok(d));
                         }
@@ -603,7 +708,7 @@ pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Writ
             };
             match result {
                 Ok(d) => {
-                    ctx.stats.committed(1, t0.elapsed().as_millis() as u64);
+                    ctx.stats.committed(1, t0.elapsed());
                     answer(&ctx, w, Ok(d));
                 }
                 Err(reason) => {
