@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::native::Answer;
 use common::native::{static_users, two_shards, Client};
-use common::pg::TestDb;
+use common::pg::{HeldLock, TestDb};
 use common::*;
 use imks::store::migrate::MIGRATIONS;
 use imks::Node;
@@ -476,4 +477,52 @@ fn health_reports_postgres_up_and_metrics_count_commits() {
     assert!(commits() > 0, "commits: {}", commits());
     assert!(metric_sum(b, "imks_store_pg_rows_total ") >= 5, "every message is a committed row");
     assert_eq!(metric_sum(a, "imks_store_pg_up "), 1);
+}
+
+/// A login whose offline queue cannot be read yet (its rows are locked) holds only the
+/// messages routed to that user: the shard's other chat work goes on, and once the queue is
+/// read the user gets it first, then what arrived meanwhile.
+#[test]
+fn a_login_waiting_for_its_offline_queue_holds_only_its_own_messages() {
+    let db = TestDb::migrated();
+    let (_node, [a, b]) = node_on(&db, |_| {});
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    for i in 0..3 {
+        alice.chat_to("carol", &format!("q{i}"), &format!("queued {i}"));
+        alice.sent_id(&format!("q{i}"));
+    }
+    // Two other users whose conversation and recipient live on carol's home shard, whose chat
+    // worker her login would hold if it waited there.
+    let home = imks::chat::home_shard("default", "carol", 2);
+    let (x, y) = ["bob", "dave", "erin", "pager"]
+        .iter()
+        .flat_map(|x| ["bob", "dave", "erin", "pager"].map(|y| (*x, y)))
+        .find(|(x, y)| {
+            x != y
+                && imks::store::ConversationKey::direct("default", x, y).owner_shard(2) == home
+                && imks::chat::home_shard("default", y, 2) == home
+        })
+        .expect("a pair of users on carol's home shard");
+
+    // Carol's queued rows only: her login's read waits, the writer's inserts do not.
+    let lock = HeldLock::take(&db.url(), "SELECT * FROM message_offline WHERE user_id = 'carol' FOR UPDATE");
+    let (mut carol, _) = Client::connect(b, "t-carol");
+    let (mut cx, _) = Client::connect(a, &format!("t-{x}"));
+    let (mut cy, _) = Client::connect(b, &format!("t-{y}"));
+    cx.chat_to(y, "live", "while carol logs in");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    assert!(matches!(cx.answer_until("live", deadline), Some(Answer::Sent(_))), "the shard's chat work goes on");
+    assert_eq!(cy.recv_type("chat")["data"]["content"], "while carol logs in");
+    alice.chat_to("carol", "late", "after the login");
+    alice.sent_id("late");
+    assert_eq!(
+        carol.recv_until(Instant::now() + Duration::from_millis(300)),
+        None,
+        "nothing reaches carol before her queue"
+    );
+
+    drop(lock);
+    let got: Vec<Value> = (0..4).map(|_| carol.recv_type("chat")["data"]["content"].clone()).collect();
+    assert_eq!(got, ["queued 0", "queued 1", "queued 2", "after the login"], "the queue first, then the rest");
+    assert_eq!(db.count("SELECT count(*) FROM message_offline"), 0);
 }

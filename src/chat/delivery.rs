@@ -66,7 +66,7 @@ pub(super) async fn route(shard: &Rc<Shard>, hub: &Hub, user: UserKey, message: 
 
 /// On the recipient's home shard: the message to each of `sessions`, or to the offline queue
 /// when there are none.
-async fn deliver_or_queue(
+pub(super) async fn deliver_or_queue(
     shard: &Rc<Shard>,
     hub: &Hub,
     user: UserKey,
@@ -74,6 +74,11 @@ async fn deliver_or_queue(
     sender: Option<ConnId>,
     sessions: Vec<ConnId>,
 ) {
+    // A login is reading the user's offline queue: after it (`directory::register`).
+    if let Some(e) = hub.homes.borrow_mut().get_mut(&user).filter(|e| e.loading > 0) {
+        e.held.push((message, sender));
+        return;
+    }
     if sessions.is_empty() {
         metrics::add(&shard.stats.chat_offline_queued, 1);
         let message = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::delivery::send_paced;
+use super::delivery::{deliver_or_queue, send_paced};
 use super::encode::{encode_message, text};
 use super::envelope::{encode, encode_presence};
 use super::msg::post_home;
@@ -28,6 +28,17 @@ pub(super) struct HomeEntry {
     /// Open sessions, oldest first.
     pub(super) sessions: Vec<ConnId>,
     watchers: HashSet<ConnId>,
+    /// Logins whose offline queue is being read. While there are any, messages routed to the
+    /// user wait in `held`, so the queue reaches the new session first.
+    pub(super) loading: usize,
+    /// Messages routed to the user while `loading`, with the session that sent each.
+    pub(super) held: Vec<(Arc<crate::store::Message>, Option<ConnId>)>,
+}
+
+impl HomeEntry {
+    fn unused(&self) -> bool {
+        self.sessions.is_empty() && self.watchers.is_empty() && self.loading == 0
+    }
 }
 
 /// Sends a frame to every session of a user, on any shard (several devices), at the pace each
@@ -120,8 +131,12 @@ pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, sessio
         online_count: online_count(shard),
     };
     shard.send_to(session, text(encode("connected", None, &hello)));
-    // Offline messages, oldest first, ahead of anything routed to the user after this point
-    // (which this worker handles only once this function returns).
+    // Offline messages, oldest first, ahead of anything routed to the user after this point:
+    // that waits on the user's entry until the queue is read. The worker goes on meanwhile, so
+    // a slow or hung database stalls this login, not the shard's chat work.
+    if let Some(e) = hub.homes.borrow_mut().get_mut(&user) {
+        e.loading += 1;
+    }
     let queued = match hub.store.take_offline(&user.tenant, &user.user).await {
         Ok(q) => q,
         Err(e) => {
@@ -134,6 +149,28 @@ pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, sessio
         let frame = encode_message(&m);
         let msg = ChatMsg::Deliver { session, frame, message: Arc::new(m), sender: None, targets: targets.clone() };
         post(shard, usize::from(session.shard), msg);
+    }
+    let held = {
+        let mut homes = hub.homes.borrow_mut();
+        let held = match homes.get_mut(&user) {
+            Some(e) => {
+                e.loading = e.loading.saturating_sub(1);
+                if e.loading == 0 {
+                    std::mem::take(&mut e.held)
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        };
+        if homes.get(&user).is_some_and(HomeEntry::unused) {
+            homes.remove(&user);
+        }
+        held
+    };
+    for (message, sender) in held {
+        let sessions = hub.sessions_of(&user);
+        deliver_or_queue(shard, hub, user.clone(), message, sender, sessions).await;
     }
 }
 
@@ -150,7 +187,7 @@ pub(super) fn unregister(shard: &Shard, hub: &Hub, user: UserKey, session: ConnI
             shard.send_to(*w, frame.clone());
         }
     }
-    if e.sessions.is_empty() && e.watchers.is_empty() {
+    if e.unused() {
         homes.remove(&user);
     }
 }
@@ -177,7 +214,7 @@ pub(super) fn unwatch(hub: &Hub, user: UserKey, watcher: ConnId) {
     let mut homes = hub.homes.borrow_mut();
     if let Some(e) = homes.get_mut(&user) {
         e.watchers.remove(&watcher);
-        if e.sessions.is_empty() && e.watchers.is_empty() {
+        if e.unused() {
             homes.remove(&user);
         }
     }

@@ -108,19 +108,14 @@ impl Hub {
 /// store) goes on as a task of its own, so many writes are in flight at once and the sidecar can
 /// commit them together. Order is kept: a store call fixes its operation's order when it is
 /// made ([`crate::store`]), which is here, in queue order, and commits complete in that order.
-/// A login is the exception: it is awaited before the next piece, so the user's offline
-/// messages reach the new session ahead of anything routed to the user after it.
+/// A login reading the user's offline queue holds the messages routed to that user meanwhile
+/// ([`super::directory`]), so the queue reaches the new session first without stopping the
+/// worker.
 async fn worker(shard: Rc<Shard>, hub: Rc<Hub>) {
     loop {
         let next = poll_fn(|cx| hub.poll_next(cx)).await;
-        let login = matches!(next, ChatMsg::Register { .. });
         let (s, h) = (shard.clone(), hub.clone());
-        let work = async move { handle(&s, &h, next).await };
-        if login {
-            work.await;
-        } else {
-            run_or_spawn(work);
-        }
+        run_or_spawn(async move { handle(&s, &h, next).await });
     }
 }
 

@@ -261,3 +261,43 @@ impl Drop for PgRun {
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a runtime").block_on(f)
 }
+
+/// A transaction held open on a connection of its own until dropped: for a test that makes the
+/// node wait on a lock.
+pub struct HeldLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldLock {
+    /// Runs `sql` (a `LOCK TABLE …` or `SELECT … FOR UPDATE`) in a transaction and returns once
+    /// it holds.
+    pub fn take(url: &str, sql: &str) -> Self {
+        let (url, sql) = (url.to_string(), sql.to_string());
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            migrate::blocking(&url, Duration::from_secs(5), async move |c| {
+                c.batch_execute("BEGIN").await?;
+                c.batch_execute(&sql).await?;
+                let _ = held_tx.send(());
+                // Released when the test drops the lock (or ends).
+                let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+                c.batch_execute("COMMIT").await?;
+                Ok(())
+            })
+            .expect("the lock is taken and released");
+        });
+        held_rx.recv_timeout(Duration::from_secs(10)).expect("the lock is held");
+        Self { release: Some(release), thread: Some(thread) }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        self.release.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
