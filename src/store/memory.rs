@@ -199,23 +199,7 @@ impl MemoryStore {
 
         let seq = conv.next_seq;
         conv.next_seq += 1;
-        let message = Message {
-            id: uuid::Uuid::now_v7(),
-            conversation: m.conversation,
-            tenant: m.tenant,
-            author: m.author,
-            target: m.target,
-            client_msg_id: m.client_msg_id,
-            body: m.body,
-            content_type: m.content_type,
-            created_at_ms: m.created_at_ms,
-            seq,
-            edited_at_ms: None,
-            edits: Vec::new(),
-            deleted: false,
-            reactions: Default::default(),
-            delivered: false,
-        };
+        let message = Message::first_stored(m, uuid::Uuid::now_v7(), seq);
         conv.by_id.insert(message.id, seq);
         conv.messages.push_back(message.clone());
         inner.total_messages += 1;

@@ -249,6 +249,30 @@ pub struct Message {
     pub delivered: bool,
 }
 
+impl Message {
+    /// A message as first stored: `new` with its id and `seq`, never edited, deleted, reacted
+    /// to or delivered.
+    pub fn first_stored(new: NewMessage, id: MessageId, seq: u64) -> Self {
+        Self {
+            id,
+            conversation: new.conversation,
+            tenant: new.tenant,
+            author: new.author,
+            target: new.target,
+            client_msg_id: new.client_msg_id,
+            body: new.body,
+            content_type: new.content_type,
+            created_at_ms: new.created_at_ms,
+            seq,
+            edited_at_ms: None,
+            edits: Vec::new(),
+            deleted: false,
+            reactions: Default::default(),
+            delivered: false,
+        }
+    }
+}
+
 /// The result of [`Store::append`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {

@@ -339,23 +339,7 @@ pub(super) async fn last_seqs(
 
 /// A message about to be inserted, with the id and `seq` the writer gave it.
 pub(super) fn stored(m: &NewMessage, id: MessageId, seq: u64) -> Message {
-    Message {
-        id,
-        conversation: m.conversation.clone(),
-        tenant: m.tenant.clone(),
-        author: m.author.clone(),
-        target: m.target.clone(),
-        client_msg_id: m.client_msg_id.clone(),
-        body: m.body.clone(),
-        content_type: m.content_type.clone(),
-        created_at_ms: m.created_at_ms,
-        seq,
-        edited_at_ms: None,
-        edits: Vec::new(),
-        deleted: false,
-        reactions: Default::default(),
-        delivered: false,
-    }
+    Message::first_stored(m.clone(), id, seq)
 }
 
 /// Inserts `messages` with one statement. A message whose `(tenant, author, client_msg_id)` is
@@ -369,36 +353,60 @@ pub(super) async fn insert_messages(
     if messages.is_empty() {
         return Ok(0);
     }
-    let col = |f: fn(&Message) -> &str| messages.iter().map(|m| f(m)).collect::<Vec<&str>>();
-    let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-    let kinds: Vec<&str> =
-        messages.iter().map(|m| if matches!(m.target, Target::Room(_)) { "room" } else { "user" }).collect();
-    let targets: Vec<&str> = messages
-        .iter()
-        .map(|m| match &m.target {
-            Target::User(u) | Target::Room(u) => &**u,
-        })
-        .collect();
-    let cids: Vec<Option<&str>> = messages.iter().map(|m| m.client_msg_id.as_deref()).collect();
-    let seqs: Vec<i64> = messages.iter().map(|m| i64::try_from(m.seq).unwrap_or(i64::MAX)).collect();
-    let created: Vec<i64> = messages.iter().map(|m| m.created_at_ms).collect();
-    c.execute(
-        &p.insert_messages,
-        &[
-            &ids,
-            &col(|m| m.conversation.as_str()),
-            &col(|m| &m.tenant),
-            &col(|m| &m.author),
-            &kinds,
-            &targets,
-            &cids,
-            &col(|m| &m.body),
-            &col(|m| &m.content_type),
-            &seqs,
-            &created,
-        ],
-    )
-    .await
+    let m = Columns::of(messages);
+    c.execute(&p.insert_messages, &m.params()).await
+}
+
+/// Messages as the eleven arrays the inserts `unnest`, in the order of their parameters.
+struct Columns<'a> {
+    ids: Vec<MessageId>,
+    conversations: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    authors: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    targets: Vec<&'a str>,
+    client_ids: Vec<Option<&'a str>>,
+    bodies: Vec<&'a str>,
+    content_types: Vec<&'a str>,
+    seqs: Vec<i64>,
+    created: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(messages: &[&'a Message]) -> Self {
+        let col = |f: fn(&'a Message) -> &'a str| messages.iter().map(|m| f(m)).collect::<Vec<&str>>();
+        Self {
+            ids: messages.iter().map(|m| m.id).collect(),
+            conversations: col(|m| m.conversation.as_str()),
+            tenants: col(|m| &m.tenant),
+            authors: col(|m| &m.author),
+            kinds: col(|m| if matches!(m.target, Target::Room(_)) { "room" } else { "user" }),
+            targets: col(|m| match &m.target {
+                Target::User(u) | Target::Room(u) => u,
+            }),
+            client_ids: messages.iter().map(|m| m.client_msg_id.as_deref()).collect(),
+            bodies: col(|m| &m.body),
+            content_types: col(|m| &m.content_type),
+            seqs: messages.iter().map(|m| i64::try_from(m.seq).unwrap_or(i64::MAX)).collect(),
+            created: messages.iter().map(|m| m.created_at_ms).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        [
+            &self.ids,
+            &self.conversations,
+            &self.tenants,
+            &self.authors,
+            &self.kinds,
+            &self.targets,
+            &self.client_ids,
+            &self.bodies,
+            &self.content_types,
+            &self.seqs,
+            &self.created,
+        ]
+    }
 }
 
 /// Runs the common batch as one statement: inserts `messages`, marks `delivered` and queues
@@ -413,19 +421,7 @@ pub(super) async fn write_batch(
     offline: &[(&str, &str, MessageId)],
     marker: (uuid::Uuid, i64),
 ) -> Result<std::collections::HashSet<MessageId>, tokio_postgres::Error> {
-    let col = |f: fn(&Message) -> &str| messages.iter().map(|m| f(m)).collect::<Vec<&str>>();
-    let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
-    let kinds: Vec<&str> =
-        messages.iter().map(|m| if matches!(m.target, Target::Room(_)) { "room" } else { "user" }).collect();
-    let targets: Vec<&str> = messages
-        .iter()
-        .map(|m| match &m.target {
-            Target::User(u) | Target::Room(u) => &**u,
-        })
-        .collect();
-    let cids: Vec<Option<&str>> = messages.iter().map(|m| m.client_msg_id.as_deref()).collect();
-    let seqs: Vec<i64> = messages.iter().map(|m| i64::try_from(m.seq).unwrap_or(i64::MAX)).collect();
-    let created: Vec<i64> = messages.iter().map(|m| m.created_at_ms).collect();
+    let m = Columns::of(messages);
     let d_ids: Vec<MessageId> = delivered.iter().map(|d| d.0).collect();
     let d_convs: Vec<&str> = delivered.iter().map(|d| d.1).collect();
     let o_tenants: Vec<&str> = offline.iter().map(|o| o.0).collect();
@@ -434,26 +430,7 @@ pub(super) async fn write_batch(
     let rows = c
         .query(
             &p.write_batch,
-            &[
-                &ids,
-                &col(|m| m.conversation.as_str()),
-                &col(|m| &m.tenant),
-                &col(|m| &m.author),
-                &kinds,
-                &targets,
-                &cids,
-                &col(|m| &m.body),
-                &col(|m| &m.content_type),
-                &seqs,
-                &created,
-                &d_ids,
-                &d_convs,
-                &o_tenants,
-                &o_users,
-                &o_ids,
-                &marker.0,
-                &marker.1,
-            ],
+            &[m.params().as_slice(), &[&d_ids, &d_convs, &o_tenants, &o_users, &o_ids, &marker.0, &marker.1]].concat(),
         )
         .await?;
     rows.iter().map(|r| r.try_get::<_, MessageId>(0)).collect()

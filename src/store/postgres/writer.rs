@@ -143,6 +143,23 @@ fn transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The batch's appends, by their place in it.
+fn appends_of(batch: &[Write]) -> Vec<(usize, &crate::store::NewMessage)> {
+    batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match &w.op {
+            WriteOp::Append { msg, .. } => Some((i, msg)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `(tenant, author, client_msg_id)` of every append that has a client id.
+fn retransmission_keys<'a>(appends: &[(usize, &'a crate::store::NewMessage)]) -> Vec<(&'a str, &'a str, &'a str)> {
+    appends.iter().filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?))).collect()
+}
+
 /// Whether every write of the batch is an append, a delivery mark or an offline entry: the
 /// common batch, which [`commit_one_statement`] writes in one round trip.
 fn is_common(batch: &[Write]) -> bool {
@@ -162,14 +179,7 @@ async fn commit_one_statement(
     marker: (uuid::Uuid, i64),
 ) -> Result<Vec<Done>, Failure> {
     use Failure::Rolledback as R;
-    let appends: Vec<(usize, &crate::store::NewMessage)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.op {
-            WriteOp::Append { msg, .. } => Some((i, msg)),
-            _ => None,
-        })
-        .collect();
+    let appends = appends_of(batch);
     let delivered: Vec<(MessageId, &str)> = batch
         .iter()
         .filter_map(|w| match &w.op {
@@ -200,11 +210,7 @@ async fn commit_one_statement(
             Err(e) if retransmittable && sql::is_retransmission(&e) => {
                 // Nothing of the statement took effect: read the originals, renumber, again.
                 seqs.restore(&before);
-                let keys: Vec<(&str, &str, &str)> = appends
-                    .iter()
-                    .filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?)))
-                    .collect();
-                originals = sql::find_duplicates(client, p, &keys).await.map_err(R)?;
+                originals = sql::find_duplicates(client, p, &retransmission_keys(&appends)).await.map_err(R)?;
             }
             Err(e) if e.as_db_error().is_some() => return Err(R(e)),
             // The answer was lost: if the statement committed, these are its answers (a mark
@@ -265,14 +271,7 @@ async fn commit(
     // message whose (tenant, author, client_msg_id) is stored fails the INSERT, and only then
     // (rarely) are the originals read and the batch renumbered without them, so `seq` keeps no
     // gap.
-    let appends: Vec<(usize, &crate::store::NewMessage)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.op {
-            WriteOp::Append { msg, .. } => Some((i, msg)),
-            _ => None,
-        })
-        .collect();
+    let appends = appends_of(batch);
     if !appends.is_empty() {
         let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
         if !missing.is_empty() {
@@ -307,11 +306,7 @@ async fn commit(
             }
             tx.batch_execute("ROLLBACK TO SAVEPOINT appends").await.map_err(R)?;
             seqs.restore(&before);
-            let keys: Vec<(&str, &str, &str)> = appends
-                .iter()
-                .filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?)))
-                .collect();
-            originals = sql::find_duplicates(&tx, p, &keys).await.map_err(R)?;
+            originals = sql::find_duplicates(&tx, p, &retransmission_keys(&appends)).await.map_err(R)?;
         }
     }
 
