@@ -526,3 +526,56 @@ fn a_login_waiting_for_its_offline_queue_holds_only_its_own_messages() {
     assert_eq!(got, ["queued 0", "queued 1", "queued 2", "after the login"], "the queue first, then the rest");
     assert_eq!(db.count("SELECT count(*) FROM message_offline"), 0);
 }
+
+/// While the writer cannot commit (the message table is locked), writes wait in the queue up to
+/// `store.postgres.max_queued_writes`; one more is refused at once with `unavailable` and a
+/// retry hint, and nothing is acknowledged before its commit. Once the lock goes, everything
+/// queued commits and is acknowledged, and a retry of the refused message is stored once.
+#[test]
+fn past_the_queue_bound_a_write_is_refused_at_once_and_the_queued_ones_commit_later() {
+    let db = TestDb::migrated();
+    let (_node, [a, _]) = node_on(&db, |f| {
+        f.store.postgres.max_queued_writes = 3;
+        f.store.postgres.write_timeout_ms = 30_000;
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    alice.chat_to("bob", "warm", "before the lock");
+    alice.sent_id("warm");
+    // Bob is offline: the message's queue entry is a write too; let it commit first, so the
+    // bound below counts only the writes of this test.
+    assert!(wait_until(Duration::from_secs(5), || db.count("SELECT count(*) FROM message_offline") == 1));
+
+    let lock = HeldLock::take(&db.url(), "LOCK TABLE message IN ACCESS EXCLUSIVE MODE");
+    for i in 0..3 {
+        alice.chat_to("bob", &format!("q{i}"), &format!("queued {i}"));
+    }
+    alice.chat_to("bob", "over", "one too many");
+    let t0 = Instant::now();
+    match alice.answer_until("over", t0 + Duration::from_secs(5)) {
+        Some(Answer::Error { code, reason, retry_after_ms }) => {
+            assert_eq!((code.as_str(), reason.as_str()), ("store_failed", "unavailable"));
+            assert!(retry_after_ms.is_some_and(|ms| ms > 0), "with a retry hint");
+        }
+        other => panic!("the fourth write should be refused at once, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
+    assert_eq!(
+        alice.recv_until(Instant::now() + Duration::from_millis(300)),
+        None,
+        "nothing is acknowledged while the database cannot commit"
+    );
+
+    drop(lock);
+    let acked: Vec<String> = (0..3).map(|i| alice.sent_id(&format!("q{i}"))).collect();
+    // Their queue entries for offline bob are writes too: the retry comes once they are in.
+    assert!(wait_until(Duration::from_secs(5), || db.count("SELECT count(*) FROM message_offline") == 4));
+    alice.chat_to("bob", "over", "one too many");
+    let retried = alice.sent_id("over");
+    assert_eq!(
+        db.count("SELECT count(*) FROM message WHERE client_msg_id IN ('q0', 'q1', 'q2', 'over')"),
+        4,
+        "the queued writes and the retry, each once"
+    );
+    assert!(!acked.contains(&retried));
+    assert_eq!(db.count("SELECT count(*) FROM message WHERE client_msg_id = 'over'"), 1);
+}
