@@ -579,3 +579,33 @@ fn past_the_queue_bound_a_write_is_refused_at_once_and_the_queued_ones_commit_la
     assert!(!acked.contains(&retried));
     assert_eq!(db.count("SELECT count(*) FROM message WHERE client_msg_id = 'over'"), 1);
 }
+
+/// A read the database does not answer within `store.postgres.read_timeout_ms` (the message
+/// table is locked) is answered `unavailable`, and the next one, once it can, is served.
+#[test]
+fn a_read_past_its_timeout_is_answered_unavailable() {
+    let db = TestDb::migrated();
+    let (_node, [a, _]) = node_on(&db, |f| f.store.postgres.read_timeout_ms = 400);
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    alice.chat_to("bob", "m1", "hello");
+    alice.sent_id("m1");
+
+    let lock = HeldLock::take(&db.url(), "LOCK TABLE message IN ACCESS EXCLUSIVE MODE");
+    let t0 = Instant::now();
+    alice.send(json!({"type": "history", "id": "h1", "data": {"peerId": "bob"}}));
+    let answer = loop {
+        let m = alice.recv_until(t0 + Duration::from_secs(5)).expect("an answer to the history request");
+        if m["id"] == "h1" {
+            break m;
+        }
+    };
+    assert_eq!(
+        (answer["type"].as_str(), answer["data"]["reason"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{answer}"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(400) && t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    drop(lock);
+    let (page, _) = alice.history_page(json!({"peerId": "bob"}));
+    assert_eq!(page.len(), 1, "served again once the database answers");
+}

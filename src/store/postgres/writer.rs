@@ -718,3 +718,80 @@ pub(super) async fn run_per_message(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Writ
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::store::{ConversationKey, StoreConfig};
+
+    fn writer(rows: usize, bytes: usize, timeout_ms: u64) -> Writer {
+        let mut cfg = StoreConfig::default();
+        cfg.postgres.max_batch_rows = rows;
+        cfg.postgres.max_batch_bytes = bytes;
+        cfg.postgres.write_timeout_ms = timeout_ms;
+        let stats = Arc::new(super::super::PgStats::new(100, 1 << 20));
+        Writer {
+            ctx: Rc::new(super::super::ctx(&cfg, &cfg.postgres, stats)),
+            conn: None,
+            backlog: VecDeque::new(),
+            seqs: Seqs::default(),
+            backoff: MIN_BACKOFF,
+            solo: 0,
+            id: uuid::Uuid::nil(),
+            batch: 0,
+        }
+    }
+
+    /// A delivery mark of `bytes`, queued `age` ago, admitted against the writer's bound.
+    fn write(w: &Writer, bytes: usize, age: Duration) -> (Write, oneshot::Receiver<Result<bool, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        w.ctx.stats.admit(bytes).expect("room in the queue");
+        let queued_at = Instant::now().checked_sub(age).expect("a machine up longer than the test's ages");
+        let op = WriteOp::Delivered { conversation: ConversationKey::room("t", "r"), id: MessageId::nil(), reply };
+        (Write { op, bytes, queued_at }, rx)
+    }
+
+    fn fill(w: &mut Writer, sizes: &[usize]) {
+        for &b in sizes {
+            let (x, _) = write(w, b, Duration::ZERO);
+            w.backlog.push_back(x);
+        }
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_row_and_byte_caps() {
+        let mut w = writer(3, 100, 5000);
+        fill(&mut w, &[10; 5]);
+        assert_eq!(w.batch_len(), 3, "the row cap");
+        w.backlog.clear();
+        fill(&mut w, &[40; 5]);
+        assert_eq!(w.batch_len(), 2, "the byte cap: 80 fit, 120 do not");
+        w.backlog.clear();
+        fill(&mut w, &[500, 10]);
+        assert_eq!(w.batch_len(), 1, "a write over the byte cap goes alone, never stuck");
+        w.backlog.clear();
+        fill(&mut w, &[1; 5]);
+        w.solo = 2;
+        assert_eq!((w.batch_len(), w.batch_len(), w.batch_len()), (1, 1, 3), "one by one after a refused batch");
+    }
+
+    #[test]
+    fn writes_older_than_the_timeout_are_answered_unavailable_and_leave_the_queue() {
+        let mut w = writer(10, 1000, 50);
+        let (old, mut old_rx) = write(&w, 10, Duration::from_millis(80));
+        let (new, mut new_rx) = write(&w, 10, Duration::ZERO);
+        w.backlog.extend([old, new]);
+        w.expire();
+        assert_eq!(w.backlog.len(), 1, "the fresh write stays");
+        match old_rx.try_recv() {
+            Ok(Err(StoreError::Unavailable { retry_after_ms, .. })) => assert!(retry_after_ms > 0),
+            other => panic!("the old write is answered unavailable, got {other:?}"),
+        }
+        assert!(new_rx.try_recv().is_err(), "the fresh write is not answered yet");
+        assert_eq!(w.ctx.stats.queued_writes(), 1, "the answered write gave its room back");
+    }
+}
