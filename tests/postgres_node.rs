@@ -609,3 +609,37 @@ fn a_read_past_its_timeout_is_answered_unavailable() {
     let (page, _) = alice.history_page(json!({"peerId": "bob"}));
     assert_eq!(page.len(), 1, "served again once the database answers");
 }
+
+/// The connection drops after the database committed a batch but before the writer heard
+/// (the answer is lost on the way): the writer reconnects, reads its `store_writer` row, finds
+/// the batch committed and acknowledges it with the ids it stored; a retry of the message is
+/// acknowledged with the same id; the database holds it once.
+#[test]
+fn a_commit_whose_answer_is_lost_is_acked_once_with_its_stored_id() {
+    let db = TestDb::migrated();
+    let proxy = common::pg::CuttingProxy::start();
+    let url = proxy.url(&db);
+    let (node, [a, _]) = node_on(&db, |f| {
+        f.store.postgres.url = url;
+        // No pings on the way: the lost answer is the writer's.
+        f.store.postgres.health_interval_ms = 600_000;
+        f.store.postgres.reconnect_max_ms = 100;
+    });
+    let (mut alice, _) = Client::connect(a, "t-alice");
+    let (mut bob, _) = Client::connect(a, "t-bob");
+    alice.chat_to("bob", "warm", "the writer is connected");
+    alice.sent_id("warm");
+    bob.recv_type("chat");
+
+    proxy.cut_next_answer();
+    alice.chat_to("bob", "m1", "committed, answer lost");
+    let first = alice.sent_id("m1");
+    assert_eq!(proxy.cuts(), 1, "the batch's answer was lost");
+    assert!(metric_sum(a, "imks_store_pg_reconnects_total") >= 1, "the writer reconnected");
+    alice.chat_to("bob", "m1", "retried");
+    assert_eq!(alice.sent_id("m1"), first, "the retry is acknowledged with the stored id");
+    assert_eq!(db.count("SELECT count(*) FROM message WHERE client_msg_id = 'm1'"), 1, "stored once");
+    assert_eq!(bob.recv_type("chat")["data"]["content"], "committed, answer lost", "delivered once");
+    bob.assert_nothing_pending("the retry is not delivered again");
+    drop(node);
+}

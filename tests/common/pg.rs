@@ -301,3 +301,75 @@ impl Drop for HeldLock {
         }
     }
 }
+
+/// A TCP proxy in front of the local Postgres server that can lose one answer: after
+/// [`CuttingProxy::cut_next_answer`], the next bytes the server sends on any connection are
+/// dropped and that connection is closed, as when a network fails after the server has
+/// committed but before the client hears of it.
+pub struct CuttingProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    pub fn start() -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (c, n) = (cut.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect("127.0.0.1:5432") else { continue };
+                let (mut c_in, mut s_out) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(k) = c_in.read(&mut buf) {
+                        if k == 0 || s_out.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Both);
+                });
+                let (mut s_in, mut c_out, cut, cuts) = (server, client, c.clone(), n.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(k) = s_in.read(&mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        if cut.swap(false, Ordering::SeqCst) {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        if c_out.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(Shutdown::Both);
+                    let _ = s_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self { port, cut, cuts }
+    }
+
+    /// The URL of `db` through the proxy.
+    pub fn url(&self, db: &TestDb) -> String {
+        db.url().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port))
+    }
+
+    pub fn cut_next_answer(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answers lost so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -420,6 +420,8 @@ struct Writer {
     solo: usize,
     id: uuid::Uuid,
     batch: i64,
+    /// Whether the writer has had a connection: the next one is a reconnect.
+    connected_before: bool,
 }
 
 impl Writer {
@@ -460,10 +462,11 @@ impl Writer {
         self.ctx.stats.set_up(false);
         match super::connect(&self.ctx).await {
             Ok(conn) => {
-                if self.backoff > MIN_BACKOFF {
+                if self.connected_before {
                     self.ctx.stats.reconnected();
                     tracing::info!("store writer reconnected to Postgres");
                 }
+                self.connected_before = true;
                 self.backoff = MIN_BACKOFF;
                 self.ctx.stats.set_up(true);
                 self.conn = Some(conn);
@@ -603,6 +606,7 @@ pub(super) async fn run_batched(ctx: Rc<Ctx>, mut rx: UnboundedReceiver<Write>, 
         solo: 0,
         id: uuid::Uuid::now_v7(),
         batch: 0,
+        connected_before: false,
     };
     let mut open = true;
     loop {
@@ -743,6 +747,7 @@ mod tests {
             solo: 0,
             id: uuid::Uuid::nil(),
             batch: 0,
+            connected_before: false,
         }
     }
 
