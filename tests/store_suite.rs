@@ -67,6 +67,7 @@ suite!(
     read_state_is_a_pointer,
     offline_queue_keeps_push_order_and_the_newest_at_its_bound,
     many_appends_in_flight_keep_their_call_order,
+    a_burst_of_appends_retransmissions_and_edits_keeps_every_answer,
 );
 
 fn dm() -> ConversationKey {
@@ -301,4 +302,30 @@ async fn many_appends_in_flight_keep_their_call_order(s: Rc<dyn Store>) {
     assert_eq!(bodies, (0..100).map(|i| 2 * i + 1).collect::<Vec<_>>());
     let page = s.history(&room, None, 3).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [100, 99, 98]);
+}
+
+async fn a_burst_of_appends_retransmissions_and_edits_keeps_every_answer(s: Rc<dyn Store>) {
+    // Called together, so that (on Postgres) they share batches, including ones that mix the
+    // appends with an edit and a read mark, and retransmissions that fail the dedup index.
+    let first = s.append(new_msg(&dm(), "alice", Some("c0"), "first")).await.unwrap().message;
+    let mut pending = Vec::new();
+    for round in 0..3 {
+        pending.push(s.append(new_msg(&dm(), "alice", Some(&format!("n{round}")), &format!("new {round}"))));
+        pending.push(s.append(new_msg(&dm(), "alice", Some("c0"), "first, again")));
+    }
+    let edit = s.edit(&dm(), first.id, "alice", "edited".into(), 7);
+    let read = s.mark_read("t", "bob", &dm(), &[first.id]);
+    let mut answers = Vec::new();
+    for p in pending {
+        answers.push(p.await.unwrap());
+    }
+    let news: Vec<u64> = answers.iter().filter(|a| !a.duplicate).map(|a| a.message.seq).collect();
+    assert_eq!(news, [2, 3, 4], "new messages in call order, no gap left by the retransmissions");
+    for again in answers.iter().filter(|a| a.duplicate) {
+        assert_eq!((again.message.id, again.message.seq), (first.id, 1), "a retransmission answers the original");
+    }
+    assert_eq!(edit.await.unwrap().body, "edited");
+    assert_eq!(read.await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [first.id]);
+    let page = s.history(&dm(), None, 5).await.unwrap();
+    assert_eq!(bodies(&page.messages), ["new 2", "new 1", "new 0", "edited"]);
 }

@@ -26,31 +26,17 @@ fn ts(n: usize) -> String {
 
 /// The writer's statements, prepared once per connection.
 pub(super) struct Prepared {
-    pub insert_messages: Statement,
     /// The common batch (appends, delivery marks, offline entries) as one statement, so one
     /// round trip and one implicit transaction: see [`write_batch`].
     pub write_batch: Statement,
     pub next_seqs: Statement,
     pub find_duplicates: Statement,
-    pub mark_delivered: Statement,
-    pub push_offline: Statement,
     pub mark_read: Statement,
-    pub marker: Statement,
 }
 
 impl Prepared {
     pub(super) async fn new(c: &impl GenericClient) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
-            insert_messages: c
-                .prepare(
-                    "INSERT INTO message (id, conversation, tenant, author, target_kind, target, client_msg_id, body, \
-                     content_type, seq, created_at) \
-                     SELECT k.id, k.c, k.t, k.a, k.tk, k.tg, k.cm, k.b, k.ct, k.s, \
-                     timestamptz 'epoch' + k.ms * interval '1 millisecond' \
-                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                     $8::text[], $9::text[], $10::int8[], $11::int8[]) AS k(id, c, t, a, tk, tg, cm, b, ct, s, ms)",
-                )
-                .await?,
             // Data-modifying CTEs all run, to completion, in the statement's one transaction. The
             // marks and queue entries name messages committed before (a message is acked, then
             // delivered or queued), which the statement's snapshot sees.
@@ -96,26 +82,6 @@ impl Prepared {
                      AND m.client_msg_id = k.c LIMIT 1) AS m"
                 ))
                 .await?,
-            // Only messages of the named conversation; only the first mark inserts a row.
-            // Only messages of the named conversation (one primary key probe, no foreign key);
-            // only the first mark inserts a row, and RETURNING names those.
-            mark_delivered: c
-                .prepare(
-                    "INSERT INTO message_delivery (message_id, delivered_at) \
-                     SELECT k.id, now() FROM unnest($1::uuid[], $2::text[]) AS k(id, c) \
-                     CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.id AND m.conversation = k.c LIMIT 1) AS known \
-                     ON CONFLICT DO NOTHING RETURNING message_id",
-                )
-                .await?,
-            // A message deleted meanwhile (or never stored) is skipped rather than failing the
-            // batch on the foreign key.
-            push_offline: c
-                .prepare(
-                    "INSERT INTO message_offline (tenant, user_id, message_id, queued_at) \
-                     SELECT k.t, k.u, k.m, now() FROM unnest($1::text[], $2::text[], $3::uuid[]) AS k(t, u, m) \
-                     CROSS JOIN LATERAL (SELECT 1 FROM message m WHERE m.id = k.m LIMIT 1) AS known ON CONFLICT DO NOTHING",
-                )
-                .await?,
             mark_read: c
                 .prepare(
                     "WITH r AS (SELECT m.id, m.seq, m.tenant, m.author, m.client_msg_id, m.deleted \
@@ -132,12 +98,6 @@ impl Prepared {
                        updated_at = excluded.updated_at) \
                      SELECT r.id, r.tenant, r.author, r.client_msg_id FROM r, old \
                      WHERE r.seq > old.s AND r.author <> $4 AND NOT r.deleted ORDER BY r.seq",
-                )
-                .await?,
-            marker: c
-                .prepare(
-                    "INSERT INTO store_writer (writer, batch, committed_at) VALUES ($1, $2, now()) \
-                     ON CONFLICT (writer) DO UPDATE SET batch = excluded.batch, committed_at = excluded.committed_at",
                 )
                 .await?,
         })
@@ -342,21 +302,6 @@ pub(super) fn stored(m: &NewMessage, id: MessageId, seq: u64) -> Message {
     Message::first_stored(m.clone(), id, seq)
 }
 
-/// Inserts `messages` with one statement. A message whose `(tenant, author, client_msg_id)` is
-/// already stored fails it on the dedup index ([`is_retransmission`]): cheaper than
-/// `ON CONFLICT`, which would make every row a speculative insertion.
-pub(super) async fn insert_messages(
-    c: &impl GenericClient,
-    p: &Prepared,
-    messages: &[&Message],
-) -> Result<u64, tokio_postgres::Error> {
-    if messages.is_empty() {
-        return Ok(0);
-    }
-    let m = Columns::of(messages);
-    c.execute(&p.insert_messages, &m.params()).await
-}
-
 /// Messages as the eleven arrays the inserts `unnest`, in the order of their parameters.
 struct Columns<'a> {
     ids: Vec<MessageId>,
@@ -412,7 +357,7 @@ impl<'a> Columns<'a> {
 /// Runs the common batch as one statement: inserts `messages`, marks `delivered` and queues
 /// `offline`, and moves the writer's marker, in one implicit transaction and one round trip.
 /// Returns the ids marked delivered now (not before). A retransmission fails it on the dedup
-/// index ([`is_retransmission`]), as [`insert_messages`] does.
+/// index ([`is_retransmission`]).
 pub(super) async fn write_batch(
     c: &impl GenericClient,
     p: &Prepared,
@@ -441,29 +386,6 @@ pub(super) fn is_retransmission(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION && db.constraint() == Some("message_dedup")
     })
-}
-
-/// Marks messages delivered; returns the ids marked now (not before).
-pub(super) async fn mark_delivered(
-    c: &impl GenericClient,
-    p: &Prepared,
-    keys: &[(MessageId, &str)],
-) -> Result<std::collections::HashSet<MessageId>, tokio_postgres::Error> {
-    let ids: Vec<MessageId> = keys.iter().map(|k| k.0).collect();
-    let convs: Vec<&str> = keys.iter().map(|k| k.1).collect();
-    let rows = c.query(&p.mark_delivered, &[&ids, &convs]).await?;
-    rows.iter().map(|r| r.try_get::<_, MessageId>(0)).collect()
-}
-
-pub(super) async fn push_offline(
-    c: &impl GenericClient,
-    p: &Prepared,
-    entries: &[(&str, &str, MessageId)],
-) -> Result<u64, tokio_postgres::Error> {
-    let t: Vec<&str> = entries.iter().map(|e| e.0).collect();
-    let u: Vec<&str> = entries.iter().map(|e| e.1).collect();
-    let m: Vec<MessageId> = entries.iter().map(|e| e.2).collect();
-    c.execute(&p.push_offline, &[&t, &u, &m]).await
 }
 
 pub(super) async fn mark_read(

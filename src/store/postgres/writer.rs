@@ -2,17 +2,19 @@
 //! few transactions.
 //!
 //! Everything queued while a commit is in flight goes into the next one, up to
-//! `max_batch_rows` and `max_batch_bytes`: one transaction with one multi-row statement per
-//! kind of write (`unnest` arrays, prepared once per connection), plus a statement per edit,
-//! delete, reaction and read mark. Each write is answered when its transaction has committed,
-//! so an ack means durable; batches commit one after another, in queue order, so a
+//! `max_batch_rows` and `max_batch_bytes`. Its appends, delivery marks and offline entries, and
+//! the writer's `store_writer` marker, are one statement of data-modifying CTEs over `unnest`
+//! arrays ([`write_common`]): alone it is the whole batch, one round trip in its own implicit
+//! transaction; with edits, deletes, reactions or read marks it opens an explicit transaction
+//! that runs those one by one after it. Each write is answered when its transaction has
+//! committed, so an ack means durable; batches commit one after another, in queue order, so a
 //! conversation's `seq`s are committed in order and a history page never skips one that
 //! commits late.
 //!
 //! When Postgres is down, slow or restarted the batch stays at the front of the queue and is
 //! retried on a new connection (waits doubling from 50 ms to `reconnect_max_ms`); writes that
 //! wait longer than `write_timeout_ms` are answered `unavailable`, never acknowledged. A
-//! connection lost while its COMMIT was in flight leaves the outcome uncertain: the writer reads
+//! connection lost while the commit was in flight leaves the outcome uncertain: the writer reads
 //! its row in `store_writer`, which every batch updates, to learn whether the batch committed,
 //! and answers or retries it accordingly. A batch the database refuses (not a connection
 //! problem) is retried one write per transaction, so only the write at fault fails.
@@ -22,7 +24,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::sql::{self, Prepared};
 use super::stats::Refusal;
@@ -109,22 +111,28 @@ struct Plan {
     again: Vec<(usize, Appended)>,
 }
 
-/// Gives the batch's new messages their ids and `seq`s, in order.
+/// Gives the batch's new messages their ids and `seq`s, in order. `stored` holds the originals
+/// of retransmissions found in the database (empty but for the rare retry after the dedup index
+/// refused the batch); a retransmission of a message earlier in the batch gets that one.
 fn plan(appends: &[(usize, &crate::store::NewMessage)], stored: &HashMap<Key, Message>, seqs: &mut Seqs) -> Plan {
-    let mut new = Vec::with_capacity(appends.len());
+    let mut new: Vec<(usize, Message)> = Vec::with_capacity(appends.len());
     let mut again = Vec::new();
-    let mut in_batch: HashMap<Key, Message> = HashMap::new();
-    for (i, m) in appends {
-        let key = m.client_msg_id.as_ref().map(|c| (m.tenant.to_string(), m.author.to_string(), c.clone()));
-        if let Some(original) = key.as_ref().and_then(|k| stored.get(k).or_else(|| in_batch.get(k))) {
-            again.push((*i, Appended { message: original.clone(), duplicate: true }));
+    // Keys borrowed from the batch, to the message's place in `new`.
+    let mut in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for &(i, m) in appends {
+        let key = m.client_msg_id.as_deref().map(|c| (&*m.tenant, &*m.author, c));
+        let original = key.and_then(|(t, a, c)| {
+            let found = (!stored.is_empty()).then(|| stored.get(&(t.to_owned(), a.to_owned(), c.to_owned()))).flatten();
+            found.or_else(|| in_batch.get(&(t, a, c)).map(|&k| &new[k].1))
+        });
+        if let Some(original) = original {
+            again.push((i, Appended { message: original.clone(), duplicate: true }));
             continue;
         }
-        let message = sql::stored(m, MessageId::now_v7(), seqs.next(m.conversation.as_str()));
         if let Some(k) = key {
-            in_batch.insert(k, message.clone());
+            in_batch.insert(k, new.len());
         }
-        new.push((*i, message));
+        new.push((i, sql::stored(m, MessageId::now_v7(), seqs.next(m.conversation.as_str()))));
     }
     Plan { new, again }
 }
@@ -160,24 +168,24 @@ fn retransmission_keys<'a>(appends: &[(usize, &'a crate::store::NewMessage)]) ->
     appends.iter().filter_map(|(_, m)| Some((&*m.tenant, &*m.author, m.client_msg_id.as_deref()?))).collect()
 }
 
-/// Whether every write of the batch is an append, a delivery mark or an offline entry: the
-/// common batch, which [`commit_one_statement`] writes in one round trip.
-fn is_common(batch: &[Write]) -> bool {
-    batch
-        .iter()
-        .all(|w| matches!(w.op, WriteOp::Append { .. } | WriteOp::Delivered { .. } | WriteOp::PushOffline { .. }))
-}
-
-/// Writes a common batch as one statement, in its one implicit transaction: a round trip
-/// instead of one per statement, which counts when the database's backend waits for a core
-/// shared with the node and the load. The same answers as [`commit`].
-async fn commit_one_statement(
-    client: &Client,
+/// Writes the batch's appends, delivery marks and offline entries, and moves the writer's
+/// marker, in one statement: one round trip, which counts when the database's backend waits
+/// for a core shared with the node and the load. Returns every write's answer by its place in
+/// the batch (`None` for the writes it leaves to [`commit`]).
+///
+/// A retransmission (a client id already stored) fails the statement on the dedup index; the
+/// originals are then read and the statement run again without them, so `seq` keeps no gap.
+/// `in_tx`: inside an explicit transaction, where a savepoint undoes the failed statement and a
+/// lost connection means the transaction did not commit; outside, the statement is its own
+/// transaction, so an answer lost on the way leaves the outcome [`Failure::Uncertain`].
+async fn write_common(
+    c: &impl GenericClient,
     p: &Prepared,
     batch: &[Write],
     seqs: &mut Seqs,
     marker: (uuid::Uuid, i64),
-) -> Result<Vec<Done>, Failure> {
+    in_tx: bool,
+) -> Result<Vec<Option<Done>>, Failure> {
     use Failure::Rolledback as R;
     let appends = appends_of(batch);
     let delivered: Vec<(MessageId, &str)> = batch
@@ -196,39 +204,47 @@ async fn commit_one_statement(
         .collect();
     let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
     if !missing.is_empty() {
-        seqs.learn(sql::last_seqs(client, p, &missing).await.map_err(R)?);
+        seqs.learn(sql::last_seqs(c, p, &missing).await.map_err(R)?);
     }
     let before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
     let retransmittable = appends.iter().any(|(_, m)| m.client_msg_id.is_some());
+    if in_tx && retransmittable {
+        c.batch_execute("SAVEPOINT common").await.map_err(R)?;
+    }
     let mut originals = HashMap::new();
     for _ in 0..4 {
         let Plan { new, again } = plan(&appends, &originals, seqs);
         let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
-        let result = sql::write_batch(client, p, &rows, &delivered, &offline, marker).await;
-        match result {
+        match sql::write_batch(c, p, &rows, &delivered, &offline, marker).await {
             Ok(first) => return Ok(answers(batch, new, again, Some(&first))),
             Err(e) if retransmittable && sql::is_retransmission(&e) => {
                 // Nothing of the statement took effect: read the originals, renumber, again.
+                if in_tx {
+                    c.batch_execute("ROLLBACK TO SAVEPOINT common").await.map_err(R)?;
+                }
                 seqs.restore(&before);
-                originals = sql::find_duplicates(client, p, &retransmission_keys(&appends)).await.map_err(R)?;
+                originals = sql::find_duplicates(c, p, &retransmission_keys(&appends)).await.map_err(R)?;
             }
-            Err(e) if e.as_db_error().is_some() => return Err(R(e)),
+            Err(e) if in_tx || e.as_db_error().is_some() => return Err(R(e)),
             // The answer was lost: if the statement committed, these are its answers (a mark
             // counts as the first, as it most likely was).
-            Err(e) => return Err(Failure::Uncertain(e, answers(batch, new, again, None))),
+            Err(e) => {
+                let done = answers(batch, new, again, None).into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect();
+                return Err(Failure::Uncertain(e, done));
+            }
         }
     }
     Err(Failure::Conflict)
 }
 
-/// The answers of a common batch, in batch order. `first` holds the messages marked delivered
-/// for the first time; `None` when unknown, taken as all of them.
+/// The answers of the common writes, by their place in the batch. `first` holds the messages
+/// marked delivered for the first time; `None` when unknown, taken as all of them.
 fn answers(
     batch: &[Write],
     new: Vec<(usize, Message)>,
     again: Vec<(usize, Appended)>,
     first: Option<&std::collections::HashSet<MessageId>>,
-) -> Vec<Done> {
+) -> Vec<Option<Done>> {
     let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
     for (i, m) in new {
         done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
@@ -248,10 +264,11 @@ fn answers(
             _ => {}
         }
     }
-    done.into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect()
+    done
 }
 
-/// Runs one batch as one transaction.
+/// Runs one batch: its common writes alone as one statement, or with the rest in an explicit
+/// transaction.
 async fn commit(
     client: &mut Client,
     p: &Prepared,
@@ -261,88 +278,15 @@ async fn commit(
     marker: (uuid::Uuid, i64),
 ) -> Result<Vec<Done>, Failure> {
     use Failure::Rolledback as R;
-    if is_common(batch) {
-        return commit_one_statement(client, p, batch, seqs, marker).await;
+    let common_only = batch
+        .iter()
+        .all(|w| matches!(w.op, WriteOp::Append { .. } | WriteOp::Delivered { .. } | WriteOp::PushOffline { .. }));
+    if common_only {
+        let done = write_common(&*client, p, batch, seqs, marker, false).await?;
+        return Ok(done.into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect());
     }
     let tx = client.transaction().await.map_err(R)?;
-    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
-
-    // Appends: one INSERT for the batch. The dedup index decides what is a retransmission: a
-    // message whose (tenant, author, client_msg_id) is stored fails the INSERT, and only then
-    // (rarely) are the originals read and the batch renumbered without them, so `seq` keeps no
-    // gap.
-    let appends = appends_of(batch);
-    if !appends.is_empty() {
-        let missing = seqs.missing(appends.iter().map(|(_, m)| m.conversation.as_str()));
-        if !missing.is_empty() {
-            seqs.learn(sql::last_seqs(&tx, p, &missing).await.map_err(R)?);
-        }
-        let retransmittable = appends.iter().any(|(_, m)| m.client_msg_id.is_some());
-        if retransmittable {
-            tx.batch_execute("SAVEPOINT appends").await.map_err(R)?;
-        }
-        let before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
-        let mut originals = HashMap::new();
-        let mut attempts = 0;
-        loop {
-            let Plan { new, again } = plan(&appends, &originals, seqs);
-            let rows: Vec<&Message> = new.iter().map(|(_, m)| m).collect();
-            match sql::insert_messages(&tx, p, &rows).await {
-                Ok(_) => {
-                    for (i, m) in new {
-                        done[i] = Some(Done::Appended(Appended { message: m, duplicate: false }));
-                    }
-                    for (i, a) in again {
-                        done[i] = Some(Done::Appended(a));
-                    }
-                    break;
-                }
-                Err(e) if retransmittable && sql::is_retransmission(&e) => {}
-                Err(e) => return Err(R(e)),
-            }
-            attempts += 1;
-            if attempts > 3 {
-                return Err(Failure::Conflict);
-            }
-            tx.batch_execute("ROLLBACK TO SAVEPOINT appends").await.map_err(R)?;
-            seqs.restore(&before);
-            originals = sql::find_duplicates(&tx, p, &retransmission_keys(&appends)).await.map_err(R)?;
-        }
-    }
-
-    // Delivery marks and offline queue entries: one statement each.
-    let delivered: Vec<(usize, MessageId, &str)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.op {
-            WriteOp::Delivered { conversation, id, .. } => Some((i, *id, conversation.as_str())),
-            _ => None,
-        })
-        .collect();
-    if !delivered.is_empty() {
-        let keys: Vec<(MessageId, &str)> = delivered.iter().map(|d| (d.1, d.2)).collect();
-        let mut first = sql::mark_delivered(&tx, p, &keys).await.map_err(R)?;
-        for (i, id, _) in delivered {
-            // The first mark of a message in the batch is the first, later ones are not.
-            done[i] = Some(Done::Delivered(first.remove(&id)));
-        }
-    }
-    let offline: Vec<(usize, (&str, &str, MessageId))> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.op {
-            WriteOp::PushOffline { tenant, user, id, .. } => Some((i, (tenant.as_str(), user.as_str(), *id))),
-            _ => None,
-        })
-        .collect();
-    if !offline.is_empty() {
-        let entries: Vec<(&str, &str, MessageId)> = offline.iter().map(|o| o.1).collect();
-        sql::push_offline(&tx, p, &entries).await.map_err(R)?;
-        for (i, _) in offline {
-            done[i] = Some(Done::Pushed);
-        }
-    }
-
+    let mut done = write_common(&tx, p, batch, seqs, marker, true).await?;
     // The rest, one at a time, in queue order.
     for (i, w) in batch.iter().enumerate() {
         let d = match &w.op {
@@ -362,8 +306,6 @@ async fn commit(
         };
         done[i] = Some(d);
     }
-
-    tx.execute(&p.marker, &[&marker.0, &marker.1]).await.map_err(R)?;
     let done: Vec<Done> = done.into_iter().map(|d| d.unwrap_or(Done::Pushed)).collect();
     match tx.commit().await {
         Ok(()) => Ok(done),
