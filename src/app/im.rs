@@ -159,11 +159,8 @@ fn failure(code: &str, message: &str) -> String {
 }
 
 fn store_failure(e: &StoreError) -> String {
-    let retry_after_ms = match e {
-        StoreError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
-        _ => None,
-    };
-    json(&Failure { ok: false, error: ErrorBody { code: e.code(), message: &e.to_string(), retry_after_ms } })
+    let error = ErrorBody { code: e.code(), message: &e.to_string(), retry_after_ms: e.retry_after_ms() };
+    json(&Failure { ok: false, error })
 }
 
 fn ack(shard: &Shard, s: &Socket, ev: &Event<'_>, body: &str) {

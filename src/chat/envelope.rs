@@ -314,10 +314,7 @@ pub fn encode_store_error(id: Option<&str>, msg_id: Option<&str>, e: &crate::sto
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     }
-    let retry_after_ms = match e {
-        crate::store::StoreError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
-        _ => None,
-    };
+    let retry_after_ms = e.retry_after_ms();
     let message = e.to_string();
     encode(
         "error",

@@ -110,6 +110,14 @@ impl StoreError {
             StoreError::Unavailable { .. } => "unavailable",
         }
     }
+
+    /// For `unavailable`: when the client may try again, in milliseconds.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            StoreError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
 }
 
 /// Whom a message was sent to. Serialised externally tagged: `{"user":"bob"}` or
@@ -538,5 +546,8 @@ mod tests {
     fn error_codes() {
         assert_eq!(StoreError::TooLarge { size: 2, max: 1 }.code(), "too_large");
         assert_eq!(StoreError::NotFound.to_string(), "message not found");
+        let busy = StoreError::Unavailable { reason: "busy".into(), retry_after_ms: 250 };
+        assert_eq!((busy.code(), busy.retry_after_ms()), ("unavailable", Some(250)));
+        assert_eq!(StoreError::NotFound.retry_after_ms(), None);
     }
 }
