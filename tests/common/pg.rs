@@ -233,10 +233,6 @@ impl PgRun {
         self.handle.as_ref().expect("running").store()
     }
 
-    pub fn handle(&self) -> &PgHandle {
-        self.handle.as_ref().expect("running")
-    }
-
     /// Lets go of the store and waits for the sidecar to commit what is queued and stop.
     pub fn stop(mut self) {
         self.shutdown();

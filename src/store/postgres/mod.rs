@@ -32,7 +32,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub use stats::PgStats;
 
-use super::config::{CommitMode, PostgresSection};
+use super::config::CommitMode;
 use super::{
     check_body, Appended, BackendCheck, ConversationKey, Cursor, Message, MessageId, NewMessage, Page, Receipt, Store,
     StoreConfig, StoreError, StoreFuture, StoreStats, MAX_CLIENT_MSG_ID_BYTES, MAX_EMOJI_BYTES,
@@ -155,11 +155,12 @@ pub fn build(cfg: &StoreConfig) -> (PgService, PgHandle) {
     let (writes, write_rx): (Vec<_>, Vec<_>) = (0..writers).map(|_| mpsc::unbounded_channel()).unzip();
     let writes: Arc<[mpsc::UnboundedSender<Write>]> = writes.into();
     let (reads, read_rx) = mpsc::unbounded_channel();
-    let ctx = ctx(cfg, pg, stats.clone());
+    let ctx = ctx(cfg, stats.clone());
     (PgService { ctx, write_rx, read_rx }, PgHandle { writes, reads, stats, cfg: Arc::new(cfg.clone()) })
 }
 
-fn ctx(cfg: &StoreConfig, pg: &PostgresSection, stats: Arc<PgStats>) -> Ctx {
+fn ctx(cfg: &StoreConfig, stats: Arc<PgStats>) -> Ctx {
+    let pg = &cfg.postgres;
     Ctx {
         url: pg.url.clone(),
         connect_timeout: pg.connect_timeout(),
@@ -192,10 +193,6 @@ impl PgHandle {
     /// The store of one shard; call on the shard's thread.
     pub fn store(&self) -> PgStore {
         PgStore { handle: self.clone(), offline: Rc::new(RefCell::new(HashMap::new())) }
-    }
-
-    pub fn stats(&self) -> &Arc<PgStats> {
-        &self.stats
     }
 }
 

@@ -166,11 +166,6 @@ impl PgStats {
         self.queued_writes.load(Relaxed)
     }
 
-    /// Commits so far, and the writes they held.
-    pub fn commits(&self) -> (u64, u64) {
-        (self.commits.load(Relaxed), self.rows.load(Relaxed))
-    }
-
     pub(super) fn check(&self) -> BackendCheck {
         let us = self.ping_us.load(Relaxed);
         BackendCheck {

@@ -681,7 +681,7 @@ mod tests {
         cfg.postgres.write_timeout_ms = timeout_ms;
         let stats = Arc::new(super::super::PgStats::new(100, 1 << 20));
         Writer {
-            ctx: Rc::new(super::super::ctx(&cfg, &cfg.postgres, stats)),
+            ctx: Rc::new(super::super::ctx(&cfg, stats)),
             conn: None,
             backlog: VecDeque::new(),
             seqs: Seqs::default(),
