@@ -630,6 +630,11 @@ fn a_commit_whose_answer_is_lost_is_acked_once_with_its_stored_id() {
     alice.chat_to("bob", "warm", "the writer is connected");
     alice.sent_id("warm");
     bob.recv_type("chat");
+    // Nothing else in flight when the answer is cut: the delivery mark of "warm" is committed
+    // (its ack follows the commit) and the health ping has connected and answered.
+    let delivered = alice.recv_type("ack");
+    assert_eq!(delivered["data"]["status"], "delivered", "{delivered}");
+    assert!(wait_until(Duration::from_secs(5), || health(a)["checks"]["postgres"]["latency_ms"].is_number()));
 
     proxy.cut_next_answer();
     alice.chat_to("bob", "m1", "committed, answer lost");
