@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run run-pg build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick bench-store fmt clean migrate
+.PHONY: run run-pg cluster build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick bench-store fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -23,6 +23,11 @@ run-pg: release
 	scripts/ensure-database.sh '$(PG_URL)'
 	IMKS_STORE__BACKEND=postgres IMKS_STORE__POSTGRES__URL='$(PG_URL)' \
 	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
+
+## cluster: three nodes on ports 3000, 3001 and 3002, one service over the local NATS
+## (started where none runs); see docs/cluster.md
+cluster: release
+	scripts/cluster.sh $(CARGO_TARGET_DIR)/release/imks
 
 ## migrate: apply the Postgres store's migrations to store.postgres.url (IMKS_STORE__POSTGRES__URL)
 migrate: release
@@ -40,6 +45,8 @@ test: test-deps lint unit python-tests js-tests
 test-deps:
 	scripts/setup-test-deps.sh
 	scripts/ensure-postgres.sh
+	scripts/ensure-nats.sh
+	scripts/ensure-redis.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

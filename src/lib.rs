@@ -26,6 +26,7 @@
 pub mod app;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod engineio;
 pub mod http;

@@ -26,6 +26,7 @@ use crate::app::{self, SocketIoFactory};
 use crate::auth::{Authenticator, Gate, OriginPolicy};
 use crate::chat::router::ChatFactory;
 use crate::chat::Hub;
+use crate::cluster::{Cluster, ClusterHandle};
 use crate::config::Config;
 use crate::engineio::{self, EioApp, Engine};
 use crate::http::parse::{Method, RequestHead};
@@ -65,6 +66,9 @@ pub struct NodeShared {
     /// store from it while it starts, and the node lets go of it once all have started, so the
     /// store's writers end as soon as the shards do.
     postgres: std::sync::Mutex<Option<PgHandle>>,
+    /// The shards' side of the cluster bridge, when `[cluster]` names a backend; let go of
+    /// once every shard has started, like the store's handle.
+    cluster: std::sync::Mutex<Option<ClusterHandle>>,
 }
 
 /// A node could not start.
@@ -114,6 +118,11 @@ impl Node {
                 Some(handle)
             }
         };
+        let cluster = config.cluster.enabled().then(|| {
+            let (bridge, handle) = crate::cluster::build(&config.cluster, config.runtime.shards.len());
+            sidecar.push(Box::new(bridge));
+            handle
+        });
         let shared = Arc::new(NodeShared {
             config: config.clone(),
             factories,
@@ -122,11 +131,13 @@ impl Node {
             membership,
             membership_admin,
             postgres: std::sync::Mutex::new(postgres),
+            cluster: std::sync::Mutex::new(cluster),
         });
         let for_shards = shared.clone();
         let setup: ShardSetup = Arc::new(move |shard: &Rc<Shard>| assemble_shard(shard, &for_shards));
         let runtime = Launched::start(config.runtime.clone(), setup, sidecar)?;
         shared.postgres.lock().map(|mut pg| pg.take()).ok();
+        shared.cluster.lock().map(|mut c| c.take()).ok();
         Ok(Node { shared, runtime })
     }
 
@@ -167,6 +178,10 @@ fn assemble_shard(shard: &Rc<Shard>, node: &NodeShared) {
     );
     shard.provide(Rc::new(gate));
     shard.provide(Rc::new(Members(node.membership.clone())));
+    // Before the protocols, which find it when they start.
+    if let Some(handle) = node.cluster.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+        Cluster::start(shard, handle);
+    }
     let engine = Engine::start(shard, cfg.eio.clone());
     let store: Rc<dyn Store> = match cfg.store.backend {
         StoreBackend::Memory => Rc::new(MemoryStore::new(cfg.store.clone())),
@@ -190,6 +205,9 @@ fn assemble_shard(shard: &Rc<Shard>, node: &NodeShared) {
         }
     };
     let socketio = Rc::new(socketio);
+    if let Some(cluster) = shard.service::<Cluster>() {
+        socketio.join_cluster(&cluster);
+    }
     shard.add_service(socketio.clone());
     if let Some(factory) = &node.factories.chat {
         shard.provide(Rc::new(factory()));

@@ -13,7 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("foundation", &["util", "names", "metrics", "ring", "sidecar", "limits"]),
     ("pure codecs", &["http", "ws"]),
     ("runtime", &["shard"]),
-    ("services and protocols", &["auth", "membership", "store", "engineio", "socketio", "chat"]),
+    ("services and protocols", &["auth", "membership", "store", "cluster", "engineio", "socketio", "chat"]),
     ("what a node serves", &["app"]),
     ("assembly", &["config", "node"]),
 ];

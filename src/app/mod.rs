@@ -49,6 +49,9 @@ impl HttpHandler for Metrics {
             if let Some(hub) = shard.service::<crate::chat::Hub>() {
                 hub.store().render_metrics(&mut text);
             }
+            if let Some(cluster) = shard.service::<crate::cluster::Cluster>() {
+                cluster.stats().render(&mut text);
+            }
             Response::new(200, "text/plain; version=0.0.4", text)
         })
     }
@@ -72,7 +75,7 @@ struct HealthBody<'a> {
     sidecar: Option<crate::sidecar::SidecarHealth>,
     /// The process's resident memory and open file descriptors against its limit.
     process: metrics::ProcessStats,
-    /// The external services the node depends on, by name (`postgres`): `status` (`up` or
+    /// The external services the node depends on, by name (`postgres`, `cluster`): `status` (`up` or
     /// `down`) and the last round trip, `latency_ms`. A service that is down does not fail the
     /// check: the node goes on serving what needs no database.
     checks: std::collections::BTreeMap<&'static str, crate::store::BackendCheck>,
@@ -104,8 +107,13 @@ async fn health(shard: &Shard) -> Response {
         checks: shard
             .service::<crate::chat::Hub>()
             .and_then(|hub| hub.store().check())
-            .map(|c| (c.name, c))
             .into_iter()
+            .chain(shard.service::<crate::cluster::Cluster>().map(|c| crate::store::BackendCheck {
+                name: "cluster",
+                status: if c.stats().connected() { "up" } else { "down" },
+                latency_ms: c.stats().rtt_ms(),
+            }))
+            .map(|c| (c.name, c))
             .collect(),
         shards: shard
             .node

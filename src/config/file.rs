@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub chat: ChatSection,
     pub store: crate::store::StoreSection,
     pub membership: crate::membership::MembershipSection,
+    pub cluster: crate::cluster::ClusterSection,
 }
 
 /// `[log]`.

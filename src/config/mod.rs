@@ -65,6 +65,7 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     #[serde(skip)]
     pub membership: crate::membership::MembershipConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Config {
@@ -122,6 +123,7 @@ impl Config {
         let chat = file.chat.resolve()?;
         let store = crate::store::config::resolve(&file.store).map_err(|e| section(&e))?;
         let membership = crate::membership::resolve(&file.membership).map_err(|e| section(&e))?;
+        let cluster = file.cluster.resolve()?;
         Ok(Config {
             runtime,
             eio,
@@ -132,6 +134,7 @@ impl Config {
             chat,
             store,
             membership,
+            cluster,
         })
     }
 

@@ -114,7 +114,14 @@ pub fn spawn(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SidecarError::Runtime)?;
     let handle = std::thread::Builder::new()
         .name("imks-sidecar".into())
-        .spawn(move || tokio::task::LocalSet::new().block_on(&rt, run(to_rx, back, services, stop_timeout)))
+        .spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(to_rx, back, services, stop_timeout));
+            // Tasks still suspended are dropped here; some clients spawn from their `Drop`
+            // (async-nats unsubscribes that way), which needs a runtime context.
+            let _context = rt.enter();
+            drop(local);
+        })
         .map_err(SidecarError::Spawn)?;
     Ok((handle, links))
 }

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use super::engine::prepare_bytes;
 use super::recovery::{self, Logged};
 use super::{packet, Socket, SocketIo};
+use crate::cluster::envelope::SioBroadcast;
+use crate::cluster::{ArchivedBody, Body, Checked, Cluster, ClusterHandler, SubjectKind};
 use crate::engineio::Prepared;
 use crate::shard::{Broadcast, Shard, ShardMsg, ShardService};
 
@@ -39,6 +41,60 @@ impl Broadcast for RemoteBroadcast {
         if let Some(io) = shard.service::<SocketIo>() {
             io.deliver_local(shard, &self);
         }
+    }
+}
+
+/// Sends a broadcast to the other nodes: once on its namespace's subject, or once on the
+/// subject of each room it names (see [`SioBroadcast::via`]), so only nodes with members of
+/// those rooms receive it.
+fn publish(cluster: &Cluster, b: &RemoteBroadcast) {
+    let body = SioBroadcast {
+        nsp: b.nsp.to_string(),
+        rooms: b.rooms.iter().map(|r| r.to_string()).collect(),
+        via: 0,
+        except_rooms: b.except_rooms.iter().map(|r| r.to_string()).collect(),
+        except_socket: b.except_socket.as_deref().map(str::to_string),
+        text: b.text.to_vec(),
+        binaries: b.binaries.iter().map(|x| x.to_vec()).collect(),
+        offset: b.offset.as_deref().map(str::to_string),
+    };
+    let subjects = cluster.subjects();
+    if b.rooms.is_empty() {
+        let subject = subjects.sio_namespace(&b.nsp);
+        cluster.publish(SubjectKind::Sio, subject, &cluster.envelope(Body::Sio(body)));
+        return;
+    }
+    for (via, room) in b.rooms.iter().enumerate() {
+        let subject = subjects.sio_room(&b.nsp, room);
+        let body = SioBroadcast { via: u32::try_from(via).unwrap_or(u32::MAX), ..body.clone() };
+        cluster.publish(SubjectKind::Sio, subject, &cluster.envelope(Body::Sio(body)));
+    }
+}
+
+impl ClusterHandler for SocketIo {
+    /// A broadcast from another node, for this shard's sockets: the members of its `via` room
+    /// who are in none of the rooms before it (they get the copy sent for that room).
+    fn receive(&self, shard: &Rc<Shard>, env: &Checked) {
+        let ArchivedBody::Sio(b) = &env.view().body else { return };
+        let name = |s: &rkyv::string::ArchivedString| Arc::<str>::from(s.as_str());
+        let (rooms, mut except_rooms) = match b.rooms.get(b.via.to_native() as usize) {
+            Some(room) => {
+                let before = &b.rooms[..b.via.to_native() as usize];
+                (vec![name(room)], before.iter().map(name).collect::<Vec<_>>())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        except_rooms.extend(b.except_rooms.iter().map(name));
+        let msg = Arc::new(RemoteBroadcast {
+            nsp: name(&b.nsp),
+            rooms,
+            except_rooms,
+            except_socket: b.except_socket.as_ref().map(name),
+            text: env.share(b.text.as_slice()),
+            binaries: b.binaries.iter().map(|x| env.share(x.as_slice())).collect(),
+            offset: b.offset.as_ref().map(name),
+        });
+        self.deliver_local(shard, &msg);
     }
 }
 
@@ -141,6 +197,9 @@ impl SocketIo {
             for to in (0..shards).filter(|&to| to != shard.index) {
                 shard.post(to, ShardMsg::Broadcast(remote.clone()));
             }
+        }
+        if let Some(cluster) = self.cluster() {
+            publish(&cluster, &msg);
         }
     }
 

@@ -150,7 +150,17 @@ impl SocketIo {
         conn.joined.set();
         self.fix_held_targets();
         conn.sockets.borrow_mut().insert(nsp.clone(), socket.clone());
-        self.sockets.borrow_mut().entry(nsp.clone()).or_default().insert(socket.id.to_rc(), socket.clone());
+        let first = {
+            let mut sockets = self.sockets.borrow_mut();
+            let all = sockets.entry(nsp.clone()).or_default();
+            all.insert(socket.id.to_rc(), socket.clone());
+            all.len() == 1
+        };
+        if first {
+            if let Some(c) = self.cluster() {
+                c.join(c.subjects().sio_namespace(&nsp));
+            }
+        }
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere. Only
         // the socket's own set records it: broadcasts find it through the socket table, and an
         // index entry per socket would cost every connection a map of its own.
@@ -216,8 +226,14 @@ impl SocketIo {
         for r in &rooms {
             self.index_leave(s, r);
         }
-        if let Some(all) = self.sockets.borrow_mut().get_mut(&*s.nsp) {
-            all.remove(&*s.id);
+        let last = match self.sockets.borrow_mut().get_mut(&*s.nsp) {
+            Some(all) => all.remove(&*s.id).is_some() && all.is_empty(),
+            None => false,
+        };
+        if last {
+            if let Some(c) = self.cluster() {
+                c.leave(&c.subjects().sio_namespace(&s.nsp));
+            }
         }
         if let Some(conn) = self.conns.borrow().get(&s.eio.id) {
             conn.sockets.borrow_mut().remove(&*s.nsp);

@@ -45,6 +45,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::cluster::Cluster;
 use crate::engineio::Sid;
 use crate::shard::Shard;
 use broadcast::Held;
@@ -68,6 +69,8 @@ pub struct SocketIo {
     next_offset: Cell<u64>,
     /// Broadcasts held for the shard's next coalesced flush, oldest first.
     held: RefCell<Vec<Held>>,
+    /// The shard's side of the cluster, when the node is in one ([`SocketIo::join_cluster`]).
+    cluster: RefCell<Option<Rc<Cluster>>>,
 }
 
 impl SocketIo {
@@ -81,15 +84,31 @@ impl SocketIo {
             stored: RefCell::new(HashMap::new()),
             next_offset: Cell::new(0),
             held: RefCell::new(Vec::new()),
+            cluster: RefCell::new(None),
         }
     }
 
-    /// A fresh recovery offset, unique in the node (`<shard>-<seq>`), when recovery is on.
+    /// Makes this shard's server part of the node's cluster: its broadcasts reach the sockets
+    /// of every node, and it receives theirs. For the assembler, before any socket connects.
+    pub fn join_cluster(self: &Rc<Self>, cluster: &Rc<Cluster>) {
+        *self.cluster.borrow_mut() = Some(cluster.clone());
+        cluster.add_handler(self.clone());
+    }
+
+    fn cluster(&self) -> Option<Rc<Cluster>> {
+        self.cluster.borrow().clone()
+    }
+
+    /// A fresh recovery offset, unique in the node (`<shard>-<seq>`), or in the cluster
+    /// (`<node>-<shard>-<seq>`), when recovery is on.
     fn next_offset(&self, shard: &Shard) -> Option<Arc<str>> {
         self.cfg.recovery.as_ref()?;
         let n = self.next_offset.get().wrapping_add(1);
         self.next_offset.set(n);
-        Some(format!("{}-{n}", shard.index).into())
+        Some(match self.cluster() {
+            Some(c) => format!("{}-{}-{n}", c.node_id(), shard.index).into(),
+            None => format!("{}-{n}", shard.index).into(),
+        })
     }
 
     /// Number of sockets connected on this shard, over all namespaces.

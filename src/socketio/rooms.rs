@@ -75,13 +75,17 @@ impl Socket {
 
 impl SocketIo {
     fn index_join(&self, s: &Rc<Socket>, room: Rc<str>) {
-        self.rooms
-            .borrow_mut()
-            .entry(s.nsp.clone())
-            .or_default()
-            .entry(room)
-            .or_default()
-            .insert(s.id.to_rc(), s.clone());
+        let first = {
+            let mut rooms = self.rooms.borrow_mut();
+            let members = rooms.entry(s.nsp.clone()).or_default().entry(room.clone()).or_default();
+            members.insert(s.id.to_rc(), s.clone());
+            members.len() == 1
+        };
+        if first {
+            if let Some(c) = self.cluster() {
+                c.join(c.subjects().sio_room(&s.nsp, &room));
+            }
+        }
     }
 
     pub(super) fn index_leave(&self, s: &Socket, room: &str) {
@@ -91,6 +95,9 @@ impl SocketIo {
                 members.remove(&*s.id);
                 if members.is_empty() {
                     ns.remove(room);
+                    if let Some(c) = self.cluster() {
+                        c.leave(&c.subjects().sio_room(&s.nsp, room));
+                    }
                 }
             }
         }

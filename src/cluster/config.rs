@@ -1,0 +1,173 @@
+//! `[cluster]`: whether a node joins others, over which backend, and the bridge's bounds.
+//!
+//! [`ClusterSection`] is the file's shape (every field defaulted, unknown keys refused);
+//! [`ClusterSection::resolve`] validates it into [`ClusterConfig`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::{require_positive, FieldError};
+
+/// Which backend carries traffic between nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBackend {
+    /// A node on its own: nothing leaves it.
+    #[default]
+    None,
+    /// Core NATS, one subject per room, user and namespace with members on the node.
+    Nats,
+}
+
+/// `[cluster]` as written in `imks.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `"none"` (default: a node on its own) or `"nats"`.
+    pub backend: ClusterBackend,
+    /// The backend's address. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// This node's name in the cluster: letters, digits, `-` and `_`, at most 64 bytes. Empty
+    /// (the default): a random one at every start, which is what a replaceable node wants.
+    pub node_id: String,
+    /// The first token of every subject, so several clusters can share one NATS. Letters,
+    /// digits, `-` and `_`. Default `imks`.
+    pub prefix: String,
+    /// How long a subject stays subscribed after the node's last member of it left, so that a
+    /// member leaving and another joining soon after cost no subscription churn. Default 5000.
+    pub unsubscribe_delay_ms: u64,
+    /// Most envelopes waiting to be published (all shards together); past it a publish is
+    /// dropped and counted in `imks_cluster_dropped_total{reason="publish_queue"}`. Default
+    /// 65536.
+    pub publish_queue: usize,
+    /// Most envelopes waiting for one shard to take them; past it an incoming envelope is
+    /// dropped for that shard and counted (`reason="shard_queue"`). Default 65536.
+    pub shard_queue: usize,
+    /// Largest envelope accepted from the backend; a larger one is dropped and counted
+    /// (`reason="too_large"`). Default 1048576 (the NATS default payload limit).
+    pub max_envelope_bytes: usize,
+    /// How long the first connection may take before the node starts without it (it keeps
+    /// trying in the background). Default 2000.
+    pub connect_timeout_ms: u64,
+    /// How often the bridge measures the round trip to the backend for `/health`. Default 5000.
+    pub health_interval_ms: u64,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            backend: ClusterBackend::None,
+            url: "nats://127.0.0.1:4222".into(),
+            node_id: String::new(),
+            prefix: "imks".into(),
+            unsubscribe_delay_ms: 5000,
+            publish_queue: 65536,
+            shard_queue: 65536,
+            max_envelope_bytes: 1 << 20,
+            connect_timeout_ms: 2000,
+            health_interval_ms: 5000,
+        }
+    }
+}
+
+/// The resolved `[cluster]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    pub backend: ClusterBackend,
+    pub url: String,
+    /// Never empty: generated at resolve time when the file leaves it out.
+    pub node_id: Arc<str>,
+    pub prefix: Arc<str>,
+    pub unsubscribe_delay: Duration,
+    pub publish_queue: usize,
+    pub shard_queue: usize,
+    pub max_envelope_bytes: usize,
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        self.backend != ClusterBackend::None
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        // The defaults are valid by construction.
+        ClusterSection::default().resolve().unwrap_or_else(|e| unreachable!("default [cluster]: {e}"))
+    }
+}
+
+/// Whether `s` is a non-empty token of letters, digits, `-` and `_`: safe in a subject, a key
+/// and a log line.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ClusterSection {
+    pub fn resolve(&self) -> Result<ClusterConfig, FieldError> {
+        let node_id: Arc<str> = if self.node_id.is_empty() {
+            // Random, so a restarted node is a new member: nothing addressed to the old one
+            // reaches the new one by mistake.
+            format!("n{:016x}", rand::random::<u64>()).into()
+        } else if is_token(&self.node_id) {
+            self.node_id.as_str().into()
+        } else {
+            return Err(FieldError::new("cluster.node_id", "use 1 to 64 letters, digits, `-` or `_`"));
+        };
+        if !is_token(&self.prefix) {
+            return Err(FieldError::new("cluster.prefix", "use 1 to 64 letters, digits, `-` or `_`"));
+        }
+        if self.backend != ClusterBackend::None && self.url.trim().is_empty() {
+            return Err(FieldError::new("cluster.url", "a cluster backend needs its address"));
+        }
+        require_positive("cluster.publish_queue", self.publish_queue as u64)?;
+        require_positive("cluster.shard_queue", self.shard_queue as u64)?;
+        require_positive("cluster.max_envelope_bytes", self.max_envelope_bytes as u64)?;
+        require_positive("cluster.connect_timeout_ms", self.connect_timeout_ms)?;
+        require_positive("cluster.health_interval_ms", self.health_interval_ms)?;
+        Ok(ClusterConfig {
+            backend: self.backend,
+            url: self.url.clone(),
+            node_id,
+            prefix: self.prefix.as_str().into(),
+            unsubscribe_delay: Duration::from_millis(self.unsubscribe_delay_ms),
+            publish_queue: self.publish_queue,
+            shard_queue: self.shard_queue,
+            max_envelope_bytes: self.max_envelope_bytes,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            health_interval: Duration::from_millis(self.health_interval_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_a_node_on_its_own_with_a_generated_id() {
+        let a = ClusterSection::default().resolve().unwrap();
+        let b = ClusterSection::default().resolve().unwrap();
+        assert!(!a.enabled());
+        assert!(is_token(&a.node_id));
+        assert_ne!(a.node_id, b.node_id, "each start is a new member");
+    }
+
+    #[test]
+    fn refuses_ids_and_prefixes_that_would_break_a_subject() {
+        for bad in ["a.b", "a b", "*", ">", &"x".repeat(65)] {
+            let s = ClusterSection { node_id: bad.to_string(), ..Default::default() };
+            assert_eq!(s.resolve().unwrap_err().field, "cluster.node_id", "{bad}");
+            let s = ClusterSection { prefix: bad.to_string(), ..Default::default() };
+            assert_eq!(s.resolve().unwrap_err().field, "cluster.prefix", "{bad}");
+        }
+        let s = ClusterSection { publish_queue: 0, ..Default::default() };
+        assert_eq!(s.resolve().unwrap_err().field, "cluster.publish_queue");
+        let s = ClusterSection { backend: ClusterBackend::Nats, url: " ".into(), ..Default::default() };
+        assert_eq!(s.resolve().unwrap_err().field, "cluster.url");
+    }
+}

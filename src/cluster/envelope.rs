@@ -1,0 +1,213 @@
+//! The envelope: what one node sends others, as rkyv bytes behind a two-byte header. Pure:
+//! values in, bytes out, and bytes in, a validated view out.
+//!
+//! ```text
+//! +-------+---------+---------------------------------------------+
+//! | 0xA7  | version | rkyv archive of Envelope (root at the end)  |
+//! +-------+---------+---------------------------------------------+
+//! ```
+//!
+//! The archive is little-endian with 32-bit relative pointers and no alignment requirement, so
+//! a receiver reads it in place, at any offset of the buffer it arrived in, on any host. Every
+//! incoming envelope is checked whole (bytecheck) before anything reads it; a receiver never
+//! trusts the sender. Frames inside are encoded once at the origin in the form the receivers
+//! send to their sockets, so a receiver slices them out of the buffer instead of re-encoding.
+//!
+//! A new field or variant is a new [`VERSION`]; a node drops (and counts) an envelope of a
+//! version it does not know, so nodes of two versions in one cluster lose that traffic rather
+//! than misread it.
+
+use rkyv::rancor;
+
+/// The first byte of every envelope.
+pub const MAGIC: u8 = 0xA7;
+/// The envelope format this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Envelope {
+    /// The sending node's id (`cluster.node_id`).
+    pub origin: String,
+    pub body: Body,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Body {
+    /// A Socket.IO broadcast, published once on the subject of each room it names (or on the
+    /// namespace's subject when it names none).
+    Sio(SioBroadcast),
+    /// A frame for every native session in a room.
+    Room(RoomFrame),
+}
+
+/// A Socket.IO broadcast as other nodes need it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SioBroadcast {
+    pub nsp: String,
+    /// Every room the broadcast names; empty for the whole namespace.
+    pub rooms: Vec<String>,
+    /// Which of `rooms` this copy was published for. A receiver delivers it to members of
+    /// `rooms[via]` who are in none of `rooms[..via]`: those get the copy published for the
+    /// first of their rooms, so a member of several rooms gets the broadcast once.
+    pub via: u32,
+    pub except_rooms: Vec<String>,
+    /// The sending socket, when it is left out.
+    pub except_socket: Option<String>,
+    /// The encoded Socket.IO packet (an Engine.IO message's payload).
+    pub text: Vec<u8>,
+    /// Its binary attachments, in order.
+    pub binaries: Vec<Vec<u8>>,
+    /// Its connection-state-recovery offset, when recovery is on.
+    pub offset: Option<String>,
+}
+
+/// A frame for the members of a native-protocol room.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct RoomFrame {
+    pub room: String,
+    /// An encoded WebSocket frame, sent as it is.
+    pub frame: Vec<u8>,
+}
+
+/// Why bytes are not an envelope this node can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("too short for an envelope header ({0} bytes)")]
+    Truncated(usize),
+    #[error("not an imks envelope (first byte {0:#04x})")]
+    Magic(u8),
+    #[error("envelope version {0}, this node reads version {VERSION}")]
+    Version(u8),
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+}
+
+impl EnvelopeError {
+    /// Its label in `imks_cluster_dropped_total{reason=...}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::Version(_) => "version",
+            EnvelopeError::Truncated(_) | EnvelopeError::Magic(_) | EnvelopeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Writes an envelope: the header, then its archive.
+pub fn encode(env: &Envelope) -> Vec<u8> {
+    // Serializing into memory cannot fail for these types (no shared pointers, no limits).
+    let archive = match rkyv::to_bytes::<rancor::Error>(env) {
+        Ok(a) => a,
+        Err(e) => unreachable!("serializing an envelope into memory failed: {e}"),
+    };
+    let mut out = Vec::with_capacity(archive.len() + 2);
+    out.push(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&archive);
+    out
+}
+
+/// Checks bytes as an envelope of this version, whole, and returns a view of it in place.
+pub fn decode(bytes: &[u8]) -> Result<&ArchivedEnvelope, EnvelopeError> {
+    let [magic, version, archive @ ..] = bytes else { return Err(EnvelopeError::Truncated(bytes.len())) };
+    if *magic != MAGIC {
+        return Err(EnvelopeError::Magic(*magic));
+    }
+    if *version != VERSION {
+        return Err(EnvelopeError::Version(*version));
+    }
+    let env =
+        rkyv::access::<ArchivedEnvelope, rancor::Error>(archive).map_err(|e| EnvelopeError::Invalid(e.to_string()))?;
+    if let ArchivedBody::Sio(b) = &env.body {
+        let via = b.via.to_native() as usize;
+        if via >= b.rooms.len().max(1) {
+            return Err(EnvelopeError::Invalid(format!("via {via} names none of {} rooms", b.rooms.len())));
+        }
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sio() -> Envelope {
+        Envelope {
+            origin: "node-a".into(),
+            body: Body::Sio(SioBroadcast {
+                nsp: "/".into(),
+                rooms: vec!["a".into(), "b".into()],
+                via: 1,
+                except_rooms: vec!["muted".into()],
+                except_socket: Some("sid".into()),
+                text: b"2[\"chat\",\"hi\"]".to_vec(),
+                binaries: vec![vec![1, 2, 3]],
+                offset: None,
+            }),
+        }
+    }
+
+    fn room() -> Envelope {
+        Envelope { origin: "n".into(), body: Body::Room(RoomFrame { room: "r".into(), frame: vec![0x81, 1, b'x'] }) }
+    }
+
+    #[test]
+    fn round_trips_at_any_offset_of_its_buffer() {
+        for env in [sio(), room()] {
+            let bytes = encode(&env);
+            for pad in 0..8 {
+                let mut buf = vec![0u8; pad];
+                buf.extend_from_slice(&bytes);
+                let view = decode(&buf[pad..]).unwrap();
+                let back: Envelope = rkyv::deserialize::<Envelope, rancor::Error>(view).unwrap();
+                assert_eq!(back, env);
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_refused_and_never_panics() {
+        for env in [sio(), room()] {
+            let bytes = encode(&env);
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} of {}", bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic() {
+        let bytes = encode(&sio());
+        for i in 2..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= flip;
+                // Either refused, or a valid envelope that differs: never a crash.
+                let _ = decode(&b);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_other_versions_and_foreign_bytes() {
+        let mut b = encode(&room());
+        b[1] = VERSION + 1;
+        assert_eq!(decode(&b).unwrap_err(), EnvelopeError::Version(VERSION + 1));
+        assert_eq!(decode(&b).unwrap_err().reason(), "version");
+        assert_eq!(decode(b"{\"json\":1}").unwrap_err(), EnvelopeError::Magic(b'{'));
+        assert_eq!(decode(&[MAGIC]).unwrap_err(), EnvelopeError::Truncated(1));
+    }
+
+    #[test]
+    fn refuses_a_via_that_names_no_room() {
+        let Envelope { origin, body: Body::Sio(mut b) } = sio() else { unreachable!() };
+        b.via = 2;
+        let bytes = encode(&Envelope { origin, body: Body::Sio(b) });
+        assert!(matches!(decode(&bytes), Err(EnvelopeError::Invalid(_))));
+    }
+}

@@ -1,0 +1,263 @@
+//! The cluster: N nodes as one service, over NATS, with fan-out that follows interest.
+//!
+//! A node that has no member of a room receives nothing for it. Every shard keeps a count of
+//! its local members per subject ([`Cluster::join`], [`Cluster::leave`]) and tells the sidecar's
+//! [`bridge`] when a subject gains its first or loses its last one; the bridge subscribes while
+//! any shard wants a subject and hands each incoming envelope, checked once, to exactly those
+//! shards, which deliver it to their own members. Publishing is a `try_send` to the bridge: a
+//! shard never waits on the network.
+//!
+//! - `config`: the `[cluster]` section; [`subject`]: the subjects; [`envelope`]: the rkyv
+//!   envelope between nodes; `stats`: the bridge's counters for `/health` and `/metrics`;
+//!   [`bridge`]: the sidecar service; this file: the per-shard [`Cluster`] service.
+//!
+//! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes,
+//! the native protocol room frames. See `docs/cluster.md`.
+
+pub mod bridge;
+mod config;
+pub mod envelope;
+mod stats;
+pub mod subject;
+
+pub use config::{ClusterBackend, ClusterConfig, ClusterSection};
+pub use envelope::{ArchivedBody, ArchivedEnvelope, Body, Envelope, EnvelopeError};
+pub use stats::{ClusterStats, DropReason};
+pub use subject::{SubjectKind, Subjects};
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::shard::Shard;
+use bridge::{Bridge, ToBridge};
+
+/// An envelope that passed [`envelope::decode`] whole: the only way to build one. Shared by
+/// every shard it is handed to.
+#[derive(Clone)]
+pub struct Checked {
+    payload: Bytes,
+}
+
+impl Checked {
+    /// Checks `payload` as an envelope of this version.
+    pub fn new(payload: Bytes) -> Result<Checked, EnvelopeError> {
+        envelope::decode(&payload)?;
+        Ok(Checked { payload })
+    }
+
+    /// The envelope, read in place.
+    pub fn view(&self) -> &ArchivedEnvelope {
+        // SAFETY: `Checked::new` is the only constructor, and it ran the full bytecheck
+        // validation of `envelope::decode` on exactly these bytes, which `Bytes` never lets
+        // anyone change. The archive format has no alignment requirement (rkyv's `unaligned`
+        // feature), so the offset of the archive in the buffer does not matter.
+        unsafe { rkyv::access_unchecked::<ArchivedEnvelope>(&self.payload[2..]) }
+    }
+
+    /// The bytes the envelope arrived in, to slice frames out of without copying.
+    pub fn bytes(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// `part` (a slice of [`Checked::view`]) as shared bytes of the same buffer.
+    pub fn share(&self, part: &[u8]) -> Bytes {
+        if part.is_empty() {
+            return Bytes::new();
+        }
+        self.payload.slice_ref(part)
+    }
+}
+
+/// What the node keeps of the cluster while its shards start: the bridge's queue, each shard's
+/// queue from the bridge, and the counters.
+pub struct ClusterHandle {
+    cfg: ClusterConfig,
+    tx: mpsc::Sender<ToBridge>,
+    inbound: Mutex<Vec<Option<mpsc::Receiver<Checked>>>>,
+    stats: Arc<ClusterStats>,
+}
+
+/// Builds the bridge (for the sidecar) and the handle its shards start from.
+pub fn build(cfg: &ClusterConfig, shards: usize) -> (Bridge, ClusterHandle) {
+    let (tx, rx) = mpsc::channel(cfg.publish_queue);
+    let (mut senders, mut receivers) = (Vec::with_capacity(shards), Vec::with_capacity(shards));
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel(cfg.shard_queue);
+        senders.push(tx);
+        receivers.push(Some(rx));
+    }
+    let stats = Arc::new(ClusterStats::default());
+    let bridge = Bridge { cfg: cfg.clone(), rx, shards: senders, stats: stats.clone() };
+    let handle = ClusterHandle { cfg: cfg.clone(), tx, inbound: Mutex::new(receivers), stats };
+    (bridge, handle)
+}
+
+/// A protocol's part in the cluster: it receives the envelopes of its kind, on the shards
+/// that asked for their subjects.
+pub trait ClusterHandler: 'static {
+    /// One envelope from another node, for this shard's members. Ignores bodies of other
+    /// protocols.
+    fn receive(&self, shard: &Rc<Shard>, env: &Checked);
+}
+
+/// A shard's side of the cluster: its interest per subject, its publishing, and the handlers
+/// that deliver what arrives.
+pub struct Cluster {
+    shard: usize,
+    node_id: Arc<str>,
+    subjects: Subjects,
+    tx: mpsc::Sender<ToBridge>,
+    stats: Arc<ClusterStats>,
+    /// Local members per subject.
+    interest: RefCell<HashMap<Arc<str>, u32>>,
+    /// Subjects whose interest changed since the bridge was last told.
+    dirty: RefCell<HashSet<Arc<str>>>,
+    changed: tokio::sync::Notify,
+    handlers: RefCell<Vec<Rc<dyn ClusterHandler>>>,
+}
+
+impl Cluster {
+    /// Starts the shard's side: registers the service and spawns its two tasks (the inbound
+    /// pump and the interest flusher).
+    pub fn start(shard: &Rc<Shard>, handle: &ClusterHandle) -> Rc<Cluster> {
+        let cluster = Rc::new(Cluster {
+            shard: shard.index,
+            node_id: handle.cfg.node_id.clone(),
+            subjects: Subjects::new(&handle.cfg.prefix),
+            tx: handle.tx.clone(),
+            stats: handle.stats.clone(),
+            interest: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(HashSet::new()),
+            changed: tokio::sync::Notify::new(),
+            handlers: RefCell::new(Vec::new()),
+        });
+        shard.provide(cluster.clone());
+        let rx = handle.inbound.lock().ok().and_then(|mut v| v.get_mut(shard.index).and_then(Option::take));
+        match rx {
+            Some(rx) => {
+                monoio::spawn(pump(shard.clone(), cluster.clone(), rx));
+            }
+            None => tracing::error!(shard = shard.index, "the cluster's queue for this shard was already taken"),
+        }
+        monoio::spawn(flush_interest(cluster.clone()));
+        cluster
+    }
+
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn stats(&self) -> &Arc<ClusterStats> {
+        &self.stats
+    }
+
+    /// Adds a handler for what arrives from other nodes.
+    pub fn add_handler(&self, h: Rc<dyn ClusterHandler>) {
+        self.handlers.borrow_mut().push(h);
+    }
+
+    /// One more local member of `subject`; the first makes the node subscribe.
+    pub fn join(&self, subject: String) {
+        let mut interest = self.interest.borrow_mut();
+        if let Some(n) = interest.get_mut(subject.as_str()) {
+            *n += 1;
+            return;
+        }
+        let subject: Arc<str> = subject.into();
+        interest.insert(subject.clone(), 1);
+        drop(interest);
+        self.mark(subject);
+    }
+
+    /// One local member of `subject` fewer; the last lets the node unsubscribe.
+    pub fn leave(&self, subject: &str) {
+        let mut interest = self.interest.borrow_mut();
+        let Some((key, n)) = interest.get_key_value(subject).map(|(k, n)| (k.clone(), *n)) else { return };
+        if n > 1 {
+            interest.insert(key, n - 1);
+            return;
+        }
+        interest.remove(subject);
+        drop(interest);
+        self.mark(key);
+    }
+
+    /// Whether this shard has local members of `subject`.
+    pub fn wants(&self, subject: &str) -> bool {
+        self.interest.borrow().contains_key(subject)
+    }
+
+    fn mark(&self, subject: Arc<str>) {
+        if self.dirty.borrow_mut().insert(subject) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Publishes an envelope to the other nodes; never waits. A full queue drops it, counted.
+    pub fn publish(&self, kind: SubjectKind, subject: String, env: &Envelope) {
+        let payload = Bytes::from(envelope::encode(env));
+        if self.tx.try_send(ToBridge::Publish { kind, subject, payload }).is_err() {
+            self.stats.dropped(DropReason::PublishQueue);
+        }
+    }
+
+    /// An envelope from this node.
+    pub fn envelope(&self, body: Body) -> Envelope {
+        Envelope { origin: self.node_id.to_string(), body }
+    }
+}
+
+/// Tells the bridge what changed, coalesced: a subject joined and left before the bridge heard
+/// of it costs nothing, and the bridge always gets the latest state. Waits for room in the
+/// bridge's queue (this task only, never the shard's work), so no change is ever lost.
+async fn flush_interest(cluster: Rc<Cluster>) {
+    loop {
+        cluster.changed.notified().await;
+        let dirty: Vec<Arc<str>> = cluster.dirty.borrow_mut().drain().collect();
+        for subject in dirty {
+            let on = cluster.wants(&subject);
+            if cluster.tx.send(ToBridge::Interest { shard: cluster.shard, subject, on }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Hands what the bridge received to the protocols' handlers, in arrival order.
+async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Checked>) {
+    while let Some(env) = rx.recv().await {
+        let handlers = cluster.handlers.borrow().clone();
+        for h in &handlers {
+            h.receive(&shard, &env);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checked_envelope_shares_its_frames_with_the_buffer() {
+        let env = Envelope {
+            origin: "n".into(),
+            body: Body::Room(envelope::RoomFrame { room: "r".into(), frame: vec![0x81, 1, b'x'] }),
+        };
+        let checked = Checked::new(Bytes::from(envelope::encode(&env))).unwrap();
+        let ArchivedBody::Room(r) = &checked.view().body else { panic!("not a room frame") };
+        let frame = checked.share(r.frame.as_slice());
+        assert_eq!(&frame[..], &[0x81, 1, b'x']);
+        let range = checked.bytes().as_ptr_range();
+        assert!(range.contains(&frame.as_ptr()), "sliced, not copied");
+        assert!(Checked::new(Bytes::from_static(b"\xA7\x01junk")).is_err());
+    }
+}
