@@ -195,10 +195,11 @@ fn broadcasts_reach_every_member_on_every_node_exactly_once() {
         }
         clients.insert(name, cl);
     }
-    // A: the namespace, r1, r2. B: the namespace, r1, r2, r3. C: the namespace, r2.
-    wait_subscriptions(a, 3);
-    wait_subscriptions(b, 4);
-    wait_subscriptions(c, 2);
+    // Each node its own subject, and A: the namespace, r1, r2. B: the namespace, r1, r2, r3.
+    // C: the namespace, r2.
+    wait_subscriptions(a, 4);
+    wait_subscriptions(b, 5);
+    wait_subscriptions(c, 3);
 
     let sends: [(&str, &[&str], &[&str]); 4] =
         [("a1", &["r1", "r2"], &[]), ("c2", &["r2", "r1"], &["r3"]), ("b3", &[], &["r2"]), ("c1", &["r3", "r2"], &[])];
@@ -216,17 +217,23 @@ fn broadcasts_reach_every_member_on_every_node_exactly_once() {
             }
         }
     }
-    // A marker per subject, after everything: each subject is ordered, so once a client has
-    // the markers of all its rooms and of the namespace, every copy that could reach it did.
-    let c2 = clients.get_mut("c2").unwrap();
-    for room in ["r1", "r2", "r3"] {
-        c2.call("publish", json!({"rooms": [room], "id": format!("end-{room}")}));
+    // After its messages, each sender sends a marker on every subject: a subject is ordered
+    // per sender, so once a client has every sender's markers of its rooms and of the
+    // namespace, every copy that could reach it did.
+    for (k, (from, _, _)) in sends.iter().enumerate() {
+        let cl = clients.get_mut(from).unwrap();
+        for room in ["r1", "r2", "r3"] {
+            cl.call("publish", json!({"rooms": [room], "id": format!("end-{k}-{room}")}));
+        }
+        cl.call("publish", json!({"rooms": [], "id": format!("end-{k}-all")}));
     }
-    c2.call("publish", json!({"rooms": [], "id": "end-all"}));
     for (name, _, joins) in rooms {
         let cl = clients.get_mut(name).unwrap();
-        let mut markers: Vec<String> = joins.iter().map(|r| format!("end-{r}")).collect();
-        markers.push("end-all".into());
+        let mut markers = Vec::new();
+        for k in 0..sends.len() {
+            markers.extend(joins.iter().map(|r| format!("end-{k}-{r}")));
+            markers.push(format!("end-{k}-all"));
+        }
         cl.until(&markers.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(cl.counts(), expected.remove(name).unwrap_or_default(), "{name} got other messages than expected");
     }
@@ -245,9 +252,10 @@ fn a_node_receives_nothing_for_rooms_it_has_no_member_of() {
     member.join("busy");
     // C has a socket (so it subscribes to the namespace) but no member of the room.
     let _bystander = Client::connect(c);
-    wait_subscriptions(a, 1);
-    wait_subscriptions(b, 2);
-    wait_subscriptions(c, 1);
+    // Each node its own subject, and the namespace; B the room.
+    wait_subscriptions(a, 2);
+    wait_subscriptions(b, 3);
+    wait_subscriptions(c, 2);
     let before = sio_bytes_in(c);
     for i in 0..100 {
         sender.call("publish", json!({"rooms": ["busy"], "id": i}));
@@ -263,7 +271,7 @@ fn a_node_receives_nothing_for_rooms_it_has_no_member_of() {
 
     // Once B's member leaves, B unsubscribes after the delay and stops receiving.
     member.call("leave", json!("busy"));
-    wait_subscriptions(b, 1);
+    wait_subscriptions(b, 2);
     let before = sio_bytes_in(b);
     for i in 0..20 {
         sender.call("publish", json!({"rooms": ["busy"], "id": i}));
@@ -308,7 +316,7 @@ fn bad_envelopes_are_counted_and_dropped_and_the_node_goes_on() {
     wait_connected(b);
     let mut member = Client::connect(b);
     member.join("room");
-    wait_subscriptions(b, 2);
+    wait_subscriptions(b, 3);
     let subject = format!("{p}.sio.~2f.r.room");
     nats_publish(&subject, b"not an envelope");
     nats_publish(&subject, &[0xA7, 99, 1, 2, 3]);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cluster::{self, Origin};
 use super::directory::send_to_identity;
 use super::encode::{encode_history, encode_message, text};
 use super::envelope::{encode_ack, encode_store_error, AckStatus};
@@ -54,7 +55,11 @@ pub(super) async fn store(
             let message = Box::new(appended.message);
             post_home(shard, &user.clone(), ChatMsg::Route { user, message, sender });
         }
-        Delivery::Room(room) => shard.post_room(&room, encode_message(&appended.message), Some(sender)),
+        Delivery::Room(room) => {
+            let frame = encode_message(&appended.message);
+            cluster::publish_room(shard, &room, &frame);
+            shard.post_room(&room, frame, Some(sender))
+        }
     }
 }
 
@@ -80,16 +85,58 @@ pub(super) async fn deliver_or_queue(
         return;
     }
     if sessions.is_empty() {
-        metrics::add(&shard.stats.chat_offline_queued, 1);
-        let message = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
-        match hub.store.push_offline(&user.tenant, &user.user, message).await {
-            Ok(dropped) if dropped > 0 => metrics::add(&shard.stats.chat_offline_dropped, dropped as u64),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot queue an offline message"),
+        if cluster::cluster(shard).is_some() {
+            return Box::pin(route_in_cluster(shard, hub, user, message, sender)).await;
         }
-        return;
+        return queue_offline(shard, hub, &user, message).await;
     }
     let frame = encode_message(&message);
+    cluster::publish_message(shard, &user, &message, &frame, sender);
+    deliver_to(shard, message, frame, sender, None, sessions);
+}
+
+/// The user has no session on this node: the nodes that have some deliver the message, or it
+/// waits in the offline queue. Later messages to the user wait for the answer, to keep their
+/// order.
+async fn route_in_cluster(shard: &Rc<Shard>, hub: &Hub, user: UserKey, message: Arc<Message>, sender: Option<ConnId>) {
+    hub.homes.borrow_mut().entry(user.clone()).or_default().loading += 1;
+    let frame = encode_message(&message);
+    let taken = cluster::route_remote(shard, hub, &user, &message, &frame, sender).await;
+    if !taken {
+        // A session may have opened here meanwhile (its login read the offline queue already).
+        let sessions = hub.sessions_of(&user);
+        if sessions.is_empty() {
+            queue_offline(shard, hub, &user, message).await;
+        } else {
+            deliver_to(shard, message, frame, sender, None, sessions);
+        }
+    }
+    for (message, sender) in super::directory::loaded(hub, &user) {
+        let sessions = hub.sessions_of(&user);
+        deliver_or_queue(shard, hub, user.clone(), message, sender, sessions).await;
+    }
+}
+
+async fn queue_offline(shard: &Shard, hub: &Hub, user: &UserKey, message: Arc<Message>) {
+    metrics::add(&shard.stats.chat_offline_queued, 1);
+    let message = Arc::try_unwrap(message).unwrap_or_else(|shared| (*shared).clone());
+    match hub.store.push_offline(&user.tenant, &user.user, message).await {
+        Ok(dropped) if dropped > 0 => metrics::add(&shard.stats.chat_offline_dropped, dropped as u64),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot queue an offline message"),
+    }
+}
+
+/// Queues a message on each of a user's `sessions` (on their shards), tracked so that its
+/// `delivered` receipt reaches the node and session that sent it.
+pub(super) fn deliver_to(
+    shard: &Shard,
+    message: Arc<Message>,
+    frame: Bytes,
+    sender: Option<ConnId>,
+    origin: Option<Arc<Origin>>,
+    sessions: Vec<ConnId>,
+) {
     let targets: Arc<[ConnId]> = sessions.into();
     for s in targets.iter().copied() {
         let msg = ChatMsg::Deliver {
@@ -98,9 +145,23 @@ pub(super) async fn deliver_or_queue(
             message: message.clone(),
             sender,
             targets: targets.clone(),
+            origin: origin.clone(),
         };
         post(shard, usize::from(s.shard), msg);
     }
+}
+
+/// On the recipient's home shard: a message this node stored missed the recipient's sessions
+/// on another node.
+pub(super) async fn requeue(
+    shard: &Rc<Shard>,
+    hub: &Hub,
+    user: UserKey,
+    message: Arc<Message>,
+    sender: Option<ConnId>,
+) {
+    let sessions = hub.sessions_of(&user);
+    deliver_or_queue(shard, hub, user, message, sender, sessions).await;
 }
 
 /// On a session's shard: queues a routed message on the session at the pace it reads.
@@ -109,11 +170,9 @@ pub(super) fn deliver(
     hub: &Hub,
     session: ConnId,
     frame: Bytes,
-    message: Arc<Message>,
-    sender: Option<ConnId>,
-    targets: Arc<[ConnId]>,
+    routed: Routed,
 ) {
-    let routed = Box::new(Routed { message, sender, targets });
+    let routed = Box::new(routed);
     match shard.session(session) {
         Some(c) if c.closing_since.get().is_none() => {
             shard.deliver_paced(&c, frame, Some(routed), hub.store_cfg.max_offline_per_user)
@@ -131,6 +190,7 @@ pub(super) async fn missed(
     message: Arc<Message>,
     sender: Option<ConnId>,
     targets: Arc<[ConnId]>,
+    origin: Option<Arc<Origin>>,
 ) {
     let all_missed = {
         let mut misses = hub.misses.borrow_mut();
@@ -147,6 +207,14 @@ pub(super) async fn missed(
             .get(&user)
             .map(|e| e.sessions.iter().filter(|s| !targets.contains(s)).copied().collect())
             .unwrap_or_default();
+        if let Some(origin) = origin {
+            // Stored by another node: this node's other sessions, or back to the origin.
+            if sessions.is_empty() {
+                return cluster::send_missed(shard, &origin, &message);
+            }
+            let frame = encode_message(&message);
+            return deliver_to(shard, message, frame, sender, Some(origin), sessions);
+        }
         deliver_or_queue(shard, hub, user, message, sender, sessions).await;
     }
 }
@@ -204,12 +272,14 @@ pub(super) async fn history(
 }
 
 /// A stored message routed to a recipient's sessions: what it takes to route it again.
-struct Routed {
-    message: Arc<Message>,
+pub(super) struct Routed {
+    pub(super) message: Arc<Message>,
     /// The session that sent it, for its `delivered` ack.
-    sender: Option<ConnId>,
+    pub(super) sender: Option<ConnId>,
     /// Every session it was routed to.
-    targets: Arc<[ConnId]>,
+    pub(super) targets: Arc<[ConnId]>,
+    /// The node that stored it, when another one did: the receipt and a miss go back there.
+    pub(super) origin: Option<Arc<Origin>>,
 }
 
 impl Tracked for Routed {
@@ -217,6 +287,9 @@ impl Tracked for Routed {
     /// write with its `sent` ack (a third fewer writes in a chat), and a message that no write
     /// took is routed again anyway.
     fn queued(&self, shard: &Shard) {
+        if let Some(origin) = &self.origin {
+            return cluster::send_delivered(shard, origin, &self.message);
+        }
         let conversation = self.message.conversation.clone();
         let owner = conversation.owner_shard(shard.shard_count());
         let receipt = Receipt::from(&*self.message);
@@ -226,11 +299,11 @@ impl Tracked for Routed {
     /// The message did not reach its session: its recipient's home shard routes it again if
     /// no session of the user got it.
     fn lost(self: Box<Self>, shard: &Shard) {
-        let Routed { message, sender, targets } = *self;
+        let Routed { message, sender, targets, origin } = *self;
         metrics::add(&shard.stats.chat_missed, 1);
         if let Target::User(u) = &message.target {
             let user = UserKey { tenant: message.tenant.clone(), user: u.clone() };
-            post_home(shard, &user, ChatMsg::Missed { message, sender, targets });
+            post_home(shard, &user, ChatMsg::Missed { message, sender, targets, origin });
         }
     }
 }

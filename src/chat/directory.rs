@@ -33,12 +33,44 @@ pub(super) struct HomeEntry {
     pub(super) loading: usize,
     /// Messages routed to the user while `loading`, with the session that sent each.
     pub(super) held: Vec<(Arc<crate::store::Message>, Option<ConnId>)>,
+    /// In a cluster, while sessions here watch the user: the other nodes where the user has
+    /// sessions.
+    remote: HashSet<Arc<str>>,
+    /// When the user last logged in on this node (ms since the epoch): a newer login on another
+    /// node kicks the sessions here under `kick_oldest`.
+    last_login_ms: i64,
 }
 
 impl HomeEntry {
     fn unused(&self) -> bool {
         self.sessions.is_empty() && self.watchers.is_empty() && self.loading == 0
     }
+
+    /// Online anywhere in the cluster, as far as this node knows.
+    fn online(&self) -> bool {
+        !self.sessions.is_empty() || !self.remote.is_empty()
+    }
+}
+
+/// The end of a wait that held the user's messages (a login reading the offline queue, or a
+/// direct message asking other nodes): what was held, once no other wait remains.
+pub(super) fn loaded(hub: &Hub, user: &UserKey) -> Vec<(Arc<crate::store::Message>, Option<ConnId>)> {
+    let mut homes = hub.homes.borrow_mut();
+    let held = match homes.get_mut(user) {
+        Some(e) => {
+            e.loading = e.loading.saturating_sub(1);
+            if e.loading == 0 {
+                std::mem::take(&mut e.held)
+            } else {
+                Vec::new()
+            }
+        }
+        None => Vec::new(),
+    };
+    if homes.get(user).is_some_and(HomeEntry::unused) {
+        homes.remove(user);
+    }
+    held
 }
 
 /// Sends a frame to every session of a user, on any shard (several devices), at the pace each
@@ -92,10 +124,15 @@ impl Hub {
 /// A session of `user` opened: `online` to the watchers when it is the first, kicks past
 /// the sessions allowed, `connected`, then the offline queue.
 pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, session: ConnId) {
+    super::cluster::user_session(shard, &user, true);
+    let at_ms = now_ms();
     let (first, kick, watchers) = {
         let mut homes = hub.homes.borrow_mut();
         let e = homes.entry(user.clone()).or_default();
-        let first = e.sessions.is_empty();
+        // Online for the watchers only if it was offline everywhere.
+        let first = !e.online();
+        let first_here = e.sessions.is_empty();
+        e.last_login_ms = e.last_login_ms.max(at_ms);
         e.sessions.push(session);
         let keep = match hub.config.duplicate_login {
             DuplicateLogin::KickOldest => 1,
@@ -104,10 +141,16 @@ pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, sessio
         let excess = e.sessions.len().saturating_sub(keep);
         let kick: Vec<ConnId> = e.sessions.drain(..excess).collect();
         let watchers: Vec<ConnId> = if first { e.watchers.iter().copied().collect() } else { Vec::new() };
+        if first_here {
+            metrics::add(&shard.stats.identities_online, 1);
+            super::cluster::publish_presence(shard, &user, true);
+        }
         (first, kick, watchers)
     };
+    if hub.config.duplicate_login == DuplicateLogin::KickOldest {
+        super::cluster::publish_login(shard, &user, at_ms);
+    }
     if first {
-        metrics::add(&shard.stats.identities_online, 1);
         let frame = text(encode_presence(true, &user.user, now_ms()));
         for w in watchers {
             shard.send_to(w, frame.clone());
@@ -147,28 +190,17 @@ pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, sessio
     let targets: Arc<[ConnId]> = Arc::from([session]);
     for m in queued {
         let frame = encode_message(&m);
-        let msg = ChatMsg::Deliver { session, frame, message: Arc::new(m), sender: None, targets: targets.clone() };
+        let msg = ChatMsg::Deliver {
+            session,
+            frame,
+            message: Arc::new(m),
+            sender: None,
+            targets: targets.clone(),
+            origin: None,
+        };
         post(shard, usize::from(session.shard), msg);
     }
-    let held = {
-        let mut homes = hub.homes.borrow_mut();
-        let held = match homes.get_mut(&user) {
-            Some(e) => {
-                e.loading = e.loading.saturating_sub(1);
-                if e.loading == 0 {
-                    std::mem::take(&mut e.held)
-                } else {
-                    Vec::new()
-                }
-            }
-            None => Vec::new(),
-        };
-        if homes.get(&user).is_some_and(HomeEntry::unused) {
-            homes.remove(&user);
-        }
-        held
-    };
-    for (message, sender) in held {
+    for (message, sender) in loaded(hub, &user) {
         let sessions = hub.sessions_of(&user);
         deliver_or_queue(shard, hub, user.clone(), message, sender, sessions).await;
     }
@@ -180,11 +212,17 @@ pub(super) fn unregister(shard: &Shard, hub: &Hub, user: UserKey, session: ConnI
     let Some(e) = homes.get_mut(&user) else { return };
     let before = e.sessions.len();
     e.sessions.retain(|s| *s != session);
+    if e.sessions.len() < before {
+        super::cluster::user_session(shard, &user, false);
+    }
     if before > 0 && e.sessions.is_empty() {
         metrics::sub(&shard.stats.identities_online, 1);
-        let frame = text(encode_presence(false, &user.user, now_ms()));
-        for w in &e.watchers {
-            shard.send_to(*w, frame.clone());
+        super::cluster::publish_presence(shard, &user, false);
+        if e.remote.is_empty() {
+            let frame = text(encode_presence(false, &user.user, now_ms()));
+            for w in &e.watchers {
+                shard.send_to(*w, frame.clone());
+            }
         }
     }
     if e.unused() {
@@ -193,12 +231,30 @@ pub(super) fn unregister(shard: &Shard, hub: &Hub, user: UserKey, session: ConnI
 }
 
 /// `watcher` wants `online`/`offline` for `user`.
-pub(super) fn watch(shard: &Shard, hub: &Hub, user: UserKey, watcher: ConnId) {
-    let online = {
+pub(super) async fn watch(shard: &Shard, hub: &Hub, user: UserKey, watcher: ConnId) {
+    let (online, first) = {
         let mut homes = hub.homes.borrow_mut();
         let e = homes.entry(user.clone()).or_default();
-        e.watchers.insert(watcher);
-        !e.sessions.is_empty()
+        let first = e.watchers.is_empty();
+        if e.watchers.insert(watcher) {
+            super::cluster::user_watched(shard, &user, true);
+        }
+        (e.online(), first)
+    };
+    // In a cluster, the first watcher here asks whether another node has the user.
+    let online = if online || !first {
+        online
+    } else if let Some(node) = super::cluster::online_elsewhere(shard, hub, &user).await {
+        let mut homes = hub.homes.borrow_mut();
+        match homes.get_mut(&user) {
+            Some(e) if e.watchers.contains(&watcher) => {
+                e.remote.insert(node);
+                true
+            }
+            _ => return,
+        }
+    } else {
+        false
     };
     // The current state, so the watcher need not guess until the next change.
     #[derive(Serialize)]
@@ -210,13 +266,60 @@ pub(super) fn watch(shard: &Shard, hub: &Hub, user: UserKey, watcher: ConnId) {
     shard.send_to(watcher, text(encode("presence", None, &State { user_id: &user.user, online })));
 }
 
-pub(super) fn unwatch(hub: &Hub, user: UserKey, watcher: ConnId) {
+pub(super) fn unwatch(shard: &Shard, hub: &Hub, user: UserKey, watcher: ConnId) {
     let mut homes = hub.homes.borrow_mut();
     if let Some(e) = homes.get_mut(&user) {
-        e.watchers.remove(&watcher);
+        if e.watchers.remove(&watcher) {
+            super::cluster::user_watched(shard, &user, false);
+        }
+        if e.watchers.is_empty() {
+            // Only kept while watched: the presence subject is no longer followed.
+            e.remote.clear();
+        }
         if e.unused() {
             homes.remove(&user);
         }
+    }
+}
+
+/// Another node's sessions of `user` came (`online`) or all went: the watchers here hear of
+/// it when the user's state in the cluster changed.
+pub(super) fn remote_presence(shard: &Shard, hub: &Hub, user: UserKey, node: Arc<str>, online: bool) {
+    let mut homes = hub.homes.borrow_mut();
+    let Some(e) = homes.get_mut(&user).filter(|e| !e.watchers.is_empty()) else { return };
+    let before = e.online();
+    if online {
+        e.remote.insert(node);
+    } else {
+        e.remote.remove(&node);
+    }
+    if e.online() != before {
+        let frame = text(encode_presence(e.online(), &user.user, now_ms()));
+        for w in &e.watchers {
+            shard.send_to(*w, frame.clone());
+        }
+    }
+}
+
+/// The user logged in on another node at `at_ms`: under `kick_oldest`, the sessions here go
+/// when that login is the newer one (ties: the greater node id wins, so exactly one side
+/// keeps its session).
+pub(super) fn remote_login(shard: &Shard, hub: &Hub, user: UserKey, node: &str, at_ms: i64) {
+    if hub.config.duplicate_login != DuplicateLogin::KickOldest {
+        return;
+    }
+    let Some(me) = super::cluster::cluster(shard).map(|c| c.node_id().clone()) else { return };
+    let kick: Vec<ConnId> = {
+        let homes = hub.homes.borrow();
+        let Some(e) = homes.get(&user) else { return };
+        if (at_ms, node) > (e.last_login_ms, &*me) {
+            e.sessions.clone()
+        } else {
+            Vec::new()
+        }
+    };
+    for k in kick {
+        post(shard, usize::from(k.shard), ChatMsg::Kick { session: k });
     }
 }
 

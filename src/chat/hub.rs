@@ -44,6 +44,9 @@ impl Hub {
     ) -> Rc<Hub> {
         let hub = Rc::new(Hub::new(config, store_cfg, store));
         shard.add_service(hub.clone());
+        if let Some(cluster) = shard.service::<crate::cluster::Cluster>() {
+            cluster.add_handler(hub.clone());
+        }
         monoio::spawn(worker(shard.clone(), hub.clone()));
         hub
     }
@@ -134,23 +137,30 @@ async fn handle(shard: &Rc<Shard>, hub: &Rc<Hub>, msg: ChatMsg) {
     match msg {
         ChatMsg::Register { user, session } => directory::register(shard, hub, user, session).await,
         ChatMsg::Unregister { user, session } => directory::unregister(shard, hub, user, session),
-        ChatMsg::Watch { user, watcher } => directory::watch(shard, hub, user, watcher),
-        ChatMsg::Unwatch { user, watcher } => directory::unwatch(hub, user, watcher),
+        ChatMsg::Watch { user, watcher } => directory::watch(shard, hub, user, watcher).await,
+        ChatMsg::Unwatch { user, watcher } => directory::unwatch(shard, hub, user, watcher),
         ChatMsg::Store { new, sender, envelope_id, to } => {
             delivery::store(shard, hub, new, sender, envelope_id, to).await
         }
         ChatMsg::Route { user, message, sender } => delivery::route(shard, hub, user, *message, sender).await,
-        ChatMsg::Deliver { session, frame, message, sender, targets } => {
-            delivery::deliver(shard, hub, session, frame, message, sender, targets)
+        ChatMsg::Deliver { session, frame, message, sender, targets, origin } => {
+            delivery::deliver(shard, hub, session, frame, delivery::Routed { message, sender, targets, origin })
         }
-        ChatMsg::Missed { message, sender, targets } => delivery::missed(shard, hub, message, sender, targets).await,
+        ChatMsg::Missed { message, sender, targets, origin } => {
+            delivery::missed(shard, hub, message, sender, targets, origin).await
+        }
+        ChatMsg::Requeue { user, message, sender } => delivery::requeue(shard, hub, user, message, sender).await,
+        ChatMsg::Remote(env) => super::cluster::remote(shard, hub, env).await,
         ChatMsg::Delivered { conversation, receipt, sender } => {
             delivery::delivered(shard, hub, conversation, receipt, sender).await
         }
         ChatMsg::Read { tenant, reader, conversation, ids } => {
             delivery::read(shard, hub, tenant, reader, conversation, ids).await
         }
-        ChatMsg::ToIdentity { user, frame } => directory::to_identity(shard, hub, user, frame),
+        ChatMsg::ToIdentity { user, frame } => {
+            super::cluster::publish_identity(shard, &user, &frame);
+            directory::to_identity(shard, hub, user, frame)
+        }
         ChatMsg::Kick { session } => directory::kick(shard, session),
         ChatMsg::Paced { session, frame } => send_paced(shard, session, frame),
         ChatMsg::Task(task) => task(shard.clone(), hub.clone()).await,

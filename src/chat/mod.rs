@@ -35,6 +35,7 @@
 //! - [`session`]: the native protocol's sessions at `/ws`; [`envelope`]: its wire format;
 //!   [`router`]: the embeddable API; `config.rs`: the `[chat]` section ([`ChatConfig`]).
 
+mod cluster;
 mod config;
 mod delivery;
 mod directory;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cluster::Origin;
 use super::Hub;
 use crate::shard::conn::ConnId;
 use crate::shard::Shard;
@@ -73,6 +74,8 @@ pub enum ChatMsg {
         message: Arc<Message>,
         sender: Option<ConnId>,
         targets: Arc<[ConnId]>,
+        /// The node that stored it, when another one did.
+        origin: Option<Arc<Origin>>,
     },
     /// To the recipient's home shard: a session of `targets` closed before the message
     /// reached it. When every target missed it, the home shard routes it again (to sessions
@@ -81,6 +84,7 @@ pub enum ChatMsg {
         message: Arc<Message>,
         sender: Option<ConnId>,
         targets: Arc<[ConnId]>,
+        origin: Option<Arc<Origin>>,
     },
     /// To the conversation's owner: a message reached a recipient session. `sender` is the
     /// session that sent it, when the message was routed live; a message from the offline
@@ -115,6 +119,15 @@ pub enum ChatMsg {
     /// Work of another protocol that must run in order with this worker's (the IM events of
     /// Socket.IO use the same store and owners): run by the worker, awaited before the next.
     Task(ChatTask),
+    /// To the recipient's home shard: a message this node stored missed the recipient's
+    /// sessions on another node; it is routed again, or queued offline.
+    Requeue {
+        user: UserKey,
+        message: Arc<Message>,
+        sender: Option<ConnId>,
+    },
+    /// To a user's home shard: work from another node ([`super::cluster`]).
+    Remote(crate::cluster::Checked),
     /// To the conversation's owner: a page of its history for `session`.
     History {
         conversation: ConversationKey,

@@ -244,14 +244,23 @@ impl NativeWs {
                         }
                         st.rooms.push(key.clone());
                         shard.rooms.borrow_mut().join(&key, conn.id);
+                        super::cluster::join_room(shard, &key);
                     }
                 }
                 self.send(shard, conn, encode("joined", id, &RoomReply { room_id: &room_id }));
             }
             ClientMsg::Leave { room_id } => {
                 let key = room_key(&self.identity.tenant, &room_id);
-                self.state.borrow_mut().rooms.retain(|r| *r != key);
+                let was_in = {
+                    let mut st = self.state.borrow_mut();
+                    let before = st.rooms.len();
+                    st.rooms.retain(|r| *r != key);
+                    st.rooms.len() < before
+                };
                 shard.rooms.borrow_mut().leave(&key, conn.id);
+                if was_in {
+                    super::cluster::leave_room(shard, &key);
+                }
                 self.send(shard, conn, encode("left", id, &RoomReply { room_id: &room_id }));
             }
             ClientMsg::History { with, before, limit } => {
@@ -400,6 +409,9 @@ impl WsHandler for NativeWs {
         let home = home_shard(&self.user.tenant, &self.user.user, shards);
         post(shard, home, ChatMsg::Unregister { user: self.user.clone(), session: conn.id });
         let st = self.state.borrow();
+        for key in &st.rooms {
+            super::cluster::leave_room(shard, key);
+        }
         for u in &st.watching {
             let user = UserKey { tenant: self.identity.tenant.clone(), user: u.clone() };
             let home = home_shard(&user.tenant, &user.user, shards);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::stats::{ClusterStats, DropReason};
 use super::subject::SubjectKind;
@@ -35,12 +35,27 @@ use super::{Checked, ClusterConfig};
 use crate::sidecar::{ServiceContext, SidecarService};
 
 /// What a shard hands the bridge.
-#[derive(Debug)]
 pub enum ToBridge {
     /// Shard `shard` now has (`on`) or no longer has local members of `subject`.
     Interest { shard: usize, subject: Arc<str>, on: bool },
     /// An envelope to publish on `subject`.
     Publish { kind: SubjectKind, subject: String, payload: Bytes },
+    /// An envelope for the nodes subscribed to `subject`, whose first answer (an envelope)
+    /// comes back on `answer`.
+    Request { kind: SubjectKind, subject: String, payload: Bytes, timeout: Duration, answer: oneshot::Sender<Asked> },
+}
+
+/// How a request ended.
+#[derive(Clone)]
+pub enum Asked {
+    /// A node answered.
+    Answered(Checked),
+    /// No node is subscribed to the subject: nobody got the request.
+    NoOne,
+    /// Some node got it, none answered in time.
+    TimedOut,
+    /// The backend is unreachable, or the answer was not an envelope.
+    Failed,
 }
 
 /// The sidecar service of the cluster.
@@ -162,6 +177,27 @@ impl Bridge {
                             Err(_) => stats.dropped(DropReason::Backend),
                         }
                     }
+                    Some(ToBridge::Request { kind, subject, payload, timeout, answer }) => {
+                        if !stats.connected() {
+                            stats.dropped(DropReason::Backend);
+                            let _ = answer.send(Asked::Failed);
+                            continue;
+                        }
+                        stats.sent(kind, payload.len());
+                        let client = client.clone();
+                        tokio::task::spawn_local(async move {
+                            let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+                            let asked = match client.send_request(subject, request).await {
+                                Ok(m) => Checked::new(m.payload).map_or(Asked::Failed, Asked::Answered),
+                                Err(e) => match e.kind() {
+                                    async_nats::RequestErrorKind::NoResponders => Asked::NoOne,
+                                    async_nats::RequestErrorKind::TimedOut => Asked::TimedOut,
+                                    async_nats::RequestErrorKind::Other => Asked::Failed,
+                                },
+                            };
+                            let _ = answer.send(asked);
+                        });
+                    }
                     Some(ToBridge::Interest { shard, subject, on }) => {
                         self.interest(&client, &inbound, &mut subs, shard, subject, on).await;
                     }
@@ -261,7 +297,7 @@ impl Bridge {
             loop {
                 tokio::select! {
                     m = subscriber.next() => match m {
-                        Some(m) => inbound.route(kind, &name, m.payload, &targets.borrow()),
+                        Some(m) => inbound.route(kind, &name, m.payload, m.reply, &targets.borrow()),
                         None => break,
                     },
                     _ = &mut stopped => {
@@ -288,7 +324,14 @@ struct Inbound {
 
 impl Inbound {
     /// Checks one envelope and hands it to the shards that want its subject.
-    fn route(&self, kind: SubjectKind, subject: &str, payload: Bytes, targets: &[usize]) {
+    fn route(
+        &self,
+        kind: SubjectKind,
+        subject: &str,
+        payload: Bytes,
+        reply: Option<async_nats::Subject>,
+        targets: &[usize],
+    ) {
         self.stats.received(kind, payload.len());
         if payload.len() > self.max {
             self.stats.dropped(DropReason::TooLarge);
@@ -298,7 +341,7 @@ impl Inbound {
             return;
         }
         let checked = match Checked::new(payload) {
-            Ok(c) => c,
+            Ok(c) => c.with_reply(reply.map(|r| Arc::from(r.as_str()))),
             Err(e) => {
                 self.stats.dropped(DropReason::from_reason(e.reason()));
                 self.log.borrow_mut().log(subject, &e);

@@ -42,6 +42,108 @@ pub enum Body {
     Sio(SioBroadcast),
     /// A frame for every native session in a room.
     Room(RoomFrame),
+    /// A stored direct message for the recipient's sessions on other nodes.
+    UserMessage(UserMessage),
+    /// To the origin node: its message reached a recipient session here.
+    Delivered(Delivered),
+    /// To the origin node: its message missed every recipient session it was queued on here.
+    Missed(Missed),
+    /// A frame for every session of a user (acks for the author's other devices).
+    Identity(IdentityFrame),
+    /// A user's sessions on `node` came (`online`) or went.
+    Presence(Presence),
+    /// Who has sessions of this user? Answered by nodes that have some.
+    PresenceQuery(UserRef),
+    /// A session of the user logged in on `node` at `at_ms`: older ones elsewhere are kicked
+    /// when the node keeps one session per user.
+    Login(Login),
+    /// The answer to a request: `ok` says whether the node did what was asked.
+    Answer(Answer),
+}
+
+/// A user of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct UserRef {
+    pub tenant: String,
+    pub user: String,
+}
+
+/// A stored chat message as the nodes that deliver it need it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ChatMessage {
+    /// The message id (a UUID), as its 16 bytes.
+    pub id: [u8; 16],
+    pub conversation: String,
+    pub tenant: String,
+    pub author: String,
+    /// The recipient of a direct message.
+    pub recipient: String,
+    pub client_msg_id: Option<String>,
+    pub body: String,
+    pub content_type: String,
+    pub created_at_ms: i64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct UserMessage {
+    pub message: ChatMessage,
+    /// The frame every recipient session is sent, encoded once at the origin.
+    pub frame: Vec<u8>,
+    /// The sending session on the origin node, for its `delivered` ack.
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Delivered {
+    pub conversation: String,
+    pub id: [u8; 16],
+    pub tenant: String,
+    pub author: String,
+    pub client_msg_id: Option<String>,
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Missed {
+    pub message: ChatMessage,
+    pub sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct IdentityFrame {
+    pub user: UserRef,
+    pub frame: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Presence {
+    pub user: UserRef,
+    pub node: String,
+    pub online: bool,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Login {
+    pub user: UserRef,
+    pub node: String,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Answer {
+    pub node: String,
+    pub ok: bool,
 }
 
 /// A Socket.IO broadcast as other nodes need it.

@@ -29,11 +29,13 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::shard::Shard;
+pub use bridge::Asked;
 use bridge::{Bridge, ToBridge};
 
 /// An envelope that passed [`envelope::decode`] whole: the only way to build one. Shared by
@@ -41,13 +43,25 @@ use bridge::{Bridge, ToBridge};
 #[derive(Clone)]
 pub struct Checked {
     payload: Bytes,
+    /// Where the sender waits for an answer, when it is a request ([`Cluster::answer`]).
+    reply: Option<Arc<str>>,
 }
 
 impl Checked {
     /// Checks `payload` as an envelope of this version.
     pub fn new(payload: Bytes) -> Result<Checked, EnvelopeError> {
         envelope::decode(&payload)?;
-        Ok(Checked { payload })
+        Ok(Checked { payload, reply: None })
+    }
+
+    fn with_reply(mut self, reply: Option<Arc<str>>) -> Checked {
+        self.reply = reply;
+        self
+    }
+
+    /// Whether the sender waits for an answer.
+    pub fn is_request(&self) -> bool {
+        self.reply.is_some()
     }
 
     /// The envelope, read in place.
@@ -145,6 +159,10 @@ impl Cluster {
             None => tracing::error!(shard = shard.index, "the cluster's queue for this shard was already taken"),
         }
         monoio::spawn(flush_interest(cluster.clone()));
+        // What is addressed to this node arrives on shard 0, which hands it on.
+        if shard.index == 0 {
+            cluster.join(cluster.subjects.node(&cluster.node_id));
+        }
         cluster
     }
 
@@ -208,6 +226,26 @@ impl Cluster {
         if self.tx.try_send(ToBridge::Publish { kind, subject, payload }).is_err() {
             self.stats.dropped(DropReason::PublishQueue);
         }
+    }
+
+    /// Sends an envelope to the nodes subscribed to `subject` and waits for the first answer
+    /// ([`Cluster::answer`]), at most `timeout`. Never blocks the shard: the request goes
+    /// through the bridge's queue (full: [`Asked::Failed`]) and only the caller's task waits.
+    pub async fn request(&self, kind: SubjectKind, subject: String, env: &Envelope, timeout: Duration) -> Asked {
+        let payload = Bytes::from(envelope::encode(env));
+        let (answer, asked) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(ToBridge::Request { kind, subject, payload, timeout, answer }).is_err() {
+            self.stats.dropped(DropReason::PublishQueue);
+            return Asked::Failed;
+        }
+        asked.await.unwrap_or(Asked::Failed)
+    }
+
+    /// Answers a request ([`Cluster::request`]); does nothing for an envelope that is none.
+    pub fn answer(&self, to: &Checked, ok: bool) {
+        let Some(reply) = &to.reply else { return };
+        let env = self.envelope(Body::Answer(envelope::Answer { node: self.node_id.to_string(), ok }));
+        self.publish(SubjectKind::Node, reply.to_string(), &env);
     }
 
     /// An envelope from this node.

@@ -6,6 +6,8 @@
 //! | `<p>.sio.<nsp>.all` | nodes with a socket in the namespace | broadcasts to the whole namespace |
 //! | `<p>.sio.<nsp>.r.<room>` | nodes with a socket in the room | broadcasts to the room |
 //! | `<p>.room.<room>` | nodes with a native session in the room | native room frames |
+//! | `<p>.user.<tenant>.<user>` | nodes with a session of the user | direct messages, acks, logins |
+//! | `<p>.presence.<tenant>.<user>` | nodes with a session watching the user | online / offline |
 //! | `<p>.node.<id>` | that node | what is addressed to one node |
 //!
 //! A name becomes one subject token: letters, digits, `-` and `_` stay as they are; every other
@@ -24,16 +26,23 @@ pub enum SubjectKind {
     Room,
     /// One node.
     Node,
+    /// A user's sessions.
+    User,
+    /// A user's presence, for the nodes that watch it.
+    Presence,
 }
 
 impl SubjectKind {
-    pub const ALL: [SubjectKind; 3] = [SubjectKind::Sio, SubjectKind::Room, SubjectKind::Node];
+    pub const ALL: [SubjectKind; 5] =
+        [SubjectKind::Sio, SubjectKind::Room, SubjectKind::Node, SubjectKind::User, SubjectKind::Presence];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SubjectKind::Sio => "sio",
             SubjectKind::Room => "room",
             SubjectKind::Node => "node",
+            SubjectKind::User => "user",
+            SubjectKind::Presence => "presence",
         }
     }
 
@@ -50,6 +59,8 @@ impl SubjectKind {
             "sio" => Some(SubjectKind::Sio),
             "room" => Some(SubjectKind::Room),
             "node" => Some(SubjectKind::Node),
+            "user" => Some(SubjectKind::User),
+            "presence" => Some(SubjectKind::Presence),
             _ => None,
         }
     }
@@ -121,6 +132,26 @@ impl Subjects {
         s
     }
 
+    /// What is for a user's sessions, on the nodes that have some.
+    pub fn user(&self, tenant: &str, user: &str) -> String {
+        let mut s = self.start("user", tenant.len() + user.len() + 2);
+        s.push('.');
+        push_token(&mut s, tenant);
+        s.push('.');
+        push_token(&mut s, user);
+        s
+    }
+
+    /// A user's presence changes, on the nodes with sessions watching the user.
+    pub fn presence(&self, tenant: &str, user: &str) -> String {
+        let mut s = self.start("presence", tenant.len() + user.len() + 2);
+        s.push('.');
+        push_token(&mut s, tenant);
+        s.push('.');
+        push_token(&mut s, user);
+        s
+    }
+
     /// What is addressed to one node.
     pub fn node(&self, node_id: &str) -> String {
         let mut s = self.start("node", node_id.len() + 1);
@@ -169,6 +200,10 @@ mod tests {
         assert_eq!(s.sio_room("/", "lobby"), "imks.sio.~2f.r.lobby");
         assert_eq!(s.room("general"), "imks.room.general");
         assert_eq!(s.node("n1"), "imks.node.n1");
+        assert_eq!(s.user("acme", "a.b"), "imks.user.acme.a~2eb");
+        assert_eq!(s.presence("acme", "bob"), "imks.presence.acme.bob");
+        assert_eq!(SubjectKind::of("imks", &s.user("t", "u")), Some(SubjectKind::User));
+        assert_eq!(SubjectKind::of("imks", &s.presence("t", "u")), Some(SubjectKind::Presence));
         assert_eq!(SubjectKind::of("imks", &s.sio_room("/", "a")), Some(SubjectKind::Sio));
         assert_eq!(SubjectKind::of("imks", &s.room("a")), Some(SubjectKind::Room));
         assert_eq!(SubjectKind::of("imks", &s.node("a")), Some(SubjectKind::Node));

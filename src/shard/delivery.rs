@@ -133,6 +133,12 @@ impl Shard {
         }
     }
 
+    /// A frame for this shard's members of `room` only: what arrived for them from another
+    /// node, which every shard with members received.
+    pub fn deliver_room_local(&self, room: &Arc<str>, frame: Bytes, except: Option<ConnId>) {
+        self.deliver_room(room, &frame, except);
+    }
+
     pub(super) fn deliver_room(&self, room: &Arc<str>, frame: &Bytes, except: Option<ConnId>) {
         if self.coalesce.is_active() {
             // Held whole, as Socket.IO broadcasts are: see `SocketIo::hold`.

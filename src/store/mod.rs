@@ -156,6 +156,11 @@ impl ConversationKey {
         &self.0
     }
 
+    /// A key as [`ConversationKey::as_str`] gave it, received from another node.
+    pub fn from_wire(key: &str) -> Self {
+        Self(key.into())
+    }
+
     /// The shard that owns this conversation: a stable hash (FNV-1a 64) of the key modulo the
     /// shard count. Stable across processes and builds, unlike `std`'s randomised hasher, so all
     /// shards and nodes agree. `shards` of 0 is treated as 1.

@@ -388,6 +388,15 @@ pub(super) fn is_retransmission(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// A `seq` another writer gave first: the writer's idea of the conversation's last `seq` is
+/// out of date (two nodes appending to one conversation).
+pub(super) fn is_seq_conflict(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("message_conversation_seq")
+    })
+}
+
 pub(super) async fn mark_read(
     c: &impl GenericClient,
     p: &Prepared,

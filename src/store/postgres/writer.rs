@@ -206,9 +206,9 @@ async fn write_common(
     if !missing.is_empty() {
         seqs.learn(sql::last_seqs(c, p, &missing).await.map_err(R)?);
     }
-    let before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
+    let mut before = seqs.snapshot(appends.iter().map(|(_, m)| m.conversation.as_str()));
     let retransmittable = appends.iter().any(|(_, m)| m.client_msg_id.is_some());
-    if in_tx && retransmittable {
+    if in_tx && !appends.is_empty() {
         c.batch_execute("SAVEPOINT common").await.map_err(R)?;
     }
     let mut originals = HashMap::new();
@@ -224,6 +224,21 @@ async fn write_common(
                 }
                 seqs.restore(&before);
                 originals = sql::find_duplicates(c, p, &retransmission_keys(&appends)).await.map_err(R)?;
+            }
+            Err(e) if sql::is_seq_conflict(&e) => {
+                // Another writer (another node of a cluster) appended to one of these
+                // conversations since its last seq was read: read them again, renumber, again.
+                if in_tx {
+                    c.batch_execute("ROLLBACK TO SAVEPOINT common").await.map_err(R)?;
+                }
+                let conversations: Vec<&str> = {
+                    let mut v: Vec<&str> = appends.iter().map(|(_, m)| m.conversation.as_str()).collect();
+                    v.sort_unstable();
+                    v.dedup();
+                    v
+                };
+                seqs.learn(sql::last_seqs(c, p, &conversations).await.map_err(R)?);
+                before = seqs.snapshot(conversations.into_iter());
             }
             Err(e) if in_tx || e.as_db_error().is_some() => return Err(R(e)),
             // The answer was lost: if the statement committed, these are its answers (a mark
