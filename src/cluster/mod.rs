@@ -9,7 +9,8 @@
 //!
 //! - `config`: the `[cluster]` section; [`subject`]: the subjects; [`envelope`]: the rkyv
 //!   envelope between nodes; `stats`: the bridge's counters for `/health` and `/metrics`;
-//!   [`bridge`]: the sidecar service; this file: the per-shard [`Cluster`] service.
+//!   [`bridge`]: the sidecar service, over a transport per backend (`nats`); this file: the
+//!   per-shard [`Cluster`] service.
 //!
 //! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes,
 //! the native protocol room frames. See `docs/cluster.md`.
@@ -17,6 +18,7 @@
 pub mod bridge;
 mod config;
 pub mod envelope;
+mod nats;
 mod stats;
 pub mod subject;
 
