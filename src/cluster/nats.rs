@@ -2,18 +2,22 @@
 //!
 //! The connection is made with `no_echo`, so a node never receives its own envelopes, and
 //! reconnects forever with the client's backoff; the client subscribes again to every live
-//! subject after a reconnect. A subscription, and its end, is counted in the gauge once the
-//! client has flushed it to the server.
+//! subject after a reconnect, and the reconnect is counted once a round trip shows the server
+//! has them. A subscription, and its end, is counted in the gauge once a round trip after it
+//! shows the server has it, so the gauge says what the backend routes to this node.
+//!
+//! The round trip is [`round_trip`], not `Client::flush`: async-nats resolves a flush once the
+//! bytes are written to the socket, before the server has read them.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use super::bridge::{Inbound, Outgoing, Targets, Transport};
+use super::bridge::{Inbound, Outgoing, Targets, Transport, ROUND_TRIP_TIMEOUT};
 use super::stats::{ClusterStats, DropReason};
 use super::subject::SubjectKind;
 use super::ClusterConfig;
@@ -22,7 +26,8 @@ pub(super) struct Nats {
     client: async_nats::Client,
     inbound: Rc<Inbound>,
     stats: Arc<ClusterStats>,
-    /// Ends each subscription: its reader unsubscribes, flushes, and counts it.
+    /// Ends each subscription: its reader unsubscribes, waits for the server to have it, and
+    /// counts it.
     stops: std::collections::HashMap<Arc<str>, oneshot::Sender<()>>,
 }
 
@@ -35,6 +40,10 @@ impl Nats {
         inbound: &Rc<Inbound>,
     ) -> Result<Nats, async_nats::ConnectError> {
         let events = stats.clone();
+        // The client, for the event callback's confirming round trip after a reconnect; set
+        // once `connect` returns, which is before any reconnect.
+        let once: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
+        let in_events = once.clone();
         let options = async_nats::ConnectOptions::new()
             .no_echo()
             .name(format!("imks {}", cfg.node_id))
@@ -42,14 +51,19 @@ impl Nats {
             .max_reconnects(None)
             .connection_timeout(cfg.connect_timeout)
             .event_callback(move |event| {
-                let stats = events.clone();
+                let (stats, client) = (events.clone(), in_events.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            stats.set_connected(true);
                             if stats.connected_once() {
+                                // The client sent its subscriptions again before this event
+                                // came; a round trip after them shows the server has them.
+                                if let Some(c) = client.get() {
+                                    confirm(c).await;
+                                }
                                 stats.reconnected();
                             }
-                            stats.set_connected(true);
                             tracing::info!("cluster backend connected");
                         }
                         async_nats::Event::Disconnected => {
@@ -62,6 +76,7 @@ impl Nats {
                 }
             });
         let client = options.connect(cfg.url.as_str()).await?;
+        let _ = once.set(client.clone());
         Ok(Nats { client, inbound: inbound.clone(), stats: stats.clone(), stops: Default::default() })
     }
 }
@@ -75,9 +90,9 @@ impl Transport for Nats {
                 return;
             }
         };
-        let (confirm, stats) = (self.client.clone(), self.stats.clone());
+        let (client, stats) = (self.client.clone(), self.stats.clone());
         tokio::task::spawn_local(async move {
-            if confirm.flush().await.is_ok() {
+            if confirm(&client).await {
                 stats.subscribed();
             }
         });
@@ -93,7 +108,7 @@ impl Transport for Nats {
                     },
                     _ = &mut stopped => {
                         let _ = subscriber.unsubscribe().await;
-                        let _ = client.flush().await;
+                        confirm(&client).await;
                         stats.unsubscribed();
                         break;
                     }
@@ -121,7 +136,7 @@ impl Transport for Nats {
 
     fn round_trip(&self) -> Pin<Box<dyn Future<Output = bool>>> {
         let client = self.client.clone();
-        Box::pin(async move { client.flush().await.is_ok() })
+        Box::pin(async move { round_trip(&client).await })
     }
 
     async fn close(self) {
@@ -129,4 +144,23 @@ impl Transport for Nats {
         // Dropping the stops ends the readers.
         drop(self.stops);
     }
+}
+
+/// A round trip through the server: a request to a fresh inbox, which nobody listens on, so the
+/// server answers "no responders" once it has handled everything this connection sent before.
+/// False when no answer came within [`ROUND_TRIP_TIMEOUT`] (disconnected, or something such as
+/// a `nats sub '>'` listens on every subject and swallowed the request).
+async fn round_trip(client: &async_nats::Client) -> bool {
+    let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_TIMEOUT));
+    match client.send_request(client.new_inbox(), request).await {
+        Ok(_) => true,
+        Err(e) => e.kind() == async_nats::RequestErrorKind::NoResponders,
+    }
+}
+
+/// Waits until the server has what this connection sent: a [`round_trip`], or where none
+/// answers, until the bytes are at least written (once connected again), so the gauge never
+/// stays behind. Whether it came to that.
+async fn confirm(client: &async_nats::Client) -> bool {
+    round_trip(client).await || client.flush().await.is_ok()
 }
