@@ -1,6 +1,6 @@
 //! The bridge: the sidecar service that talks to the cluster's backend for the whole node.
 //! Shards never do. This file is the part every backend shares; a [`Transport`] is what differs
-//! between them ([`super::nats`]).
+//! between them ([`super::nats`], [`super::redis`]).
 //!
 //! - **Interest.** Each shard reports when a subject gains its first or loses its last local
 //!   member ([`ToBridge::Interest`]). The bridge keeps, per subject, the shards that want it;
@@ -13,12 +13,14 @@
 //!   and never holds up the others.
 //! - **Outbound.** Shards `try_send` envelopes ([`ToBridge::Publish`]); the bridge publishes
 //!   them in the order each shard sent them, in batches of what is already queued (up to
-//!   [`PUBLISH_BATCH`]). While the backend is unreachable they are dropped and counted: local
-//!   delivery goes on regardless.
+//!   [`PUBLISH_BATCH`]), so a backend that answers every publish (Redis) costs one round trip a
+//!   batch, not one an envelope. While the backend is unreachable they are dropped and counted:
+//!   local delivery goes on regardless.
 //!
-//! A transport reconnects forever and subscribes again to every live subject after a
-//! reconnect. A node never delivers its own envelopes from the backend (it delivered them
-//! locally already): NATS does not send them (`no_echo`).
+//! Both backends reconnect forever and subscribe again to every live subject after a
+//! reconnect; a reconnect is counted once the backend has the subscriptions back. A node never
+//! delivers its own envelopes from the backend (it delivered them locally already): NATS does
+//! not send them (`no_echo`), Redis does, and [`Inbound`] drops those of this node's origin.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -141,6 +143,8 @@ impl Bridge {
             shards: self.shards.clone(),
             stats: self.stats.clone(),
             max: self.cfg.max_envelope_bytes,
+            // Only Redis sends a node its own publishes.
+            echo_of: (self.cfg.backend == ClusterBackend::Redis).then(|| self.cfg.node_id.clone()),
             log: RefCell::new(DropLog { last: None, quiet: 0 }),
         });
         let connected = match self.cfg.backend {
@@ -148,10 +152,14 @@ impl Bridge {
                 .await
                 .map(Either::Nats)
                 .map_err(BackendError::from),
+            ClusterBackend::Redis => super::redis::Redis::connect(&self.cfg, &self.stats, &inbound)
+                .map(Either::Redis)
+                .map_err(BackendError::from),
             ClusterBackend::None => return,
         };
         match connected {
             Ok(Either::Nats(t)) => self.run(ctx, t).await,
+            Ok(Either::Redis(t)) => self.run(ctx, t).await,
             Err(e) => {
                 // Only a malformed address gets here: the clients retry unreachable ones.
                 tracing::error!(error = %e, url = %self.cfg.url, "cannot use the cluster backend");
@@ -289,11 +297,14 @@ impl Bridge {
 enum BackendError {
     #[error("NATS: {0}")]
     Nats(#[from] async_nats::ConnectError),
+    #[error("Redis: {0}")]
+    Redis(#[from] fred::error::Error),
 }
 
 /// The connected transport, whichever the backend.
 enum Either {
     Nats(super::nats::Nats),
+    Redis(super::redis::Redis),
 }
 
 /// What every reader of the backend shares: the shards' queues, the counters, the bounds.
@@ -301,6 +312,9 @@ pub(super) struct Inbound {
     shards: Vec<mpsc::Sender<Checked>>,
     stats: Arc<ClusterStats>,
     max: usize,
+    /// This node's id, where the backend sends a node its own envelopes back: those are dropped
+    /// uncounted (they are neither traffic from the cluster nor a fault).
+    echo_of: Option<Arc<str>>,
     log: RefCell<DropLog>,
 }
 
@@ -308,8 +322,8 @@ impl Inbound {
     /// Checks one envelope and hands it to the shards that want its subject.
     pub(super) fn route(&self, kind: SubjectKind, subject: &str, payload: Bytes, targets: &[usize]) {
         let len = payload.len();
-        self.stats.received(kind, len);
         if len > self.max {
+            self.stats.received(kind, len);
             self.stats.dropped(DropReason::TooLarge);
             self.log.borrow_mut().log(subject, &format_args!("{len} bytes, over cluster.max_envelope_bytes"));
             return;
@@ -317,11 +331,16 @@ impl Inbound {
         let checked = match Checked::new(payload) {
             Ok(c) => c,
             Err(e) => {
+                self.stats.received(kind, len);
                 self.stats.dropped(DropReason::from_reason(e.reason()));
                 self.log.borrow_mut().log(subject, &e);
                 return;
             }
         };
+        if self.echo_of.as_deref().is_some_and(|me| checked.view().origin.as_str() == me) {
+            return;
+        }
+        self.stats.received(kind, len);
         for &shard in targets {
             let Some(tx) = self.shards.get(shard) else { continue };
             if tx.try_send(checked.clone()).is_err() {
