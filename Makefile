@@ -24,8 +24,8 @@ run-pg: release
 	IMKS_STORE__BACKEND=postgres IMKS_STORE__POSTGRES__URL='$(PG_URL)' \
 	IMKS_SERVER__LISTEN='["0.0.0.0:$(PORT)"]' $(CARGO_TARGET_DIR)/release/imks serve $(if $(CONFIG),--config $(CONFIG))
 
-## cluster: three nodes on ports 3000, 3001 and 3002, one service over the local NATS
-## (started where none runs); see docs/cluster.md
+## cluster: three nodes on ports 3000, 3001 and 3002, one service over the local NATS, or the
+## local Redis with BACKEND=redis (started where none runs); see docs/cluster.md
 cluster: release
 	scripts/cluster.sh $(CARGO_TARGET_DIR)/release/imks
 

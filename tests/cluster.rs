@@ -1,8 +1,10 @@
-//! Several nodes as one service over the real local NATS (`scripts/ensure-nats.sh` starts one):
-//! Socket.IO broadcasts reach every member on every node exactly once, a node receives nothing
-//! for rooms it has no member of, interest ends after the delay, bad envelopes are counted and
-//! dropped, and a node whose backend is unreachable serves on its own.
+//! Several nodes as one service over the real local NATS and Redis (`scripts/ensure-nats.sh`
+//! and `scripts/ensure-redis.sh` start them): Socket.IO broadcasts reach every member on every
+//! node exactly once, a node receives nothing for rooms it has no member of, interest ends
+//! after the delay, bad envelopes are counted and dropped, a node whose backend is unreachable
+//! serves on its own, and a node whose connections were cut comes back with its subscriptions.
 //!
+//! Every behaviour is one function run over each backend (`..._over_nats`, `..._over_redis`).
 //! Each test uses a prefix of its own, so tests running at once never see each other.
 
 mod common;
@@ -22,17 +24,61 @@ use imks::Node;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-const NATS: &str = "nats://127.0.0.1:4222";
+/// A backend the tests run over: the shared local server.
+#[derive(Clone, Copy)]
+struct Backend {
+    kind: ClusterBackend,
+    scheme: &'static str,
+    addr: &'static str,
+    /// Connections a node keeps to it.
+    connections: u64,
+}
+
+const NATS: Backend = Backend { kind: ClusterBackend::Nats, scheme: "nats", addr: "127.0.0.1:4222", connections: 1 };
+const REDIS: Backend = Backend { kind: ClusterBackend::Redis, scheme: "redis", addr: "127.0.0.1:6379", connections: 2 };
+
+impl Backend {
+    fn url(self) -> String {
+        self.url_at(self.addr)
+    }
+
+    fn url_at(self, addr: &str) -> String {
+        format!("{}://{addr}", self.scheme)
+    }
+
+    /// Publishes raw bytes on a subject, past any node, and returns once the server routed them.
+    fn publish_raw(self, subject: &str, payload: &[u8]) {
+        match self.kind {
+            ClusterBackend::Redis => redis_publish(subject, payload),
+            _ => nats_publish(subject, payload),
+        }
+    }
+}
+
+/// One test per backend for a behaviour: `on_both_backends!(behaviour: name_over_nats, name_over_redis)`.
+macro_rules! on_both_backends {
+    ($behaviour:ident: $nats:ident, $redis:ident) => {
+        #[test]
+        fn $nats() {
+            $behaviour(NATS)
+        }
+
+        #[test]
+        fn $redis() {
+            $behaviour(REDIS)
+        }
+    };
+}
 
 fn prefix() -> String {
     format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
-fn cluster_config<'a>(prefix: &'a str, url: &'a str) -> impl FnOnce(&mut FileConfig) + 'a {
+fn cluster_config(prefix: &str, backend: Backend, url: String) -> impl FnOnce(&mut FileConfig) + '_ {
     move |f| {
         f.cluster = ClusterSection {
-            backend: ClusterBackend::Nats,
-            url: url.into(),
+            backend: backend.kind,
+            url,
             prefix: prefix.into(),
             unsubscribe_delay_ms: 200,
             ..Default::default()
@@ -43,8 +89,13 @@ fn cluster_config<'a>(prefix: &'a str, url: &'a str) -> impl FnOnce(&mut FileCon
 /// A node with a small Socket.IO application: `join` and `leave` a room, and `publish`
 /// `{rooms, except, id}` as a `msg` event to those rooms (the whole namespace when `rooms` is
 /// empty), acked after the broadcast.
-fn node(prefix: &str, url: &str, shards: usize) -> (Node, SocketAddr) {
-    let config = config("io_uring", shards, cluster_config(prefix, url), |_| {});
+fn node(prefix: &str, backend: Backend, shards: usize) -> (Node, SocketAddr) {
+    node_at(prefix, backend, backend.url(), shards)
+}
+
+/// A node that reaches the backend at `url` (a proxy, a closed port).
+fn node_at(prefix: &str, backend: Backend, url: String, shards: usize) -> (Node, SocketAddr) {
+    let config = config("io_uring", shards, cluster_config(prefix, backend, url), |_| {});
     let sio = config.sio.clone();
     let app = Arc::new(move || {
         let main = Namespace::new("/")
@@ -164,15 +215,27 @@ fn wait_subscriptions(addr: SocketAddr, n: u64) {
     );
 }
 
-fn wait_connected(addr: SocketAddr) {
-    let up = || health(addr)["checks"]["cluster"]["status"] == "up";
-    assert!(wait_until(Duration::from_secs(10), up), "{addr} did not connect to NATS");
+fn up(addr: SocketAddr) -> bool {
+    health(addr)["checks"]["cluster"]["status"] == "up"
 }
 
-#[test]
-fn broadcasts_reach_every_member_on_every_node_exactly_once() {
+fn wait_connected(addr: SocketAddr) {
+    assert!(wait_until(Duration::from_secs(10), || up(addr)), "{addr} did not connect to the backend");
+}
+
+fn dropped(addr: SocketAddr, why: &str) -> u64 {
+    metric_sum(addr, &format!("imks_cluster_dropped_total{{reason=\"{why}\"}}"))
+}
+
+on_both_backends!(
+    broadcasts_reach_every_member_on_every_node_exactly_once:
+    broadcasts_reach_every_member_on_every_node_exactly_once_over_nats,
+    broadcasts_reach_every_member_on_every_node_exactly_once_over_redis
+);
+
+fn broadcasts_reach_every_member_on_every_node_exactly_once(backend: Backend) {
     let p = prefix();
-    let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, NATS, 2)).collect();
+    let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, backend, 2)).collect();
     let [a, b, c] = [nodes[0].1, nodes[1].1, nodes[2].1];
     for &n in &[a, b, c] {
         wait_connected(n);
@@ -217,32 +280,43 @@ fn broadcasts_reach_every_member_on_every_node_exactly_once() {
             }
         }
     }
-    // After its messages, each sender sends a marker on every subject: a subject is ordered
-    // per sender, so once a client has every sender's markers of its rooms and of the
-    // namespace, every copy that could reach it did.
-    for (k, (from, _, _)) in sends.iter().enumerate() {
-        let cl = clients.get_mut(from).unwrap();
+    // Markers after everything, from every node on every subject: each node publishes a
+    // subject's envelopes in order, so once a client has every node's markers of its rooms and
+    // of the namespace, every copy that could reach it did. (One node's markers would not do:
+    // they say nothing of what another node still has on its way.)
+    for marker_sender in ["a1", "b1", "c2"] {
+        let cl = clients.get_mut(marker_sender).unwrap();
         for room in ["r1", "r2", "r3"] {
-            cl.call("publish", json!({"rooms": [room], "id": format!("end-{k}-{room}")}));
+            cl.call("publish", json!({"rooms": [room], "id": format!("end-{marker_sender}-{room}")}));
         }
-        cl.call("publish", json!({"rooms": [], "id": format!("end-{k}-all")}));
+        cl.call("publish", json!({"rooms": [], "id": format!("end-{marker_sender}-all")}));
     }
     for (name, _, joins) in rooms {
         let cl = clients.get_mut(name).unwrap();
         let mut markers = Vec::new();
-        for k in 0..sends.len() {
-            markers.extend(joins.iter().map(|r| format!("end-{k}-{r}")));
-            markers.push(format!("end-{k}-all"));
+        for marker_sender in ["a1", "b1", "c2"] {
+            markers.extend(joins.iter().map(|r| format!("end-{marker_sender}-{r}")));
+            markers.push(format!("end-{marker_sender}-all"));
         }
         cl.until(&markers.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(cl.counts(), expected.remove(name).unwrap_or_default(), "{name} got other messages than expected");
     }
+    // Nothing was dropped on the way: in particular the envelopes Redis sends a node back from
+    // itself are ignored, not counted as drops.
+    for &n in &[a, b, c] {
+        assert_eq!(metric_sum(n, "imks_cluster_dropped_total"), 0, "{n} dropped envelopes");
+    }
 }
 
-#[test]
-fn a_node_receives_nothing_for_rooms_it_has_no_member_of() {
+on_both_backends!(
+    a_node_receives_nothing_for_rooms_it_has_no_member_of:
+    a_node_receives_nothing_for_rooms_it_has_no_member_of_over_nats,
+    a_node_receives_nothing_for_rooms_it_has_no_member_of_over_redis
+);
+
+fn a_node_receives_nothing_for_rooms_it_has_no_member_of(backend: Backend) {
     let p = prefix();
-    let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, NATS, 1)).collect();
+    let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, backend, 1)).collect();
     let [a, b, c] = [nodes[0].1, nodes[1].1, nodes[2].1];
     for &n in &[a, b, c] {
         wait_connected(n);
@@ -307,22 +381,47 @@ fn nats_publish(subject: &str, payload: &[u8]) {
     }
 }
 
-#[test]
-fn bad_envelopes_are_counted_and_dropped_and_the_node_goes_on() {
+/// Publishes raw bytes on a channel with a `PUBLISH` in RESP, the Redis protocol.
+fn redis_publish(channel: &str, payload: &[u8]) {
+    let mut s = TcpStream::connect("127.0.0.1:6379").expect("Redis runs on 127.0.0.1:6379");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut cmd =
+        format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len()).into_bytes();
+    cmd.extend_from_slice(payload);
+    cmd.extend_from_slice(b"\r\n");
+    s.write_all(&cmd).unwrap();
+    // The answer (`:<receivers>`): the server has routed the message.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64];
+    while !buf.ends_with(b"\r\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "Redis closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf[0], b':', "{}", String::from_utf8_lossy(&buf));
+}
+
+on_both_backends!(
+    bad_envelopes_are_counted_and_dropped_and_the_node_goes_on:
+    bad_envelopes_are_counted_and_dropped_and_the_node_goes_on_over_nats,
+    bad_envelopes_are_counted_and_dropped_and_the_node_goes_on_over_redis
+);
+
+fn bad_envelopes_are_counted_and_dropped_and_the_node_goes_on(backend: Backend) {
     let p = prefix();
-    let (_a, a) = node(&p, NATS, 2);
-    let (_b, b) = node(&p, NATS, 2);
+    let (_a, a) = node(&p, backend, 2);
+    let (_b, b) = node(&p, backend, 2);
     wait_connected(a);
     wait_connected(b);
     let mut member = Client::connect(b);
     member.join("room");
     wait_subscriptions(b, 3);
     let subject = format!("{p}.sio.~2f.r.room");
-    nats_publish(&subject, b"not an envelope");
-    nats_publish(&subject, &[0xA7, 99, 1, 2, 3]);
-    nats_publish(&subject, &[0xA7, 1, 1, 2, 3, 4, 5, 6, 7, 8]);
-    nats_publish(&subject, &[0xA7]);
-    let dropped = |why: &str| metric_sum(b, &format!("imks_cluster_dropped_total{{reason=\"{why}\"}}"));
+    backend.publish_raw(&subject, b"not an envelope");
+    backend.publish_raw(&subject, &[0xA7, 99, 1, 2, 3]);
+    backend.publish_raw(&subject, &[0xA7, 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+    backend.publish_raw(&subject, &[0xA7]);
+    let dropped = |why: &str| dropped(b, why);
     assert!(wait_until(Duration::from_secs(5), || dropped("invalid") == 3 && dropped("version") == 1));
     // The node still serves, and still receives what is valid.
     let mut sender = Client::connect(a);
@@ -331,11 +430,16 @@ fn bad_envelopes_are_counted_and_dropped_and_the_node_goes_on() {
     assert_eq!(health(b)["status"], "ok");
 }
 
-#[test]
-fn a_node_whose_backend_is_unreachable_serves_on_its_own() {
+on_both_backends!(
+    a_node_whose_backend_is_unreachable_serves_on_its_own:
+    a_node_whose_backend_is_unreachable_serves_on_its_own_over_nats,
+    a_node_whose_backend_is_unreachable_serves_on_its_own_over_redis
+);
+
+fn a_node_whose_backend_is_unreachable_serves_on_its_own(backend: Backend) {
     let p = prefix();
     // Nothing listens on port 9: the node starts, retries in the background, and serves.
-    let (_n, addr) = node(&p, "nats://127.0.0.1:9", 2);
+    let (_n, addr) = node_at(&p, backend, backend.url_at("127.0.0.1:9"), 2);
     let h = health(addr);
     assert_eq!(h["checks"]["cluster"]["status"], "down", "{h}");
     let mut member = Client::connect(addr);
@@ -343,7 +447,49 @@ fn a_node_whose_backend_is_unreachable_serves_on_its_own() {
     let mut sender = Client::connect(addr);
     sender.call("publish", json!({"rooms": ["local"], "id": "here"}));
     member.until(&["here"]);
+    assert!(wait_until(Duration::from_secs(5), || dropped(addr, "backend") >= 1));
+}
+
+on_both_backends!(
+    a_cut_connection_comes_back_with_its_subscriptions:
+    a_cut_connection_comes_back_with_its_subscriptions_over_nats,
+    a_cut_connection_comes_back_with_its_subscriptions_over_redis
+);
+
+/// B reaches the backend through a proxy that cuts its connections, as a network failure
+/// would; once B has reconnected, broadcasts flow both ways again without anyone rejoining.
+fn a_cut_connection_comes_back_with_its_subscriptions(backend: Backend) {
+    let p = prefix();
+    let proxy = common::proxy::TcpProxy::start(backend.addr);
+    let (_a, a) = node(&p, backend, 1);
+    let (_b, b) = node_at(&p, backend, backend.url_at(&proxy.addr()), 1);
+    wait_connected(a);
+    wait_connected(b);
+    let mut on_a = Client::connect(a);
+    let mut on_b = Client::connect(b);
+    on_a.join("room");
+    on_b.join("room");
+    // Each its own subject, the namespace and the room.
+    wait_subscriptions(a, 3);
+    wait_subscriptions(b, 3);
+    on_a.call("publish", json!({"rooms": ["room"], "id": "before"}));
+    on_b.until(&["before"]);
+
+    let reconnects = || metric_sum(b, "imks_cluster_reconnects_total");
+    assert_eq!(reconnects(), 0);
+    assert!(proxy.cut() as u64 >= backend.connections, "the proxy carried B's connections");
+    // Every connection of B came back, with its subscriptions (a reconnect is counted once the
+    // backend has them again).
     assert!(
-        wait_until(Duration::from_secs(5), || metric_sum(addr, "imks_cluster_dropped_total{reason=\"backend\"}") >= 1)
+        wait_until(Duration::from_secs(15), || reconnects() >= backend.connections && up(b)),
+        "B reconnected {} times, up: {}",
+        reconnects(),
+        up(b)
     );
+    assert_eq!(subscriptions(b), 3, "the gauge still counts B's subjects");
+    on_a.call("publish", json!({"rooms": ["room"], "id": "to-b"}));
+    on_b.until(&["to-b"]);
+    on_b.call("publish", json!({"rooms": ["room"], "id": "to-a"}));
+    on_a.until(&["to-a"]);
+    assert_eq!(on_b.counts().get("\"before\""), Some(&1));
 }

@@ -165,13 +165,7 @@ pub(super) async fn requeue(
 }
 
 /// On a session's shard: queues a routed message on the session at the pace it reads.
-pub(super) fn deliver(
-    shard: &Shard,
-    hub: &Hub,
-    session: ConnId,
-    frame: Bytes,
-    routed: Routed,
-) {
+pub(super) fn deliver(shard: &Shard, hub: &Hub, session: ConnId, frame: Bytes, routed: Routed) {
     let routed = Box::new(routed);
     match shard.session(session) {
         Some(c) if c.closing_since.get().is_none() => {

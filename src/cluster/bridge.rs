@@ -1,21 +1,26 @@
-//! The bridge: the sidecar service that talks to NATS for the whole node. Shards never do.
+//! The bridge: the sidecar service that talks to the cluster's backend for the whole node.
+//! Shards never do. This file is the part every backend shares; a [`Transport`] is what differs
+//! between them ([`super::nats`], [`super::redis`]).
 //!
 //! - **Interest.** Each shard reports when a subject gains its first or loses its last local
 //!   member ([`ToBridge::Interest`]). The bridge keeps, per subject, the shards that want it;
 //!   it subscribes when the first shard does, and unsubscribes `cluster.unsubscribe_delay_ms`
 //!   after the last one let go, unless one came back meanwhile. It never subscribes to a
-//!   wildcard, so the node receives nothing for rooms it has no member of.
-//! - **Inbound.** Each subscription is a task that checks every envelope once
-//!   ([`super::Checked`]) and hands the same bytes to every shard that wants the subject,
-//!   with `try_send`: a shard that is far behind loses the envelope, counted, and never holds
-//!   up the others.
+//!   wildcard or pattern, so the node receives nothing for rooms it has no member of.
+//! - **Inbound.** The transport hands every envelope of a subscribed subject to [`Inbound`],
+//!   which checks it once ([`super::Checked`]) and hands the same bytes to every shard that
+//!   wants the subject, with `try_send`: a shard that is far behind loses the envelope, counted,
+//!   and never holds up the others.
 //! - **Outbound.** Shards `try_send` envelopes ([`ToBridge::Publish`]); the bridge publishes
-//!   them in the order each shard sent them. While the backend is unreachable they are dropped
-//!   and counted: local delivery goes on regardless.
+//!   them in the order each shard sent them, in batches of what is already queued (up to
+//!   [`PUBLISH_BATCH`]), so a backend that answers every publish (Redis) costs one round trip a
+//!   batch, not one an envelope. While the backend is unreachable they are dropped and counted:
+//!   local delivery goes on regardless.
 //!
-//! The NATS connection is made with `no_echo`, so a node never receives its own envelopes (it
-//! delivered them locally already), and reconnects forever with the client's backoff; the
-//! client subscribes again to every live subject after a reconnect.
+//! Both backends reconnect forever and subscribe again to every live subject after a
+//! reconnect; a reconnect is counted once the backend has the subscriptions back. A node never
+//! delivers its own envelopes from the backend (it delivered them locally already): NATS does
+//! not send them (`no_echo`), Redis does, and [`Inbound`] drops those of this node's origin.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,12 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::stats::{ClusterStats, DropReason};
 use super::subject::SubjectKind;
-use super::{Checked, ClusterConfig};
+use super::{Checked, ClusterBackend, ClusterConfig};
 use crate::sidecar::{ServiceContext, SidecarService};
 
 /// What a shard hands the bridge.
@@ -52,10 +56,57 @@ pub enum Asked {
     Answered(Checked),
     /// No node is subscribed to the subject: nobody got the request.
     NoOne,
-    /// Some node got it, none answered in time.
+    /// Some node got it, none answered in time (or the backend cannot carry answers: Redis).
     TimedOut,
     /// The backend is unreachable, or the answer was not an envelope.
     Failed,
+}
+
+/// Most envelopes the bridge publishes in one go. Bounds how long an interest change queued
+/// behind publishes waits (one batch), not memory: the envelopes are already in the bridge's
+/// queue (`cluster.publish_queue`).
+pub const PUBLISH_BATCH: usize = 256;
+
+/// How long the bridge waits for a round trip (the health check, a confirmation).
+pub(super) const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An envelope on its way out.
+pub(super) struct Outgoing {
+    pub kind: SubjectKind,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// The shards that want a subject: written by the bridge, read by the transport's reader for
+/// every envelope of the subject.
+pub(super) type Targets = Rc<RefCell<Vec<usize>>>;
+
+/// What differs between backends: the connection, subscribing, publishing and the round trip.
+/// Each implementation keeps [`ClusterStats`]'s connection state, reconnects and subscription
+/// gauge itself, and hands what arrives to [`Inbound::route`].
+pub(super) trait Transport {
+    /// Starts delivering `subject` to `targets` (read at every envelope, so later changes to the
+    /// shards count). Counted in `imks_cluster_subscriptions` once the backend has it.
+    async fn subscribe(&mut self, subject: Arc<str>, kind: SubjectKind, targets: Targets);
+
+    /// Stops delivering `subject`. Counted once the backend has it.
+    fn unsubscribe(&mut self, subject: Arc<str>);
+
+    /// Publishes `batch` in order and empties it, counting each envelope sent or dropped.
+    async fn publish(&mut self, batch: &mut Vec<Outgoing>);
+
+    /// Sends a request and waits for its first answer; spawned, so it never holds up the bridge.
+    fn request(&self, subject: String, payload: Bytes, timeout: Duration) -> Pin<Box<dyn Future<Output = Asked>>>;
+
+    /// A round trip to the backend, for `/health`; spawned, so it never holds up the bridge.
+    fn round_trip(&self) -> Pin<Box<dyn Future<Output = bool>>>;
+
+    /// Called every sweep (a quarter of the unsubscribe delay, at least every 20 ms): a chance
+    /// to retry what failed.
+    fn tick(&mut self) {}
+
+    /// Flushes what is on its way and lets go of the connection, within a second or two.
+    async fn close(self);
 }
 
 /// The sidecar service of the cluster.
@@ -76,13 +127,10 @@ impl SidecarService for Bridge {
     }
 }
 
-/// A live subscription.
+/// A subject the node is subscribed to.
 struct Sub {
-    /// The shards that want the subject; shared with the subscription's reader.
-    shards: Rc<RefCell<Vec<usize>>>,
-    /// Ends the subscription: its reader unsubscribes, waits for the server to have it, and
-    /// counts it.
-    stop: tokio::sync::oneshot::Sender<()>,
+    /// The shards that want the subject; shared with the transport's reader.
+    shards: Targets,
     /// When the last shard let go: the subscription ends `unsubscribe_delay` later.
     idle_since: Option<Instant>,
 }
@@ -107,102 +155,84 @@ impl DropLog {
 }
 
 impl Bridge {
-    async fn serve(mut self, ctx: ServiceContext) {
+    async fn serve(self, ctx: ServiceContext) {
         ctx.set_state("connecting");
-        let stats = self.stats.clone();
-        let events = stats.clone();
-        let options = async_nats::ConnectOptions::new()
-            .no_echo()
-            .name(format!("imks {}", self.cfg.node_id))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(self.cfg.connect_timeout)
-            .event_callback(move |event| {
-                let stats = events.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            if stats.connected_once() {
-                                stats.reconnected();
-                            }
-                            stats.set_connected(true);
-                            tracing::info!("cluster backend connected");
-                        }
-                        async_nats::Event::Disconnected => {
-                            stats.set_connected(false);
-                            tracing::warn!("cluster backend disconnected; reconnecting");
-                        }
-                        async_nats::Event::SlowConsumer(_) => stats.slow_consumer(),
-                        other => tracing::info!(event = %other, "cluster backend"),
-                    }
-                }
-            });
-        let client = match options.connect(self.cfg.url.as_str()).await {
-            Ok(c) => c,
+        let inbound = Rc::new(Inbound {
+            shards: self.shards.clone(),
+            stats: self.stats.clone(),
+            max: self.cfg.max_envelope_bytes,
+            // Only Redis sends a node its own publishes.
+            echo_of: (self.cfg.backend == ClusterBackend::Redis).then(|| self.cfg.node_id.clone()),
+            log: RefCell::new(DropLog { last: None, quiet: 0 }),
+        });
+        let connected = match self.cfg.backend {
+            ClusterBackend::Nats => super::nats::Nats::connect(&self.cfg, &self.stats, &inbound)
+                .await
+                .map(Either::Nats)
+                .map_err(BackendError::from),
+            ClusterBackend::Redis => super::redis::Redis::connect(&self.cfg, &self.stats, &inbound)
+                .map(Either::Redis)
+                .map_err(BackendError::from),
+            ClusterBackend::None => return,
+        };
+        match connected {
+            Ok(Either::Nats(t)) => self.run(ctx, t).await,
+            Ok(Either::Redis(t)) => self.run(ctx, t).await,
             Err(e) => {
-                // Only a malformed address gets here: the client retries unreachable ones.
+                // Only a malformed address gets here: the clients retry unreachable ones.
                 tracing::error!(error = %e, url = %self.cfg.url, "cannot use the cluster backend");
                 ctx.set_state(format!("failed: {e}"));
                 ctx.stopping().await;
-                return;
             }
-        };
-        let inbound = Rc::new(Inbound {
-            shards: self.shards.clone(),
-            stats: stats.clone(),
-            max: self.cfg.max_envelope_bytes,
-            log: RefCell::new(DropLog { last: None, quiet: 0 }),
-        });
+        }
+    }
+
+    async fn run<T: Transport>(mut self, ctx: ServiceContext, mut transport: T) {
+        let stats = self.stats.clone();
         let mut subs: HashMap<Arc<str>, Sub> = HashMap::new();
         let delay = self.cfg.unsubscribe_delay;
         let mut sweep = tokio::time::interval(delay.checked_div(4).unwrap_or(delay).max(Duration::from_millis(20)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(self.cfg.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         let stopping = ctx.stopping();
         tokio::pin!(stopping);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut stopping => break,
-                msg = self.rx.recv() => match msg {
-                    Some(ToBridge::Publish { kind, subject, payload }) => {
-                        if !stats.connected() {
-                            stats.dropped(DropReason::Backend);
-                            continue;
-                        }
-                        let len = payload.len();
-                        match client.publish(subject, payload).await {
-                            Ok(()) => stats.sent(kind, len),
-                            Err(_) => stats.dropped(DropReason::Backend),
-                        }
+                msg = self.rx.recv() => {
+                    // What is queued already goes out with it, up to an interest change.
+                    let mut next = msg;
+                    while let Some(ToBridge::Publish { kind, subject, payload }) = next {
+                        batch.push(Outgoing { kind, subject, payload });
+                        next = if batch.len() < PUBLISH_BATCH { self.rx.try_recv().ok() } else { None };
                     }
-                    Some(ToBridge::Request { kind, subject, payload, timeout, answer }) => {
-                        if !stats.connected() {
-                            stats.dropped(DropReason::Backend);
-                            let _ = answer.send(Asked::Failed);
-                            continue;
+                    self.publish(&mut transport, &mut batch).await;
+                    match next {
+                        Some(ToBridge::Interest { shard, subject, on }) => {
+                            self.interest(&mut transport, &mut subs, shard, subject, on).await;
                         }
-                        stats.sent(kind, payload.len());
-                        let client = client.clone();
-                        tokio::task::spawn_local(async move {
-                            let request = async_nats::Request::new().payload(payload).timeout(Some(timeout));
-                            let asked = match client.send_request(subject, request).await {
-                                Ok(m) => Checked::new(m.payload).map_or(Asked::Failed, Asked::Answered),
-                                Err(e) => match e.kind() {
-                                    async_nats::RequestErrorKind::NoResponders => Asked::NoOne,
-                                    async_nats::RequestErrorKind::TimedOut => Asked::TimedOut,
-                                    async_nats::RequestErrorKind::Other => Asked::Failed,
-                                },
-                            };
-                            let _ = answer.send(asked);
-                        });
+                        Some(ToBridge::Request { kind, subject, payload, timeout, answer }) => {
+                            if !stats.connected() {
+                                stats.dropped(DropReason::Backend);
+                                let _ = answer.send(Asked::Failed);
+                                continue;
+                            }
+                            stats.sent(kind, payload.len());
+                            let asked = transport.request(subject, payload, timeout);
+                            tokio::task::spawn_local(async move {
+                                let _ = answer.send(asked.await);
+                            });
+                        }
+                        // Never: the loop above takes every publish.
+                        Some(ToBridge::Publish { .. }) => {}
+                        // Closed only when every shard let go, which comes with `stopping`.
+                        None if self.rx.is_closed() && self.rx.is_empty() => break,
+                        None => {}
                     }
-                    Some(ToBridge::Interest { shard, subject, on }) => {
-                        self.interest(&client, &inbound, &mut subs, shard, subject, on).await;
-                    }
-                    None => break,
-                },
+                }
                 _ = sweep.tick() => {
                     let now = Instant::now();
                     let expired: Vec<Arc<str>> = subs
@@ -211,18 +241,18 @@ impl Bridge {
                         .map(|(k, _)| k.clone())
                         .collect();
                     for subject in expired {
-                        if let Some(s) = subs.remove(&subject) {
-                            let _ = s.stop.send(());
-                        }
+                        subs.remove(&subject);
+                        transport.unsubscribe(subject);
                     }
+                    transport.tick();
                     stats.set_publish_queue_depth(self.rx.len());
                     ctx.set_state(if stats.connected() { "ok" } else { "disconnected" });
                 }
                 _ = health.tick() => {
-                    let (client, stats) = (client.clone(), stats.clone());
+                    let (round_trip, stats) = (transport.round_trip(), stats.clone());
                     tokio::task::spawn_local(async move {
                         let start = Instant::now();
-                        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+                        if let Ok(true) = tokio::time::timeout(ROUND_TRIP_TIMEOUT, round_trip).await {
                             stats.set_rtt(start.elapsed());
                         }
                     });
@@ -232,21 +262,34 @@ impl Bridge {
         // Publish what the shards handed over before they stopped, within the shutdown timeout.
         while let Ok(msg) = self.rx.try_recv() {
             if let ToBridge::Publish { kind, subject, payload } = msg {
-                let len = payload.len();
-                if client.publish(subject, payload).await.is_ok() {
-                    stats.sent(kind, len);
+                batch.push(Outgoing { kind, subject, payload });
+                if batch.len() == PUBLISH_BATCH {
+                    self.publish(&mut transport, &mut batch).await;
                 }
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+        self.publish(&mut transport, &mut batch).await;
+        transport.close().await;
         drop(subs);
         stats.set_connected(false);
     }
 
-    async fn interest(
+    async fn publish<T: Transport>(&self, transport: &mut T, batch: &mut Vec<Outgoing>) {
+        if batch.is_empty() {
+            return;
+        }
+        if !self.stats.connected() {
+            for _ in batch.drain(..) {
+                self.stats.dropped(DropReason::Backend);
+            }
+            return;
+        }
+        transport.publish(batch).await;
+    }
+
+    async fn interest<T: Transport>(
         &self,
-        client: &async_nats::Client,
-        inbound: &Rc<Inbound>,
+        transport: &mut T,
         subs: &mut HashMap<Arc<str>, Sub>,
         shard: usize,
         subject: Arc<str>,
@@ -261,9 +304,8 @@ impl Bridge {
             s.idle_since = shards.is_empty().then(Instant::now);
             if shards.is_empty() && self.cfg.unsubscribe_delay.is_zero() {
                 drop(shards);
-                if let Some(s) = subs.remove(&subject) {
-                    let _ = s.stop.send(());
-                }
+                subs.remove(&subject);
+                transport.unsubscribe(subject);
             }
             return;
         }
@@ -274,80 +316,68 @@ impl Bridge {
             tracing::warn!(%subject, "a shard asked for a subject outside the cluster's prefix");
             return;
         };
-        let mut subscriber = match client.subscribe(subject.to_string()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%subject, error = %e, "cannot subscribe");
-                return;
-            }
-        };
-        // Counted once the server has it (a round trip after the SUB), so the gauge says what
-        // the backend routes to this node.
-        let (confirm, stats) = (client.clone(), self.stats.clone());
-        tokio::task::spawn_local(async move {
-            if confirm.flush().await.is_ok() {
-                stats.subscribed();
-            }
-        });
         let shards = Rc::new(RefCell::new(vec![shard]));
-        let (targets, inbound, name) = (shards.clone(), inbound.clone(), subject.clone());
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let (client, stats) = (client.clone(), self.stats.clone());
-        tokio::task::spawn_local(async move {
-            loop {
-                tokio::select! {
-                    m = subscriber.next() => match m {
-                        Some(m) => inbound.route(kind, &name, m.payload, m.reply, &targets.borrow()),
-                        None => break,
-                    },
-                    _ = &mut stopped => {
-                        // Counted once the server has it, like the subscription.
-                        let _ = subscriber.unsubscribe().await;
-                        let _ = client.flush().await;
-                        stats.unsubscribed();
-                        break;
-                    }
-                }
-            }
-        });
-        subs.insert(subject, Sub { shards, stop, idle_since: None });
+        transport.subscribe(subject.clone(), kind, shards.clone()).await;
+        subs.insert(subject, Sub { shards, idle_since: None });
     }
 }
 
-/// What every subscription's reader shares: the shards' queues, the counters, the bounds.
-struct Inbound {
+/// Why the bridge cannot use its backend at all (an unreachable one is retried, not an error).
+#[derive(Debug, thiserror::Error)]
+enum BackendError {
+    #[error("NATS: {0}")]
+    Nats(#[from] async_nats::ConnectError),
+    #[error("Redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// The connected transport, whichever the backend.
+enum Either {
+    Nats(super::nats::Nats),
+    Redis(super::redis::Redis),
+}
+
+/// What every reader of the backend shares: the shards' queues, the counters, the bounds.
+pub(super) struct Inbound {
     shards: Vec<mpsc::Sender<Checked>>,
     stats: Arc<ClusterStats>,
     max: usize,
+    /// This node's id, where the backend sends a node its own envelopes back: those are dropped
+    /// uncounted (they are neither traffic from the cluster nor a fault).
+    echo_of: Option<Arc<str>>,
     log: RefCell<DropLog>,
 }
 
 impl Inbound {
     /// Checks one envelope and hands it to the shards that want its subject.
-    fn route(
+    pub(super) fn route(
         &self,
         kind: SubjectKind,
         subject: &str,
         payload: Bytes,
-        reply: Option<async_nats::Subject>,
+        reply: Option<Arc<str>>,
         targets: &[usize],
     ) {
-        self.stats.received(kind, payload.len());
-        if payload.len() > self.max {
+        let len = payload.len();
+        if len > self.max {
+            self.stats.received(kind, len);
             self.stats.dropped(DropReason::TooLarge);
-            self.log
-                .borrow_mut()
-                .log(subject, &format_args!("{} bytes, over cluster.max_envelope_bytes", payload.len()));
+            self.log.borrow_mut().log(subject, &format_args!("{len} bytes, over cluster.max_envelope_bytes"));
             return;
         }
         let checked = match Checked::new(payload) {
-            Ok(c) => c.with_reply(reply.map(|r| Arc::from(r.as_str()))),
+            Ok(c) => c.with_reply(reply),
             Err(e) => {
+                self.stats.received(kind, len);
                 self.stats.dropped(DropReason::from_reason(e.reason()));
                 self.log.borrow_mut().log(subject, &e);
                 return;
             }
         };
+        if self.echo_of.as_deref().is_some_and(|me| checked.view().origin.as_str() == me) {
+            return;
+        }
+        self.stats.received(kind, len);
         for &shard in targets {
             let Some(tx) = self.shards.get(shard) else { continue };
             if tx.try_send(checked.clone()).is_err() {

@@ -19,21 +19,37 @@ pub enum ClusterBackend {
     None,
     /// Core NATS, one subject per room, user and namespace with members on the node.
     Nats,
+    /// Redis pub/sub, one channel per subject, as with NATS.
+    Redis,
+}
+
+impl ClusterBackend {
+    /// The address a backend is reached at when `cluster.url` is left empty.
+    pub fn default_url(self) -> &'static str {
+        match self {
+            ClusterBackend::None => "",
+            ClusterBackend::Nats => "nats://127.0.0.1:4222",
+            ClusterBackend::Redis => "redis://127.0.0.1:6379",
+        }
+    }
 }
 
 /// `[cluster]` as written in `imks.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
-    /// `"none"` (default: a node on its own) or `"nats"`.
+    /// `"none"` (default: a node on its own), `"nats"` or `"redis"`.
     pub backend: ClusterBackend,
-    /// The backend's address. Default `nats://127.0.0.1:4222`.
+    /// The backend's address. Empty (the default): the backend's own default,
+    /// `nats://127.0.0.1:4222` for NATS, `redis://127.0.0.1:6379` for Redis. A Redis address
+    /// starts with `redis://` (`redis://user:password@host:port/db` with credentials); a NATS
+    /// one must not.
     pub url: String,
     /// This node's name in the cluster: letters, digits, `-` and `_`, at most 64 bytes. Empty
     /// (the default): a random one at every start, which is what a replaceable node wants.
     pub node_id: String,
-    /// The first token of every subject, so several clusters can share one NATS. Letters,
-    /// digits, `-` and `_`. Default `imks`.
+    /// The first token of every subject, so several clusters can share one NATS or Redis.
+    /// Letters, digits, `-` and `_`. Default `imks`.
     pub prefix: String,
     /// How long a subject stays subscribed after the node's last member of it left, so that a
     /// member leaving and another joining soon after cost no subscription churn. Default 5000.
@@ -48,18 +64,23 @@ pub struct ClusterSection {
     /// Largest envelope accepted from the backend; a larger one is dropped and counted
     /// (`reason="too_large"`). Default 1048576 (the NATS default payload limit).
     pub max_envelope_bytes: usize,
-    /// How long the first connection may take before the node starts without it (it keeps
-    /// trying in the background). Default 2000.
+    /// How long one attempt to connect to the backend may take, the first or a reconnect; a
+    /// node starts without its backend and keeps trying in the background. Default 2000.
     pub connect_timeout_ms: u64,
     /// How often the bridge measures the round trip to the backend for `/health`. Default 5000.
     pub health_interval_ms: u64,
+    /// Redis only: most envelopes the subscriber connection may hold before the bridge reads
+    /// them; past it the oldest are lost and counted in `imks_cluster_slow_consumer_total`, as
+    /// NATS does past its client's 65536 per subscription. Memory for it is taken at start-up,
+    /// about 200 bytes an envelope. Default 8192.
+    pub redis_inbound_buffer: usize,
 }
 
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {
             backend: ClusterBackend::None,
-            url: "nats://127.0.0.1:4222".into(),
+            url: String::new(),
             node_id: String::new(),
             prefix: "imks".into(),
             unsubscribe_delay_ms: 5000,
@@ -68,6 +89,7 @@ impl Default for ClusterSection {
             max_envelope_bytes: 1 << 20,
             connect_timeout_ms: 2000,
             health_interval_ms: 5000,
+            redis_inbound_buffer: 8192,
         }
     }
 }
@@ -76,6 +98,7 @@ impl Default for ClusterSection {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterConfig {
     pub backend: ClusterBackend,
+    /// Never empty when a backend is set: the backend's default when the file leaves it out.
     pub url: String,
     /// Never empty: generated at resolve time when the file leaves it out.
     pub node_id: Arc<str>,
@@ -86,6 +109,7 @@ pub struct ClusterConfig {
     pub max_envelope_bytes: usize,
     pub connect_timeout: Duration,
     pub health_interval: Duration,
+    pub redis_inbound_buffer: usize,
 }
 
 impl ClusterConfig {
@@ -121,17 +145,30 @@ impl ClusterSection {
         if !is_token(&self.prefix) {
             return Err(FieldError::new("cluster.prefix", "use 1 to 64 letters, digits, `-` or `_`"));
         }
-        if self.backend != ClusterBackend::None && self.url.trim().is_empty() {
-            return Err(FieldError::new("cluster.url", "a cluster backend needs its address"));
+        let url = if self.url.is_empty() { self.backend.default_url() } else { self.url.as_str() };
+        let redis_scheme = url.starts_with("redis://") || url.starts_with("rediss://");
+        match self.backend {
+            ClusterBackend::None => {}
+            _ if url.trim().is_empty() => {
+                return Err(FieldError::new("cluster.url", "a cluster backend needs its address"));
+            }
+            ClusterBackend::Nats if redis_scheme => {
+                return Err(FieldError::new("cluster.url", "a Redis address for the NATS backend"));
+            }
+            ClusterBackend::Redis if !url.starts_with("redis://") => {
+                return Err(FieldError::new("cluster.url", "a Redis address starts with redis://"));
+            }
+            ClusterBackend::Nats | ClusterBackend::Redis => {}
         }
         require_positive("cluster.publish_queue", self.publish_queue as u64)?;
         require_positive("cluster.shard_queue", self.shard_queue as u64)?;
         require_positive("cluster.max_envelope_bytes", self.max_envelope_bytes as u64)?;
         require_positive("cluster.connect_timeout_ms", self.connect_timeout_ms)?;
         require_positive("cluster.health_interval_ms", self.health_interval_ms)?;
+        require_positive("cluster.redis_inbound_buffer", self.redis_inbound_buffer as u64)?;
         Ok(ClusterConfig {
             backend: self.backend,
-            url: self.url.clone(),
+            url: url.to_string(),
             node_id,
             prefix: self.prefix.as_str().into(),
             unsubscribe_delay: Duration::from_millis(self.unsubscribe_delay_ms),
@@ -140,6 +177,7 @@ impl ClusterSection {
             max_envelope_bytes: self.max_envelope_bytes,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             health_interval: Duration::from_millis(self.health_interval_ms),
+            redis_inbound_buffer: self.redis_inbound_buffer,
         })
     }
 }
@@ -169,5 +207,21 @@ mod tests {
         assert_eq!(s.resolve().unwrap_err().field, "cluster.publish_queue");
         let s = ClusterSection { backend: ClusterBackend::Nats, url: " ".into(), ..Default::default() };
         assert_eq!(s.resolve().unwrap_err().field, "cluster.url");
+    }
+
+    #[test]
+    fn the_url_defaults_per_backend_and_must_match_it() {
+        let url = |backend, url: &str| ClusterSection { backend, url: url.into(), ..Default::default() }.resolve();
+        assert_eq!(url(ClusterBackend::Nats, "").unwrap().url, "nats://127.0.0.1:4222");
+        assert_eq!(url(ClusterBackend::Redis, "").unwrap().url, "redis://127.0.0.1:6379");
+        assert_eq!(url(ClusterBackend::Redis, "redis://h:1/2").unwrap().url, "redis://h:1/2");
+        assert_eq!(url(ClusterBackend::Nats, "h:4222").unwrap().url, "h:4222");
+        for (backend, bad) in [
+            (ClusterBackend::Redis, "nats://127.0.0.1:4222"),
+            (ClusterBackend::Redis, "127.0.0.1:6379"),
+            (ClusterBackend::Nats, "redis://127.0.0.1:6379"),
+        ] {
+            assert_eq!(url(backend, bad).unwrap_err().field, "cluster.url", "{bad}");
+        }
     }
 }

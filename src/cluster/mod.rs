@@ -1,4 +1,4 @@
-//! The cluster: N nodes as one service, over NATS, with fan-out that follows interest.
+//! The cluster: N nodes as one service, over NATS or Redis, with fan-out that follows interest.
 //!
 //! A node that has no member of a room receives nothing for it. Every shard keeps a count of
 //! its local members per subject ([`Cluster::join`], [`Cluster::leave`]) and tells the sidecar's
@@ -9,7 +9,8 @@
 //!
 //! - `config`: the `[cluster]` section; [`subject`]: the subjects; [`envelope`]: the rkyv
 //!   envelope between nodes; `stats`: the bridge's counters for `/health` and `/metrics`;
-//!   [`bridge`]: the sidecar service; this file: the per-shard [`Cluster`] service.
+//!   [`bridge`]: the sidecar service, over a transport per backend (`nats`, `redis`); this
+//!   file: the per-shard [`Cluster`] service.
 //!
 //! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes,
 //! the native protocol room frames. See `docs/cluster.md`.
@@ -17,6 +18,8 @@
 pub mod bridge;
 mod config;
 pub mod envelope;
+mod nats;
+mod redis;
 mod stats;
 pub mod subject;
 

@@ -167,6 +167,11 @@ impl ClusterStats {
         self.slow_consumers.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `n` envelopes the client lost because the bridge read them too slowly.
+    pub fn slow_consumer_lost(&self, n: u64) {
+        self.slow_consumers.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn set_publish_queue_depth(&self, n: usize) {
         self.publish_queue_depth.store(n as u64, Ordering::Relaxed);
     }
@@ -213,12 +218,15 @@ impl ClusterStats {
         for d in DropReason::ALL {
             let _ = writeln!(out, "imks_cluster_dropped_total{{reason=\"{}\"}} {}", d.as_str(), self.drops(d));
         }
-        let _ = writeln!(out, "# HELP imks_cluster_reconnects_total Reconnections to the backend.");
+        let _ = writeln!(
+            out,
+            "# HELP imks_cluster_reconnects_total Reconnections to the backend (Redis: of either connection)."
+        );
         let _ = writeln!(out, "# TYPE imks_cluster_reconnects_total counter");
         let _ = writeln!(out, "imks_cluster_reconnects_total {}", g(&self.reconnects));
         let _ = writeln!(
             out,
-            "# HELP imks_cluster_slow_consumer_total Times the backend client reported a subscription falling behind."
+            "# HELP imks_cluster_slow_consumer_total Times the backend client fell behind (NATS: a subscription's buffer was full; Redis: envelopes lost past cluster.redis_inbound_buffer)."
         );
         let _ = writeln!(out, "# TYPE imks_cluster_slow_consumer_total counter");
         let _ = writeln!(out, "imks_cluster_slow_consumer_total {}", g(&self.slow_consumers));

@@ -10,6 +10,7 @@ use imks::{Config, Node};
 
 pub mod native;
 pub mod pg;
+pub mod proxy;
 
 pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
