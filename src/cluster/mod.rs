@@ -9,20 +9,24 @@
 //!
 //! - `config`: the `[cluster]` section; [`subject`]: the subjects; [`envelope`]: the rkyv
 //!   envelope between nodes; `stats`: the bridge's counters for `/health` and `/metrics`;
-//!   [`bridge`]: the sidecar service; this file: the per-shard [`Cluster`] service.
+//!   [`bridge`]: the sidecar service; `peers`: who else is alive, and requests to every node
+//!   with their answers gathered; this file: the per-shard [`Cluster`] service.
 //!
-//! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes,
-//! the native protocol room frames. See `docs/cluster.md`.
+//! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes
+//! and answers their requests, the native protocol delivers room frames. See
+//! `docs/cluster.md`.
 
 pub mod bridge;
 mod config;
 pub mod envelope;
+mod peers;
 mod stats;
 pub mod subject;
 
 pub use config::{ClusterBackend, ClusterConfig, ClusterSection};
 pub use envelope::{ArchivedBody, ArchivedEnvelope, Body, Envelope, EnvelopeError};
-pub use stats::{ClusterStats, DropReason};
+pub use peers::{Gathered, InFlight, CONTROL_SHARD};
+pub use stats::{ClusterStats, DropReason, RequestOutcome};
 pub use subject::{SubjectKind, Subjects};
 
 use std::cell::RefCell;
@@ -33,8 +37,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardService};
 use bridge::{Bridge, ToBridge};
+use peers::Peers;
 
 /// An envelope that passed [`envelope::decode`] whole: the only way to build one. Shared by
 /// every shard it is handed to.
@@ -110,6 +115,7 @@ pub trait ClusterHandler: 'static {
 pub struct Cluster {
     shard: usize,
     node_id: Arc<str>,
+    cfg: ClusterConfig,
     subjects: Subjects,
     tx: mpsc::Sender<ToBridge>,
     stats: Arc<ClusterStats>,
@@ -118,25 +124,38 @@ pub struct Cluster {
     /// Subjects whose interest changed since the bridge was last told.
     dirty: RefCell<HashSet<Arc<str>>>,
     changed: tokio::sync::Notify,
+    /// Held while interest changes are handed to the bridge, so that [`Cluster::settle`] knows
+    /// the ones taken by the flusher before it were handed over too.
+    flushing: tokio::sync::Mutex<()>,
     handlers: RefCell<Vec<Rc<dyn ClusterHandler>>>,
+    /// The other nodes and the requests to them (on the control shard).
+    peers: Peers,
 }
 
 impl Cluster {
     /// Starts the shard's side: registers the service and spawns its two tasks (the inbound
-    /// pump and the interest flusher).
+    /// pump and the interest flusher). The control shard subscribes to the control subject
+    /// and to the node's own.
     pub fn start(shard: &Rc<Shard>, handle: &ClusterHandle) -> Rc<Cluster> {
         let cluster = Rc::new(Cluster {
             shard: shard.index,
             node_id: handle.cfg.node_id.clone(),
+            cfg: handle.cfg.clone(),
             subjects: Subjects::new(&handle.cfg.prefix),
             tx: handle.tx.clone(),
             stats: handle.stats.clone(),
             interest: RefCell::new(HashMap::new()),
             dirty: RefCell::new(HashSet::new()),
             changed: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
             handlers: RefCell::new(Vec::new()),
+            peers: Peers::new(),
         });
-        shard.provide(cluster.clone());
+        shard.add_service(cluster.clone());
+        if cluster.is_control() {
+            cluster.join(cluster.subjects.control());
+            cluster.join(cluster.subjects.node(&cluster.node_id));
+        }
         let rx = handle.inbound.lock().ok().and_then(|mut v| v.get_mut(shard.index).and_then(Option::take));
         match rx {
             Some(rx) => {
@@ -158,6 +177,11 @@ impl Cluster {
 
     pub fn stats(&self) -> &Arc<ClusterStats> {
         &self.stats
+    }
+
+    /// Largest envelope the other nodes accept (`cluster.max_envelope_bytes`).
+    pub fn max_envelope_bytes(&self) -> usize {
+        self.cfg.max_envelope_bytes
     }
 
     /// Adds a handler for what arrives from other nodes.
@@ -214,6 +238,38 @@ impl Cluster {
     pub fn envelope(&self, body: Body) -> Envelope {
         Envelope { origin: self.node_id.to_string(), body }
     }
+
+    /// Resolves once every interest change made so far on this shard is in the bridge's queue.
+    /// The bridge takes its queue in order, so an envelope published after this (a reply
+    /// saying that sockets joined a room) reaches the backend after the subscriptions it
+    /// relies on: a broadcast to the room sent on the strength of that reply finds the node
+    /// subscribed.
+    pub async fn settle(&self) {
+        self.flush().await;
+    }
+
+    /// Hands the bridge every interest change so far; false once the bridge is gone.
+    async fn flush(&self) -> bool {
+        let _turn = self.flushing.lock().await;
+        let dirty: Vec<Arc<str>> = self.dirty.borrow_mut().drain().collect();
+        for subject in dirty {
+            let on = self.wants(&subject);
+            if self.tx.send(ToBridge::Interest { shard: self.shard, subject, on }).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl ShardService for Cluster {
+    fn on_tick(&self, _shard: &Shard) {
+        self.tick_peers();
+    }
+
+    fn on_drain(&self, _shard: &Shard) {
+        self.say_leaving();
+    }
 }
 
 /// Tells the bridge what changed, coalesced: a subject joined and left before the bridge heard
@@ -222,19 +278,19 @@ impl Cluster {
 async fn flush_interest(cluster: Rc<Cluster>) {
     loop {
         cluster.changed.notified().await;
-        let dirty: Vec<Arc<str>> = cluster.dirty.borrow_mut().drain().collect();
-        for subject in dirty {
-            let on = cluster.wants(&subject);
-            if cluster.tx.send(ToBridge::Interest { shard: cluster.shard, subject, on }).await.is_err() {
-                return;
-            }
+        if !cluster.flush().await {
+            return;
         }
     }
 }
 
-/// Hands what the bridge received to the protocols' handlers, in arrival order.
+/// Hands what the bridge received to the control traffic's handler ([`Cluster::on_control`])
+/// and the rest to the protocols' handlers, in arrival order.
 async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Checked>) {
     while let Some(env) = rx.recv().await {
+        if cluster.on_control(&env) {
+            continue;
+        }
         let handlers = cluster.handlers.borrow().clone();
         for h in &handlers {
             h.receive(&shard, &env);

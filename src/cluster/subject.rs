@@ -6,7 +6,8 @@
 //! | `<p>.sio.<nsp>.all` | nodes with a socket in the namespace | broadcasts to the whole namespace |
 //! | `<p>.sio.<nsp>.r.<room>` | nodes with a socket in the room | broadcasts to the room |
 //! | `<p>.room.<room>` | nodes with a native session in the room | native room frames |
-//! | `<p>.node.<id>` | that node | what is addressed to one node |
+//! | `<p>.node.<id>` | that node | what is addressed to one node: answers to its requests |
+//! | `<p>.ctl` | every node | heartbeats, departures and requests to every node |
 //!
 //! A name becomes one subject token: letters, digits, `-` and `_` stay as they are; every other
 //! byte is written `~` and two lowercase hex digits, and the empty name is `~`. So a name can
@@ -24,16 +25,19 @@ pub enum SubjectKind {
     Room,
     /// One node.
     Node,
+    /// The cluster's control subject.
+    Control,
 }
 
 impl SubjectKind {
-    pub const ALL: [SubjectKind; 3] = [SubjectKind::Sio, SubjectKind::Room, SubjectKind::Node];
+    pub const ALL: [SubjectKind; 4] = [SubjectKind::Sio, SubjectKind::Room, SubjectKind::Node, SubjectKind::Control];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SubjectKind::Sio => "sio",
             SubjectKind::Room => "room",
             SubjectKind::Node => "node",
+            SubjectKind::Control => "ctl",
         }
     }
 
@@ -45,11 +49,14 @@ impl SubjectKind {
     /// is not one of ours.
     pub fn of(prefix: &str, subject: &str) -> Option<SubjectKind> {
         let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-        let kind = rest.split('.').next()?;
+        let mut tokens = rest.split('.');
+        let kind = tokens.next()?;
         match kind {
             "sio" => Some(SubjectKind::Sio),
             "room" => Some(SubjectKind::Room),
             "node" => Some(SubjectKind::Node),
+            // The control subject is exactly `<p>.ctl`.
+            "ctl" if tokens.next().is_none() => Some(SubjectKind::Control),
             _ => None,
         }
     }
@@ -128,6 +135,11 @@ impl Subjects {
         push_token(&mut s, node_id);
         s
     }
+
+    /// What every node hears: heartbeats, departures, requests.
+    pub fn control(&self) -> String {
+        self.start("ctl", 0)
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +184,9 @@ mod tests {
         assert_eq!(SubjectKind::of("imks", &s.sio_room("/", "a")), Some(SubjectKind::Sio));
         assert_eq!(SubjectKind::of("imks", &s.room("a")), Some(SubjectKind::Room));
         assert_eq!(SubjectKind::of("imks", &s.node("a")), Some(SubjectKind::Node));
+        assert_eq!(s.control(), "imks.ctl");
+        assert_eq!(SubjectKind::of("imks", &s.control()), Some(SubjectKind::Control));
+        assert_eq!(SubjectKind::of("imks", "imks.ctl.x"), None);
         assert_eq!(SubjectKind::of("other", &s.node("a")), None);
         assert_eq!(SubjectKind::of("imks", "imksx.node.a"), None);
     }
