@@ -219,17 +219,25 @@ fn broadcasts_reach_every_member_on_every_node_exactly_once() {
             }
         }
     }
-    // A marker per subject, after everything: each subject is ordered, so once a client has
-    // the markers of all its rooms and of the namespace, every copy that could reach it did.
-    let c2 = clients.get_mut("c2").unwrap();
-    for room in ["r1", "r2", "r3"] {
-        c2.call("publish", json!({"rooms": [room], "id": format!("end-{room}")}));
+    // A marker per subject from every node that sent, after everything: what one node
+    // publishes on a subject arrives in order (what different nodes publish does not), so once
+    // a client has the markers of all its rooms and of the namespace from every node, every
+    // copy that could reach it did.
+    let markers_from = ["a1", "b3", "c2"];
+    for from in markers_from {
+        let cl = clients.get_mut(from).unwrap();
+        for room in ["r1", "r2", "r3"] {
+            cl.call("publish", json!({"rooms": [room], "id": format!("end-{from}-{room}")}));
+        }
+        cl.call("publish", json!({"rooms": [], "id": format!("end-{from}-all")}));
     }
-    c2.call("publish", json!({"rooms": [], "id": "end-all"}));
     for (name, _, joins) in rooms {
         let cl = clients.get_mut(name).unwrap();
-        let mut markers: Vec<String> = joins.iter().map(|r| format!("end-{r}")).collect();
-        markers.push("end-all".into());
+        let mut markers: Vec<String> = Vec::new();
+        for from in markers_from {
+            markers.extend(joins.iter().map(|r| format!("end-{from}-{r}")));
+            markers.push(format!("end-{from}-all"));
+        }
         cl.until(&markers.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(cl.counts(), expected.remove(name).unwrap_or_default(), "{name} got other messages than expected");
     }
