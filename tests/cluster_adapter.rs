@@ -573,3 +573,46 @@ fn a_frozen_node_gives_partial_results_at_the_deadline_until_it_is_taken_for_gon
     let r = a.request("fetch", json!({}));
     assert_eq!(r["missing"], 0, "{r}");
 }
+
+/// Publishes raw bytes on a subject over the NATS text protocol, and returns once the server
+/// has routed them.
+fn nats_publish(subject: &str, payload: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.0.1:4222").expect("NATS runs on 127.0.0.1:4222");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut info = [0u8; 4096];
+    let _ = s.read(&mut info).unwrap();
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n").unwrap();
+    s.write_all(format!("PUB {subject} {}\r\n", payload.len()).as_bytes()).unwrap();
+    s.write_all(payload).unwrap();
+    s.write_all(b"\r\nPING\r\n").unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !String::from_utf8_lossy(&buf).contains("PONG") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "NATS closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_node_ignores_envelopes_under_its_own_id() {
+    use imks::cluster::envelope::{self, Body, Envelope, Heartbeat};
+    let p = prefix();
+    let a = start_node(&p, 2, Opts { request_timeout_ms: 1000, silent: false });
+    // Subscribed to the control subject and its own.
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(a.addr, "imks_cluster_subscriptions ") == 2));
+    let beat = |origin: &str| {
+        envelope::encode(&Envelope { origin: origin.into(), body: Body::Heartbeat(Heartbeat { incarnation: 1 }) })
+    };
+    // A backend that echoes would hand a node its own heartbeat: it must not count itself.
+    // The second heartbeat, from another id, comes after it on the same subject.
+    nats_publish(&format!("{p}.ctl"), &beat(&a.id));
+    nats_publish(&format!("{p}.ctl"), &beat("other"));
+    wait_nodes(a.addr, 1);
+    let mut c = Client::connect(a.addr);
+    // Nor does it wait for itself; "other" never answers, so it is the one missing.
+    let r = c.request("fetch", json!({}));
+    assert_eq!(r["missing"], 1, "{r}");
+    assert_eq!(by_id(&r).into_keys().collect::<Vec<_>>(), [c.sid.clone()]);
+}

@@ -288,6 +288,12 @@ async fn flush_interest(cluster: Rc<Cluster>) {
 /// and the rest to the protocols' handlers, in arrival order.
 async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Checked>) {
     while let Some(env) = rx.recv().await {
+        // The node's own envelope, from a backend that echoes (NATS runs with `no_echo`):
+        // delivered locally already, and its own heartbeat or request must not make it wait
+        // for itself.
+        if env.view().origin.as_str() == &*cluster.node_id {
+            continue;
+        }
         if cluster.on_control(&env) {
             continue;
         }
