@@ -46,7 +46,9 @@ fn subscriptions(addr: SocketAddr) -> u64 {
     metric_sum(addr, "imks_cluster_subscriptions ")
 }
 
+/// Waits until the node has `n` subscriptions besides the control subject every node has.
 fn wait_subscriptions(addr: SocketAddr, n: u64) {
+    let n = n + 1;
     assert!(
         wait_until(Duration::from_secs(10), || subscriptions(addr) == n),
         "{addr}: {} subscriptions, expected {n}",

@@ -16,7 +16,7 @@
 //!
 //! A direct message is stored once, by the node its sender is connected to (the origin). The
 //! recipient's home shard there delivers it to the recipient's local sessions and publishes it
-//! for the others; when the origin has none, it asks ([`Cluster::request`]): the nodes with
+//! for the others; when the origin has none, it asks ([`Cluster::ask`]): the nodes with
 //! sessions deliver it and answer, and when none has any (NATS answers "no responders" at
 //! once) or none answers within `chat.cluster_route_timeout_ms`, the origin queues it offline.
 //! Receipts go back to the origin, which marks the message delivered once and acks its sender.
@@ -155,7 +155,7 @@ pub(super) async fn route_remote(
     let Some(c) = cluster(shard) else { return false };
     let env = user_message(&c, message, frame, sender);
     let subject = c.subjects().user(&user.tenant, &user.user);
-    match c.request(SubjectKind::User, subject, &env, hub.config.cluster_route_timeout).await {
+    match c.ask(SubjectKind::User, subject, &env, hub.config.cluster_route_timeout).await {
         Asked::Answered(a) => matches!(&a.view().body, ArchivedBody::Answer(ans) if ans.ok),
         Asked::NoOne | Asked::TimedOut | Asked::Failed => false,
     }
@@ -188,7 +188,7 @@ pub(super) async fn online_elsewhere(shard: &Shard, hub: &Hub, user: &UserKey) -
     let c = cluster(shard)?;
     let env = c.envelope(Body::PresenceQuery(user_ref(user)));
     let subject = c.subjects().user(&user.tenant, &user.user);
-    match c.request(SubjectKind::User, subject, &env, hub.config.cluster_route_timeout).await {
+    match c.ask(SubjectKind::User, subject, &env, hub.config.cluster_route_timeout).await {
         Asked::Answered(a) => match &a.view().body {
             ArchivedBody::Answer(ans) if ans.ok => Some(ans.node.as_str().into()),
             _ => None,
@@ -260,7 +260,12 @@ impl ClusterHandler for Hub {
             | ArchivedBody::Presence(_)
             | ArchivedBody::PresenceQuery(_)
             | ArchivedBody::Login(_) => self.accept(ChatMsg::Remote(env.clone())),
-            ArchivedBody::Sio(_) | ArchivedBody::Answer(_) => {}
+            ArchivedBody::Sio(_)
+            | ArchivedBody::Answer(_)
+            | ArchivedBody::Heartbeat(_)
+            | ArchivedBody::Leaving
+            | ArchivedBody::Request(_)
+            | ArchivedBody::Reply(_) => {}
         }
     }
 }

@@ -74,6 +74,20 @@ pub struct ClusterSection {
     /// NATS does past its client's 65536 per subscription. Memory for it is taken at start-up,
     /// about 200 bytes an envelope. Default 8192.
     pub redis_inbound_buffer: usize,
+    /// How often a node tells the others it is alive, on the control subject. Default 2000.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is taken for gone: requests stop waiting for it.
+    /// Must be more than `heartbeat_ms`. Default 6000.
+    pub node_timeout_ms: u64,
+    /// Longest a request to the other nodes (`fetch_sockets`, `sockets_join`, ...) waits for
+    /// their answers; it then completes with those that came and the number that did not.
+    /// Default 5000.
+    pub request_timeout_ms: u64,
+    /// Most requests in flight on a node, in each direction: its own waiting for answers, and
+    /// others' being answered. Past it a new request of its own completes at once with every
+    /// node missing, and one from another node is dropped and counted
+    /// (`imks_cluster_dropped_total{reason="requests"}`). Default 1024.
+    pub max_pending_requests: usize,
 }
 
 impl Default for ClusterSection {
@@ -90,6 +104,10 @@ impl Default for ClusterSection {
             connect_timeout_ms: 2000,
             health_interval_ms: 5000,
             redis_inbound_buffer: 8192,
+            heartbeat_ms: 2000,
+            node_timeout_ms: 6000,
+            request_timeout_ms: 5000,
+            max_pending_requests: 1024,
         }
     }
 }
@@ -110,6 +128,10 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     pub health_interval: Duration,
     pub redis_inbound_buffer: usize,
+    pub heartbeat: Duration,
+    pub node_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_pending_requests: usize,
 }
 
 impl ClusterConfig {
@@ -127,7 +149,7 @@ impl Default for ClusterConfig {
 
 /// Whether `s` is a non-empty token of letters, digits, `-` and `_`: safe in a subject, a key
 /// and a log line.
-fn is_token(s: &str) -> bool {
+pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -166,6 +188,15 @@ impl ClusterSection {
         require_positive("cluster.connect_timeout_ms", self.connect_timeout_ms)?;
         require_positive("cluster.health_interval_ms", self.health_interval_ms)?;
         require_positive("cluster.redis_inbound_buffer", self.redis_inbound_buffer as u64)?;
+        require_positive("cluster.heartbeat_ms", self.heartbeat_ms)?;
+        require_positive("cluster.request_timeout_ms", self.request_timeout_ms)?;
+        require_positive("cluster.max_pending_requests", self.max_pending_requests as u64)?;
+        if self.node_timeout_ms <= self.heartbeat_ms {
+            return Err(FieldError::new(
+                "cluster.node_timeout_ms",
+                "must be more than cluster.heartbeat_ms, or live nodes are taken for gone",
+            ));
+        }
         Ok(ClusterConfig {
             backend: self.backend,
             url: url.to_string(),
@@ -178,6 +209,10 @@ impl ClusterSection {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             health_interval: Duration::from_millis(self.health_interval_ms),
             redis_inbound_buffer: self.redis_inbound_buffer,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            node_timeout: Duration::from_millis(self.node_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_pending_requests: self.max_pending_requests,
         })
     }
 }
@@ -207,6 +242,10 @@ mod tests {
         assert_eq!(s.resolve().unwrap_err().field, "cluster.publish_queue");
         let s = ClusterSection { backend: ClusterBackend::Nats, url: " ".into(), ..Default::default() };
         assert_eq!(s.resolve().unwrap_err().field, "cluster.url");
+        let s = ClusterSection { heartbeat_ms: 2000, node_timeout_ms: 2000, ..Default::default() };
+        assert_eq!(s.resolve().unwrap_err().field, "cluster.node_timeout_ms");
+        let s = ClusterSection { max_pending_requests: 0, ..Default::default() };
+        assert_eq!(s.resolve().unwrap_err().field, "cluster.max_pending_requests");
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub enum Body {
     Login(Login),
     /// The answer to a request: `ok` says whether the node did what was asked.
     Answer(Answer),
+    /// The origin is alive: published on the control subject every `cluster.heartbeat_ms`, and
+    /// sent straight to a node heard of for the first time, so that it knows the origin at once.
+    Heartbeat(Heartbeat),
+    /// The origin is shutting down: stop waiting for its answers.
+    Leaving,
+    /// A request to every other node, published on the control subject. Each answers once, on
+    /// the origin's node subject, for all its shards.
+    Request(Request),
+    /// One node's answer to a [`Request`] of the node it is sent to.
+    Reply(Reply),
 }
 
 /// A user of a tenant.
@@ -146,6 +156,89 @@ pub struct Answer {
     pub ok: bool,
 }
 
+/// A node's sign of life.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Heartbeat {
+    /// Random at every start: a node restarted under the same id is a new member, whose
+    /// requests in flight died with the old one.
+    pub incarnation: u64,
+}
+
+/// A request to the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Request {
+    /// Unique among the origin's requests in flight; the replies carry it back. 0 for a
+    /// request that wants no reply.
+    pub id: u64,
+    pub op: SioOp,
+}
+
+/// An answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Reply {
+    pub id: u64,
+    pub answer: SioAnswer,
+}
+
+/// Which sockets of a namespace a Socket.IO operation is for: as a broadcast picks them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SioSelector {
+    pub nsp: String,
+    /// Members of any of these rooms; every socket of the namespace when empty.
+    pub rooms: Vec<String>,
+    pub except_rooms: Vec<String>,
+    pub except_socket: Option<String>,
+}
+
+/// A Socket.IO adapter operation (socket.io's `fetchSockets`, `socketsJoin`, `socketsLeave`,
+/// `disconnectSockets`, `serverSideEmit`).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum SioOp {
+    /// Answered with [`SioAnswer::Sockets`].
+    Fetch(SioSelector),
+    /// The selected sockets join `rooms`; answered with [`SioAnswer::Count`].
+    Join { sel: SioSelector, rooms: Vec<String> },
+    /// The selected sockets leave `rooms`; answered with [`SioAnswer::Count`].
+    Leave { sel: SioSelector, rooms: Vec<String> },
+    /// The selected sockets are disconnected (`close`: with their whole connection); answered
+    /// with [`SioAnswer::Count`].
+    Disconnect { sel: SioSelector, close: bool },
+    /// An event for the namespace's server-side handler on each node; answered with
+    /// [`SioAnswer::Ack`] when `ack` and the handler acknowledges.
+    ServerEmit { nsp: String, event: String, args_tail: String, ack: bool },
+}
+
+/// A node's answer to a [`SioOp`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum SioAnswer {
+    /// The node's selected sockets; `truncated` when they did not all fit in one envelope
+    /// (`cluster.max_envelope_bytes`).
+    Sockets { sockets: Vec<SioSocket>, truncated: bool },
+    /// How many of the node's sockets the operation applied to.
+    Count(u32),
+    /// The server-side handler's acknowledgement: its arguments as raw JSON without brackets.
+    Ack(String),
+}
+
+/// One socket as `fetch_sockets` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SioSocket {
+    pub id: String,
+    pub nsp: String,
+    /// Every room it is in, its own-id room included.
+    pub rooms: Vec<String>,
+    /// Who the client authenticated as.
+    pub tenant: String,
+    pub user_id: String,
+}
+
 /// A Socket.IO broadcast as other nodes need it.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -225,6 +318,11 @@ pub fn decode(bytes: &[u8]) -> Result<&ArchivedEnvelope, EnvelopeError> {
     }
     let env =
         rkyv::access::<ArchivedEnvelope, rancor::Error>(archive).map_err(|e| EnvelopeError::Invalid(e.to_string()))?;
+    // Node ids are tokens (`cluster.node_id`); anything else is not from a node, and replies
+    // go to the origin's subject.
+    if !super::config::is_token(env.origin.as_str()) {
+        return Err(EnvelopeError::Invalid("the origin is not a node id".into()));
+    }
     if let ArchivedBody::Sio(b) = &env.body {
         let via = b.via.to_native() as usize;
         if via >= b.rooms.len().max(1) {
@@ -258,9 +356,48 @@ mod tests {
         Envelope { origin: "n".into(), body: Body::Room(RoomFrame { room: "r".into(), frame: vec![0x81, 1, b'x'] }) }
     }
 
+    /// One envelope of each control body.
+    fn control() -> Vec<Envelope> {
+        let sel = SioSelector {
+            nsp: "/".into(),
+            rooms: vec!["a".into()],
+            except_rooms: vec!["b".into()],
+            except_socket: Some("sid".into()),
+        };
+        let socket = SioSocket {
+            id: "sid".into(),
+            nsp: "/".into(),
+            rooms: vec!["sid".into(), "a".into()],
+            tenant: "default".into(),
+            user_id: "u".into(),
+        };
+        let bodies = [
+            Body::Heartbeat(Heartbeat { incarnation: u64::MAX }),
+            Body::Leaving,
+            Body::Request(Request { id: 7, op: SioOp::Fetch(sel.clone()) }),
+            Body::Request(Request { id: 8, op: SioOp::Join { sel: sel.clone(), rooms: vec!["x".into()] } }),
+            Body::Request(Request { id: 9, op: SioOp::Leave { sel: sel.clone(), rooms: vec![] } }),
+            Body::Request(Request { id: 10, op: SioOp::Disconnect { sel, close: true } }),
+            Body::Request(Request {
+                id: 0,
+                op: SioOp::ServerEmit { nsp: "/".into(), event: "e".into(), args_tail: "1,{}".into(), ack: false },
+            }),
+            Body::Reply(Reply { id: 7, answer: SioAnswer::Sockets { sockets: vec![socket], truncated: true } }),
+            Body::Reply(Reply { id: 8, answer: SioAnswer::Count(3) }),
+            Body::Reply(Reply { id: 11, answer: SioAnswer::Ack("\"pong\"".into()) }),
+        ];
+        bodies.into_iter().map(|body| Envelope { origin: "node-b".into(), body }).collect()
+    }
+
+    fn all() -> Vec<Envelope> {
+        let mut all = vec![sio(), room()];
+        all.extend(control());
+        all
+    }
+
     #[test]
     fn round_trips_at_any_offset_of_its_buffer() {
-        for env in [sio(), room()] {
+        for env in all() {
             let bytes = encode(&env);
             for pad in 0..8 {
                 let mut buf = vec![0u8; pad];
@@ -274,23 +411,27 @@ mod tests {
 
     #[test]
     fn every_truncation_is_refused_and_never_panics() {
-        for env in [sio(), room()] {
+        for env in all() {
             let bytes = encode(&env);
             for cut in 0..bytes.len() {
-                assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} of {}", bytes.len());
+                if let Ok(v) = decode(&bytes[..cut]) {
+                    panic!("cut at {cut} of {}: {v:?} from {env:?}", bytes.len());
+                }
             }
         }
     }
 
     #[test]
     fn corrupt_bytes_never_panic() {
-        let bytes = encode(&sio());
-        for i in 2..bytes.len() {
-            for flip in [0x01u8, 0x80, 0xff] {
-                let mut b = bytes.clone();
-                b[i] ^= flip;
-                // Either refused, or a valid envelope that differs: never a crash.
-                let _ = decode(&b);
+        for env in [sio(), control().swap_remove(7)] {
+            let bytes = encode(&env);
+            for i in 2..bytes.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut b = bytes.clone();
+                    b[i] ^= flip;
+                    // Either refused, or a valid envelope that differs: never a crash.
+                    let _ = decode(&b);
+                }
             }
         }
     }
@@ -303,6 +444,14 @@ mod tests {
         assert_eq!(decode(&b).unwrap_err().reason(), "version");
         assert_eq!(decode(b"{\"json\":1}").unwrap_err(), EnvelopeError::Magic(b'{'));
         assert_eq!(decode(&[MAGIC]).unwrap_err(), EnvelopeError::Truncated(1));
+    }
+
+    #[test]
+    fn refuses_an_origin_that_is_no_node_id() {
+        for origin in ["", "a.b", "node>", "x y"] {
+            let bytes = encode(&Envelope { origin: origin.into(), body: Body::Leaving });
+            assert!(matches!(decode(&bytes), Err(EnvelopeError::Invalid(_))), "{origin:?}");
+        }
     }
 
     #[test]

@@ -9,23 +9,27 @@
 //!
 //! - `config`: the `[cluster]` section; [`subject`]: the subjects; [`envelope`]: the rkyv
 //!   envelope between nodes; `stats`: the bridge's counters for `/health` and `/metrics`;
-//!   [`bridge`]: the sidecar service, over a transport per backend (`nats`, `redis`); this
-//!   file: the per-shard [`Cluster`] service.
+//!   [`bridge`]: the sidecar service, over a transport per backend (`nats`, `redis`); `peers`:
+//!   who else is alive, and requests to every node with their answers gathered; this file: the
+//!   per-shard [`Cluster`] service.
 //!
-//! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes,
-//! the native protocol room frames. See `docs/cluster.md`.
+//! Protocols plug in as a [`ClusterHandler`]: Socket.IO delivers broadcasts from other nodes
+//! and answers their requests, the native protocol delivers room frames. See
+//! `docs/cluster.md`.
 
 pub mod bridge;
 mod config;
 pub mod envelope;
 mod nats;
+mod peers;
 mod redis;
 mod stats;
 pub mod subject;
 
 pub use config::{ClusterBackend, ClusterConfig, ClusterSection};
 pub use envelope::{ArchivedBody, ArchivedEnvelope, Body, Envelope, EnvelopeError};
-pub use stats::{ClusterStats, DropReason};
+pub use peers::{Gathered, InFlight, CONTROL_SHARD};
+pub use stats::{ClusterStats, DropReason, RequestOutcome};
 pub use subject::{SubjectKind, Subjects};
 
 use std::cell::RefCell;
@@ -37,9 +41,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardService};
 pub use bridge::Asked;
 use bridge::{Bridge, ToBridge};
+use peers::Peers;
 
 /// An envelope that passed [`envelope::decode`] whole: the only way to build one. Shared by
 /// every shard it is handed to.
@@ -127,6 +132,7 @@ pub trait ClusterHandler: 'static {
 pub struct Cluster {
     shard: usize,
     node_id: Arc<str>,
+    cfg: ClusterConfig,
     subjects: Subjects,
     tx: mpsc::Sender<ToBridge>,
     stats: Arc<ClusterStats>,
@@ -135,25 +141,38 @@ pub struct Cluster {
     /// Subjects whose interest changed since the bridge was last told.
     dirty: RefCell<HashSet<Arc<str>>>,
     changed: tokio::sync::Notify,
+    /// Held while interest changes are handed to the bridge, so that [`Cluster::settle`] knows
+    /// the ones taken by the flusher before it were handed over too.
+    flushing: tokio::sync::Mutex<()>,
     handlers: RefCell<Vec<Rc<dyn ClusterHandler>>>,
+    /// The other nodes and the requests to them (on the control shard).
+    peers: Peers,
 }
 
 impl Cluster {
     /// Starts the shard's side: registers the service and spawns its two tasks (the inbound
-    /// pump and the interest flusher).
+    /// pump and the interest flusher). The control shard subscribes to the control subject
+    /// and to the node's own.
     pub fn start(shard: &Rc<Shard>, handle: &ClusterHandle) -> Rc<Cluster> {
         let cluster = Rc::new(Cluster {
             shard: shard.index,
             node_id: handle.cfg.node_id.clone(),
+            cfg: handle.cfg.clone(),
             subjects: Subjects::new(&handle.cfg.prefix),
             tx: handle.tx.clone(),
             stats: handle.stats.clone(),
             interest: RefCell::new(HashMap::new()),
             dirty: RefCell::new(HashSet::new()),
             changed: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
             handlers: RefCell::new(Vec::new()),
+            peers: Peers::new(),
         });
-        shard.provide(cluster.clone());
+        shard.add_service(cluster.clone());
+        if cluster.is_control() {
+            cluster.join(cluster.subjects.control());
+            cluster.join(cluster.subjects.node(&cluster.node_id));
+        }
         let rx = handle.inbound.lock().ok().and_then(|mut v| v.get_mut(shard.index).and_then(Option::take));
         match rx {
             Some(rx) => {
@@ -162,10 +181,6 @@ impl Cluster {
             None => tracing::error!(shard = shard.index, "the cluster's queue for this shard was already taken"),
         }
         monoio::spawn(flush_interest(cluster.clone()));
-        // What is addressed to this node arrives on shard 0, which hands it on.
-        if shard.index == 0 {
-            cluster.join(cluster.subjects.node(&cluster.node_id));
-        }
         cluster
     }
 
@@ -179,6 +194,11 @@ impl Cluster {
 
     pub fn stats(&self) -> &Arc<ClusterStats> {
         &self.stats
+    }
+
+    /// Largest envelope the other nodes accept (`cluster.max_envelope_bytes`).
+    pub fn max_envelope_bytes(&self) -> usize {
+        self.cfg.max_envelope_bytes
     }
 
     /// Adds a handler for what arrives from other nodes.
@@ -234,7 +254,7 @@ impl Cluster {
     /// Sends an envelope to the nodes subscribed to `subject` and waits for the first answer
     /// ([`Cluster::answer`]), at most `timeout`. Never blocks the shard: the request goes
     /// through the bridge's queue (full: [`Asked::Failed`]) and only the caller's task waits.
-    pub async fn request(&self, kind: SubjectKind, subject: String, env: &Envelope, timeout: Duration) -> Asked {
+    pub async fn ask(&self, kind: SubjectKind, subject: String, env: &Envelope, timeout: Duration) -> Asked {
         let payload = Bytes::from(envelope::encode(env));
         let (answer, asked) = tokio::sync::oneshot::channel();
         if self.tx.try_send(ToBridge::Request { kind, subject, payload, timeout, answer }).is_err() {
@@ -244,7 +264,7 @@ impl Cluster {
         asked.await.unwrap_or(Asked::Failed)
     }
 
-    /// Answers a request ([`Cluster::request`]); does nothing for an envelope that is none.
+    /// Answers a request ([`Cluster::ask`]); does nothing for an envelope that is none.
     pub fn answer(&self, to: &Checked, ok: bool) {
         let Some(reply) = &to.reply else { return };
         let env = self.envelope(Body::Answer(envelope::Answer { node: self.node_id.to_string(), ok }));
@@ -255,6 +275,38 @@ impl Cluster {
     pub fn envelope(&self, body: Body) -> Envelope {
         Envelope { origin: self.node_id.to_string(), body }
     }
+
+    /// Resolves once every interest change made so far on this shard is in the bridge's queue.
+    /// The bridge takes its queue in order, so an envelope published after this (a reply
+    /// saying that sockets joined a room) reaches the backend after the subscriptions it
+    /// relies on: a broadcast to the room sent on the strength of that reply finds the node
+    /// subscribed.
+    pub async fn settle(&self) {
+        self.flush().await;
+    }
+
+    /// Hands the bridge every interest change so far; false once the bridge is gone.
+    async fn flush(&self) -> bool {
+        let _turn = self.flushing.lock().await;
+        let dirty: Vec<Arc<str>> = self.dirty.borrow_mut().drain().collect();
+        for subject in dirty {
+            let on = self.wants(&subject);
+            if self.tx.send(ToBridge::Interest { shard: self.shard, subject, on }).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl ShardService for Cluster {
+    fn on_tick(&self, _shard: &Shard) {
+        self.tick_peers();
+    }
+
+    fn on_drain(&self, _shard: &Shard) {
+        self.say_leaving();
+    }
 }
 
 /// Tells the bridge what changed, coalesced: a subject joined and left before the bridge heard
@@ -263,19 +315,25 @@ impl Cluster {
 async fn flush_interest(cluster: Rc<Cluster>) {
     loop {
         cluster.changed.notified().await;
-        let dirty: Vec<Arc<str>> = cluster.dirty.borrow_mut().drain().collect();
-        for subject in dirty {
-            let on = cluster.wants(&subject);
-            if cluster.tx.send(ToBridge::Interest { shard: cluster.shard, subject, on }).await.is_err() {
-                return;
-            }
+        if !cluster.flush().await {
+            return;
         }
     }
 }
 
-/// Hands what the bridge received to the protocols' handlers, in arrival order.
+/// Hands what the bridge received to the control traffic's handler ([`Cluster::on_control`])
+/// and the rest to the protocols' handlers, in arrival order.
 async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Checked>) {
     while let Some(env) = rx.recv().await {
+        // The node's own envelope, from a backend that echoes (NATS runs with `no_echo`):
+        // delivered locally already, and its own heartbeat or request must not make it wait
+        // for itself.
+        if env.view().origin.as_str() == &*cluster.node_id {
+            continue;
+        }
+        if cluster.on_control(&env) {
+            continue;
+        }
         let handlers = cluster.handlers.borrow().clone();
         for h in &handlers {
             h.receive(&shard, &env);

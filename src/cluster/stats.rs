@@ -21,16 +21,19 @@ pub enum DropReason {
     Version,
     /// The backend refused the publish, or the node was disconnected.
     Backend,
+    /// A request from another node, while `cluster.max_pending_requests` were being answered.
+    Requests,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 6] = [
+    const ALL: [DropReason; 7] = [
         DropReason::PublishQueue,
         DropReason::ShardQueue,
         DropReason::TooLarge,
         DropReason::Invalid,
         DropReason::Version,
         DropReason::Backend,
+        DropReason::Requests,
     ];
 
     fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::Version => "version",
             DropReason::Backend => "backend",
+            DropReason::Requests => "requests",
         }
     }
 
@@ -50,6 +54,29 @@ impl DropReason {
             DropReason::Version
         } else {
             DropReason::Invalid
+        }
+    }
+}
+
+/// How a request to the other nodes ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Every node alive when it went out answered (or left).
+    Complete,
+    /// Some did not answer in time, or the backend was unreachable.
+    Partial,
+    /// Not sent: `cluster.max_pending_requests` were in flight.
+    Refused,
+}
+
+impl RequestOutcome {
+    const ALL: [RequestOutcome; 3] = [RequestOutcome::Complete, RequestOutcome::Partial, RequestOutcome::Refused];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestOutcome::Complete => "complete",
+            RequestOutcome::Partial => "partial",
+            RequestOutcome::Refused => "refused",
         }
     }
 }
@@ -87,6 +114,9 @@ pub struct ClusterStats {
     reconnects: AtomicU64,
     slow_consumers: AtomicU64,
     publish_queue_depth: AtomicU64,
+    /// Other nodes alive, as the control shard knows them.
+    nodes: AtomicU64,
+    requests: [AtomicU64; RequestOutcome::ALL.len()],
 }
 
 impl ClusterStats {
@@ -176,6 +206,23 @@ impl ClusterStats {
         self.publish_queue_depth.store(n as u64, Ordering::Relaxed);
     }
 
+    pub fn set_nodes(&self, n: usize) {
+        self.nodes.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Other nodes alive now.
+    pub fn nodes(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
+    pub fn request_done(&self, outcome: RequestOutcome) {
+        self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self, outcome: RequestOutcome) -> u64 {
+        self.requests[outcome as usize].load(Ordering::Relaxed)
+    }
+
     /// Appends the `imks_cluster_*` families to a Prometheus text.
     pub fn render(&self, out: &mut String) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -233,5 +280,14 @@ impl ClusterStats {
         let _ = writeln!(out, "# HELP imks_cluster_publish_queue Envelopes waiting to be published.");
         let _ = writeln!(out, "# TYPE imks_cluster_publish_queue gauge");
         let _ = writeln!(out, "imks_cluster_publish_queue {}", g(&self.publish_queue_depth));
+        let _ =
+            writeln!(out, "# HELP imks_cluster_nodes Other nodes alive (heard from within cluster.node_timeout_ms).");
+        let _ = writeln!(out, "# TYPE imks_cluster_nodes gauge");
+        let _ = writeln!(out, "imks_cluster_nodes {}", self.nodes());
+        let _ = writeln!(out, "# HELP imks_cluster_requests_total Requests to the other nodes, by how they ended.");
+        let _ = writeln!(out, "# TYPE imks_cluster_requests_total counter");
+        for o in RequestOutcome::ALL {
+            let _ = writeln!(out, "imks_cluster_requests_total{{outcome=\"{}\"}} {}", o.as_str(), self.requests(o));
+        }
     }
 }

@@ -8,7 +8,8 @@
 //! | `<p>.room.<room>` | nodes with a native session in the room | native room frames |
 //! | `<p>.user.<tenant>.<user>` | nodes with a session of the user | direct messages, acks, logins |
 //! | `<p>.presence.<tenant>.<user>` | nodes with a session watching the user | online / offline |
-//! | `<p>.node.<id>` | that node | what is addressed to one node |
+//! | `<p>.node.<id>` | that node | what is addressed to one node: answers to its requests, receipts |
+//! | `<p>.ctl` | every node | heartbeats, departures and requests to every node |
 //!
 //! A name becomes one subject token: letters, digits, `-` and `_` stay as they are; every other
 //! byte is written `~` and two lowercase hex digits, and the empty name is `~`. So a name can
@@ -30,11 +31,19 @@ pub enum SubjectKind {
     User,
     /// A user's presence, for the nodes that watch it.
     Presence,
+    /// The cluster's control subject.
+    Control,
 }
 
 impl SubjectKind {
-    pub const ALL: [SubjectKind; 5] =
-        [SubjectKind::Sio, SubjectKind::Room, SubjectKind::Node, SubjectKind::User, SubjectKind::Presence];
+    pub const ALL: [SubjectKind; 6] = [
+        SubjectKind::Sio,
+        SubjectKind::Room,
+        SubjectKind::Node,
+        SubjectKind::User,
+        SubjectKind::Presence,
+        SubjectKind::Control,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,6 +52,7 @@ impl SubjectKind {
             SubjectKind::Node => "node",
             SubjectKind::User => "user",
             SubjectKind::Presence => "presence",
+            SubjectKind::Control => "ctl",
         }
     }
 
@@ -54,13 +64,16 @@ impl SubjectKind {
     /// is not one of ours.
     pub fn of(prefix: &str, subject: &str) -> Option<SubjectKind> {
         let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
-        let kind = rest.split('.').next()?;
+        let mut tokens = rest.split('.');
+        let kind = tokens.next()?;
         match kind {
             "sio" => Some(SubjectKind::Sio),
             "room" => Some(SubjectKind::Room),
             "node" => Some(SubjectKind::Node),
             "user" => Some(SubjectKind::User),
             "presence" => Some(SubjectKind::Presence),
+            // The control subject is exactly `<p>.ctl`.
+            "ctl" if tokens.next().is_none() => Some(SubjectKind::Control),
             _ => None,
         }
     }
@@ -159,6 +172,11 @@ impl Subjects {
         push_token(&mut s, node_id);
         s
     }
+
+    /// What every node hears: heartbeats, departures, requests.
+    pub fn control(&self) -> String {
+        self.start("ctl", 0)
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +225,9 @@ mod tests {
         assert_eq!(SubjectKind::of("imks", &s.sio_room("/", "a")), Some(SubjectKind::Sio));
         assert_eq!(SubjectKind::of("imks", &s.room("a")), Some(SubjectKind::Room));
         assert_eq!(SubjectKind::of("imks", &s.node("a")), Some(SubjectKind::Node));
+        assert_eq!(s.control(), "imks.ctl");
+        assert_eq!(SubjectKind::of("imks", &s.control()), Some(SubjectKind::Control));
+        assert_eq!(SubjectKind::of("imks", "imks.ctl.x"), None);
         assert_eq!(SubjectKind::of("other", &s.node("a")), None);
         assert_eq!(SubjectKind::of("imks", "imksx.node.a"), None);
     }

@@ -224,8 +224,10 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: CloseReason, notify: boo
             }
             if !c.reader_done.get() {
                 let (code, why) = reason.websocket_close();
-                if why == crate::metrics::CloseReason::Policy {
-                    // What explains the close (an `error` event) goes out first.
+                if why == crate::metrics::CloseReason::Policy || reason == CloseReason::ForcedClose {
+                    // What explains the close goes out first: an `error` event, or the
+                    // DISCONNECT and close packets of a server-side disconnect, without which
+                    // a socket.io client takes the close for a network failure and reconnects.
                     shard.close_session_keeping_data(&c, code, reason.as_str(), why);
                 } else {
                     shard.close_session(&c, code, "", why);

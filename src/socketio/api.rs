@@ -8,6 +8,8 @@ use bytes::Bytes;
 
 use super::packet::{self, Packet};
 use super::Socket;
+use crate::cluster::envelope::SioAnswer;
+use crate::cluster::Cluster;
 use crate::shard::Shard;
 
 /// A refused CONNECT: sent to the client as CONNECT_ERROR `{"message": ...}` plus `data`.
@@ -50,6 +52,42 @@ pub struct AckResponse {
     pub binaries: Vec<Bytes>,
 }
 
+/// An event from another node's server ([`Namespace::on_server_side`]).
+pub struct ServerEvent<'a> {
+    pub name: &'a str,
+    /// The arguments as raw JSON without brackets, as the sender gave them (not checked: they
+    /// come from a node of the same cluster).
+    pub args_tail: &'a str,
+    /// The sending node's id.
+    pub from: &'a str,
+    /// Present when the sender waits for acknowledgements
+    /// ([`super::SocketIo::server_side_emit_with_ack`]); the handler may keep it and answer later.
+    pub ack: Option<ServerAck>,
+}
+
+impl ServerEvent<'_> {
+    /// The arguments parsed as a JSON array into `T` (e.g. a tuple).
+    pub fn args<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&format!("[{}]", self.args_tail))
+    }
+}
+
+/// The way back to a node that waits for an acknowledgement of its server-side event. Dropped
+/// without [`ServerAck::send`], the sender counts this node as missing at its deadline, as
+/// socket.io does.
+pub struct ServerAck {
+    pub(super) cluster: Rc<Cluster>,
+    pub(super) to: String,
+    pub(super) id: u64,
+}
+
+impl ServerAck {
+    /// Answers with these arguments (raw JSON without brackets).
+    pub fn send(self, args_tail: &str) {
+        self.cluster.reply(&self.to, self.id, SioAnswer::Ack(args_tail.to_string()));
+    }
+}
+
 /// Why an ack did not arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AckError {
@@ -63,6 +101,7 @@ pub type EventHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Event<'_>)>;
 pub type ConnectionHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>)>;
 pub type Middleware = Rc<dyn Fn(&Shard, &Rc<Socket>, Option<&str>) -> Result<(), ConnectRefusal>>;
 pub type DisconnectHandler = Rc<dyn Fn(&Shard, &Rc<Socket>, &str)>;
+pub type ServerEventHandler = Rc<dyn Fn(&Shard, ServerEvent<'_>)>;
 pub(super) type AckCallback = Box<dyn FnOnce(&Shard, Result<AckResponse, AckError>)>;
 
 enum NsMatch {
@@ -79,6 +118,8 @@ pub struct Namespace {
     /// Shared by every socket of the namespace: a handler registered here costs nothing per
     /// socket, where [`Socket::on`] costs a map entry per socket.
     pub(super) events: HashMap<String, EventHandler>,
+    /// Events from the other nodes' servers ([`super::SocketIo::server_side_emit`]).
+    pub(super) server_events: HashMap<String, ServerEventHandler>,
 }
 
 impl Namespace {
@@ -89,6 +130,7 @@ impl Namespace {
             middleware: Vec::new(),
             on_connection: None,
             events: HashMap::new(),
+            server_events: HashMap::new(),
         }
     }
 
@@ -99,6 +141,7 @@ impl Namespace {
             middleware: Vec::new(),
             on_connection: None,
             events: HashMap::new(),
+            server_events: HashMap::new(),
         }
     }
 
@@ -115,6 +158,15 @@ impl Namespace {
     /// handler for it, [`Socket::on`]).
     pub fn on(mut self, name: &str, f: impl Fn(&Shard, &Rc<Socket>, Event<'_>) + 'static) -> Self {
         self.events.insert(name.to_string(), Rc::new(f));
+        self
+    }
+
+    /// Handles event `name` sent by another node's server to this namespace
+    /// ([`super::SocketIo::server_side_emit`], socket.io's `serverSideEmit`). It runs once per node,
+    /// on the node's control shard ([`crate::cluster::CONTROL_SHARD`]), never for the node's
+    /// own emits.
+    pub fn on_server_side(mut self, name: &str, f: impl Fn(&Shard, ServerEvent<'_>) + 'static) -> Self {
+        self.server_events.insert(name.to_string(), Rc::new(f));
         self
     }
 

@@ -73,9 +73,14 @@ fn publish(cluster: &Cluster, b: &RemoteBroadcast) {
 
 impl ClusterHandler for SocketIo {
     /// A broadcast from another node, for this shard's sockets: the members of its `via` room
-    /// who are in none of the rooms before it (they get the copy sent for that room).
+    /// who are in none of the rooms before it (they get the copy sent for that room). Or a
+    /// request of another node, on the control shard ([`SocketIo::answer`]).
     fn receive(&self, shard: &Rc<Shard>, env: &Checked) {
-        let ArchivedBody::Sio(b) = &env.view().body else { return };
+        let b = match &env.view().body {
+            ArchivedBody::Sio(b) => b,
+            ArchivedBody::Request(r) => return self.answer(shard, env.view().origin.as_str(), r),
+            _ => return,
+        };
         let name = |s: &rkyv::string::ArchivedString| Arc::<str>::from(s.as_str());
         let (rooms, mut except_rooms) = match b.rooms.get(b.via.to_native() as usize) {
             Some(room) => {
@@ -112,8 +117,8 @@ pub struct Target<'a> {
 /// A broadcast being built by [`SocketIo::of`]. Without `to`, it reaches the whole namespace.
 pub struct BroadcastOp<'a> {
     io: &'a SocketIo,
-    nsp: &'a str,
-    target: Target<'a>,
+    pub(super) nsp: &'a str,
+    pub(super) target: Target<'a>,
 }
 
 impl<'a> BroadcastOp<'a> {
@@ -235,35 +240,48 @@ impl SocketIo {
 
     /// This shard's sockets that a broadcast reaches, but `except_socket`.
     fn targets(&self, b: &RemoteBroadcast, except_socket: Option<&str>) -> Vec<Rc<Socket>> {
-        let rooms = self.rooms.borrow();
-        let ns_rooms = rooms.get(&*b.nsp);
-        let in_room = |s: &Socket, list: &[Arc<str>]| list.iter().any(|r| s.rooms.borrow().contains(&**r));
+        self.select(&b.nsp, &b.rooms, &b.except_rooms, except_socket)
+    }
+
+    /// This shard's sockets of `nsp` in any of `rooms` (all of them when empty), in none of
+    /// `except_rooms`, and not `except_socket`: who a broadcast reaches, and what an adapter
+    /// operation applies to.
+    pub(super) fn select<R: AsRef<str>>(
+        &self,
+        nsp: &str,
+        rooms: &[R],
+        except_rooms: &[R],
+        except_socket: Option<&str>,
+    ) -> Vec<Rc<Socket>> {
+        let index = self.rooms.borrow();
+        let ns_rooms = index.get(nsp);
+        let in_room = |s: &Socket, list: &[R]| list.iter().any(|r| s.rooms.borrow().contains(r.as_ref()));
         // Only a union of several rooms can list a socket twice.
-        let dedupe = b.rooms.len() > 1;
+        let dedupe = rooms.len() > 1;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let mut consider = |s: &Rc<Socket>| {
-            if except_socket == Some(&*s.id) || (!b.except_rooms.is_empty() && in_room(s, &b.except_rooms)) {
+            if except_socket == Some(&*s.id) || (!except_rooms.is_empty() && in_room(s, except_rooms)) {
                 return;
             }
             if !dedupe || seen.insert(s.id.clone()) {
                 out.push(s.clone());
             }
         };
-        if b.rooms.is_empty() {
-            if let Some(all) = self.sockets.borrow().get(&*b.nsp) {
+        if rooms.is_empty() {
+            if let Some(all) = self.sockets.borrow().get(nsp) {
                 all.values().for_each(&mut consider);
             }
         } else {
             let sockets = self.sockets.borrow();
-            let by_id = sockets.get(&*b.nsp);
-            for r in &b.rooms {
-                if let Some(members) = ns_rooms.and_then(|n| n.get(&**r)) {
+            let by_id = sockets.get(nsp);
+            for r in rooms {
+                if let Some(members) = ns_rooms.and_then(|n| n.get(r.as_ref())) {
                     members.values().for_each(&mut consider);
                 }
                 // Every socket is in the room named by its id, which is not indexed: the
                 // socket table already maps the id to the socket.
-                if let Some(s) = by_id.and_then(|m| m.get(&**r)) {
+                if let Some(s) = by_id.and_then(|m| m.get(r.as_ref())) {
                     consider(s);
                 }
             }

@@ -15,12 +15,16 @@
 //! - `broadcast`: [`SocketIo::of`] and [`SocketIo::broadcast`], a [`RemoteBroadcast`] to the
 //!   other shards, delivery to this shard's sockets, and the broadcasts held while the shard
 //!   coalesces its writes.
+//! - `adapter`: what a [`BroadcastOp`] does besides emitting, on every shard and node
+//!   ([`BroadcastOp::fetch_sockets`], `sockets_join`, `sockets_leave`, `disconnect_sockets`),
+//!   and events between the nodes' servers ([`SocketIo::server_side_emit`]).
 //! - `connect`: joining a namespace (the connect timeout, authentication, middleware, claims
 //!   of recovered sockets across shards) and leaving it (the state kept for recovery).
 //! - `engine`: the Engine.IO glue: connections, the rate limit, dispatch by packet type.
 //! - [`packet`]: the Socket.IO wire format; [`recovery`]: connection state recovery;
 //!   `config`: the `[socketio]` section.
 
+mod adapter;
 mod api;
 mod broadcast;
 mod config;
@@ -31,9 +35,10 @@ pub mod recovery;
 mod rooms;
 mod socket;
 
+pub use adapter::{Applied, FetchResult, RemoteSocket, ServerAckReply, ServerAcks};
 pub use api::{
     AckError, AckResponse, ConnectRefusal, ConnectionHandler, DisconnectHandler, Event, EventHandler, Middleware,
-    Namespace, SocketId,
+    Namespace, ServerAck, ServerEvent, ServerEventHandler, SocketId,
 };
 pub use broadcast::{BroadcastOp, RemoteBroadcast, Target};
 pub use config::{SioConfig, SocketIoSection};
