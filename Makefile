@@ -71,12 +71,17 @@ bench-codec:
 	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet --bench native_envelope
 
 ## bench: imks side by side with socket.io (node), socketioxide and a raw baseline, server on
-## core 0 and load on core 1 (about 10 minutes); prints the tables and writes docs/benchmarks.md
+## core 0 and load on core 1, then as two nodes each over the local NATS or Redis (about 15
+## minutes); prints the tables and writes docs/benchmarks.md
 bench:
+	scripts/ensure-nats.sh
+	scripts/ensure-redis.sh
 	bench/run
 
-## bench-quick: the same scenarios in short runs (2-3 minutes), for development; docs untouched
+## bench-quick: the same scenarios in short runs (3-4 minutes), for development; docs untouched
 bench-quick:
+	scripts/ensure-nats.sh
+	scripts/ensure-redis.sh
 	bench/run --quick
 
 ## bench-store: durable messages per second, memory store against the Postgres store (batched

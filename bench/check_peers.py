@@ -7,7 +7,10 @@ Starts each server built by bench/run on a free 127.0.0.1 port and checks, over 
 Engine.IO v4 (imks, socket.io, socketioxide): `echo-ack` acked with the same arguments, `join`
 and `leave` acked "ok" when asked, `publish` → `msg` with the same object to the room, sender
 included, and nothing for a room the socket left; over raw WebSocket (imks, baseline): `/ws-echo`
-and, for the baseline, the `/ws-fanout` convention of loadgen/README.md.
+and, for the baseline, the `/ws-fanout` convention of loadgen/README.md. Then the two-node
+clusters of the cross-node scenarios (imks over the local NATS, the peers with their Redis
+adapters): a `publish` on node 1 reaches a member on node 2 with the same bytes, and not the
+publisher, which is no member.
 """
 
 from __future__ import annotations
@@ -38,17 +41,27 @@ SERVERS = {
 }
 
 
+# Two nodes each, over the local broker (scripts/ensure-nats.sh, scripts/ensure-redis.sh).
+REDIS = {"BENCH_REDIS_URL": "redis://127.0.0.1:6379"}
+CLUSTERS = {
+    "imks-cluster": (SERVERS["imks"][0], ROOT,
+                     {"IMKS_CLUSTER__BACKEND": "nats", "IMKS_CLUSTER__PREFIX": f"check{os.getpid()}"}),
+    "socketio-node-redis": (SERVERS["socketio-node"][0], PEERS / "socketio-node", REDIS),
+    "socketioxide-redis": (SERVERS["socketioxide"][0], ROOT, REDIS),
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def recv(ws):
+def recv(ws, timeout: float = 5):
     """The next message, answering Engine.IO pings and skipping the `auth` event that imks's
     conformance application emits after CONNECT (part B item 2)."""
     while True:
-        got = ws.recv(timeout=5)
+        got = ws.recv(timeout=timeout)
         if got == "2":
             ws.send("3")
         elif not (isinstance(got, str) and got.startswith('42["auth",')):
@@ -99,6 +112,34 @@ def check_sio_events(a, b) -> None:
     expect(a, '436["sync"]', "a socket that left gets nothing")
 
 
+def check_cluster(node1: str, node2: str) -> None:
+    with ExitStack() as stack:
+        member, publisher = sio_open(stack, node2), sio_open(stack, node1)
+        member.send('421["join","r1"]')
+        expect(member, '431["ok"]', "join on node 2")
+        # Node 2's interest reaches the broker a moment after the join is acked (imks subscribes
+        # per room): publish probes until one arrives.
+        deadline = time.monotonic() + 10
+        probe = 0
+        while True:
+            probe += 1
+            publisher.send(f'42["publish",{{"room":"r1","probe":{probe}}}]')
+            try:
+                got = recv(member, timeout=0.1)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("no publish on node 1 reached node 2 in 10 s") from None
+        obj = json.dumps({"room": "r1", "pub": 0, "seq": 1, "pad": "xx"}, separators=(",", ":"))
+        publisher.send(f'42["publish",{obj}]')
+        while got != f'42["msg",{obj}]':
+            if not got.startswith('42["msg",{"room":"r1","probe":'):
+                raise AssertionError(f"cross-node publish: expected {obj!r}, got {got!r}")
+            got = recv(member)
+        publisher.send('421["echo-ack","sync"]')
+        expect(publisher, '431["sync"]', "the publisher, no member, gets nothing")
+
+
 def check_ws_echo(url: str) -> None:
     with connect(f"{url}/ws-echo", open_timeout=5) as ws:
         ws.send(b"\x00\x01binary")
@@ -116,34 +157,49 @@ def check_ws_fanout(url: str) -> None:
         expect(sub, text, "raw publish forwarded unchanged")
 
 
+def start(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Starts a server on a free port and waits until it accepts; returns it and its URL."""
+    port = free_port()
+    proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=cwd, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, IMKS_SERVER__SHARDS="1", **env))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"ws://127.0.0.1:{port}"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.05)
+
+
 def main() -> int:
     failed = 0
-    for name, (cmd, cwd, speaks) in SERVERS.items():
-        port = free_port()
-        proc = subprocess.Popen([a.replace("{port}", str(port)) for a in cmd], cwd=cwd, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=dict(os.environ, IMKS_SERVER__SHARDS="1"))
+    runs = [(name, [(cmd, cwd, {})], speaks) for name, (cmd, cwd, speaks) in SERVERS.items()]
+    runs += [(name, [(cmd, cwd, env)] * 2, {"cluster"}) for name, (cmd, cwd, env) in CLUSTERS.items()]
+    for name, nodes, speaks in runs:
+        procs: list[subprocess.Popen] = []
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("server did not start")
-                    time.sleep(0.05)
-            url = f"ws://127.0.0.1:{port}"
-            for check, fn in (("sio", check_sio), ("ws-echo", check_ws_echo), ("ws-fanout", check_ws_fanout)):
+            urls = []
+            for cmd, cwd, env in nodes:
+                proc, url = start(cmd, cwd, env)
+                procs.append(proc)
+                urls.append(url)
+            for check, fn in (("sio", check_sio), ("ws-echo", check_ws_echo), ("ws-fanout", check_ws_fanout),
+                              ("cluster", check_cluster)):
                 if check in speaks:
-                    fn(url)
-                    print(f"ok    {name:14} {check}")
+                    fn(*urls)
+                    print(f"ok    {name:20} {check}")
         except Exception as e:  # noqa: BLE001 - report every server, then fail
             failed += 1
-            print(f"FAIL  {name:14} {type(e).__name__}: {e}")
+            print(f"FAIL  {name:20} {type(e).__name__}: {e}")
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     return 1 if failed else 0
 
 

@@ -166,7 +166,7 @@ pub struct Conn {
     max_message: usize,
 }
 
-/// Connects to the run's target and completes the handshakes of `protocol`, presenting `token`
+/// Connects to `target` and completes the handshakes of `protocol`, presenting `token`
 /// (see [`crate::token`]) on the upgrade when given.
 pub async fn connect(
     target: &Target,
@@ -382,7 +382,8 @@ pub enum End {
 
 /// Runs `beh` on `conn` until the run stops or the connection fails.
 pub async fn drive<B: Behavior>(conn: Conn, beh: B, run: &Run, slot: usize, shard: usize) -> End {
-    let mut d = Driver { conn, beh, run, slot, shard, tally: Tally::default(), armed: None, registered: false };
+    let tally = Tally { target: run.plan.target(slot), ..Tally::default() };
+    let mut d = Driver { conn, beh, run, slot, shard, tally, armed: None, registered: false };
     let res = poll_fn(|cx| d.poll(cx)).await;
     run.control.unregister(slot);
     d.beh.finish(&mut Cx { run, tally: &mut d.tally, shard, waker: Waker::noop(), now: now_ns() });

@@ -10,7 +10,7 @@
 //! - [`params`]: the command line and the checked, bounded parameters of a run (token settings
 //!   as plain data).
 //! - [`token`]: the token each connection presents on its upgrade (`--token`, `--jwt-secret`).
-//! - [`target`]: the one address a run connects to.
+//! - [`target`]: the addresses a run connects to (one per node of a cluster).
 //! - [`sys`]: this process's CPU, a server's CPU and RSS, its health JSON, limits.
 //! - [`plan`]: what a run decides before connecting: who each connection is, this process's
 //!   share, pacing.
@@ -80,6 +80,6 @@ pub fn run(p: &Params) -> Result<Report, Error> {
             at_end = probe.memory();
         }
     })?;
-    let server = probe.active().then(|| ServerInputs { pid: probe.pid(), before, after_setup, at_end, cpu });
+    let server = probe.active().then(|| ServerInputs { pids: probe.pids().to_vec(), before, after_setup, at_end, cpu });
     Report::build(p, &[report], server, started, cores)
 }

@@ -57,7 +57,7 @@ fn worker_err(index: usize, reason: impl Into<String>) -> Error {
 
 /// The parent's side.
 pub fn run(p: &Params) -> Result<Report, Error> {
-    let target = Target::from_params(p)?;
+    let targets = Target::all(p)?;
     let exe = match &p.worker_exe {
         Some(e) => e.clone(),
         None => std::env::current_exe().map_err(|e| Error::io("finding this executable", e))?,
@@ -65,7 +65,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     let k = p.processes;
     let cores = sys::available_cores();
     let threads = if p.threads == 0 { (cores / k).max(1) } else { p.threads };
-    let loopback_v4 = target.is_loopback() && target.addr.is_ipv4();
+    let loopback_v4 = targets.iter().all(|t| t.is_loopback() && t.addr.is_ipv4());
     let probe = ServerProbe::new(p);
     let before = probe.memory();
     let started = unix_ms();
@@ -168,7 +168,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     let at_end = at_end.unwrap_or_else(|| probe.memory());
     drop(procs);
     let reports: Vec<WorkerReport> = reports.into_iter().flatten().collect();
-    let server = probe.active().then(|| ServerInputs { pid: probe.pid(), before, after_setup, at_end, cpu });
+    let server = probe.active().then(|| ServerInputs { pids: probe.pids().to_vec(), before, after_setup, at_end, cpu });
     Report::build(p, &reports, server, started, cores)
 }
 

@@ -16,6 +16,8 @@ pub const MAX_DURATION_S: f64 = 600.0;
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// Most worker processes: each takes its own source address 127.0.0.(2+i).
 pub const MAX_PROCESSES: usize = 250;
+/// Most server addresses (`--url`) and server processes (`--server-pid`) in one run.
+pub const MAX_URLS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -42,6 +44,19 @@ pub enum Protocol {
     Ws,
     /// Socket.IO v5 over Engine.IO v4, WebSocket transport only.
     Sio,
+}
+
+/// How fan-out places subscribers when there are several `--url`s (the nodes of a cluster).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Every room has members on every node: a room's subscribers are dealt over the URLs in
+    /// turn.
+    #[default]
+    Members,
+    /// Each room lives on one node: room `r`'s subscribers all connect to URL `r mod N`, so
+    /// with N nodes each node has members of 1/N of the rooms.
+    Rooms,
 }
 
 /// How sends are paced.
@@ -71,9 +86,14 @@ pub struct WorkerSlot {
 pub struct Params {
     pub scenario: Scenario,
     pub protocol: Protocol,
-    /// `ws://host:port[/path]`; the path defaults to `/ws-echo` (ws), `/ws-fanout` (ws
-    /// fan-out), `/ws` (chat) or `/socket.io/` (sio).
-    pub url: String,
+    /// `ws://host:port[/path]`, one per server (the nodes of a cluster), never empty; the path
+    /// defaults to `/ws-echo` (ws), `/ws-fanout` (ws fan-out), `/ws` (chat) or `/socket.io/`
+    /// (sio). Connections are dealt over them in turn (see [`crate::plan`]); fan-out's
+    /// publishers all connect to the first, and its subscribers as [`Params::spread`] says.
+    pub urls: Vec<String>,
+    /// Fan-out over several URLs: where the subscribers go.
+    #[serde(default)]
+    pub spread: Spread,
     /// Connections (echo, ack, chat, idle) or concurrent handshakes (connect). Fan-out derives
     /// its own: rooms × subscribers + publishers.
     pub connections: usize,
@@ -93,7 +113,9 @@ pub struct Params {
     /// Runtime threads per process; 0 = every core this process may run on.
     pub threads: usize,
     pub processes: usize,
-    pub server_pid: Option<u32>,
+    /// The server's processes (with a cluster, every node and the broker): their CPU and RSS
+    /// are summed.
+    pub server_pids: Vec<u32>,
     pub health_url: Option<String>,
     /// Handshakes in progress at once while connections are set up.
     pub connect_concurrency: usize,
@@ -138,7 +160,8 @@ impl Params {
                 Scenario::Echo | Scenario::Chat => Protocol::Ws,
                 _ => Protocol::Sio,
             },
-            url: url.to_string(),
+            urls: vec![url.to_string()],
+            spread: Spread::Members,
             connections: 100,
             rooms: 1,
             subscribers: 100,
@@ -151,7 +174,7 @@ impl Params {
             total: None,
             threads: 0,
             processes: 1,
-            server_pid: None,
+            server_pids: Vec::new(),
             health_url: None,
             connect_concurrency: 256,
             connect_timeout_s: 10.0,
@@ -166,6 +189,11 @@ impl Params {
             worker_exe: None,
             worker: None,
         }
+    }
+
+    /// The first URL: the only one with a single server, fan-out's publishers' with several.
+    pub fn url(&self) -> &str {
+        self.urls.first().map(String::as_str).unwrap_or_default()
     }
 
     /// Connections the whole run opens at once (handshakes in flight for `connect`).
@@ -196,6 +224,12 @@ impl Params {
                 return bad("--scenario chat speaks imks's native protocol over raw WebSocket (--protocol ws)".into())
             }
             _ => {}
+        }
+        if self.urls.is_empty() || self.urls.len() > MAX_URLS {
+            return bad(format!("give between 1 and {MAX_URLS} --url"));
+        }
+        if self.server_pids.len() > MAX_URLS {
+            return bad(format!("give at most {MAX_URLS} --server-pid"));
         }
         if !(self.duration_s > 0.0 && self.duration_s <= MAX_DURATION_S) {
             return bad(format!("--duration must be in (0, {MAX_DURATION_S}] seconds"));
@@ -293,9 +327,15 @@ pub struct Cli {
     #[arg(value_enum, required_unless_present = "worker")]
     pub scenario: Option<Scenario>,
 
-    /// Server address, `ws://HOST:PORT[/PATH]`.
+    /// Server address, `ws://HOST:PORT[/PATH]`. Repeat it for the nodes of a cluster:
+    /// connections are dealt over them in turn, fan-out's publishers all go to the first.
     #[arg(long, default_value = "ws://127.0.0.1:3000")]
-    pub url: String,
+    pub url: Vec<String>,
+
+    /// Fan-out with several --url: `members` deals every room's subscribers over the nodes,
+    /// `rooms` puts all of room r's on node r mod N.
+    #[arg(long, value_enum, default_value_t = Spread::Members)]
+    pub spread: Spread,
 
     /// Wire protocol. Default: ws for echo and chat, sio otherwise.
     #[arg(long, value_enum)]
@@ -354,9 +394,10 @@ pub struct Cli {
     #[arg(long, default_value_t = 1)]
     pub processes: usize,
 
-    /// Server process to read CPU time and RSS from (/proc/PID).
+    /// Server process to read CPU time and RSS from (/proc/PID). Repeat it for every process
+    /// the work runs in (the nodes of a cluster and their broker): their figures are summed.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
 
     /// Server health URL (`http://HOST:PORT/health`) to read RSS and connection counts from.
     #[arg(long)]
@@ -427,7 +468,9 @@ pub struct Cli {
 impl Cli {
     /// The parameters the command line asks for (validated later, by [`crate::run`]).
     pub fn params(&self, scenario: Scenario) -> Params {
-        let mut p = Params::new(scenario, &self.url);
+        let mut p = Params::new(scenario, "");
+        p.urls = self.url.clone();
+        p.spread = self.spread;
         if let Some(proto) = self.protocol {
             p.protocol = proto;
         }
@@ -448,7 +491,7 @@ impl Cli {
         p.total = self.total;
         p.threads = self.threads;
         p.processes = self.processes;
-        p.server_pid = self.server_pid;
+        p.server_pids = self.server_pid.clone();
         p.health_url = self.health_url.clone();
         p.connect_concurrency = self.connect_concurrency;
         p.connect_timeout_s = self.connect_timeout;

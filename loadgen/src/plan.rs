@@ -1,12 +1,12 @@
-//! What a run decides before any connection opens: who each connection is ([`Role`]), this
-//! process's share of the run ([`Plan`], from [`plan`]), and how each sender paces its sends
-//! ([`Sched`]).
+//! What a run decides before any connection opens: who each connection is ([`Role`]) and which
+//! `--url` it connects to, this process's share of the run ([`Plan`], from [`plan`]), and how
+//! each sender paces its sends ([`Sched`]).
 //!
 //! Kept apart from the behaviors in [`crate::scenario`] so that the run state, which holds the
 //! plan, and the connection driver below the behaviors need not name them: this is plain data
 //! and arithmetic over the parameters.
 
-use crate::params::{share, Load, Params, Scenario};
+use crate::params::{share, Load, Params, Scenario, Spread};
 
 /// What one connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,9 @@ impl Role {
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub roles: Vec<Role>,
+    /// Which of the run's URLs each connection of `roles` connects to (its index in
+    /// `Params::urls`).
+    pub targets: Vec<usize>,
     /// Sending connections over all processes; open-loop pacing divides the rate among them.
     pub senders: usize,
     /// Fan-out: subscribers of each room in this process.
@@ -56,32 +59,45 @@ pub struct Plan {
 /// so every process holds some of every room, and publisher `i` runs in process `i % K`: a
 /// publisher then sees deliveries of its own messages locally, which closed-loop fan-out needs.
 /// Chat deals out pairs, connections `2k` and `2k + 1`, so each learns its peer's user locally.
+///
+/// With several URLs, connections are dealt over them by their index over the run (a chat
+/// pair's two sides land on different nodes); fan-out's publishers all connect to the first,
+/// and its subscribers go where [`Spread`] says.
 pub fn plan(p: &Params) -> Plan {
     let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
+    let nodes = p.urls.len().max(1);
     let mut plan = Plan::default();
     match p.scenario {
         Scenario::Echo | Scenario::Ack => {
             let (first, n) = share(p.connections, wi, wk);
-            plan.roles = (first..first + n).map(|sender| Role::RoundTrip { sender }).collect();
+            for sender in first..first + n {
+                plan.push(Role::RoundTrip { sender }, sender % nodes);
+            }
             plan.senders = p.connections;
         }
         Scenario::Idle => {
             let (_, n) = share(p.connections, wi, wk);
-            plan.roles = vec![Role::Idle; n];
+            for slot in 0..n {
+                plan.push(Role::Idle, Role::Idle.index(slot, wi, wk) % nodes);
+            }
         }
         Scenario::Fanout => {
             plan.local_subs = vec![0; p.rooms];
             for room in 0..p.rooms {
                 for s in 0..p.subscribers {
                     if (room * p.subscribers + s) % wk == wi {
-                        plan.roles.push(Role::Subscriber { room });
+                        let node = match p.spread {
+                            Spread::Members => s % nodes,
+                            Spread::Rooms => room % nodes,
+                        };
+                        plan.push(Role::Subscriber { room }, node);
                         plan.local_subs[room] += 1;
                     }
                 }
             }
             plan.max_local_subs = plan.local_subs.iter().copied().max().unwrap_or(0);
             for index in (wi..p.publishers).step_by(wk) {
-                plan.roles.push(Role::Publisher { index });
+                plan.push(Role::Publisher { index }, 0);
                 plan.local_publishers += 1;
             }
             plan.senders = p.publishers;
@@ -91,14 +107,26 @@ pub fn plan(p: &Params) -> Plan {
             for pair in 0..pairs {
                 let (a, b) = (2 * pair, 2 * pair + 1);
                 let index = 2 * (first + pair);
-                plan.roles.push(Role::Chat { index, peer: b });
-                plan.roles.push(Role::Chat { index: index + 1, peer: a });
+                plan.push(Role::Chat { index, peer: b }, index % nodes);
+                plan.push(Role::Chat { index: index + 1, peer: a }, (index + 1) % nodes);
             }
             plan.senders = p.connections;
         }
         Scenario::Connect => {}
     }
     plan
+}
+
+impl Plan {
+    fn push(&mut self, role: Role, target: usize) {
+        self.roles.push(role);
+        self.targets.push(target);
+    }
+
+    /// The URL (index) connection `slot` connects to.
+    pub fn target(&self, slot: usize) -> usize {
+        self.targets.get(slot).copied().unwrap_or(0)
+    }
 }
 
 pub fn room_name(room: usize) -> String {
@@ -220,6 +248,38 @@ mod tests {
             pubs += plan.local_publishers;
         }
         assert_eq!((subs, pubs), ([5, 5], 3));
+    }
+
+    #[test]
+    fn fanout_plan_spreads_subscribers_over_the_urls() {
+        let mut p = Params::new(Scenario::Fanout, "ws://127.0.0.1:1");
+        p.urls.push("ws://127.0.0.1:2".into());
+        p.rooms = 4;
+        p.subscribers = 3;
+        p.publishers = 2;
+        // (room, node) of every subscriber, and the publishers' nodes.
+        let placed = |p: &Params| {
+            let plan = plan(p);
+            let mut subs = Vec::new();
+            let mut pubs = Vec::new();
+            for (slot, role) in plan.roles.iter().enumerate() {
+                match *role {
+                    Role::Subscriber { room } => subs.push((room, plan.target(slot))),
+                    Role::Publisher { .. } => pubs.push(plan.target(slot)),
+                    _ => unreachable!(),
+                }
+            }
+            (subs, pubs)
+        };
+        let (subs, pubs) = placed(&p);
+        assert_eq!(pubs, [0, 0]);
+        for room in 0..4 {
+            let nodes: Vec<usize> = subs.iter().filter(|s| s.0 == room).map(|s| s.1).collect();
+            assert_eq!(nodes, [0, 1, 0], "room {room}: dealt over both nodes");
+        }
+        p.spread = Spread::Rooms;
+        let (subs, _) = placed(&p);
+        assert!(subs.iter().all(|&(room, node)| node == room % 2), "{subs:?}");
     }
 
     #[test]

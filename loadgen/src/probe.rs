@@ -1,6 +1,7 @@
 //! The server's side of the figures: its RSS before and after the connections are set up, and
 //! its CPU time over the measurement (once a second, so the series shows it too). Read by the
-//! process that coordinates the run, from `/proc/PID` (`--server-pid`) or `--health-url`.
+//! process that coordinates the run, from `/proc/PID` (`--server-pid`) or `--health-url`. A
+//! server of several processes (the nodes of a cluster and their broker) is their sum.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -23,37 +24,40 @@ pub struct Memory {
 /// CPU the server used over the measurement.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerCpu {
+    /// Every process together.
     pub cpu: CpuTimes,
+    /// Each process, in the order of `--server-pid`.
+    pub per_process: Vec<CpuTimes>,
     pub wall_s: f64,
     /// Percent of one core in each second of the measurement.
     pub per_second: Vec<f64>,
 }
 
 pub struct ServerProbe {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     health: Option<String>,
 }
 
 impl ServerProbe {
     pub fn new(p: &Params) -> ServerProbe {
-        ServerProbe { pid: p.server_pid, health: p.health_url.clone() }
+        ServerProbe { pids: p.server_pids.clone(), health: p.health_url.clone() }
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     pub fn active(&self) -> bool {
-        self.pid.is_some() || self.health.is_some()
+        !self.pids.is_empty() || self.health.is_some()
     }
 
     /// RSS from `/proc` (or the health endpoint when it reports one), connections from the
     /// health endpoint. Unreadable figures are left out with a warning: they never end a run.
     pub fn memory(&self) -> Memory {
         let mut m = Memory::default();
-        if let Some(pid) = self.pid {
+        for &pid in &self.pids {
             match sys::proc_rss_kb(pid) {
-                Ok(kb) => m.rss_kb = Some(kb),
+                Ok(kb) => m.rss_kb = Some(m.rss_kb.unwrap_or(0) + kb),
                 Err(e) => eprintln!("imks-loadgen: warning: {e}"),
             }
         }
@@ -71,12 +75,15 @@ impl ServerProbe {
 
     /// Starts sampling the server's CPU at `measure_start`, then every second.
     pub fn cpu_sampler(&self, measure_start: u64) -> Option<CpuSampler> {
-        let pid = self.pid?;
+        if self.pids.is_empty() {
+            return None;
+        }
+        let pids = self.pids.clone();
         let shared = Arc::new((Mutex::new(false), Condvar::new()));
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("loadgen-probe".into())
-            .spawn(move || sample(pid, measure_start, &s))
+            .spawn(move || sample(&pids, measure_start, &s))
             .map_err(|e| eprintln!("imks-loadgen: warning: no CPU sampler: {e}"))
             .ok()?;
         Some(CpuSampler { shared, thread: Some(thread) })
@@ -103,23 +110,39 @@ fn wait_until(stop: &Stop, deadline: u64) -> bool {
     }
 }
 
-fn sample(pid: u32, measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
+/// Every process's CPU time, or `None` once one of them is gone.
+fn read_all(pids: &[u32]) -> Option<Vec<CpuTimes>> {
+    pids.iter().map(|&pid| sys::proc_cpu(pid).ok()).collect()
+}
+
+fn sum(all: &[CpuTimes]) -> CpuTimes {
+    all.iter().fold(CpuTimes::default(), |a, c| a.add(c))
+}
+
+fn sample(pids: &[u32], measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
     if wait_until(stop, measure_start) {
         return None;
     }
-    let first = sys::proc_cpu(pid).ok()?;
-    let (mut prev, mut prev_t) = (first, measure_start);
+    let first = read_all(pids)?;
+    let (mut prev, mut prev_t) = (sum(&first), measure_start);
     let mut per_second = Vec::new();
     loop {
         let stopped = wait_until(stop, prev_t + 1_000_000_000);
         let now = now_ns();
-        let Ok(c) = sys::proc_cpu(pid) else { break };
+        let Some(all) = read_all(pids) else { break };
+        let c = sum(&all);
         let dt = (now - prev_t) as f64 / 1e9;
         if !stopped && dt > 0.0 {
             per_second.push(c.since(&prev).total() / dt * 100.0);
         }
         if stopped {
-            return Some(ServerCpu { cpu: c.since(&first), wall_s: (now - measure_start) as f64 / 1e9, per_second });
+            let per_process = all.iter().zip(&first).map(|(now, then)| now.since(then)).collect();
+            return Some(ServerCpu {
+                cpu: c.since(&sum(&first)),
+                per_process,
+                wall_s: (now - measure_start) as f64 / 1e9,
+                per_second,
+            });
         }
         (prev, prev_t) = (c, now);
     }

@@ -48,6 +48,9 @@ pub struct WorkerReport {
     /// Chat's acknowledgements and expected deliveries.
     #[serde(default)]
     pub chat: Option<WorkerChat>,
+    /// Per URL, with several: connections, answers or deliveries, latencies.
+    #[serde(default)]
+    pub by_target: Vec<WorkerTarget>,
     pub series: Vec<Tick>,
     pub cpu: CpuTimes,
     /// Peak resident memory of the worker process, KiB.
@@ -69,10 +72,19 @@ pub struct WorkerChat {
     pub duplicates: [u64; 3],
 }
 
+/// One process's figures for one URL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerTarget {
+    pub connections: usize,
+    pub received: u64,
+    pub latency: Vec<(u64, u64)>,
+}
+
 /// What the server figures were read from and what they said.
 #[derive(Debug, Clone, Default)]
 pub struct ServerInputs {
-    pub pid: Option<u32>,
+    /// Every `--server-pid`.
+    pub pids: Vec<u32>,
     pub before: Memory,
     pub after_setup: Memory,
     pub at_end: Memory,
@@ -139,7 +151,14 @@ pub struct LoadgenUse {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerReport {
+    /// The first `--server-pid`.
     pub pid: Option<u32>,
+    /// Every `--server-pid`: the CPU and RSS figures below are their sum.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+    /// With several `--server-pid`: each process's share of `cpu_s`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessCpu>,
     pub cpu_user_s: Option<f64>,
     pub cpu_sys_s: Option<f64>,
     pub cpu_s: Option<f64>,
@@ -154,6 +173,26 @@ pub struct ServerReport {
     pub rss_per_conn_bytes: Option<f64>,
     pub health_connections_before: Option<u64>,
     pub health_connections_after_setup: Option<u64>,
+}
+
+/// One of several server processes' CPU over the measurement and drain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessCpu {
+    pub pid: u32,
+    pub cpu_s: f64,
+    /// Percent of one core.
+    pub cpu_pct: f64,
+}
+
+/// What the connections to one of several URLs received: with fan-out's publishers on the
+/// first URL, the deliveries on another one are those that crossed between nodes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UrlReport {
+    pub url: String,
+    pub connections: usize,
+    pub received: u64,
+    pub received_per_s: f64,
+    pub latency_us: Percentiles,
 }
 
 /// One kind of thing a chat message brings back: its `sent` ack, its `delivered` ack, or its
@@ -204,7 +243,11 @@ pub struct Report {
     pub version: String,
     pub scenario: Scenario,
     pub protocol: Protocol,
+    /// The first `--url` (the only one with a single server).
     pub url: String,
+    /// Every `--url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
     pub load: Load,
     pub units: Units,
     pub started_unix_ms: u64,
@@ -214,6 +257,9 @@ pub struct Report {
     pub counts: Counts,
     pub rates: Rates,
     pub latency_us: Percentiles,
+    /// With several `--url`: what the connections to each received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_url: Vec<UrlReport>,
     pub setup_latency_us: Percentiles,
     /// Chat only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,7 +324,17 @@ impl Report {
         let mut series: Vec<Point> = Vec::new();
         let (mut sent_acks, mut delivered_acks) = (new_hist()?, new_hist()?);
         let (mut chat_expected, mut duplicates) = (0u64, [0u64; 3]);
+        let mut by_url: Vec<(usize, u64, Hist)> = Vec::new();
         for w in workers {
+            for (i, t) in w.by_target.iter().enumerate() {
+                if by_url.len() <= i {
+                    by_url.push((0, 0, new_hist()?));
+                }
+                let (conns, received, lat) = &mut by_url[i];
+                *conns += t.connections;
+                *received += t.received;
+                add_raw(lat, &t.latency);
+            }
             if let Some(c) = &w.chat {
                 add_raw(&mut sent_acks, &c.sent_acks);
                 add_raw(&mut delivered_acks, &c.delivered_acks);
@@ -363,8 +419,23 @@ impl Report {
                 }
                 _ => None,
             };
+            let processes = match (cpu, s.pids.len()) {
+                (Some(c), n) if n > 1 => s
+                    .pids
+                    .iter()
+                    .zip(&c.per_process)
+                    .map(|(&pid, t)| ProcessCpu {
+                        pid,
+                        cpu_s: t.total(),
+                        cpu_pct: if c.wall_s > 0.0 { t.total() / c.wall_s * 100.0 } else { 0.0 },
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             ServerReport {
-                pid: s.pid,
+                pid: s.pids.first().copied(),
+                pids: s.pids.clone(),
+                processes,
                 cpu_user_s: cpu.map(|c| c.cpu.user_s),
                 cpu_sys_s: cpu.map(|c| c.cpu.sys_s),
                 cpu_s,
@@ -383,7 +454,8 @@ impl Report {
             version: env!("CARGO_PKG_VERSION").into(),
             scenario: p.scenario,
             protocol: p.protocol,
-            url: p.url.clone(),
+            url: p.url().to_string(),
+            urls: p.urls.clone(),
             load: p.load,
             units: units(p.scenario),
             started_unix_ms,
@@ -407,6 +479,17 @@ impl Report {
             connections: conns,
             rates: Rates { sent_per_s: per_s(sent), received_per_s: per_s(received) },
             latency_us: percentiles(&lat),
+            per_url: by_url
+                .iter()
+                .zip(&p.urls)
+                .map(|((connections, received, lat), url)| UrlReport {
+                    url: url.clone(),
+                    connections: *connections,
+                    received: *received,
+                    received_per_s: per_s(*received),
+                    latency_us: percentiles(lat),
+                })
+                .collect(),
             setup_latency_us: percentiles(&setup_lat),
             chat,
             errors,
@@ -493,6 +576,22 @@ impl Report {
                 l.count
             );
         }
+        for u in &self.per_url {
+            let l = &u.latency_us;
+            let _ = writeln!(
+                s,
+                "  via {}  {} connections, {} {} ({}/s); µs p50 {}  p99 {}  p99.9 {}  max {}",
+                u.url,
+                u.connections,
+                u.received,
+                short(&self.units.received),
+                si(u.received_per_s),
+                us(l.p50_us),
+                us(l.p99_us),
+                us(l.p999_us),
+                us(l.max_us)
+            );
+        }
         if let Some(c) = &self.chat {
             for (name, k) in [("sent acks", &c.sent_acks), ("delivered acks", &c.delivered_acks)] {
                 let l = &k.latency_us;
@@ -538,6 +637,11 @@ impl Report {
                     .filter(|_| self.scenario != Scenario::Idle)
                     .map(|w| format!(", {} {} per CPU-second", si(w), self.units.received));
                 let _ = writeln!(s, "  server CPU    {cpu:.2} s = {pct:.0}% of one core{}", work.unwrap_or_default());
+                if !srv.processes.is_empty() {
+                    let each: Vec<String> =
+                        srv.processes.iter().map(|c| format!("pid {} {:.0}%", c.pid, c.cpu_pct)).collect();
+                    let _ = writeln!(s, "                ({})", each.join(", "));
+                }
             }
             if let (Some(b), Some(a)) = (srv.rss_before_kb, srv.rss_after_setup_kb) {
                 let per =

@@ -171,7 +171,8 @@ impl Directory {
 /// Everything a process's connections share.
 pub struct Run {
     pub params: Params,
-    pub target: Target,
+    /// Every `--url`, in order; a connection's is `plan.target(slot)`.
+    pub targets: Vec<Target>,
     pub source_ip: Option<IpAddr>,
     pub stats: Stats,
     pub control: Control,
@@ -189,7 +190,13 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(params: &Params, target: Target, plan: Plan, timer: TimerHandle, shards: usize) -> Result<Run, Error> {
+    pub fn new(
+        params: &Params,
+        targets: Vec<Target>,
+        plan: Plan,
+        timer: TimerHandle,
+        shards: usize,
+    ) -> Result<Run, Error> {
         let source_ip = params.worker.and_then(|w| w.source_ip).map(IpAddr::V4);
         let (index, count) = params.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
         let feedback = match params.load {
@@ -198,9 +205,9 @@ impl Run {
         };
         Ok(Run {
             params: params.clone(),
-            target,
             source_ip,
-            stats: Stats::new(shards, params.total)?,
+            stats: Stats::new(shards, params.total, targets.len())?,
+            targets,
             control: Control::new(plan.roles.len()),
             timer,
             feedback,

@@ -86,6 +86,9 @@ pub const DUP_DELIVERY: usize = 2;
 /// One connection's unflushed counts.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// The URL (index in `Params::urls`) the connection is on: its answers and deliveries are
+    /// also counted per URL, when there are several.
+    pub target: usize,
     /// Measured sends.
     pub sent: u64,
     /// Measured answers or deliveries; one latency each in `lat`.
@@ -132,6 +135,8 @@ struct Shard {
     i_failed: u64,
     acks: [Hist; 2],
     duplicates: [u64; 3],
+    /// Answers or deliveries and their latencies per URL; empty with a single URL.
+    by_target: Vec<(u64, Hist)>,
 }
 
 /// Keeps each shard on its own cache lines.
@@ -159,6 +164,8 @@ pub struct Totals {
     pub expected: u64,
     pub acks: [Hist; 2],
     pub duplicates: [u64; 3],
+    /// Received and latencies per URL; empty with a single URL.
+    pub by_target: Vec<(u64, Hist)>,
 }
 
 pub struct Stats {
@@ -179,8 +186,11 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn new(shards: usize, total: Option<u64>) -> Result<Stats, Error> {
+    /// Counters in `shards` shards; `targets` URLs (counted apart when more than one).
+    pub fn new(shards: usize, total: Option<u64>, targets: usize) -> Result<Stats, Error> {
         let template = new_hist()?;
+        let by_target: Vec<(u64, Hist)> =
+            if targets > 1 { (0..targets).map(|_| (0, template.clone())).collect() } else { Vec::new() };
         let shards: Box<[Padded<Mutex<Shard>>]> = (0..shards.max(1))
             .map(|_| {
                 Padded(Mutex::new(Shard {
@@ -194,6 +204,7 @@ impl Stats {
                     i_failed: 0,
                     acks: [template.clone(), template.clone()],
                     duplicates: [0; 3],
+                    by_target: by_target.clone(),
                 }))
             })
             .collect();
@@ -276,6 +287,12 @@ impl Stats {
             s.lat.saturating_record(ns.max(1));
             s.interval.saturating_record(ns.max(1));
         }
+        if let Some((received, lat)) = s.by_target.get_mut(t.target) {
+            *received += t.received;
+            for &ns in &t.lat {
+                lat.saturating_record(ns.max(1));
+            }
+        }
         for (h, lat) in s.acks.iter_mut().zip(&t.acks) {
             for &ns in lat {
                 h.saturating_record(ns.max(1));
@@ -339,9 +356,18 @@ impl Stats {
             expected: self.expected_total(),
             acks: [new_hist()?, new_hist()?],
             duplicates: [0; 3],
+            by_target: Vec::new(),
         };
         for shard in self.shards.iter() {
             let Ok(s) = shard.0.lock() else { continue };
+            if t.by_target.is_empty() {
+                t.by_target = s.by_target.clone();
+            } else {
+                for ((received, lat), (r, h)) in t.by_target.iter_mut().zip(&s.by_target) {
+                    *received += r;
+                    let _ = lat.add(h);
+                }
+            }
             t.received += s.received;
             t.failed += s.failed;
             t.unsent += s.unsent;
@@ -363,7 +389,7 @@ mod tests {
 
     #[test]
     fn tallies_flush_into_totals_and_intervals() {
-        let stats = Stats::new(4, Some(3)).unwrap();
+        let stats = Stats::new(4, Some(3), 2).unwrap();
         let mut t = Tally::default();
         assert!(stats.take_ticket() && stats.take_ticket());
         assert!(!stats.total_reached());
@@ -384,8 +410,13 @@ mod tests {
         assert_eq!((i.sent, i.received, i.errors), (3, 2, 1));
         assert!(i.p99_ns >= 2990 && i.p99_ns <= 3010, "{}", i.p99_ns);
         assert_eq!(stats.interval(), Interval::default());
+        t.target = 1;
+        t.record(5000);
+        stats.flush(2, &mut t);
         let tot = stats.totals().unwrap();
-        assert_eq!((tot.sent, tot.received), (3, 2));
+        assert_eq!((tot.sent, tot.received), (3, 3));
+        let per_target: Vec<(u64, u64)> = tot.by_target.iter().map(|(r, h)| (*r, h.len())).collect();
+        assert_eq!(per_target, [(2, 2), (1, 1)]);
         let mut h = new_hist().unwrap();
         add_raw(&mut h, &to_raw(&tot.lat));
         assert_eq!(percentiles(&h), percentiles(&tot.lat));

@@ -1,5 +1,5 @@
-//! The one address a run talks to, from `--url`. Nothing else is ever connected to (apart from
-//! an explicit `--health-url`).
+//! The addresses a run talks to, from `--url` (one per node of a cluster). Nothing else is ever
+//! connected to (apart from an explicit `--health-url`).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -16,14 +16,19 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn from_params(p: &Params) -> Result<Target, Error> {
+    /// Every `--url` of the run, in order.
+    pub fn all(p: &Params) -> Result<Vec<Target>, Error> {
+        p.urls.iter().map(|u| Target::from_url(p, u)).collect()
+    }
+
+    fn from_url(p: &Params, url: &str) -> Result<Target, Error> {
         let default_path = match (p.scenario, p.protocol) {
             (_, Protocol::Sio) => "/socket.io/",
             (Scenario::Fanout, Protocol::Ws) => "/ws-fanout",
             (Scenario::Chat, Protocol::Ws) => "/ws",
             (_, Protocol::Ws) => "/ws-echo",
         };
-        let mut t = parse(&p.url, 80, default_path)?;
+        let mut t = parse(url, 80, default_path)?;
         if p.protocol == Protocol::Sio {
             let sep = if t.path.contains('?') { '&' } else { '?' };
             t.path.push(sep);
@@ -105,8 +110,13 @@ mod tests {
     #[test]
     fn socketio_path_gets_the_engineio_query() {
         let mut p = Params::new(Scenario::Ack, "ws://127.0.0.1:3000");
-        assert_eq!(Target::from_params(&p).unwrap().path, "/socket.io/?EIO=4&transport=websocket");
-        p.url = "ws://127.0.0.1:3000/io/?x=1".into();
-        assert_eq!(Target::from_params(&p).unwrap().path, "/io/?x=1&EIO=4&transport=websocket");
+        assert_eq!(Target::all(&p).unwrap()[0].path, "/socket.io/?EIO=4&transport=websocket");
+        p.urls = vec!["ws://127.0.0.1:3000/io/?x=1".into(), "ws://127.0.0.2:3001".into()];
+        let all = Target::all(&p).unwrap();
+        assert_eq!(all[0].path, "/io/?x=1&EIO=4&transport=websocket");
+        assert_eq!(
+            (all[1].addr.to_string(), all[1].path.as_str()),
+            ("127.0.0.2:3001".into(), "/socket.io/?EIO=4&transport=websocket")
+        );
     }
 }

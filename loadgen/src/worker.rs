@@ -14,7 +14,7 @@ use crate::clock::{now_ns, secs_to_ns, Timer};
 use crate::error::Error;
 use crate::params::{share, Params, Scenario};
 use crate::plan::plan;
-use crate::report::{Tick, WorkerChat, WorkerReport};
+use crate::report::{Tick, WorkerChat, WorkerReport, WorkerTarget};
 use crate::scenario::{self, conn_task, Outcome};
 use crate::shared::{Run, DRAIN, STOP};
 use crate::stats::{to_raw, Ack};
@@ -54,7 +54,7 @@ impl Worker {
     /// Opens this process's connections; returns once all are up or failed, or the set-up
     /// timeout passed. `progress` prints a line a second meanwhile.
     pub fn setup(p: &Params, progress: bool) -> Result<Worker, Error> {
-        let target = Target::from_params(p)?;
+        let targets = Target::all(p)?;
         let threads = if p.threads == 0 { sys::available_cores() } else { p.threads };
         let plan = plan(p);
         let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
@@ -79,7 +79,7 @@ impl Worker {
             .build()
             .map_err(Error::Runtime)?;
         let timer = Timer::start(p.timer_slack_us * 1000).map_err(|e| Error::io("starting the timer thread", e))?;
-        let run = Arc::new(Run::new(p, target, plan, timer.handle(), threads * 4)?);
+        let run = Arc::new(Run::new(p, targets, plan, timer.handle(), threads * 4)?);
         let sem = Arc::new(Semaphore::new(p.connect_concurrency));
         let tasks: Vec<JoinHandle<Outcome>> = run
             .plan
@@ -109,7 +109,8 @@ impl Worker {
         let ok = run.setup_ok.load(Ordering::Relaxed);
         if n > 0 && ok == 0 {
             let errors: Vec<String> = run.stats.errors().iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-            return Err(Error::NoConnections(format!("{} to {}: {}", n, run.target.addr, errors.join(", "))));
+            let to: Vec<String> = run.targets.iter().map(|t| t.addr.to_string()).collect();
+            return Err(Error::NoConnections(format!("{} to {}: {}", n, to.join(", "), errors.join(", "))));
         }
         Ok(Worker { rt, run, tasks, _timer: timer, threads })
     }
@@ -243,6 +244,16 @@ async fn measure(
         delivered_acks: to_raw(&totals.acks[Ack::Delivered as usize]),
         duplicates: totals.duplicates,
     });
+    let by_target = totals
+        .by_target
+        .iter()
+        .enumerate()
+        .map(|(i, (received, lat))| WorkerTarget {
+            connections: run.plan.targets.iter().filter(|&&t| t == i).count(),
+            received: *received,
+            latency: to_raw(lat),
+        })
+        .collect();
     Ok(WorkerReport {
         index: p.worker.map(|w| w.index).unwrap_or(0),
         threads,
@@ -264,6 +275,7 @@ async fn measure(
         latency: to_raw(&totals.lat),
         setup_latency,
         chat,
+        by_target,
         series,
         cpu,
         peak_rss_kb: sys::self_peak_rss_kb(),

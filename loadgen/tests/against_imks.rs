@@ -1,22 +1,30 @@
 //! imks-loadgen's protocol code against a real, in-process imks node (the conformance node, or a
-//! two-shard node for the native protocol): short, small runs of every scenario. Not timed: each
-//! asserts that the run completed with nothing lost.
+//! two-shard node for the native protocol), and fan-out against two conformance nodes joined
+//! over the local NATS (`scripts/ensure-nats.sh`): short, small runs of every scenario. Not
+//! timed: each asserts that the run completed with nothing lost.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
+use imks::cluster::{ClusterBackend, ClusterSection};
 use imks::config::file::FileConfig;
 use imks::{Config, Node};
 use imks_loadgen::{Load, Params, Protocol, Report, Scenario};
 
 /// A conformance node (as `imks conformance`) on 127.0.0.1:0 with relaxed heartbeats.
 fn start_conformance() -> (Node, SocketAddr) {
+    start_conformance_with(|_| {})
+}
+
+fn start_conformance_with(tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
     let mut f = FileConfig::default();
     f.server.listen = vec!["127.0.0.1:0".into()];
     f.server.shards = 1;
     f.server.pin_threads = false;
     f.server.shutdown_timeout_ms = 3000;
     f.log.level = "warn".into();
+    tweak(&mut f);
     let mut c = Config::resolve(f, |_| Ok(None)).expect("valid config");
     c.conformance_mode();
     c.eio.ping_interval = Duration::from_secs(20);
@@ -123,13 +131,67 @@ fn fanout_over_socketio() {
     assert_complete(&run(&p), 400, 2000);
 
     // --server-pid: our own process, since the node runs in it.
-    p.server_pid = Some(std::process::id());
+    p.server_pids = vec![std::process::id()];
     p.total = Some(100);
     let r = run(&p);
     let s = r.server.as_ref().expect("server figures");
     // CPU time comes in clock ticks: a run this short may well show none.
     assert!(s.rss_before_kb.is_some() && s.rss_after_setup_kb.is_some() && s.cpu_s.is_some(), "{s:?}");
     drop(node);
+}
+
+/// `/health` of a node, as JSON.
+fn health(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).expect("node listens");
+    write!(s, "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_default()
+}
+
+#[test]
+fn fanout_spreads_rooms_over_two_clustered_nodes() {
+    // A subject prefix of this test's own: other tests on the same NATS never see its traffic.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let prefix = format!("lg{:x}{:x}", std::process::id(), nanos & 0xffff_ffff);
+    let cluster = |f: &mut FileConfig| {
+        f.cluster = ClusterSection {
+            backend: ClusterBackend::Nats,
+            prefix: prefix.clone(),
+            unsubscribe_delay_ms: 200,
+            ..ClusterSection::default()
+        };
+    };
+    let (_a, a) = start_conformance_with(cluster);
+    let (_b, b) = start_conformance_with(cluster);
+    for addr in [a, b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health(addr)["checks"]["cluster"]["status"] != "up" {
+            assert!(Instant::now() < deadline, "{addr} did not connect to NATS");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let mut p = params(Scenario::Fanout, a);
+    p.urls.push(format!("ws://{b}"));
+    p.spread = imks_loadgen::params::Spread::Rooms;
+    p.rooms = 2;
+    p.subscribers = 5;
+    p.publishers = 1;
+    // Node B subscribes to its room once its first member joined, a moment after the join is
+    // acked: the warm-up's publishes, which are not counted, cover that moment.
+    p.warmup_s = 1.0;
+    p.load = Load::Open { rate: 400.0 };
+    p.total = Some(200);
+    p.server_pids = vec![std::process::id(), std::process::id()];
+    let r = run(&p);
+    assert_complete(&r, 200, 1000);
+    // The publisher and room r0 on A, room r1 on B: half the deliveries crossed to B.
+    let per_url: Vec<(usize, u64, u64)> =
+        r.per_url.iter().map(|u| (u.connections, u.received, u.latency_us.count)).collect();
+    assert_eq!(per_url, [(6, 500, 500), (5, 500, 500)]);
+    let s = r.server.as_ref().expect("server figures");
+    assert_eq!(s.processes.len(), 2, "{s:?}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 // Starts imks for a test file and stops it afterwards: `imks conformance --port 0`
 // (`startImks`), or `imks serve` with a TOML configuration written to a temporary directory
-// (`startImksServe`).
+// (`startImksServe`). Settings beyond the command line go in as `IMKS_*` variables (`env`).
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,8 +9,8 @@ import { createInterface } from "node:readline";
 
 const binary = () => process.env.IMKS_TEST_BINARY ?? "../../target/debug/imks";
 
-function baseEnv(shards) {
-  const env = { ...process.env, RUST_LOG: "info", IMKS_SERVER__SHARDS: String(shards), IMKS_SERVER__PIN_THREADS: "false" };
+function baseEnv(shards, extra = {}) {
+  const env = { ...process.env, RUST_LOG: "info", IMKS_SERVER__SHARDS: String(shards), IMKS_SERVER__PIN_THREADS: "false", ...extra };
   delete env.IMKS_TEST_BINARY;
   return env;
 }
@@ -41,6 +41,13 @@ async function spawnImks(args, env, ownAddress = []) {
     });
   });
   const url = urls.get(0);
+  // Sends `signal` and resolves with the exit code (null when a signal ended it).
+  const kill = async (signal) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+    const done = new Promise((resolve) => proc.once("exit", resolve));
+    proc.kill(signal);
+    return done;
+  };
   return {
     url,
     // The URL that reaches shard `i` (shard 0's when the shard has no address of its own).
@@ -49,19 +56,24 @@ async function spawnImks(args, env, ownAddress = []) {
       const res = await fetch(`${url}/health`);
       return res.json();
     },
-    async stop() {
-      if (proc.exitCode !== null) return proc.exitCode;
-      const exited = new Promise((resolve) => proc.once("exit", resolve));
-      proc.kill("SIGTERM");
-      return exited;
+    // The sum of every series of `name` (`name` alone, or with labels) in /metrics.
+    async metric(name) {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      let sum = 0;
+      for (const line of text.split("\n")) {
+        if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+      }
+      return sum;
     },
+    kill,
+    stop: () => kill("SIGTERM"),
   };
 }
 
-export async function startImks({ pingInterval = 2000, pingTimeout = 2000, shards = 2, extraArgs = [] } = {}) {
+export async function startImks({ pingInterval = 2000, pingTimeout = 2000, shards = 2, extraArgs = [], env = {} } = {}) {
   return spawnImks(
     ["conformance", "--port", "0", "--ping-interval", String(pingInterval), "--ping-timeout", String(pingTimeout), ...extraArgs],
-    baseEnv(shards),
+    baseEnv(shards, env),
   );
 }
 

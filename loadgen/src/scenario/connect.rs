@@ -91,7 +91,10 @@ async fn handshake(run: &Arc<Run>, t: u64, seed: u64, index: usize, tally: &mut 
     let p = &run.params;
     let timeout = Duration::from_nanos(secs_to_ns(p.connect_timeout_s));
     let token = token::for_connection(p, index);
-    let connect = conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed, token.as_deref());
+    // Handshakes are dealt over the URLs like connections.
+    tally.target = index % run.targets.len();
+    let connect =
+        conn::connect(&run.targets[tally.target], run.source_ip, p.protocol, p.max_message, seed, token.as_deref());
     let res = tokio::time::timeout(timeout, connect).await;
     let err = match res {
         Ok(Ok(c)) => {

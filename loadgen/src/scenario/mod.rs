@@ -98,8 +98,8 @@ pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Ro
     let (wi, wk) = p.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
     let token = token::for_connection(p, role.index(slot, wi, wk));
     let res = tokio::time::timeout(timeout, async {
-        let mut c =
-            conn::connect(&run.target, run.source_ip, p.protocol, p.max_message, seed, token.as_deref()).await?;
+        let target = &run.targets[run.plan.target(slot) % run.targets.len()];
+        let mut c = conn::connect(target, run.source_ip, p.protocol, p.max_message, seed, token.as_deref()).await?;
         match role {
             Role::Subscriber { room } => fanout::join(&mut c, &room_name(room)).await?,
             Role::Chat { .. } => {

@@ -3,6 +3,10 @@
 //! runtime, since the benchmark pins every server to one core. socketioxide 0.18 handlers are
 //! async: it spawns one tokio task per received event.
 //!
+//! With `BENCH_REDIS_URL` (`redis://HOST:PORT`) it is one node of a cluster: broadcasts reach
+//! the other nodes through the `socketioxide-redis` adapter on that Redis (RESP3, as the
+//! adapter requires), as a socketioxide user scales out.
+//!
 //! Usage: imks-bench-socketioxide PORT
 
 use std::time::Duration;
@@ -10,8 +14,11 @@ use std::time::Duration;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Data, SocketRef};
 use socketioxide::SocketIo;
+use socketioxide_redis::drivers::redis::redis_client as redis;
+use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 
 /// Every argument of an event, however many. socketioxide hands a tuple-like type the whole
 /// argument list (any other type gets the first argument only), and sends a tuple-like value
@@ -48,23 +55,23 @@ impl Serialize for Args {
     }
 }
 
-async fn on_connect(socket: SocketRef) {
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
     // echo-ack: ack with the same arguments.
-    socket.on("echo-ack", async |Data::<Args>(args), ack: AckSender| {
+    socket.on("echo-ack", async |Data::<Args>(args), ack: AckSender<A>| {
         ack.send(&args).ok();
     });
     // join / leave: room membership, acked "ok" when the client asked for an ack.
-    socket.on("join", async |socket: SocketRef, Data::<String>(room), ack: AckSender| {
+    socket.on("join", async |socket: SocketRef<A>, Data::<String>(room), ack: AckSender<A>| {
         socket.join(room);
         ack.send("ok").ok();
     });
-    socket.on("leave", async |socket: SocketRef, Data::<String>(room), ack: AckSender| {
+    socket.on("leave", async |socket: SocketRef<A>, Data::<String>(room), ack: AckSender<A>| {
         socket.leave(room);
         ack.send("ok").ok();
     });
     // publish: emit `msg` with the same object to every member of obj.room, the sender included
     // (`within`, unlike `to`, does not leave the sender out).
-    socket.on("publish", async |socket: SocketRef, Data::<Value>(obj)| {
+    socket.on("publish", async |socket: SocketRef<A>, Data::<Value>(obj)| {
         let Some(room) = obj.get("room").and_then(Value::as_str).map(str::to_owned) else {
             return;
         };
@@ -83,15 +90,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // Relaxed heartbeats, as imks is started with in the benchmarks; everything else default.
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_millis(25_000))
-        .ping_timeout(Duration::from_millis(20_000))
-        .build_layer();
-    io.ns("/", on_connect);
-
-    let app = axum::Router::new().layer(layer);
+    let builder =
+        SocketIo::builder().ping_interval(Duration::from_millis(25_000)).ping_timeout(Duration::from_millis(20_000));
+    let (app, adapter) = match std::env::var("BENCH_REDIS_URL") {
+        Ok(url) => {
+            let client = redis::Client::open(format!("{url}?protocol=resp3"))?;
+            let ctr = RedisAdapterCtr::new_with_redis(&client).await?;
+            let (layer, io) = builder.with_adapter::<RedisAdapter<_>>(ctr).build_layer();
+            io.ns("/", on_connect).await?;
+            (axum::Router::new().layer(layer), format!(" (redis adapter on {url})"))
+        }
+        Err(_) => {
+            let (layer, io) = builder.build_layer();
+            io.ns("/", on_connect);
+            (axum::Router::new().layer(layer), String::new())
+        }
+    };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("socketioxide listening on 127.0.0.1:{port}");
+    println!("socketioxide listening on 127.0.0.1:{port}{adapter}");
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
