@@ -227,6 +227,11 @@ fn user_key(u: &envelope::ArchivedUserRef) -> UserKey {
 }
 
 impl ClusterHandler for Hub {
+    /// The users who had sessions only on that node go offline for the watchers here.
+    fn node_gone(&self, shard: &Rc<Shard>, node: &str) {
+        super::directory::node_gone(shard, self, node);
+    }
+
     fn receive(&self, shard: &Rc<Shard>, env: &Checked) {
         match &env.view().body {
             // Every shard with members of the room got it: each serves its own.

@@ -301,6 +301,20 @@ pub(super) fn remote_presence(shard: &Shard, hub: &Hub, user: UserKey, node: Arc
     }
 }
 
+/// Node `node` left the cluster or died: the users it had sessions of are no longer online
+/// there, and those online nowhere else go offline for the watchers here.
+pub(super) fn node_gone(shard: &Shard, hub: &Hub, node: &str) {
+    let homes = &mut *hub.homes.borrow_mut();
+    for (user, e) in homes.iter_mut() {
+        if e.remote.remove(node) && !e.online() {
+            let frame = text(encode_presence(false, &user.user, now_ms()));
+            for w in &e.watchers {
+                shard.send_to(*w, frame.clone());
+            }
+        }
+    }
+}
+
 /// The user logged in on another node at `at_ms`: under `kick_oldest`, the sessions here go
 /// when that login is the newer one (ties: the greater node id wins, so exactly one side
 /// keeps its session).

@@ -125,6 +125,10 @@ pub trait ClusterHandler: 'static {
     /// One envelope from another node, for this shard's members. Ignores bodies of other
     /// protocols.
     fn receive(&self, shard: &Rc<Shard>, env: &Checked);
+
+    /// Node `node` left the cluster or was found gone (not heard from for
+    /// `cluster.node_timeout_ms`): on every shard, once.
+    fn node_gone(&self, _shard: &Rc<Shard>, _node: &str) {}
 }
 
 /// A shard's side of the cluster: its interest per subject, its publishing, and the handlers
@@ -300,12 +304,32 @@ impl Cluster {
 }
 
 impl ShardService for Cluster {
-    fn on_tick(&self, _shard: &Shard) {
+    fn on_tick(&self, shard: &Shard) {
         self.tick_peers();
+        self.announce_departures(shard);
     }
 
     fn on_drain(&self, _shard: &Shard) {
         self.say_leaving();
+    }
+}
+
+impl Cluster {
+    /// Tells every shard's protocols of the nodes that left or were found gone.
+    fn announce_departures(&self, shard: &Shard) {
+        let departed: Vec<Arc<str>> = std::mem::take(&mut *self.peers.departed.borrow_mut());
+        for node in departed {
+            for to in 0..shard.shard_count() {
+                let node = node.clone();
+                shard.invoke_on(to, move |s: &Rc<Shard>| {
+                    let Some(c) = s.service::<Cluster>() else { return };
+                    let handlers = c.handlers.borrow().clone();
+                    for h in &handlers {
+                        h.node_gone(s, &node);
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -332,6 +356,7 @@ async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Che
             continue;
         }
         if cluster.on_control(&env) {
+            cluster.announce_departures(&shard);
             continue;
         }
         let handlers = cluster.handlers.borrow().clone();

@@ -90,6 +90,9 @@ pub(super) struct Peers {
     leaving: Cell<bool>,
     /// Requests from other nodes being answered.
     incoming: Rc<Cell<usize>>,
+    /// Nodes that left or were found gone since the protocols were last told
+    /// ([`ClusterHandler::node_gone`]).
+    pub(super) departed: RefCell<Vec<Arc<str>>>,
 }
 
 impl Peers {
@@ -103,6 +106,7 @@ impl Peers {
             last_beat: Cell::new(None),
             was_up: Cell::new(false),
             leaving: Cell::new(false),
+            departed: RefCell::new(Vec::new()),
             incoming: Rc::new(Cell::new(0)),
         }
     }
@@ -259,6 +263,7 @@ impl Cluster {
         let gone = self.peers.known.borrow_mut().remove(origin).is_some();
         if gone {
             self.stats.set_nodes(self.peers.known.borrow().len());
+            self.peers.departed.borrow_mut().push(origin.into());
         }
         self.stop_waiting(origin, false);
     }
@@ -323,6 +328,7 @@ impl Cluster {
             for node in gone {
                 tracing::info!(%node, "cluster node not heard from; taken for gone");
                 self.stop_waiting(&node, true);
+                self.peers.departed.borrow_mut().push(node);
             }
         }
     }
