@@ -119,7 +119,16 @@ impl Node {
             }
         };
         let cluster = config.cluster.enabled().then(|| {
-            let (bridge, handle) = crate::cluster::build(&config.cluster, config.runtime.shards.len());
+            // Socket.IO recovery across nodes needs its broadcasts in one order: the stream's.
+            // NATS only: over Redis, recovery stays on the node that held the socket.
+            let over_nats = config.cluster.backend == crate::cluster::ClusterBackend::Nats;
+            let sequencing = config
+                .sio
+                .recovery
+                .as_ref()
+                .filter(|_| over_nats)
+                .map(|r| crate::cluster::jetstream::Sequencing { window: r.window, max_messages: 1_000_000 });
+            let (bridge, handle) = crate::cluster::build(&config.cluster, config.runtime.shards.len(), sequencing);
             sidecar.push(Box::new(bridge));
             handle
         });

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::jetstream::{self, Replayed, Sequenced, Sequencing};
 use super::stats::{ClusterStats, DropReason};
 use super::subject::SubjectKind;
 use super::{Checked, ClusterBackend, ClusterConfig};
@@ -47,6 +48,15 @@ pub enum ToBridge {
     /// An envelope for the nodes subscribed to `subject`, whose first answer (an envelope)
     /// comes back on `answer`.
     Request { kind: SubjectKind, subject: String, payload: Bytes, timeout: Duration, answer: oneshot::Sender<Asked> },
+    /// The broadcasts on `filter` from sequence `from` (sequenced mode, [`super::jetstream`]).
+    Replay { filter: String, from: u64, max: usize, answer: oneshot::Sender<Replayed> },
+    /// Answers once every one of `subjects` is subscribed and the server has it (or after two
+    /// seconds): from then on, nothing published on them passes this node by.
+    WaitLive { subjects: Vec<String>, answer: oneshot::Sender<()> },
+    /// Keeps a Socket.IO session for recovery.
+    PutSession { key: String, value: Bytes },
+    /// A kept Socket.IO session.
+    GetSession { key: String, answer: oneshot::Sender<Option<Bytes>> },
 }
 
 /// How a request ended.
@@ -105,6 +115,12 @@ pub(super) trait Transport {
     /// to retry what failed.
     fn tick(&mut self) {}
 
+    /// The NATS client, for the recovery stream ([`super::jetstream`]); `None` for Redis, where
+    /// Socket.IO recovery stays on each node.
+    fn nats(&self) -> Option<async_nats::Client> {
+        None
+    }
+
     /// Flushes what is on its way and lets go of the connection, within a second or two.
     async fn close(self);
 }
@@ -115,6 +131,8 @@ pub struct Bridge {
     pub(super) rx: mpsc::Receiver<ToBridge>,
     pub(super) shards: Vec<mpsc::Sender<Checked>>,
     pub(super) stats: Arc<ClusterStats>,
+    /// Sequenced Socket.IO broadcasts, when recovery is on ([`super::jetstream`]).
+    pub(super) sequencing: Option<Sequencing>,
 }
 
 impl SidecarService for Bridge {
@@ -164,6 +182,7 @@ impl Bridge {
             // Only Redis sends a node its own publishes.
             echo_of: (self.cfg.backend == ClusterBackend::Redis).then(|| self.cfg.node_id.clone()),
             log: RefCell::new(DropLog { last: None, quiet: 0 }),
+            live: RefCell::new(std::collections::HashSet::new()),
         });
         let connected = match self.cfg.backend {
             ClusterBackend::Nats => super::nats::Nats::connect(&self.cfg, &self.stats, &inbound)
@@ -176,8 +195,8 @@ impl Bridge {
             ClusterBackend::None => return,
         };
         match connected {
-            Ok(Either::Nats(t)) => self.run(ctx, t).await,
-            Ok(Either::Redis(t)) => self.run(ctx, t).await,
+            Ok(Either::Nats(t)) => self.run(ctx, t, inbound).await,
+            Ok(Either::Redis(t)) => self.run(ctx, t, inbound).await,
             Err(e) => {
                 // Only a malformed address gets here: the clients retry unreachable ones.
                 tracing::error!(error = %e, url = %self.cfg.url, "cannot use the cluster backend");
@@ -187,8 +206,27 @@ impl Bridge {
         }
     }
 
-    async fn run<T: Transport>(mut self, ctx: ServiceContext, mut transport: T) {
+    async fn run<T: Transport>(mut self, ctx: ServiceContext, mut transport: T, inbound: Rc<Inbound>) {
         let stats = self.stats.clone();
+        let sequenced: Rc<RefCell<Option<Sequenced>>> = Rc::new(RefCell::new(None));
+        if let (Some(s), Some(client)) = (self.sequencing.clone(), transport.nats()) {
+            let (stats, slot, prefix) = (stats.clone(), sequenced.clone(), self.cfg.prefix.clone());
+            tokio::task::spawn_local(async move {
+                loop {
+                    if stats.connected() {
+                        match jetstream::ensure(&client, &prefix, &s).await {
+                            Ok(seq) => {
+                                stats.set_epoch(seq.epoch);
+                                *slot.borrow_mut() = Some(seq);
+                                return;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "Socket.IO recovery across nodes is not ready"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+        }
         let mut subs: HashMap<Arc<str>, Sub> = HashMap::new();
         let delay = self.cfg.unsubscribe_delay;
         let mut sweep = tokio::time::interval(delay.checked_div(4).unwrap_or(delay).max(Duration::from_millis(20)));
@@ -213,6 +251,41 @@ impl Bridge {
                     match next {
                         Some(ToBridge::Interest { shard, subject, on }) => {
                             self.interest(&mut transport, &mut subs, shard, subject, on).await;
+                        }
+                        Some(ToBridge::Replay { filter, from, max, answer }) => {
+                            let Some(seq) = sequenced.borrow().clone() else {
+                                let _ = answer.send(Replayed::Failed);
+                                continue;
+                            };
+                            tokio::task::spawn_local(async move {
+                                let read = jetstream::replay(&seq, filter, from, max, Duration::from_secs(5)).await;
+                                let _ = answer.send(read);
+                            });
+                        }
+                        Some(ToBridge::WaitLive { subjects, answer }) => {
+                            let inbound = inbound.clone();
+                            tokio::task::spawn_local(async move {
+                                let deadline = Instant::now() + ROUND_TRIP_TIMEOUT;
+                                let live = |s: &String| inbound.live.borrow().contains(s.as_str());
+                                while Instant::now() < deadline && !subjects.iter().all(live) {
+                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                }
+                                let _ = answer.send(());
+                            });
+                        }
+                        Some(ToBridge::PutSession { key, value }) => {
+                            if let Some(seq) = sequenced.borrow().clone() {
+                                tokio::task::spawn_local(async move { jetstream::put_session(&seq, key, value).await });
+                            }
+                        }
+                        Some(ToBridge::GetSession { key, answer }) => {
+                            let Some(seq) = sequenced.borrow().clone() else {
+                                let _ = answer.send(None);
+                                continue;
+                            };
+                            tokio::task::spawn_local(async move {
+                                let _ = answer.send(jetstream::get_session(&seq, key).await);
+                            });
                         }
                         Some(ToBridge::Request { kind, subject, payload, timeout, answer }) => {
                             if !stats.connected() {
@@ -346,6 +419,8 @@ pub(super) struct Inbound {
     /// uncounted (they are neither traffic from the cluster nor a fault).
     echo_of: Option<Arc<str>>,
     log: RefCell<DropLog>,
+    /// Subjects the backend has confirmed it routes to this node ([`ToBridge::WaitLive`]).
+    pub(super) live: RefCell<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Inbound {
@@ -356,6 +431,7 @@ impl Inbound {
         subject: &str,
         payload: Bytes,
         reply: Option<Arc<str>>,
+        seq: Option<u64>,
         targets: &[usize],
     ) {
         let len = payload.len();
@@ -365,8 +441,11 @@ impl Inbound {
             self.log.borrow_mut().log(subject, &format_args!("{len} bytes, over cluster.max_envelope_bytes"));
             return;
         }
+        if let Some(s) = seq {
+            self.stats.saw_seq(s);
+        }
         let checked = match Checked::new(payload) {
-            Ok(c) => c.with_reply(reply),
+            Ok(c) => c.with_reply(reply).with_seq(seq),
             Err(e) => {
                 self.stats.received(kind, len);
                 self.stats.dropped(DropReason::from_reason(e.reason()));

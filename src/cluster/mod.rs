@@ -20,6 +20,7 @@
 pub mod bridge;
 mod config;
 pub mod envelope;
+pub mod jetstream;
 mod nats;
 mod peers;
 mod redis;
@@ -53,18 +54,30 @@ pub struct Checked {
     payload: Bytes,
     /// Where the sender waits for an answer, when it is a request ([`Cluster::answer`]).
     reply: Option<Arc<str>>,
+    /// Its place in the recovery stream, when it came sequenced ([`jetstream`]).
+    seq: Option<u64>,
 }
 
 impl Checked {
     /// Checks `payload` as an envelope of this version.
     pub fn new(payload: Bytes) -> Result<Checked, EnvelopeError> {
         envelope::decode(&payload)?;
-        Ok(Checked { payload, reply: None })
+        Ok(Checked { payload, reply: None, seq: None })
     }
 
     fn with_reply(mut self, reply: Option<Arc<str>>) -> Checked {
         self.reply = reply;
         self
+    }
+
+    fn with_seq(mut self, seq: Option<u64>) -> Checked {
+        self.seq = seq;
+        self
+    }
+
+    /// Its sequence in the recovery stream, when it came sequenced.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
     }
 
     /// Whether the sender waits for an answer.
@@ -102,10 +115,12 @@ pub struct ClusterHandle {
     tx: mpsc::Sender<ToBridge>,
     inbound: Mutex<Vec<Option<mpsc::Receiver<Checked>>>>,
     stats: Arc<ClusterStats>,
+    sequenced: bool,
 }
 
-/// Builds the bridge (for the sidecar) and the handle its shards start from.
-pub fn build(cfg: &ClusterConfig, shards: usize) -> (Bridge, ClusterHandle) {
+/// Builds the bridge (for the sidecar) and the handle its shards start from. `sequencing`:
+/// Socket.IO broadcasts go through the recovery stream ([`jetstream`]).
+pub fn build(cfg: &ClusterConfig, shards: usize, sequencing: Option<jetstream::Sequencing>) -> (Bridge, ClusterHandle) {
     let (tx, rx) = mpsc::channel(cfg.publish_queue);
     let (mut senders, mut receivers) = (Vec::with_capacity(shards), Vec::with_capacity(shards));
     for _ in 0..shards {
@@ -114,8 +129,9 @@ pub fn build(cfg: &ClusterConfig, shards: usize) -> (Bridge, ClusterHandle) {
         receivers.push(Some(rx));
     }
     let stats = Arc::new(ClusterStats::default());
-    let bridge = Bridge { cfg: cfg.clone(), rx, shards: senders, stats: stats.clone() };
-    let handle = ClusterHandle { cfg: cfg.clone(), tx, inbound: Mutex::new(receivers), stats };
+    let sequenced = sequencing.is_some();
+    let bridge = Bridge { cfg: cfg.clone(), rx, shards: senders, stats: stats.clone(), sequencing };
+    let handle = ClusterHandle { cfg: cfg.clone(), tx, inbound: Mutex::new(receivers), stats, sequenced };
     (bridge, handle)
 }
 
@@ -151,6 +167,8 @@ pub struct Cluster {
     handlers: RefCell<Vec<Rc<dyn ClusterHandler>>>,
     /// The other nodes and the requests to them (on the control shard).
     peers: Peers,
+    /// Socket.IO broadcasts go through the recovery stream.
+    sequenced: bool,
 }
 
 impl Cluster {
@@ -171,6 +189,7 @@ impl Cluster {
             flushing: tokio::sync::Mutex::new(()),
             handlers: RefCell::new(Vec::new()),
             peers: Peers::new(),
+            sequenced: handle.sequenced,
         });
         shard.add_service(cluster.clone());
         if cluster.is_control() {
@@ -268,6 +287,43 @@ impl Cluster {
         asked.await.unwrap_or(Asked::Failed)
     }
 
+    /// Whether Socket.IO broadcasts go through the recovery stream ([`jetstream`]).
+    pub fn sequenced(&self) -> bool {
+        self.sequenced
+    }
+
+    /// The broadcasts on `filter` from sequence `from`, read back from the recovery stream.
+    pub async fn replay(&self, filter: String, from: u64, max: usize) -> jetstream::Replayed {
+        let (answer, read) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(ToBridge::Replay { filter, from, max, answer }).is_err() {
+            return jetstream::Replayed::Failed;
+        }
+        read.await.unwrap_or(jetstream::Replayed::Failed)
+    }
+
+    /// Waits until the node receives everything published on `subjects` (they are subscribed
+    /// and the server has it), at most two seconds.
+    pub async fn wait_live(&self, subjects: Vec<String>) {
+        let (answer, done) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(ToBridge::WaitLive { subjects, answer }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Keeps a Socket.IO session's state for recovery on any node (fire and forget).
+    pub fn put_session(&self, key: String, value: Bytes) {
+        if self.tx.try_send(ToBridge::PutSession { key, value }).is_err() {
+            self.stats.dropped(DropReason::PublishQueue);
+        }
+    }
+
+    /// A kept Socket.IO session's state.
+    pub async fn get_session(&self, key: String) -> Option<Bytes> {
+        let (answer, got) = tokio::sync::oneshot::channel();
+        self.tx.try_send(ToBridge::GetSession { key, answer }).ok()?;
+        got.await.ok().flatten()
+    }
+
     /// Answers a request ([`Cluster::ask`]); does nothing for an envelope that is none.
     pub fn answer(&self, to: &Checked, ok: bool) {
         let Some(reply) = &to.reply else { return };
@@ -352,7 +408,9 @@ async fn pump(shard: Rc<Shard>, cluster: Rc<Cluster>, mut rx: mpsc::Receiver<Che
         // The node's own envelope, from a backend that echoes (NATS runs with `no_echo`):
         // delivered locally already, and its own heartbeat or request must not make it wait
         // for itself.
-        if env.view().origin.as_str() == &*cluster.node_id {
+        // Sequenced broadcasts are the exception: every node, their origin too, delivers them
+        // as they come back from the recovery stream ([`jetstream`]).
+        if env.view().origin.as_str() == &*cluster.node_id && env.seq().is_none() {
             continue;
         }
         if cluster.on_control(&env) {

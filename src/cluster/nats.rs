@@ -31,6 +31,107 @@ pub(super) struct Nats {
     /// Ends each subscription: its reader unsubscribes, waits for the server to have it, and
     /// counts it.
     stops: std::collections::HashMap<Arc<str>, oneshot::Sender<()>>,
+    /// Hands the subscriptions of sequenced broadcasts to their one reader.
+    sequenced: tokio::sync::mpsc::UnboundedSender<SequencedSub>,
+}
+
+/// Whether a subject carries broadcasts sequenced by the recovery stream (`<p>.sioseq....`).
+fn is_sequenced(subject: &str) -> bool {
+    subject.split('.').nth(1) == Some("sioseq")
+}
+
+/// A subscription of sequenced broadcasts, for [`sequenced_reader`].
+struct SequencedSub {
+    name: Arc<str>,
+    kind: SubjectKind,
+    targets: Targets,
+    subscriber: async_nats::Subscriber,
+    stopped: oneshot::Receiver<()>,
+}
+
+/// What the sequenced reader takes from one subscription.
+enum Item {
+    Message {
+        seq: Option<u64>,
+        name: Arc<str>,
+        kind: SubjectKind,
+        targets: Targets,
+        payload: Bytes,
+    },
+    /// The subscription was ended and unsubscribed.
+    Ended(Arc<str>),
+}
+
+impl Item {
+    fn order(&self) -> u64 {
+        match self {
+            Item::Message { seq, .. } => seq.unwrap_or(0),
+            Item::Ended(_) => u64::MAX,
+        }
+    }
+}
+
+/// Reads every subscription of sequenced broadcasts as one: a socket in several rooms must get
+/// their broadcasts in the stream's order (its last offset then says exactly what it has), and
+/// a reader per subscription would interleave them as the runtime schedules them. The client
+/// hands what it read from the connection, in the server's order, to the subscriptions'
+/// queues in one go; this takes all that is ready across them and routes it sorted by sequence.
+async fn sequenced_reader(
+    mut added: tokio::sync::mpsc::UnboundedReceiver<SequencedSub>,
+    inbound: Rc<Inbound>,
+    client: async_nats::Client,
+    stats: Arc<ClusterStats>,
+) {
+    use futures_util::stream::{self, SelectAll};
+    use futures_util::FutureExt;
+    let mut all: SelectAll<Pin<Box<dyn futures_util::Stream<Item = Item>>>> = SelectAll::new();
+    loop {
+        let first = tokio::select! {
+            s = added.recv() => match s {
+                Some(s) => {
+                    let state = (Some(s.subscriber), s.stopped, s.name, s.kind, s.targets);
+                    all.push(Box::pin(stream::unfold(state, |(sub, mut stopped, name, kind, targets)| async move {
+                        let mut sub = sub?;
+                        tokio::select! {
+                            m = sub.next() => {
+                                let m = m?;
+                                let seq = super::jetstream::sequence_of(m.headers.as_ref());
+                                let item = Item::Message { seq, name: name.clone(), kind, targets: targets.clone(), payload: m.payload };
+                                Some((item, (Some(sub), stopped, name, kind, targets)))
+                            }
+                            _ = &mut stopped => {
+                                let _ = sub.unsubscribe().await;
+                                Some((Item::Ended(name.clone()), (None, stopped, name, kind, targets)))
+                            }
+                        }
+                    })));
+                    continue;
+                }
+                None => return,
+            },
+            Some(item) = all.next(), if !all.is_empty() => item,
+        };
+        let mut batch = vec![first];
+        while let Some(Some(item)) = all.next().now_or_never() {
+            batch.push(item);
+        }
+        batch.sort_by_key(Item::order);
+        for item in batch {
+            match item {
+                Item::Message { seq, name, kind, targets, payload } => {
+                    inbound.route(kind, &name, payload, None, seq, &targets.borrow())
+                }
+                Item::Ended(name) => {
+                    inbound.live.borrow_mut().remove(&name);
+                    let (client, stats) = (client.clone(), stats.clone());
+                    tokio::task::spawn_local(async move {
+                        confirm(&client).await;
+                        stats.unsubscribed();
+                    });
+                }
+            }
+        }
+    }
 }
 
 impl Nats {
@@ -79,7 +180,9 @@ impl Nats {
             });
         let client = options.connect(cfg.url.as_str()).await?;
         let _ = once.set(client.clone());
-        Ok(Nats { client, inbound: inbound.clone(), stats: stats.clone(), stops: Default::default() })
+        let (sequenced, added) = tokio::sync::mpsc::unbounded_channel();
+        tokio::task::spawn_local(sequenced_reader(added, inbound.clone(), client.clone(), stats.clone()));
+        Ok(Nats { client, inbound: inbound.clone(), stats: stats.clone(), stops: Default::default(), sequenced })
     }
 }
 
@@ -92,26 +195,36 @@ impl Transport for Nats {
                 return;
             }
         };
-        let (client, stats) = (self.client.clone(), self.stats.clone());
+        let (client, stats, inbound, name) =
+            (self.client.clone(), self.stats.clone(), self.inbound.clone(), subject.clone());
         tokio::task::spawn_local(async move {
             if confirm(&client).await {
                 stats.subscribed();
+                inbound.live.borrow_mut().insert(name);
             }
         });
-        let (inbound, name) = (self.inbound.clone(), subject.clone());
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stops.insert(subject.clone(), stop);
+        if is_sequenced(&subject) {
+            // One reader for all of them, in the stream's order (see `sequenced_reader`).
+            let _ = self.sequenced.send(SequencedSub { name: subject, kind, targets, subscriber, stopped });
+            return;
+        }
+        let (inbound, name) = (self.inbound.clone(), subject);
         let (client, stats) = (self.client.clone(), self.stats.clone());
+        let mut stopped = stopped;
         tokio::task::spawn_local(async move {
             loop {
                 tokio::select! {
                     m = subscriber.next() => match m {
                         Some(m) => {
                             let reply = m.reply.map(|r| Arc::from(r.as_str()));
-                            inbound.route(kind, &name, m.payload, reply, &targets.borrow())
+                            inbound.route(kind, &name, m.payload, reply, None, &targets.borrow())
                         }
                         None => break,
                     },
                     _ = &mut stopped => {
+                        inbound.live.borrow_mut().remove(&name);
                         let _ = subscriber.unsubscribe().await;
                         confirm(&client).await;
                         stats.unsubscribed();
@@ -120,7 +233,6 @@ impl Transport for Nats {
                 }
             }
         });
-        self.stops.insert(subject, stop);
     }
 
     fn unsubscribe(&mut self, subject: Arc<str>) {
@@ -162,6 +274,10 @@ impl Transport for Nats {
     fn round_trip(&self) -> Pin<Box<dyn Future<Output = bool>>> {
         let client = self.client.clone();
         Box::pin(async move { round_trip(&client).await })
+    }
+
+    fn nats(&self) -> Option<async_nats::Client> {
+        Some(self.client.clone())
     }
 
     async fn close(self) {

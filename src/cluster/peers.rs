@@ -294,7 +294,9 @@ impl Cluster {
 
     /// A heartbeat straight to one node, which has just been heard of for the first time.
     fn beat_to(&self, node: &str) {
-        if self.peers.leaving.get() {
+        // Not connected yet (Redis reports the node up once both its connections are): the
+        // heartbeat the tick sends on connecting reaches every node anyway.
+        if self.peers.leaving.get() || !self.stats.connected() {
             return;
         }
         self.publish(SubjectKind::Node, self.subjects.node(node), &self.heartbeat());

@@ -258,7 +258,7 @@ async fn read(
                     // Refused as an envelope too short for its header, counted.
                     _ => Bytes::new(),
                 };
-                inbound.route(*kind, &m.channel, payload, None, &targets.borrow());
+                inbound.route(*kind, &m.channel, payload, None, None, &targets.borrow());
             }
             Err(broadcast::error::RecvError::Lagged(n)) => stats.slow_consumer_lost(n),
             Err(broadcast::error::RecvError::Closed) => return,

@@ -101,6 +101,9 @@ impl Traffic {
 #[derive(Default)]
 pub struct ClusterStats {
     connected: AtomicBool,
+    /// The recovery stream's epoch (its creation time, ms); 0 until it is ready.
+    epoch: AtomicU64,
+    last_seq: AtomicU64,
     /// Set at the first connection, so later ones count as reconnects.
     ever_connected: AtomicBool,
     /// The last measured round trip to the backend, in microseconds; 0 before the first.
@@ -122,6 +125,26 @@ pub struct ClusterStats {
 impl ClusterStats {
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch.max(1), Ordering::Relaxed);
+    }
+
+    /// Notes the sequence of a broadcast received from the recovery stream.
+    pub fn saw_seq(&self, seq: u64) {
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The highest sequence received from the recovery stream so far.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// The recovery stream's epoch, once it is ready.
+    pub fn epoch(&self) -> Option<u64> {
+        let e = self.epoch.load(Ordering::Relaxed);
+        (e > 0).then_some(e)
     }
 
     /// Whether the node was connected before (and marks that it now has been).
@@ -248,6 +271,9 @@ impl ClusterStats {
                 let _ = writeln!(out, "{name}_bytes_total{{kind=\"{}\"}} {}", k.as_str(), g(&dir.bytes[k.index()]));
             }
         }
+        let _ = writeln!(out, "# HELP imks_cluster_recovery_epoch The epoch of the Socket.IO recovery stream (its creation time in ms); 0 while it is not ready or not used.");
+        let _ = writeln!(out, "# TYPE imks_cluster_recovery_epoch gauge");
+        let _ = writeln!(out, "imks_cluster_recovery_epoch {}", g(&self.epoch));
         let _ = writeln!(out, "# HELP imks_cluster_subscriptions Subjects the node is subscribed to.");
         let _ = writeln!(out, "# TYPE imks_cluster_subscriptions gauge");
         let _ = writeln!(out, "imks_cluster_subscriptions {}", g(&self.subscriptions));

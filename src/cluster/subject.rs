@@ -67,7 +67,7 @@ impl SubjectKind {
         let mut tokens = rest.split('.');
         let kind = tokens.next()?;
         match kind {
-            "sio" => Some(SubjectKind::Sio),
+            "sio" | "sioseq" => Some(SubjectKind::Sio),
             "room" => Some(SubjectKind::Room),
             "node" => Some(SubjectKind::Node),
             "user" => Some(SubjectKind::User),
@@ -134,6 +134,25 @@ impl Subjects {
         push_token(&mut s, nsp);
         s.push_str(".r.");
         push_token(&mut s, room);
+        s
+    }
+
+    /// A namespace's or room's subject as the recovery stream republishes it, with each
+    /// broadcast's sequence ([`super::jetstream`]): `sio` becomes `sioseq`.
+    pub fn sequenced(&self, sio_subject: &str) -> String {
+        let rest = sio_subject.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix(".sio.")).unwrap_or(sio_subject);
+        let mut s = self.start("sioseq", rest.len() + 1);
+        s.push('.');
+        s.push_str(rest);
+        s
+    }
+
+    /// Every broadcast of a namespace in the recovery stream: its filter subject.
+    pub fn sio_namespace_filter(&self, nsp: &str) -> String {
+        let mut s = self.start("sio", nsp.len() + 3);
+        s.push('.');
+        push_token(&mut s, nsp);
+        s.push_str(".>");
         s
     }
 
@@ -218,6 +237,9 @@ mod tests {
         assert_eq!(s.sio_room("/", "lobby"), "imks.sio.~2f.r.lobby");
         assert_eq!(s.room("general"), "imks.room.general");
         assert_eq!(s.node("n1"), "imks.node.n1");
+        assert_eq!(s.sequenced(&s.sio_room("/", "a")), "imks.sioseq.~2f.r.a");
+        assert_eq!(s.sio_namespace_filter("/"), "imks.sio.~2f.>");
+        assert_eq!(SubjectKind::of("imks", &s.sequenced(&s.sio_namespace("/"))), Some(SubjectKind::Sio));
         assert_eq!(s.user("acme", "a.b"), "imks.user.acme.a~2eb");
         assert_eq!(s.presence("acme", "bob"), "imks.presence.acme.bob");
         assert_eq!(SubjectKind::of("imks", &s.user("t", "u")), Some(SubjectKind::User));

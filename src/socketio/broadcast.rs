@@ -27,6 +27,8 @@ pub struct RemoteBroadcast {
     pub binaries: Vec<Bytes>,
     /// The packet's recovery offset (recovery on only).
     pub offset: Option<Arc<str>>,
+    /// Its sequence in the cluster's recovery stream, when it came through it.
+    pub seq: Option<u64>,
 }
 
 impl RemoteBroadcast {
@@ -59,6 +61,8 @@ fn publish(cluster: &Cluster, b: &RemoteBroadcast) {
         offset: b.offset.as_deref().map(str::to_string),
     };
     let subjects = cluster.subjects();
+    // Published on `sio` subjects either way: with recovery, the stream keeps them and
+    // republishes them sequenced.
     if b.rooms.is_empty() {
         let subject = subjects.sio_namespace(&b.nsp);
         cluster.publish(SubjectKind::Sio, subject, &cluster.envelope(Body::Sio(body)));
@@ -90,14 +94,24 @@ impl ClusterHandler for SocketIo {
             None => (Vec::new(), Vec::new()),
         };
         except_rooms.extend(b.except_rooms.iter().map(name));
+        let text = env.share(b.text.as_slice());
+        // Sequenced by the recovery stream: the offset is its place there, added here.
+        let (text, offset, seq) = match (env.seq(), self.cluster().and_then(|c| c.stats().epoch())) {
+            (Some(seq), Some(epoch)) => {
+                let offset = recovery::stream_offset(epoch, seq);
+                (recovery::append_offset(&text, &offset), Some(offset), Some(seq))
+            }
+            _ => (text, b.offset.as_ref().map(name), None),
+        };
         let msg = Arc::new(RemoteBroadcast {
             nsp: name(&b.nsp),
             rooms,
             except_rooms,
             except_socket: b.except_socket.as_ref().map(name),
-            text: env.share(b.text.as_slice()),
+            text,
             binaries: b.binaries.iter().map(|x| env.share(x.as_slice())).collect(),
-            offset: b.offset.as_ref().map(name),
+            offset,
+            seq,
         });
         self.deliver_local(shard, &msg);
     }
@@ -180,6 +194,21 @@ impl SocketIo {
         args_tail: &str,
         binaries: Vec<Bytes>,
     ) {
+        if let Some(cluster) = self.cluster().filter(|c| c.sequenced()) {
+            // Every node delivers it as it comes back from the recovery stream, this one too.
+            let text = Bytes::from(packet::encode_event(nsp, None, event, args_tail, binaries.len()));
+            let msg = RemoteBroadcast {
+                offset: None,
+                seq: None,
+                nsp: nsp.into(),
+                rooms: target.rooms.iter().map(|r| Arc::from(*r)).collect(),
+                except_rooms: target.except_rooms.iter().map(|r| Arc::from(*r)).collect(),
+                except_socket: target.except_socket.map(Arc::from),
+                text,
+                binaries,
+            };
+            return publish(&cluster, &msg);
+        }
         let offset = self.next_offset(shard);
         let text = match &offset {
             Some(o) => packet::encode_event(nsp, None, event, &recovery::with_offset(args_tail, o), binaries.len()),
@@ -188,6 +217,7 @@ impl SocketIo {
         let text = Bytes::from(text);
         let msg = Arc::new(RemoteBroadcast {
             offset,
+            seq: None,
             nsp: nsp.into(),
             rooms: target.rooms.iter().map(|r| Arc::from(*r)).collect(),
             except_rooms: target.except_rooms.iter().map(|r| Arc::from(*r)).collect(),
@@ -234,6 +264,17 @@ impl SocketIo {
         }
         let prepared = prepare_bytes(b.text.clone(), &b.binaries);
         for s in targets {
+            if let (Some(seq), Some(offset)) = (b.seq, &b.offset) {
+                // Sent by a recovery's replay already, or to be sent after it.
+                if seq <= s.floor.get() {
+                    continue;
+                }
+                if let Some(buffer) = s.recovering.borrow_mut().as_mut() {
+                    buffer.push((seq, (offset.clone(), b.text.clone(), b.binaries.clone())));
+                    continue;
+                }
+                s.floor.set(seq);
+            }
             s.eio.send_broadcast(shard, &prepared);
         }
     }

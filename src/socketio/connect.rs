@@ -54,8 +54,12 @@ impl SocketIo {
         let auth: Option<String> = p.data_json().map(str::to_string);
         let claim = if self.cfg.recovery.is_some() { auth.as_deref().and_then(recovery::parse_claim) } else { None };
         let Some(claim) = claim else {
-            return self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), None);
+            self.finish_connect(shard, eio, conn, ns_index, nsp, auth.as_deref(), None);
+            return;
         };
+        if super::cluster::is_remote_claim(self, &claim.pid) {
+            return self.claim_from_cluster(eio, conn, ns_index, nsp, auth, claim);
+        }
         match recovery::owner_of(&claim.pid).filter(|&o| o != shard.index && o < shard.shard_count()) {
             None => {
                 let restored = self.take_stored(&claim.pid, claim.offset.as_deref());
@@ -95,8 +99,8 @@ impl SocketIo {
         nsp: Rc<str>,
         auth: Option<&str>,
         restored: Option<Restored>,
-    ) {
-        let Some(ns) = self.namespaces.get(ns_index) else { return };
+    ) -> Option<Rc<Socket>> {
+        let ns = self.namespaces.get(ns_index)?;
         let identity = match authenticate(shard, eio, auth) {
             Ok(i) => i,
             Err(e) => {
@@ -108,13 +112,16 @@ impl SocketIo {
                 );
                 let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
                 eio.send(shard, text_packet(text));
-                return;
+                return None;
             }
         };
         let recovering = self.cfg.recovery.is_some();
         let (id, pid, recovered): (SocketId, Option<Rc<str>>, bool) = match &restored {
             Some(r) => (SocketId::from(&*r.sid), Some(Rc::from(&*r.pid)), true),
-            None => (SocketId::random(), recovering.then(|| recovery::new_pid(shard.index).into()), false),
+            None => {
+                let node = self.cluster().map(|c| c.node_id().clone());
+                (SocketId::random(), recovering.then(|| recovery::new_pid(node.as_deref(), shard.index).into()), false)
+            }
         };
         let socket = Rc::new(Socket {
             id,
@@ -128,6 +135,8 @@ impl SocketIo {
             connected: Cell::new(false),
             pid,
             log: RefCell::new(std::collections::VecDeque::new()),
+            floor: Cell::new(0),
+            recovering: RefCell::new(restored.as_ref().filter(|r| r.from_stream).map(|_| Vec::new())),
             recovered,
             identity,
             ns_index,
@@ -142,7 +151,7 @@ impl SocketIo {
                     };
                     let text = packet::encode(PacketKind::ConnectError, &nsp, None, Some(&data), 0);
                     eio.send(shard, text_packet(text));
-                    return;
+                    return None;
                 }
             }
         }
@@ -158,7 +167,7 @@ impl SocketIo {
         };
         if first {
             if let Some(c) = self.cluster() {
-                c.join(c.subjects().sio_namespace(&nsp));
+                c.join(SocketIo::namespace_subject(&c, &nsp));
             }
         }
         // Every socket is in the room named by its own id, so `to(id)` reaches it anywhere. Only
@@ -186,9 +195,54 @@ impl SocketIo {
                 eio.send_prepared(shard, &prepare_bytes(text, &binaries));
             }
         }
+        self.keep_session(&socket);
         if let Some(h) = &ns.on_connection {
             h(shard, &socket, auth);
         }
+        Some(socket)
+    }
+
+    /// A client recovering a socket that another node held (or that died): the session and
+    /// the missed broadcasts come from the cluster ([`super::cluster`]).
+    fn claim_from_cluster(
+        &self,
+        eio: &Rc<EioSession>,
+        conn: &Rc<SioConn>,
+        ns_index: usize,
+        nsp: Rc<str>,
+        auth: Option<String>,
+        claim: recovery::Claim,
+    ) {
+        let Some(shard) = crate::shard::current() else { return };
+        let (eio, conn) = (eio.clone(), conn.clone());
+        monoio::spawn(async move {
+            let Some(io) = shard.service::<SocketIo>() else { return };
+            let found = async {
+                let (restored, from) = super::cluster::claim(&io, &claim.pid, claim.offset.as_deref()).await?;
+                let (first, last) =
+                    super::cluster::read_missed(&io, &nsp, &restored.sid, &restored.rooms, from).await?;
+                Some((Restored { from_stream: true, ..restored }, first, last))
+            };
+            let found = monoio::select! {
+                r = found => r,
+                _ = monoio::time::sleep(Duration::from_secs(5)) => None,
+            };
+            if eio.is_closed() {
+                return;
+            }
+            let Some((restored, first, last)) = found else {
+                io.finish_connect(&shard, &eio, &conn, ns_index, nsp, auth.as_deref(), None);
+                return;
+            };
+            let Some(socket) = io.finish_connect(&shard, &eio, &conn, ns_index, nsp, auth.as_deref(), Some(restored))
+            else {
+                return;
+            };
+            if !super::cluster::finish_replay(&shard, &io, &socket, first, last).await {
+                tracing::warn!(sid = %socket.id, "recovered socket's replay failed; disconnecting it");
+                socket.disconnect(&shard, &io, true);
+            }
+        });
     }
 
     /// Keeps a disconnected socket's state for the recovery window.
@@ -214,7 +268,8 @@ impl SocketIo {
             return;
         }
         self.fix_held_targets();
-        if let (Some(cfg), Some(pid)) = (&self.cfg.recovery, &s.pid) {
+        let in_stream = self.cluster().is_some_and(|c| c.sequenced());
+        if let (Some(cfg), Some(pid), false) = (&self.cfg.recovery, &s.pid, in_stream) {
             if recovery::is_recoverable(reason) {
                 self.store(shard, pid.clone(), Stored::from_socket(s, cfg.window));
             }
@@ -232,7 +287,7 @@ impl SocketIo {
         };
         if last {
             if let Some(c) = self.cluster() {
-                c.leave(&c.subjects().sio_namespace(&s.nsp));
+                c.leave(&SocketIo::namespace_subject(&c, &s.nsp));
             }
         }
         if let Some(conn) = self.conns.borrow().get(&s.eio.id) {

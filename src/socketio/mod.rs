@@ -27,6 +27,7 @@
 mod adapter;
 mod api;
 mod broadcast;
+mod cluster;
 mod config;
 mod connect;
 mod engine;

@@ -45,6 +45,9 @@ pub struct Restored {
     pub rooms: Vec<Arc<str>>,
     /// Events after the client's last offset, in order.
     pub missed: Vec<Logged>,
+    /// Restored from the cluster: what arrives for the socket is held until its missed
+    /// broadcasts are read back from the stream ([`super::cluster::finish_replay`]).
+    pub from_stream: bool,
 }
 
 /// What a reconnecting client presents.
@@ -73,7 +76,7 @@ impl Stored {
                 self.log.into_iter().skip(i + 1).collect()
             }
         };
-        Some(Restored { sid: self.sid, pid: pid.into(), rooms: self.rooms, missed })
+        Some(Restored { sid: self.sid, pid: pid.into(), rooms: self.rooms, missed, from_stream: false })
     }
 }
 
@@ -107,14 +110,49 @@ pub(super) fn with_offset(args_tail: &str, offset: &str) -> String {
     }
 }
 
+/// The offset of a broadcast sequenced by the cluster's recovery stream: `<epoch>-<seq>`.
+pub(super) fn stream_offset(epoch: u64, seq: u64) -> Arc<str> {
+    format!("{epoch}-{seq}").into()
+}
+
+/// The epoch and sequence of a stream offset; `None` for a node-local one.
+pub(super) fn parse_stream_offset(offset: &str) -> Option<(u64, u64)> {
+    let (epoch, seq) = offset.split_once('-')?;
+    Some((epoch.parse().ok()?, seq.parse().ok()?))
+}
+
+/// An encoded event packet (`...[args]`) with `offset` added as its last argument.
+pub(super) fn append_offset(text: &Bytes, offset: &str) -> Bytes {
+    let Some(body) = text.strip_suffix(b"]") else { return text.clone() };
+    let quoted = super::json_string(offset);
+    let mut out = Vec::with_capacity(text.len() + quoted.len() + 1);
+    out.extend_from_slice(body);
+    // An event always has a name before its arguments, so there is something to follow.
+    out.push(b',');
+    out.extend_from_slice(quoted.as_bytes());
+    out.push(b']');
+    Bytes::from(out)
+}
+
 /// Socket.IO drops these sockets for reasons the client did not choose, so they may come back.
 pub(super) fn is_recoverable(reason: &str) -> bool {
     matches!(reason, "transport close" | "transport error" | "ping timeout" | "forced close")
 }
 
-/// A new private id: random, with the owning shard after the last dot.
-pub(super) fn new_pid(shard: usize) -> String {
-    format!("{}.{shard}", super::random_id())
+/// A new private id: random, then the node (in a cluster) and the owning shard, after dots.
+pub(super) fn new_pid(node: Option<&str>, shard: usize) -> String {
+    match node {
+        Some(node) => format!("{}.{node}.{shard}", super::random_id()),
+        None => format!("{}.{shard}", super::random_id()),
+    }
+}
+
+/// The node a private id names, in a cluster.
+pub fn node_of(pid: &str) -> Option<&str> {
+    let mut parts = pid.rsplitn(3, '.');
+    let _shard = parts.next()?;
+    let node = parts.next()?;
+    parts.next().map(|_| node)
 }
 
 /// The shard a private id names.
@@ -138,6 +176,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stream_offsets_round_trip_and_are_appended_to_encoded_events() {
+        let o = stream_offset(1764000000000, 42);
+        assert_eq!(&*o, "1764000000000-42");
+        assert_eq!(parse_stream_offset(&o), Some((1764000000000, 42)));
+        assert_eq!(parse_stream_offset("0-x"), None);
+        assert_eq!(parse_stream_offset("n1-0-3"), None, "node-local offsets are not the stream's");
+        let text = Bytes::from_static(br#"2["msg",{"a":1}]"#);
+        assert_eq!(&append_offset(&text, &o)[..], br#"2["msg",{"a":1},"1764000000000-42"]"#);
+    }
+
+    #[test]
+    fn private_ids_name_their_node_and_shard() {
+        let pid = new_pid(Some("node-1"), 3);
+        assert_eq!((node_of(&pid), owner_of(&pid)), (Some("node-1"), Some(3)));
+        let pid = new_pid(None, 2);
+        assert_eq!((node_of(&pid), owner_of(&pid)), (None, Some(2)));
+    }
+
+    #[test]
     fn offsets_are_appended_as_a_last_argument() {
         assert_eq!(with_offset("", "0-1"), "\"0-1\"");
         assert_eq!(with_offset("1,{\"a\":2}", "3-9"), "1,{\"a\":2},\"3-9\"");
@@ -145,7 +202,7 @@ mod tests {
 
     #[test]
     fn private_ids_name_their_shard() {
-        assert_eq!(owner_of(&new_pid(7)), Some(7));
+        assert_eq!(owner_of(&new_pid(None, 7)), Some(7));
         assert_eq!(owner_of("no-dot"), None);
     }
 

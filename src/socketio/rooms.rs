@@ -55,6 +55,7 @@ impl Socket {
         io.fix_held_targets();
         self.rooms.borrow_mut().insert(room.clone());
         io.index_join(self, room);
+        io.keep_session(self);
     }
 
     /// Leaves a room; returns whether the socket was in it.
@@ -65,6 +66,7 @@ impl Socket {
         io.fix_held_targets();
         let Some(room) = self.rooms.borrow_mut().take(room) else { return false };
         io.index_leave(self, &room);
+        io.keep_session(self);
         true
     }
 
@@ -83,7 +85,7 @@ impl SocketIo {
         };
         if first {
             if let Some(c) = self.cluster() {
-                c.join(c.subjects().sio_room(&s.nsp, &room));
+                c.join(SocketIo::room_subject(&c, &s.nsp, &room));
             }
         }
     }
@@ -96,7 +98,7 @@ impl SocketIo {
                 if members.is_empty() {
                     ns.remove(room);
                     if let Some(c) = self.cluster() {
-                        c.leave(&c.subjects().sio_room(&s.nsp, room));
+                        c.leave(&SocketIo::room_subject(&c, &s.nsp, room));
                     }
                 }
             }

@@ -33,6 +33,12 @@ pub struct Socket {
     pub(super) pid: Option<Rc<str>>,
     /// Recently sent events with their offsets, for recovery.
     pub(super) log: RefCell<std::collections::VecDeque<Logged>>,
+    /// In a cluster with recovery: the stream sequence of the last broadcast sent to the
+    /// socket; one at or below it was sent already (by a recovery's replay).
+    pub(super) floor: Cell<u64>,
+    /// In a cluster with recovery, while the socket's missed broadcasts are read back: the
+    /// broadcasts that arrive meanwhile, sent after them.
+    pub(super) recovering: RefCell<Option<Vec<(u64, Logged)>>>,
     /// This socket resumed a disconnected one: same id, rooms and missed packets.
     pub recovered: bool,
     /// Its namespace's place in [`SocketIo`]'s list (for the namespace's event handlers).

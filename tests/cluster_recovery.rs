@@ -1,0 +1,241 @@
+//! Socket.IO connection-state recovery across nodes, with the nodes as real processes over the
+//! real local NATS (JetStream): a node killed with `kill -9` while a room's broadcasts flow,
+//! its clients recovering on another node with no gap and no duplicate, a client that had
+//! received nothing yet, and a recovery that is impossible (`recovered` false, never a gap).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sio_text as text;
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `imks conformance` with recovery on, in the cluster `prefix`, two shards.
+fn spawn_node(prefix: &str) -> (Proc, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imks"));
+    cmd.args(["conformance", "--port", "0", "--recovery-window-ms", "60000"])
+        // Clients here read only when they expect something: heartbeats must not close them.
+        .args(["--ping-interval", "25000", "--ping-timeout", "20000"])
+        .env("RUST_LOG", "info")
+        .env("IMKS_SERVER__SHARDS", "2")
+        .env("IMKS_SERVER__PIN_THREADS", "false")
+        .env("IMKS_CLUSTER__BACKEND", "nats")
+        .env("IMKS_CLUSTER__PREFIX", prefix)
+        .env("IMKS_CLUSTER__UNSUBSCRIBE_DELAY_MS", "200")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("imks starts");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("imks listening addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("imks reports its address");
+    (Proc(child), addr.parse().expect("an address"))
+}
+
+/// Waits until the node's recovery stream is ready.
+fn wait_recovery_ready(addr: SocketAddr) {
+    let ready = || metric_sum(addr, "imks_cluster_recovery_epoch ") > 0;
+    assert!(wait_until(Duration::from_secs(15), ready), "{addr}: the recovery stream is not ready");
+}
+
+/// A raw Socket.IO client: its id, private id, and the `msg` numbers and offsets it received.
+struct Client {
+    ws: Ws,
+    sid: String,
+    pid: String,
+    next_ack: u32,
+    got: Vec<u64>,
+    offset: Option<String>,
+}
+
+impl Client {
+    /// Connects, with `{pid, offset}` when recovering; returns the client.
+    fn connect(addr: SocketAddr, claim: Option<(&str, Option<&str>)>) -> Client {
+        let mut ws = ws(addr, "/socket.io/?EIO=4&transport=websocket");
+        assert!(text(&mut ws).unwrap().starts_with("0{"));
+        let auth = match claim {
+            Some((pid, Some(offset))) => json!({"pid": pid, "offset": offset}).to_string(),
+            Some((pid, None)) => json!({"pid": pid}).to_string(),
+            None => String::new(),
+        };
+        ws.send(Message::text(format!("40{auth}"))).unwrap();
+        let connect = text(&mut ws).unwrap();
+        let data: Value = serde_json::from_str(connect.strip_prefix("40").expect("a CONNECT")).unwrap();
+        let mut c = Client {
+            ws,
+            sid: data["sid"].as_str().unwrap().to_string(),
+            pid: data["pid"].as_str().expect("recovery gives a pid").to_string(),
+            next_ack: 1,
+            got: Vec::new(),
+            offset: None,
+        };
+        // The conformance application greets every socket.
+        let auth_event = c.next_event();
+        assert_eq!(auth_event[0], "auth");
+        c
+    }
+
+    /// The next event, keeping `msg`s (their number and offset) and returning others.
+    fn next_event(&mut self) -> Value {
+        loop {
+            let t = text(&mut self.ws).expect("connection open");
+            if t.starts_with("43") {
+                return json!(["ack", t]);
+            }
+            let v: Value =
+                serde_json::from_str(t.strip_prefix("42").unwrap_or_else(|| panic!("unexpected {t}"))).unwrap();
+            if v[0] == "msg" {
+                self.got.push(v[1]["n"].as_u64().unwrap());
+                self.offset = v.as_array().and_then(|a| a.last()).and_then(Value::as_str).map(String::from);
+                continue;
+            }
+            return v;
+        }
+    }
+
+    /// Emits an event without an ack (the conformance application's `publish` has none).
+    fn emit(&mut self, event: &str, arg: Value) {
+        self.ws.send(Message::text(format!("42{}", json!([event, arg])))).unwrap();
+    }
+
+    fn call(&mut self, event: &str, arg: Value) {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.ws.send(Message::text(format!("42{id}{}", json!([event, arg])))).unwrap();
+        loop {
+            let e = self.next_event();
+            if e[0] == "ack" && e[1].as_str().is_some_and(|t| t.starts_with(&format!("43{id}"))) {
+                return;
+            }
+        }
+    }
+
+    /// Reads `msg`s until number `n` arrived.
+    fn until(&mut self, n: u64) {
+        while !self.got.contains(&n) {
+            let t = match text_or_timeout(&mut self.ws) {
+                Some(t) => t,
+                None => panic!("no msg {n}; got {} of them: {:?}", self.got.len(), self.got),
+            };
+            let v: Value =
+                serde_json::from_str(t.strip_prefix("42").unwrap_or_else(|| panic!("unexpected {t}"))).unwrap();
+            assert_eq!(v[0], "msg", "{t}");
+            self.got.push(v[1]["n"].as_u64().unwrap());
+            self.offset = v.as_array().and_then(|a| a.last()).and_then(Value::as_str).map(String::from);
+        }
+    }
+}
+
+/// The next Engine.IO text message, answering pings; `None` after 10 s without one.
+fn text_or_timeout(ws: &mut Ws) -> Option<String> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == "2" => ws.send(Message::text("3")).unwrap(),
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+/// Deletes the test's stream and bucket from the shared NATS.
+fn delete_streams(prefix: &str) {
+    let mut s = TcpStream::connect("127.0.0.1:4222").expect("NATS");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).unwrap();
+    s.write_all(b"CONNECT {\"verbose\":false}\r\nSUB _done 1\r\n").unwrap();
+    for name in [format!("{prefix}_sio"), format!("{prefix}_sio_sessions")] {
+        s.write_all(format!("PUB $JS.API.STREAM.DELETE.{name} _done 0\r\n\r\n").as_bytes()).unwrap();
+    }
+    s.write_all(b"PING\r\n").unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while String::from_utf8_lossy(&seen).matches("MSG _done").count() < 2 && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn clients_of_a_killed_node_recover_on_another_with_no_gap_and_no_duplicate() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let (mut x_proc, x) = spawn_node(&prefix);
+    let (_y_proc, y) = spawn_node(&prefix);
+    wait_recovery_ready(x);
+    wait_recovery_ready(y);
+
+    let mut publisher = Client::connect(y, None);
+    // One client receives part of the flow; another is in a room that stays quiet until X dies.
+    let mut early = Client::connect(x, None);
+    early.call("join", json!("flow"));
+    let mut quiet = Client::connect(x, None);
+    quiet.call("join", json!("later"));
+    // X's subjects: the control subject, its own, the namespace's and the two rooms'.
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(x, "imks_cluster_subscriptions ") == 5));
+
+    for n in 0..100 {
+        publisher.emit("publish", json!({"room": "flow", "n": n}));
+    }
+    early.until(99);
+    assert_eq!(early.got, (0..100).collect::<Vec<u64>>());
+    let (early_sid, early_pid, offset) = (early.sid.clone(), early.pid.clone(), early.offset.clone().unwrap());
+    let (quiet_sid, quiet_pid) = (quiet.sid.clone(), quiet.pid.clone());
+    assert_eq!(quiet.offset, None, "the quiet client received nothing");
+
+    // kill -9, while the flow goes on.
+    x_proc.0.kill().expect("SIGKILL");
+    let _ = x_proc.0.wait();
+    let flow = std::thread::spawn(move || {
+        for n in 100..300 {
+            publisher.emit("publish", json!({"room": "flow", "n": n}));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for n in 0..20 {
+            publisher.emit("publish", json!({"room": "later", "n": 1000 + n}));
+        }
+        publisher
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut back = Client::connect(y, Some((&early_pid, Some(&offset))));
+    assert_eq!((back.sid.as_str(), back.pid.as_str()), (early_sid.as_str(), early_pid.as_str()), "recovered");
+    let _publisher = flow.join().unwrap();
+    back.until(299);
+    assert_eq!(back.got, (100..300).collect::<Vec<u64>>(), "the rest, in order, each once");
+
+    // The client that had no offset yet gets everything after it connected.
+    let mut quiet_back = Client::connect(y, Some((&quiet_pid, None)));
+    assert_eq!(quiet_back.sid, quiet_sid, "recovered without an offset");
+    quiet_back.until(1019);
+    assert_eq!(quiet_back.got, (1000..1020).collect::<Vec<u64>>());
+
+    // An unknown session, or an offset of another epoch: a fresh socket, `recovered` false.
+    let fresh = Client::connect(y, Some(("nobody.node.0", Some("1-1"))));
+    assert_ne!(fresh.pid, "nobody.node.0");
+    let stale = Client::connect(y, Some((&early_pid, Some("1-5"))));
+    assert_ne!(stale.sid, early_sid, "an offset of another epoch is not recovered");
+    delete_streams(&prefix);
+}
