@@ -26,11 +26,17 @@ fn prefix() -> String {
 
 /// A two-shard node of the cluster `prefix`, on Postgres when `db` is given.
 fn node(prefix: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
+    node_at(prefix, "nats://127.0.0.1:4222", db, tweak)
+}
+
+/// As [`node`], with the NATS at `url`.
+fn node_at(prefix: &str, url: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
     start("io_uring", 2, |f| {
         static_users(f, USERS);
         f.limits.message_rate = 0;
         f.cluster = ClusterSection {
             backend: ClusterBackend::Nats,
+            url: url.into(),
             prefix: prefix.into(),
             unsubscribe_delay_ms: 200,
             ..Default::default()
@@ -297,4 +303,22 @@ fn room_messages_reach_members_on_every_node_once() {
         assert!(Instant::now() < deadline);
     }
     outsider.assert_nothing_pending("not a member");
+}
+
+#[test]
+fn sessions_of_a_node_cut_off_from_nats_are_told_to_fetch_history_again() {
+    let p = prefix();
+    let proxy = common::proxy::TcpProxy::start("127.0.0.1:4222");
+    let (_a, a) = node_at(&p, &format!("nats://{}", proxy.addr()), None, |_| {});
+    wait_connected(&[a]);
+    let mut bob = login(a, "bob");
+    wait_subscriptions(a, 2);
+    let reconnects = || metric_sum(a, "imks_cluster_reconnects_total");
+    assert_eq!(reconnects(), 0);
+    assert!(proxy.cut() >= 1, "the proxy carried the node's connection");
+    assert!(wait_until(Duration::from_secs(15), || reconnects() >= 1), "the node reconnected");
+    // Whatever other nodes sent meanwhile is lost to this one: its sessions hear of it.
+    let notice = bob.recv_type("resync");
+    assert_eq!(notice["data"]["reason"], "cluster_reconnected");
+    bob.assert_nothing_pending("one notice");
 }

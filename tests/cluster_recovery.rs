@@ -26,6 +26,10 @@ impl Drop for Proc {
 
 /// `imks conformance` with recovery on, in the cluster `prefix`, two shards.
 fn spawn_node(prefix: &str) -> (Proc, SocketAddr) {
+    spawn_node_at(prefix, "nats://127.0.0.1:4222")
+}
+
+fn spawn_node_at(prefix: &str, url: &str) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imks"));
     cmd.args(["conformance", "--port", "0", "--recovery-window-ms", "60000"])
         // Clients here read only when they expect something: heartbeats must not close them.
@@ -35,6 +39,7 @@ fn spawn_node(prefix: &str) -> (Proc, SocketAddr) {
         .env("IMKS_SERVER__PIN_THREADS", "false")
         .env("IMKS_CLUSTER__BACKEND", "nats")
         .env("IMKS_CLUSTER__PREFIX", prefix)
+        .env("IMKS_CLUSTER__URL", url)
         .env("IMKS_CLUSTER__UNSUBSCRIBE_DELAY_MS", "200")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -238,4 +243,22 @@ fn clients_of_a_killed_node_recover_on_another_with_no_gap_and_no_duplicate() {
     let stale = Client::connect(y, Some((&early_pid, Some("1-5"))));
     assert_ne!(stale.sid, early_sid, "an offset of another epoch is not recovered");
     delete_streams(&prefix);
+}
+
+#[test]
+fn cut_off_from_nats_a_node_with_recovery_still_delivers_its_own_broadcasts() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    // Nothing listens on port 9: the stream cannot sequence anything.
+    let (_proc, x) = spawn_node_at(&prefix, "nats://127.0.0.1:9");
+    let mut member = Client::connect(x, None);
+    member.call("join", json!("local"));
+    let mut publisher = Client::connect(x, None);
+    for n in 0..10 {
+        publisher.emit("publish", json!({"room": "local", "n": n}));
+    }
+    member.until(9);
+    assert_eq!(member.got, (0..10).collect::<Vec<u64>>());
+    // A node-local offset: no other node could recover from it, and none pretends to.
+    let offset = member.offset.clone().expect("an offset");
+    assert!(!offset.chars().next().is_some_and(|c| c.is_ascii_digit()), "not a stream offset: {offset}");
 }

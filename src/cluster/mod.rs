@@ -145,6 +145,11 @@ pub trait ClusterHandler: 'static {
     /// Node `node` left the cluster or was found gone (not heard from for
     /// `cluster.node_timeout_ms`): on every shard, once.
     fn node_gone(&self, _shard: &Rc<Shard>, _node: &str) {}
+
+    /// The node was cut off from the backend and is connected again, subscriptions and all:
+    /// what other nodes published meanwhile is lost to this one (core pub/sub keeps nothing).
+    /// On every shard, at its next tick.
+    fn backend_reconnected(&self, _shard: &Rc<Shard>) {}
 }
 
 /// A shard's side of the cluster: its interest per subject, its publishing, and the handlers
@@ -169,6 +174,8 @@ pub struct Cluster {
     peers: Peers,
     /// Socket.IO broadcasts go through the recovery stream.
     sequenced: bool,
+    /// The reconnects the protocols were told of ([`ClusterHandler::backend_reconnected`]).
+    reconnects_seen: std::cell::Cell<u64>,
 }
 
 impl Cluster {
@@ -190,6 +197,7 @@ impl Cluster {
             handlers: RefCell::new(Vec::new()),
             peers: Peers::new(),
             sequenced: handle.sequenced,
+            reconnects_seen: std::cell::Cell::new(handle.stats.reconnects()),
         });
         shard.add_service(cluster.clone());
         if cluster.is_control() {
@@ -363,6 +371,16 @@ impl ShardService for Cluster {
     fn on_tick(&self, shard: &Shard) {
         self.tick_peers();
         self.announce_departures(shard);
+        // A reconnect: what was published meanwhile never reached this node.
+        let reconnects = self.stats.reconnects();
+        if reconnects != self.reconnects_seen.replace(reconnects) {
+            if let Some(shard) = crate::shard::current() {
+                let handlers = self.handlers.borrow().clone();
+                for h in &handlers {
+                    h.backend_reconnected(&shard);
+                }
+            }
+        }
     }
 
     fn on_drain(&self, _shard: &Shard) {

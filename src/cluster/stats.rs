@@ -212,6 +212,11 @@ impl ClusterStats {
         self.dropped[why as usize].load(Ordering::Relaxed)
     }
 
+    /// Reconnections so far.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }

@@ -194,7 +194,10 @@ impl SocketIo {
         args_tail: &str,
         binaries: Vec<Bytes>,
     ) {
-        if let Some(cluster) = self.cluster().filter(|c| c.sequenced()) {
+        // Sequenced through the stream while it can be reached; cut off from it, a broadcast is
+        // delivered here as on a node alone (with a node-local offset, from which no client
+        // recovers elsewhere: `recovered` false, never a silent gap).
+        if let Some(cluster) = self.cluster().filter(|c| c.sequenced() && c.stats().connected()) {
             // Every node delivers it as it comes back from the recovery stream, this one too.
             let text = Bytes::from(packet::encode_event(nsp, None, event, args_tail, binaries.len()));
             let msg = RemoteBroadcast {
