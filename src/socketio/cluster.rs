@@ -111,6 +111,7 @@ pub(super) async fn claim(io: &SocketIo, pid: &str, offset: Option<&str>) -> Opt
         rooms: session.rooms.into_iter().map(Arc::from).collect(),
         missed: Vec::new(),
         from_stream: true,
+        floor: from.saturating_sub(1),
     };
     Some((restored, from))
 }

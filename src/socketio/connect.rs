@@ -135,7 +135,12 @@ impl SocketIo {
             connected: Cell::new(false),
             pid,
             log: RefCell::new(std::collections::VecDeque::new()),
-            floor: Cell::new(0),
+            // With recovery in a cluster, where the socket is in the stream: a fresh one has
+            // everything up to what its node has seen (its direct emits carry that offset).
+            floor: Cell::new(match &restored {
+                Some(r) => r.floor,
+                None => self.cluster().filter(|c| c.sequenced()).map_or(0, |c| c.stats().last_seq()),
+            }),
             recovering: RefCell::new(restored.as_ref().filter(|r| r.from_stream).map(|_| Vec::new())),
             recovered,
             identity,

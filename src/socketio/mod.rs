@@ -105,6 +105,17 @@ impl SocketIo {
         self.cluster.borrow().clone()
     }
 
+    /// The offset of an event emitted to one socket: with recovery in a cluster, the stream
+    /// position the socket has everything up to (a client whose last event was a direct one
+    /// recovers from there); otherwise a fresh node-local one ([`SocketIo::next_offset`]).
+    fn direct_offset(&self, shard: &Shard, s: &Socket) -> Option<Arc<str>> {
+        self.cfg.recovery.as_ref()?;
+        match self.cluster().filter(|c| c.sequenced() && c.stats().connected()).and_then(|c| c.stats().epoch()) {
+            Some(epoch) => Some(recovery::stream_offset(epoch, s.floor.get())),
+            None => self.next_offset(shard),
+        }
+    }
+
     /// A fresh recovery offset, unique in the node (`<shard>-<seq>`), or in the cluster
     /// (`<node>-<shard>-<seq>`), when recovery is on.
     fn next_offset(&self, shard: &Shard) -> Option<Arc<str>> {

@@ -48,6 +48,8 @@ pub struct Restored {
     /// Restored from the cluster: what arrives for the socket is held until its missed
     /// broadcasts are read back from the stream ([`super::cluster::finish_replay`]).
     pub from_stream: bool,
+    /// Restored from the cluster: the stream sequence the client has everything up to.
+    pub floor: u64,
 }
 
 /// What a reconnecting client presents.
@@ -76,7 +78,7 @@ impl Stored {
                 self.log.into_iter().skip(i + 1).collect()
             }
         };
-        Some(Restored { sid: self.sid, pid: pid.into(), rooms: self.rooms, missed, from_stream: false })
+        Some(Restored { sid: self.sid, pid: pid.into(), rooms: self.rooms, missed, from_stream: false, floor: 0 })
     }
 }
 

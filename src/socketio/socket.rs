@@ -76,7 +76,7 @@ impl Socket {
 
     /// Emits an event with binary attachments (`args_tail` holds the placeholders).
     pub fn emit_binary(&self, shard: &Shard, event: &str, args_tail: &str, binaries: Vec<Bytes>) {
-        let offset = shard.service::<SocketIo>().and_then(|io| io.next_offset(shard));
+        let offset = shard.service::<SocketIo>().and_then(|io| io.direct_offset(shard, self));
         let Some(offset) = offset else {
             let text = packet::encode_event(&self.nsp, None, event, args_tail, binaries.len());
             return self.send(shard, text, binaries);
