@@ -45,9 +45,12 @@ async function waitUntil(cond, what, ms = 10000) {
 
 const subscriptions = (node) => node.metric("imks_cluster_subscriptions");
 
+// Waits until each node has `expected[i]` subscriptions of rooms and namespaces, besides the two
+// every node has: the control subject and its own.
 async function waitSubscriptions(expected) {
   for (const [i, n] of nodes.entries()) {
-    await waitUntil(async () => (await subscriptions(n)) === expected[i], `node ${i} at ${expected[i]} subscriptions`);
+    const want = expected[i] + 2;
+    await waitUntil(async () => (await subscriptions(n)) === want, `node ${i} at ${want} subscriptions`);
   }
 }
 
