@@ -319,6 +319,6 @@ fn sessions_of_a_node_cut_off_from_nats_are_told_to_fetch_history_again() {
     assert!(wait_until(Duration::from_secs(15), || reconnects() >= 1), "the node reconnected");
     // Whatever other nodes sent meanwhile is lost to this one: its sessions hear of it.
     let notice = bob.recv_type("resync");
-    assert_eq!(notice["data"]["reason"], "cluster_reconnected");
+    assert_eq!(notice["data"]["reason"], "cluster_gap");
     bob.assert_nothing_pending("one notice");
 }

@@ -275,3 +275,50 @@ fn cut_off_from_nats_a_node_with_recovery_still_delivers_its_own_broadcasts() {
     let offset = member.offset.clone().expect("an offset");
     assert!(!offset.chars().next().is_some_and(|c| c.is_ascii_digit()), "not a stream offset: {offset}");
 }
+
+#[test]
+fn broadcasts_a_node_missed_while_cut_off_reach_its_clients_from_the_stream() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let proxy = common::proxy::TcpProxy::start("127.0.0.1:4222");
+    let (_x_proc, x) = spawn_node_at(&prefix, &format!("nats://{}", proxy.addr()));
+    let (_y_proc, y) = spawn_node(&prefix);
+    wait_recovery_ready(x);
+    wait_recovery_ready(y);
+    let mut member = Client::connect(x, None);
+    member.call("join", json!("flow"));
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(x, "imks_cluster_subscriptions ") == 4));
+    let mut publisher = Client::connect(y, None);
+    for n in 0..50 {
+        publisher.emit("publish", json!({"room": "flow", "n": n}));
+    }
+    member.until(49);
+    // X is cut off; what Y publishes meanwhile never reaches X over core NATS.
+    assert!(proxy.cut() >= 1);
+    for n in 50..100 {
+        publisher.emit("publish", json!({"room": "flow", "n": n}));
+    }
+    assert!(wait_until(Duration::from_secs(15), || metric_sum(x, "imks_cluster_reconnects_total") >= 1));
+    // X closes its clients' transports rather than let their offsets hide the gap; the client
+    // comes back with its last offset and gets the rest from the stream.
+    let ended = loop {
+        match member.ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == "2" => member.ws.send(Message::text("3")).unwrap(),
+            Ok(Message::Close(_)) => break true,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(ended, "the transport was closed");
+    let (pid, offset) = (member.pid.clone(), member.offset.clone().expect("an offset"));
+    let mut back = Client::connect(x, Some((&pid, Some(&offset))));
+    assert_eq!(back.sid, member.sid, "recovered");
+    for n in 100..120 {
+        publisher.emit("publish", json!({"room": "flow", "n": n}));
+    }
+    back.until(119);
+    let mut all = member.got.clone();
+    all.extend(&back.got);
+    assert_eq!(all, (0..120).collect::<Vec<u64>>(), "nothing lost, nothing twice");
+    delete_streams(&prefix);
+}

@@ -227,15 +227,14 @@ fn user_key(u: &envelope::ArchivedUserRef) -> UserKey {
 }
 
 impl ClusterHandler for Hub {
-    /// Every native session here hears that messages from other nodes may have been missed
-    /// while the node was cut off, and fetches its history again: a gap is never silent.
-    fn backend_reconnected(&self, shard: &Rc<Shard>) {
+    /// Every native session here hears that messages from other nodes may have been missed,
+    /// and fetches its history again: a gap is never silent.
+    fn gap(&self, shard: &Rc<Shard>) {
         #[derive(serde::Serialize)]
         struct Resync {
             reason: &'static str,
         }
-        let frame =
-            super::encode::text(super::envelope::encode("resync", None, &Resync { reason: "cluster_reconnected" }));
+        let frame = super::encode::text(super::envelope::encode("resync", None, &Resync { reason: "cluster_gap" }));
         // Every session is in its user's entry on the user's home shard: each once.
         let sessions: Vec<ConnId> = self.homes.borrow().values().flat_map(|e| e.sessions.iter().copied()).collect();
         for id in sessions {

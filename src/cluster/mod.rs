@@ -146,10 +146,11 @@ pub trait ClusterHandler: 'static {
     /// `cluster.node_timeout_ms`): on every shard, once.
     fn node_gone(&self, _shard: &Rc<Shard>, _node: &str) {}
 
-    /// The node was cut off from the backend and is connected again, subscriptions and all:
-    /// what other nodes published meanwhile is lost to this one (core pub/sub keeps nothing).
-    /// On every shard, at its next tick.
-    fn backend_reconnected(&self, _shard: &Rc<Shard>) {}
+    /// Envelopes from other nodes may have been lost to this node: it was cut off from the
+    /// backend and is connected again (core pub/sub keeps nothing for it), the backend's client
+    /// fell behind, or a shard's queue was full. On every shard, at its next tick. Protocols
+    /// tell their clients, so that a gap is never silent.
+    fn gap(&self, _shard: &Rc<Shard>) {}
 }
 
 /// A shard's side of the cluster: its interest per subject, its publishing, and the handlers
@@ -174,8 +175,8 @@ pub struct Cluster {
     peers: Peers,
     /// Socket.IO broadcasts go through the recovery stream.
     sequenced: bool,
-    /// The reconnects the protocols were told of ([`ClusterHandler::backend_reconnected`]).
-    reconnects_seen: std::cell::Cell<u64>,
+    /// The gaps the protocols were told of ([`ClusterHandler::gap`]).
+    gaps_seen: std::cell::Cell<u64>,
 }
 
 impl Cluster {
@@ -197,7 +198,7 @@ impl Cluster {
             handlers: RefCell::new(Vec::new()),
             peers: Peers::new(),
             sequenced: handle.sequenced,
-            reconnects_seen: std::cell::Cell::new(handle.stats.reconnects()),
+            gaps_seen: std::cell::Cell::new(handle.stats.gaps()),
         });
         shard.add_service(cluster.clone());
         if cluster.is_control() {
@@ -371,13 +372,14 @@ impl ShardService for Cluster {
     fn on_tick(&self, shard: &Shard) {
         self.tick_peers();
         self.announce_departures(shard);
-        // A reconnect: what was published meanwhile never reached this node.
-        let reconnects = self.stats.reconnects();
-        if reconnects != self.reconnects_seen.replace(reconnects) {
+        // A reconnect, a slow consumer, a full shard queue: something published by another
+        // node may never have reached this one.
+        let gaps = self.stats.gaps();
+        if gaps != self.gaps_seen.replace(gaps) {
             if let Some(shard) = crate::shard::current() {
                 let handlers = self.handlers.borrow().clone();
                 for h in &handlers {
-                    h.backend_reconnected(&shard);
+                    h.gap(&shard);
                 }
             }
         }

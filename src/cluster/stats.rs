@@ -115,6 +115,9 @@ pub struct ClusterStats {
     unsubscribes: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     reconnects: AtomicU64,
+    /// Times envelopes from other nodes may have been lost to this node: reconnects, slow
+    /// consumers, envelopes dropped for a full shard queue.
+    gaps: AtomicU64,
     slow_consumers: AtomicU64,
     publish_queue_depth: AtomicU64,
     /// Other nodes alive, as the control shard knows them.
@@ -205,6 +208,9 @@ impl ClusterStats {
     }
 
     pub fn dropped(&self, why: DropReason) {
+        if why == DropReason::ShardQueue {
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+        }
         self.dropped[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -217,11 +223,18 @@ impl ClusterStats {
         self.reconnects.load(Ordering::Relaxed)
     }
 
+    /// How many times envelopes from other nodes may have been lost to this node.
+    pub fn gaps(&self) -> u64 {
+        self.gaps.load(Ordering::Relaxed)
+    }
+
     pub fn reconnected(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn slow_consumer(&self) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
         self.slow_consumers.fetch_add(1, Ordering::Relaxed);
     }
 

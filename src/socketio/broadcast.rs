@@ -76,6 +76,23 @@ fn publish(cluster: &Cluster, b: &RemoteBroadcast) {
 }
 
 impl ClusterHandler for SocketIo {
+    /// With recovery in a cluster, a broadcast lost to this node would be a silent gap behind a
+    /// client's later offsets: every socket here has its transport closed instead, and its
+    /// client, reconnecting with its last offset, gets what it missed from the stream.
+    fn gap(&self, shard: &Rc<Shard>) {
+        if !self.cluster().is_some_and(|c| c.sequenced()) {
+            return;
+        }
+        let sessions: Vec<Rc<crate::engineio::EioSession>> = {
+            let mut seen = HashSet::new();
+            let sockets = self.sockets.borrow();
+            sockets.values().flat_map(|m| m.values()).filter(|s| seen.insert(s.eio.id)).map(|s| s.eio.clone()).collect()
+        };
+        for eio in sessions {
+            crate::engineio::close(shard, &eio, crate::engineio::CloseReason::TransportError, false);
+        }
+    }
+
     /// A broadcast from another node, for this shard's sockets: the members of its `via` room
     /// who are in none of the rooms before it (they get the copy sent for that room). Or a
     /// request of another node, on the control shard ([`SocketIo::answer`]).
