@@ -76,6 +76,7 @@ fn prefix() -> String {
 
 fn cluster_config(prefix: &str, backend: Backend, url: String) -> impl FnOnce(&mut FileConfig) + '_ {
     move |f| {
+        listen_apart(f);
         f.cluster = ClusterSection {
             backend: backend.kind,
             url,

@@ -81,7 +81,15 @@ fn start_node(prefix: &str, shards: usize, opts: Opts) -> TestNode {
         request_timeout_ms: opts.request_timeout_ms,
         ..Default::default()
     };
-    let config = config("io_uring", shards, move |f| f.cluster = cluster, |_| {});
+    let config = config(
+        "io_uring",
+        shards,
+        move |f| {
+            listen_apart(f);
+            f.cluster = cluster;
+        },
+        |_| {},
+    );
     let sio = config.sio.clone();
     let pings = Arc::new(AtomicUsize::new(0));
     let counter = pings.clone();

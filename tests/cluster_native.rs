@@ -32,6 +32,7 @@ fn node(prefix: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) 
 /// As [`node`], with the NATS at `url`.
 fn node_at(prefix: &str, url: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
     start("io_uring", 2, |f| {
+        listen_apart(f);
         static_users(f, USERS);
         f.limits.message_rate = 0;
         f.cluster = ClusterSection {

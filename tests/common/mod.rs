@@ -9,8 +9,10 @@ use imks::config::file::FileConfig;
 use imks::{Config, Node};
 
 pub mod native;
+pub mod nats;
 pub mod pg;
 pub mod proxy;
+pub mod recovery;
 
 pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
@@ -54,6 +56,20 @@ pub fn start_full(
     let node = Node::start(config(driver, shards, tweak, resolved)).expect("node starts");
     let addr = node.local_addrs()[0];
     (node, addr)
+}
+
+/// A loopback address of its own for each cluster node a test process starts (127.0.0.2,
+/// 127.0.0.3, …), so the nodes of a test are apart by address as on separate hosts: all of
+/// 127.0.0.0/8 is the loopback on Linux.
+pub fn node_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 2;
+    format!("127.0.0.{n}")
+}
+
+/// Listens on port 0 of the next [`node_ip`].
+pub fn listen_apart(f: &mut FileConfig) {
+    f.server.listen = vec![format!("{}:0", node_ip())];
 }
 
 /// The configuration `start_full` starts a node with, for tests that start it with an
