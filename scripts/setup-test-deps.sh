@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs on a fresh Linux host, and does nothing where it is present:
-# a Rust toolchain with rustfmt and clippy, and a Python virtualenv with the test clients.
+# a Rust toolchain with rustfmt and clippy, nats-server, a Python virtualenv with the test
+# clients, and the official socket.io-client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,8 @@ apt_install() {
 # Rust: rustup when cargo is missing.
 if ! command -v cargo >/dev/null; then
   command -v curl >/dev/null || apt_install curl ca-certificates
+# nats-server: tests/cluster_restart.rs runs a NATS of its own, to restart it under load.
+command -v nats-server >/dev/null || apt_install nats-server
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"

@@ -39,11 +39,14 @@ pub fn build(cfg: SioConfig) -> SocketIo {
                 s.leave(io, room);
             })
         })
-        .on("publish", |shard, _s, ev| {
+        // Broadcasts `msg` with its argument to the room it names; acks `"ok"` once it is sent,
+        // when the client asks for an ack.
+        .on("publish", |shard, s, ev| {
             let Some(io) = shard.service::<SocketIo>() else { return };
             let Ok((msg,)) = ev.args::<(serde_json::Value,)>() else { return };
             let Some(room) = msg.get("room").and_then(|r| r.as_str()) else { return };
             io.of("/").to(room).emit_binary(shard, "msg", ev.args_tail(), ev.binaries.clone());
+            s.ack(shard, &ev, "\"ok\"", Vec::new());
         });
     SocketIo::new(cfg, vec![main, Namespace::new("/custom").on_connection(greet)])
 }

@@ -15,7 +15,9 @@
 //!   them in the order each shard sent them, in batches of what is already queued (up to
 //!   [`PUBLISH_BATCH`]), so a backend that answers every publish (Redis) costs one round trip a
 //!   batch, not one an envelope. While the backend is unreachable they are dropped and counted:
-//!   local delivery goes on regardless.
+//!   local delivery goes on regardless. Broadcasts for the recovery stream are the exception:
+//!   they go through the outbox ([`jetstream::outbox`]), which has each one acknowledged by the
+//!   stream and holds them while the backend is unreachable.
 //!
 //! Both backends reconnect forever and subscribe again to every live subject after a
 //! reconnect; a reconnect is counted once the backend has the subscriptions back. A node never
@@ -227,6 +229,35 @@ impl Bridge {
                 }
             });
         }
+        // Broadcasts for the recovery stream go through the outbox (acknowledged, in order,
+        // held while the backend is unreachable); the rest straight to the transport.
+        let outbox = match (&self.sequencing, transport.nats()) {
+            (Some(_), Some(_)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::task::spawn_local(jetstream::outbox(
+                    rx,
+                    sequenced.clone(),
+                    stats.clone(),
+                    self.cfg.node_id.clone(),
+                    self.cfg.publish_queue,
+                ));
+                Some((tx, task))
+            }
+            _ => None,
+        };
+        let stream_subjects = format!("{}.sio.", self.cfg.prefix);
+        let to_outbox = |batch: &mut Vec<Outgoing>| {
+            if let Some((tx, _)) = &outbox {
+                batch.retain_mut(|o| {
+                    if !o.subject.starts_with(&stream_subjects) {
+                        return true;
+                    }
+                    let (subject, payload) = (std::mem::take(&mut o.subject), std::mem::take(&mut o.payload));
+                    let _ = tx.send(jetstream::Pending { kind: o.kind, subject, payload });
+                    false
+                });
+            }
+        };
         let mut subs: HashMap<Arc<str>, Sub> = HashMap::new();
         let delay = self.cfg.unsubscribe_delay;
         let mut sweep = tokio::time::interval(delay.checked_div(4).unwrap_or(delay).max(Duration::from_millis(20)));
@@ -247,6 +278,7 @@ impl Bridge {
                         batch.push(Outgoing { kind, subject, payload });
                         next = if batch.len() < PUBLISH_BATCH { self.rx.try_recv().ok() } else { None };
                     }
+                    to_outbox(&mut batch);
                     self.publish(&mut transport, &mut batch).await;
                     match next {
                         Some(ToBridge::Interest { shard, subject, on }) => {
@@ -337,11 +369,18 @@ impl Bridge {
             if let ToBridge::Publish { kind, subject, payload } = msg {
                 batch.push(Outgoing { kind, subject, payload });
                 if batch.len() == PUBLISH_BATCH {
+                    to_outbox(&mut batch);
                     self.publish(&mut transport, &mut batch).await;
                 }
             }
         }
+        to_outbox(&mut batch);
         self.publish(&mut transport, &mut batch).await;
+        if let Some((tx, task)) = outbox {
+            // The outbox ends once it stored what it holds (or could not, within a second).
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         transport.close().await;
         drop(subs);
         stats.set_connected(false);

@@ -55,7 +55,8 @@ pub struct ClusterSection {
     /// member leaving and another joining soon after cost no subscription churn. Default 5000.
     pub unsubscribe_delay_ms: u64,
     /// Most envelopes waiting to be published (all shards together); past it a publish is
-    /// dropped and counted in `imks_cluster_dropped_total{reason="publish_queue"}`. Default
+    /// dropped and counted in `imks_cluster_dropped_total{reason="publish_queue"}`. Also the
+    /// most broadcasts the recovery stream's outbox holds while NATS is unreachable. Default
     /// 65536.
     pub publish_queue: usize,
     /// Most envelopes waiting for one shard to take them; past it an incoming envelope is

@@ -170,3 +170,116 @@ pub async fn get_session(seq: &Sequenced, key: String) -> Option<Bytes> {
     let m = seq.sessions.get_last_raw_message_by_subject(&session_subject(seq, &key)).await.ok()?;
     Some(m.payload)
 }
+
+/// A broadcast on its way into the recovery stream.
+pub(super) struct Pending {
+    pub kind: super::subject::SubjectKind,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// How long the outbox waits for the stream to acknowledge a batch before it sends the batch
+/// again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outbox: puts the node's broadcasts into the recovery stream, each acknowledged, in the
+/// order the shards handed them over, each once.
+///
+/// A publish over core NATS is lost unseen when the connection breaks: the client drops what it
+/// had written but the server had not read, and what was queued while it was down. In the
+/// stream that would be a gap nobody can see, on every node (the stream's sequences have none).
+/// So each broadcast goes out as a JetStream publish with a message id (`<node>-<n>`), one
+/// batch at a time: the next batch only after the stream acknowledged every one of the last.
+/// A batch not acknowledged within [`ACK_TIMEOUT`] is sent again, whole, once the backend is
+/// reachable; the stream's de-duplication (by message id, within its two-minute window) keeps
+/// what it stored already once. Nothing after the batch went out meanwhile, so the order holds.
+///
+/// While the backend is unreachable the broadcasts wait here, up to `max` (the rest is dropped,
+/// counted and logged), and go out once it is back. Those were delivered on their node as it
+/// went (with node-local offsets, see `SocketIo::broadcast`): the node skips them as they come
+/// back, and every other node delivers them.
+pub(super) async fn outbox(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+    sequenced: std::rc::Rc<std::cell::RefCell<Option<Sequenced>>>,
+    stats: std::sync::Arc<super::stats::ClusterStats>,
+    node_id: std::sync::Arc<str>,
+    max: usize,
+) {
+    use super::stats::DropReason;
+    let mut queue: std::collections::VecDeque<(u64, Pending)> = std::collections::VecDeque::new();
+    let mut next_id = 0u64;
+    let mut closed = false;
+    loop {
+        if queue.is_empty() {
+            if closed {
+                return;
+            }
+            match rx.recv().await {
+                Some(p) => {
+                    queue.push_back((next_id, p));
+                    next_id += 1;
+                }
+                None => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(p) if queue.len() < max => {
+                    queue.push_back((next_id, p));
+                    next_id += 1;
+                }
+                Ok(p) => {
+                    stats.dropped(DropReason::PublishQueue);
+                    tracing::warn!(subject = %p.subject, "the recovery stream's outbox is full (cluster.publish_queue); a broadcast is lost to the other nodes");
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        stats.set_outbox_depth(queue.len());
+        let js = sequenced.borrow().as_ref().filter(|_| stats.connected()).map(|s| s.js.clone());
+        let Some(js) = js else {
+            // Unreachable, or the stream is not ready yet: wait, then try again.
+            if closed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let n = queue.len().min(super::bridge::PUBLISH_BATCH);
+        let mut acks = Vec::with_capacity(n);
+        for (id, p) in queue.iter().take(n) {
+            let publish =
+                jetstream::context::Publish::build().message_id(format!("{node_id}-{id}")).payload(p.payload.clone());
+            match js.send_publish(p.subject.clone(), publish).await {
+                Ok(ack) => acks.push(ack),
+                Err(_) => break,
+            }
+        }
+        let sent = acks.len();
+        let stored = tokio::time::timeout(ACK_TIMEOUT, async {
+            let mut stored = 0;
+            for ack in acks {
+                if ack.await.is_err() {
+                    break;
+                }
+                stored += 1;
+            }
+            stored
+        })
+        .await
+        .unwrap_or(0);
+        for (_, p) in queue.drain(..stored) {
+            stats.sent(p.kind, p.payload.len());
+        }
+        stats.set_outbox_depth(queue.len());
+        if stored < n {
+            stats.outbox_retried();
+            tracing::debug!(sent, stored, "the recovery stream did not acknowledge a batch; sending it again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

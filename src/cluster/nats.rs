@@ -59,14 +59,14 @@ enum Item {
         payload: Bytes,
     },
     /// The subscription was ended and unsubscribed.
-    Ended(Arc<str>),
+    Ended,
 }
 
 impl Item {
     fn order(&self) -> u64 {
         match self {
             Item::Message { seq, .. } => seq.unwrap_or(0),
-            Item::Ended(_) => u64::MAX,
+            Item::Ended => u64::MAX,
         }
     }
 }
@@ -101,7 +101,7 @@ async fn sequenced_reader(
                             }
                             _ = &mut stopped => {
                                 let _ = sub.unsubscribe().await;
-                                Some((Item::Ended(name.clone()), (None, stopped, name, kind, targets)))
+                                Some((Item::Ended, (None, stopped, name, kind, targets)))
                             }
                         }
                     })));
@@ -121,8 +121,7 @@ async fn sequenced_reader(
                 Item::Message { seq, name, kind, targets, payload } => {
                     inbound.route(kind, &name, payload, None, seq, &targets.borrow())
                 }
-                Item::Ended(name) => {
-                    inbound.live.borrow_mut().remove(&name);
+                Item::Ended => {
                     let (client, stats) = (client.clone(), stats.clone());
                     tokio::task::spawn_local(async move {
                         confirm(&client).await;
@@ -224,7 +223,6 @@ impl Transport for Nats {
                         None => break,
                     },
                     _ = &mut stopped => {
-                        inbound.live.borrow_mut().remove(&name);
                         let _ = subscriber.unsubscribe().await;
                         confirm(&client).await;
                         stats.unsubscribed();
@@ -236,6 +234,9 @@ impl Transport for Nats {
     }
 
     fn unsubscribe(&mut self, subject: Arc<str>) {
+        // Not live from now on; taken out here rather than when the reader ends, which may
+        // come after a new subscription to the same subject is live.
+        self.inbound.live.borrow_mut().remove(&subject);
         if let Some(stop) = self.stops.remove(&subject) {
             let _ = stop.send(());
         }

@@ -118,8 +118,15 @@ pub struct ClusterStats {
     /// Times envelopes from other nodes may have been lost to this node: reconnects, slow
     /// consumers, envelopes dropped for a full shard queue.
     gaps: AtomicU64,
+    /// Times the flow from other nodes broke, counted as it breaks (a disconnect, a slow
+    /// consumer, a full shard queue), where `gaps` counts a disconnect only once reconnected.
+    breaks: AtomicU64,
     slow_consumers: AtomicU64,
     publish_queue_depth: AtomicU64,
+    /// Broadcasts for the recovery stream not yet stored there ([`super::jetstream::outbox`]).
+    outbox_depth: AtomicU64,
+    /// Batches of the outbox sent again after a publish was not acknowledged.
+    outbox_retries: AtomicU64,
     /// Other nodes alive, as the control shard knows them.
     nodes: AtomicU64,
     requests: [AtomicU64; RequestOutcome::ALL.len()],
@@ -127,7 +134,14 @@ pub struct ClusterStats {
 
 impl ClusterStats {
     pub fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
+        if self.connected.swap(up, Ordering::Relaxed) && !up {
+            self.breaks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times the flow from other nodes broke so far (see the field).
+    pub fn breaks(&self) -> u64 {
+        self.breaks.load(Ordering::Relaxed)
     }
 
     pub fn set_epoch(&self, epoch: u64) {
@@ -209,6 +223,7 @@ impl ClusterStats {
 
     pub fn dropped(&self, why: DropReason) {
         if why == DropReason::ShardQueue {
+            self.breaks.fetch_add(1, Ordering::Relaxed);
             self.gaps.fetch_add(1, Ordering::Relaxed);
         }
         self.dropped[why as usize].fetch_add(1, Ordering::Relaxed);
@@ -234,6 +249,7 @@ impl ClusterStats {
     }
 
     pub fn slow_consumer(&self) {
+        self.breaks.fetch_add(1, Ordering::Relaxed);
         self.gaps.fetch_add(1, Ordering::Relaxed);
         self.slow_consumers.fetch_add(1, Ordering::Relaxed);
     }
@@ -245,6 +261,14 @@ impl ClusterStats {
 
     pub fn set_publish_queue_depth(&self, n: usize) {
         self.publish_queue_depth.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_outbox_depth(&self, n: usize) {
+        self.outbox_depth.store(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn outbox_retried(&self) {
+        self.outbox_retries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_nodes(&self, n: usize) {
@@ -324,6 +348,18 @@ impl ClusterStats {
         let _ = writeln!(out, "# HELP imks_cluster_publish_queue Envelopes waiting to be published.");
         let _ = writeln!(out, "# TYPE imks_cluster_publish_queue gauge");
         let _ = writeln!(out, "imks_cluster_publish_queue {}", g(&self.publish_queue_depth));
+        let _ = writeln!(
+            out,
+            "# HELP imks_cluster_outbox Broadcasts waiting to be stored in the recovery stream (held while the backend is unreachable)."
+        );
+        let _ = writeln!(out, "# TYPE imks_cluster_outbox gauge");
+        let _ = writeln!(out, "imks_cluster_outbox {}", g(&self.outbox_depth));
+        let _ = writeln!(
+            out,
+            "# HELP imks_cluster_outbox_retries_total Batches sent to the recovery stream again, after a publish was not acknowledged."
+        );
+        let _ = writeln!(out, "# TYPE imks_cluster_outbox_retries_total counter");
+        let _ = writeln!(out, "imks_cluster_outbox_retries_total {}", g(&self.outbox_retries));
         let _ =
             writeln!(out, "# HELP imks_cluster_nodes Other nodes alive (heard from within cluster.node_timeout_ms).");
         let _ = writeln!(out, "# TYPE imks_cluster_nodes gauge");

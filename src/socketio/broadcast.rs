@@ -102,6 +102,15 @@ impl ClusterHandler for SocketIo {
             ArchivedBody::Request(r) => return self.answer(shard, env.view().origin.as_str(), r),
             _ => return,
         };
+        // Delivered on its node as it was sent, while the node was cut off from the stream
+        // (it carries that node-local offset), and stored in the stream once the node was
+        // back: every other node delivers it, its node not again.
+        if env.seq().is_some()
+            && b.offset.is_some()
+            && self.cluster().is_some_and(|c| env.view().origin.as_str() == &**c.node_id())
+        {
+            return;
+        }
         let name = |s: &rkyv::string::ArchivedString| Arc::<str>::from(s.as_str());
         let (rooms, mut except_rooms) = match b.rooms.get(b.via.to_native() as usize) {
             Some(room) => {
@@ -283,10 +292,19 @@ impl SocketIo {
             return;
         }
         let prepared = prepare_bytes(b.text.clone(), &b.binaries);
+        // Delivered here while the node is cut off from the recovery stream.
+        let cut_off = b.seq.is_none() && b.offset.is_some() && self.cluster().is_some_and(|c| c.sequenced());
+        let breaks = self.cluster().map_or(0, |c| c.stats().breaks());
         for s in targets {
+            if cut_off {
+                s.cut_off.set(true);
+            }
             if let (Some(seq), Some(offset)) = (b.seq, &b.offset) {
-                // Sent by a recovery's replay already, or to be sent after it.
-                if seq <= s.floor.get() {
+                // Sent by a recovery's replay already, or to be sent after it; or the socket
+                // got broadcasts delivered while the node was cut off, which this one may
+                // precede (see `Socket::cut_off`); or the flow broke since the socket was
+                // created, and what it missed comes with its recovery (`Socket::breaks_seen`).
+                if seq <= s.floor.get() || s.cut_off.get() || s.breaks_seen < breaks {
                     continue;
                 }
                 if let Some(buffer) = s.recovering.borrow_mut().as_mut() {

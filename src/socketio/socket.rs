@@ -39,6 +39,18 @@ pub struct Socket {
     /// In a cluster with recovery, while the socket's missed broadcasts are read back: the
     /// broadcasts that arrive meanwhile, sent after them.
     pub(super) recovering: RefCell<Option<Vec<(u64, Logged)>>>,
+    /// In a cluster with recovery: the socket was sent a broadcast its node delivered while
+    /// cut off from the stream (with a node-local offset). A broadcast that comes back from the
+    /// stream after that is not sent to it: one published before those could arrive after
+    /// them. Its transport is closed once the node is back (a gap), and its client is not
+    /// recovered (`recovered` false): told, never reordered.
+    pub(super) cut_off: Cell<bool>,
+    /// In a cluster with recovery: how many times the flow from the stream had broken
+    /// ([`crate::cluster::ClusterStats::breaks`]) when the socket was created. After a later
+    /// break, broadcasts from the stream are not sent to it (one it missed may precede them,
+    /// and its offset would then hide the miss); its transport is closed once the node handles
+    /// the gap, and its client recovers from its last offset.
+    pub(super) breaks_seen: u64,
     /// This socket resumed a disconnected one: same id, rooms and missed packets.
     pub recovered: bool,
     /// Its namespace's place in [`SocketIo`]'s list (for the namespace's event handlers).
