@@ -4,7 +4,7 @@
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -130,11 +130,14 @@ pub(super) async fn polling(
         (None, _) => return RequestError::BadHandshakeMethod.response(head, cfg),
         (Some(sid), m @ (Method::Get | Method::Post)) => {
             let post = m == Method::Post;
+            // When the request reached the node: requests are ordered by it, not by when the
+            // session's shard sees them (see `serve_poll`).
+            let arrived = Instant::now();
             match sid.parse::<Sid>() {
                 Ok(id) if usize::from(id.shard) != shard.index && usize::from(id.shard) < shard.shard_count() => {
-                    forward_poll(shard, engine, usize::from(id.shard), sid.clone(), post, body).await
+                    forward_poll(shard, engine, usize::from(id.shard), sid.clone(), post, body, arrived).await
                 }
-                _ => serve_poll(shard, engine, sid, post, body).await,
+                _ => serve_poll(shard, engine, sid, post, body, arrived).await,
             }
         }
         (Some(_), _) => RequestError::BadHandshakeMethod.response(head, cfg),
@@ -153,11 +156,12 @@ async fn forward_poll(
     sid: String,
     post: bool,
     body: &[u8],
+    arrived: Instant,
 ) -> Response {
     let body = Bytes::copy_from_slice(body);
     let run = move |owner: Rc<Shard>| async move {
         match owner.service::<Engine>() {
-            Some(engine) => serve_poll(&owner, &engine, &sid, post, &body).await,
+            Some(engine) => serve_poll(&owner, &engine, &sid, post, &body, arrived).await,
             None => error_body(RequestError::UnknownSid),
         }
     };
@@ -170,9 +174,15 @@ async fn forward_poll(
 }
 
 /// A polling GET or POST for a session of this shard (the request may have arrived on another
-/// shard). CORS headers are added by the shard that answers the client.
-async fn serve_poll(shard: &Shard, engine: &Engine, sid: &str, post: bool, body: &[u8]) -> Response {
+/// shard, at `arrived`). CORS headers are added by the shard that answers the client.
+async fn serve_poll(shard: &Shard, engine: &Engine, sid: &str, post: bool, body: &[u8], arrived: Instant) -> Response {
     let Some(s) = engine.get(shard, sid) else {
+        // A GET that reached the node before its session closed would have been waiting when
+        // the close came, and answered with a noop: so it is, even when it reached this shard
+        // only after the close (through another shard). One that came after the close: 400.
+        if !post && engine.closed_after(sid, arrived) {
+            return Response::new(200, "text/plain; charset=UTF-8", "6");
+        }
         return error_body(RequestError::UnknownSid);
     };
     if s.expired() {

@@ -28,6 +28,41 @@ pub struct Engine {
     /// The heartbeat task, waiting for a deadline earlier than the one it sleeps for.
     timers_waker: RefCell<Option<Waker>>,
     timers_changed: Cell<bool>,
+    /// Sessions closed within the last [`CLOSED_KEPT`], with when: a long-poll `GET` that
+    /// reached the node before its session closed, but this shard only after (it came through
+    /// another shard), is answered as if it had been waiting ([`Engine::closed_after`]).
+    closed: RefCell<Closed>,
+}
+
+/// How long [`Engine::closed_after`] remembers a closed session: far longer than a request
+/// takes between two shards.
+pub const CLOSED_KEPT: Duration = Duration::from_secs(10);
+
+/// Recently closed sessions, by id and in the order they closed.
+#[derive(Default)]
+struct Closed {
+    at: std::collections::HashMap<Sid, Instant>,
+    order: std::collections::VecDeque<(Instant, Sid)>,
+}
+
+impl Closed {
+    /// Notes that `id` closed `now`, forgetting those closed [`CLOSED_KEPT`] before.
+    fn record(&mut self, id: Sid, now: Instant) {
+        while let Some(&(at, old)) = self.order.front() {
+            if now.duration_since(at) < CLOSED_KEPT {
+                break;
+            }
+            self.order.pop_front();
+            self.at.remove(&old);
+        }
+        self.at.insert(id, now);
+        self.order.push_back((now, id));
+    }
+
+    /// Whether `id` closed at or after `arrived`.
+    fn after(&self, id: Sid, arrived: Instant) -> bool {
+        self.at.get(&id).is_some_and(|&at| at >= arrived)
+    }
 }
 
 /// A heartbeat deadline in the heap: nanoseconds since the engine's epoch, then the session's
@@ -58,6 +93,7 @@ impl Engine {
             epoch: Instant::now(),
             timers_waker: RefCell::default(),
             timers_changed: Cell::default(),
+            closed: RefCell::default(),
         }
     }
 }
@@ -168,7 +204,14 @@ impl Engine {
         let slot = s.id.slot as usize;
         if sessions.get(slot).is_some_and(|x| x.id == s.id) {
             sessions.remove(slot);
+            self.closed.borrow_mut().record(s.id, Instant::now());
         }
+    }
+
+    /// Whether session `sid` of this shard closed at or after `arrived` (and within
+    /// [`CLOSED_KEPT`]): a request that reached the node then came before the close.
+    pub(super) fn closed_after(&self, sid: &str, arrived: Instant) -> bool {
+        sid.parse::<Sid>().is_ok_and(|id| self.closed.borrow().after(id, arrived))
     }
 
     /// Closes every session (node shutdown): polling clients get a close packet.
@@ -243,5 +286,27 @@ impl ShardService for Engine {
     /// GET answers their close packet.
     fn on_drain(&self, shard: &Shard) {
         self.close_all(shard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_ordered_against_a_close_by_when_it_arrived() {
+        let mut closed = Closed::default();
+        let t0 = Instant::now();
+        let (a, b) = (Sid::new(0, 1, 1), Sid::new(0, 2, 1));
+        closed.record(a, t0 + Duration::from_millis(5));
+        assert!(closed.after(a, t0), "arrived before the close");
+        assert!(closed.after(a, t0 + Duration::from_millis(5)));
+        assert!(!closed.after(a, t0 + Duration::from_millis(6)), "arrived after the close");
+        assert!(!closed.after(b, t0), "never closed");
+        // Forgotten once CLOSED_KEPT has passed since, and the memory goes with it.
+        closed.record(b, t0 + Duration::from_millis(5) + CLOSED_KEPT);
+        assert!(!closed.after(a, t0));
+        assert!(closed.after(b, t0));
+        assert_eq!((closed.at.len(), closed.order.len()), (1, 1));
     }
 }
