@@ -432,6 +432,22 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: `data` is passed on as JSON text, checked for syntax only. A number
+    /// too large for an `f64` is valid JSON; it reaches the router as written, and a handler
+    /// that parses it into a type of its own gets the parse error there.
+    #[test]
+    fn raw_data_is_checked_for_json_syntax_not_for_number_range() {
+        match ok(r#"{"type":"app:big","data":{"a":[1e555,2]}}"#).msg {
+            ClientMsg::Custom { data, .. } => {
+                assert_eq!(data, r#"{"a":[1e555,2]}"#);
+                assert!(serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok());
+                assert!(serde_json::from_str::<serde_json::Value>(data).is_err(), "out of an f64's range");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err(r#"{"type":"app:big","data":{"a":[1e,2]}}"#).code, ErrorCode::BadJson);
+    }
+
     #[test]
     fn escaped_type_names_are_unescaped() {
         assert_eq!(ok(r#"{"type":"p\u0069ng"}"#).msg, ClientMsg::Ping);
