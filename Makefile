@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run run-pg cluster build release test test-deps lint unit test-build python-tests js-tests bench-codec bench bench-quick bench-store fmt clean migrate
+.PHONY: run run-pg cluster build release test test-deps lint unit test-build python-tests js-tests fuzz fuzz-ci bench-codec bench bench-quick bench-store fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -39,8 +39,9 @@ build:
 release:
 	$(CARGO) build --release --bin imks
 
-## test: install what the tests need, then lint, unit/integration tests and the Python client tests
-test: test-deps lint unit python-tests js-tests
+## test: install what the tests need, then lint, unit/integration tests, the Python and
+## JavaScript client tests, and every fuzz target for a short while
+test: test-deps lint unit python-tests js-tests fuzz-ci
 
 test-deps:
 	scripts/setup-test-deps.sh
@@ -66,6 +67,16 @@ python-tests: test-build
 
 js-tests: test-build
 	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
+
+## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 300) from the
+## committed corpus, on the stable toolchain; inputs that add coverage are merged into the corpus
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_MERGE=1 scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## fuzz-ci: every fuzz target for 25 s from the committed corpus (part of `make test`)
+fuzz-ci:
+	scripts/fuzz.sh 25
 
 bench-codec:
 	$(CARGO) bench --bench ws_codec --bench http_parse --bench sio_packet --bench native_envelope

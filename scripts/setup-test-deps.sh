@@ -28,6 +28,8 @@ fi
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 command -v cc >/dev/null || apt_install build-essential
+# libFuzzer (the fuzz targets, scripts/fuzz.sh) is C++.
+command -v c++ >/dev/null || apt_install g++
 # curl runs the README's quick start in tests/quick_start.rs.
 command -v curl >/dev/null || apt_install curl ca-certificates
 

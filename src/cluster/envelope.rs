@@ -332,6 +332,12 @@ pub fn decode(bytes: &[u8]) -> Result<&ArchivedEnvelope, EnvelopeError> {
     Ok(env)
 }
 
+/// An owned copy of a checked envelope (for tests and the fuzz target: the node itself reads
+/// envelopes in place).
+pub fn to_owned(env: &ArchivedEnvelope) -> Result<Envelope, EnvelopeError> {
+    rkyv::deserialize::<Envelope, rancor::Error>(env).map_err(|e| EnvelopeError::Invalid(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
