@@ -323,3 +323,30 @@ fn sessions_of_a_node_cut_off_from_nats_are_told_to_fetch_history_again() {
     assert_eq!(notice["data"]["reason"], "cluster_gap");
     bob.assert_nothing_pending("one notice");
 }
+
+/// A burst of direct messages to a user whose sessions are all on another node: each is routed
+/// by a request to that node, later ones held until its answer; they reach every device in the
+/// order they were sent, each once, however the answers and the burst interleave.
+#[test]
+fn a_burst_of_direct_messages_to_another_node_keeps_its_order() {
+    const N: usize = 300;
+    let p = prefix();
+    let (_a, a) = node(&p, None, |_| {});
+    let (_b, b) = node(&p, None, |_| {});
+    wait_connected(&[a, b]);
+    let mut alice = login(a, "alice");
+    let mut bob = login(b, "bob");
+    // Each node its own subject and its user's.
+    wait_subscriptions(a, 2);
+    wait_subscriptions(b, 2);
+    for i in 0..N {
+        alice.chat_to("bob", &format!("m{i}"), &format!("burst {i}"));
+        // Now and then a pause, so some arrive while a route is under way and some after.
+        if i % 7 == 3 {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    let got: Vec<String> = chats(&mut bob, N).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(got, (0..N).map(|i| format!("burst {i}")).collect::<Vec<_>>(), "in order, each once");
+    bob.assert_nothing_pending("nothing more");
+}

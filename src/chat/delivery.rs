@@ -81,7 +81,7 @@ pub(super) async fn deliver_or_queue(
 ) {
     // A login is reading the user's offline queue: after it (`directory::register`).
     if let Some(e) = hub.homes.borrow_mut().get_mut(&user).filter(|e| e.loading > 0) {
-        e.held.push((message, sender));
+        e.held.push_back((message, sender));
         return;
     }
     if sessions.is_empty() {
@@ -100,20 +100,42 @@ pub(super) async fn deliver_or_queue(
 /// order.
 async fn route_in_cluster(shard: &Rc<Shard>, hub: &Hub, user: UserKey, message: Arc<Message>, sender: Option<ConnId>) {
     hub.homes.borrow_mut().entry(user.clone()).or_default().loading += 1;
+    route_one(shard, hub, &user, message, sender).await;
+    drain_held(shard, hub, &user).await;
+}
+
+/// Delivers what was held for `user` behind a wait that ends here (a route through the
+/// cluster, a login reading the offline queue), one message at a time and in order. The wait
+/// goes on until none is left, so what is routed to the user meanwhile is held behind them
+/// rather than overtaking them; held messages are taken only once no other wait remains.
+pub(super) async fn drain_held(shard: &Rc<Shard>, hub: &Hub, user: &UserKey) {
+    while let Some((message, sender)) = super::directory::next_held(hub, user) {
+        let sessions = hub.sessions_of(user);
+        if !sessions.is_empty() {
+            let frame = encode_message(&message);
+            cluster::publish_message(shard, user, &message, &frame, sender);
+            deliver_to(shard, message, frame, sender, None, sessions);
+        } else if cluster::cluster(shard).is_some() {
+            route_one(shard, hub, user, message, sender).await;
+        } else {
+            queue_offline(shard, hub, user, message).await;
+        }
+    }
+}
+
+/// Asks the nodes that have sessions of `user` to deliver `message`; where none took it, it
+/// goes to a session that opened here meanwhile, or to the offline queue.
+async fn route_one(shard: &Rc<Shard>, hub: &Hub, user: &UserKey, message: Arc<Message>, sender: Option<ConnId>) {
     let frame = encode_message(&message);
-    let taken = cluster::route_remote(shard, hub, &user, &message, &frame, sender).await;
+    let taken = cluster::route_remote(shard, hub, user, &message, &frame, sender).await;
     if !taken {
         // A session may have opened here meanwhile (its login read the offline queue already).
-        let sessions = hub.sessions_of(&user);
+        let sessions = hub.sessions_of(user);
         if sessions.is_empty() {
-            queue_offline(shard, hub, &user, message).await;
+            queue_offline(shard, hub, user, message).await;
         } else {
             deliver_to(shard, message, frame, sender, None, sessions);
         }
-    }
-    for (message, sender) in super::directory::loaded(hub, &user) {
-        let sessions = hub.sessions_of(&user);
-        deliver_or_queue(shard, hub, user.clone(), message, sender, sessions).await;
     }
 }
 

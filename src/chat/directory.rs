@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::delivery::{deliver_or_queue, send_paced};
+use super::delivery::send_paced;
 use super::encode::{encode_message, text};
 use super::envelope::{encode, encode_presence};
 use super::msg::post_home;
@@ -32,7 +32,7 @@ pub(super) struct HomeEntry {
     /// user wait in `held`, so the queue reaches the new session first.
     pub(super) loading: usize,
     /// Messages routed to the user while `loading`, with the session that sent each.
-    pub(super) held: Vec<(Arc<crate::store::Message>, Option<ConnId>)>,
+    pub(super) held: std::collections::VecDeque<(Arc<crate::store::Message>, Option<ConnId>)>,
     /// In a cluster, while sessions here watch the user: the other nodes where the user has
     /// sessions.
     remote: HashSet<Arc<str>>,
@@ -52,25 +52,24 @@ impl HomeEntry {
     }
 }
 
-/// The end of a wait that held the user's messages (a login reading the offline queue, or a
-/// direct message asking other nodes): what was held, once no other wait remains.
-pub(super) fn loaded(hub: &Hub, user: &UserKey) -> Vec<(Arc<crate::store::Message>, Option<ConnId>)> {
+/// For the wait that is ending (a login reading the offline queue, or a direct message asking
+/// other nodes): the next message held for the user, when it is the last wait. The wait then
+/// goes on while it delivers that message ([`super::delivery::drain_held`]); with nothing held,
+/// or another wait still under way (which takes them when it ends), the wait ends here.
+pub(super) fn next_held(hub: &Hub, user: &UserKey) -> Option<(Arc<crate::store::Message>, Option<ConnId>)> {
     let mut homes = hub.homes.borrow_mut();
-    let held = match homes.get_mut(user) {
+    let next = match homes.get_mut(user) {
+        Some(e) if e.loading == 1 && !e.held.is_empty() => e.held.pop_front(),
         Some(e) => {
             e.loading = e.loading.saturating_sub(1);
-            if e.loading == 0 {
-                std::mem::take(&mut e.held)
-            } else {
-                Vec::new()
-            }
+            None
         }
-        None => Vec::new(),
+        None => None,
     };
-    if homes.get(user).is_some_and(HomeEntry::unused) {
+    if next.is_none() && homes.get(user).is_some_and(HomeEntry::unused) {
         homes.remove(user);
     }
-    held
+    next
 }
 
 /// Sends a frame to every session of a user, on any shard (several devices), at the pace each
@@ -200,10 +199,7 @@ pub(super) async fn register(shard: &Rc<Shard>, hub: &Hub, user: UserKey, sessio
         };
         post(shard, usize::from(session.shard), msg);
     }
-    for (message, sender) in loaded(hub, &user) {
-        let sessions = hub.sessions_of(&user);
-        deliver_or_queue(shard, hub, user.clone(), message, sender, sessions).await;
-    }
+    super::delivery::drain_held(shard, hub, &user).await;
 }
 
 /// A session of `user` closed: `offline` to the watchers when it was the last.
