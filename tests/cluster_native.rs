@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::native::{static_users, Client};
+use common::native::{login, static_users, Client};
 use common::pg::TestDb;
 use common::*;
 use imks::cluster::{ClusterBackend, ClusterSection};
@@ -63,17 +63,6 @@ fn wait_subscriptions(addr: SocketAddr, n: u64) {
     );
 }
 
-fn wait_connected(addrs: &[SocketAddr]) {
-    for &a in addrs {
-        let up = || health(a)["checks"]["cluster"]["status"] == "up";
-        assert!(wait_until(Duration::from_secs(10), up), "{a} did not connect to NATS");
-    }
-}
-
-fn login(addr: SocketAddr, user: &str) -> Client {
-    Client::connect(addr, &format!("t-{user}")).0
-}
-
 /// The `chat` messages a client receives until `n` have come, as (msgId, content).
 fn chats(c: &mut Client, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -104,7 +93,7 @@ fn direct_messages_reach_devices_on_other_nodes_with_delivered_and_read_acks() {
     let (p, db) = (prefix(), TestDb::migrated());
     let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, Some(&db), |_| {})).collect();
     let [a, b, c] = [nodes[0].1, nodes[1].1, nodes[2].1];
-    wait_connected(&[a, b, c]);
+    wait_cluster_up(&[a, b, c]);
     let mut alice = login(a, "alice");
     let mut bob_b = login(b, "bob");
     let mut bob_c = login(c, "bob");
@@ -147,7 +136,7 @@ fn a_message_for_a_user_offline_everywhere_waits_for_a_login_on_any_node() {
     let (p, db) = (prefix(), TestDb::migrated());
     let (_a, a) = node(&p, Some(&db), |_| {});
     let (_b, b) = node(&p, Some(&db), |_| {});
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut alice = login(a, "alice");
     wait_subscriptions(a, 2);
     alice.chat_to("carol", "q1", "while you were out");
@@ -165,7 +154,7 @@ fn a_retransmission_on_another_node_is_stored_and_delivered_once() {
     let (p, db) = (prefix(), TestDb::migrated());
     let (_a, a) = node(&p, Some(&db), |_| {});
     let (_b, b) = node(&p, Some(&db), |_| {});
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut bob = login(b, "bob");
     wait_subscriptions(b, 2);
     let mut first = login(a, "alice");
@@ -191,7 +180,7 @@ fn two_nodes_appending_to_one_conversation_keep_its_order_without_gaps() {
     let (p, db) = (prefix(), TestDb::migrated());
     let (_a, a) = node(&p, Some(&db), |_| {});
     let (_b, b) = node(&p, Some(&db), |_| {});
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut alice = login(a, "alice");
     let mut bob = login(b, "bob");
     wait_subscriptions(a, 2);
@@ -215,7 +204,7 @@ fn presence_follows_a_user_over_every_node() {
     let p = prefix();
     let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, None, |_| {})).collect();
     let [a, b, c] = [nodes[0].1, nodes[1].1, nodes[2].1];
-    wait_connected(&[a, b, c]);
+    wait_cluster_up(&[a, b, c]);
     // Bob is online on B before anyone watches: the first watcher on A learns it.
     let bob_b = login(b, "bob");
     wait_subscriptions(b, 2);
@@ -250,7 +239,7 @@ fn a_newer_login_on_another_node_kicks_the_older_session() {
     let kick = |f: &mut FileConfig| f.chat.duplicate_login = imks::chat::DuplicateLogin::KickOldest;
     let (_a, a) = node(&p, None, kick);
     let (_b, b) = node(&p, None, kick);
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut old = login(a, "bob");
     wait_subscriptions(a, 2);
     let mut new = login(b, "bob");
@@ -277,7 +266,7 @@ fn room_messages_reach_members_on_every_node_once() {
     let p = prefix();
     let nodes: Vec<(Node, SocketAddr)> = (0..3).map(|_| node(&p, None, |_| {})).collect();
     let [a, b, c] = [nodes[0].1, nodes[1].1, nodes[2].1];
-    wait_connected(&[a, b, c]);
+    wait_cluster_up(&[a, b, c]);
     let mut members: Vec<Client> = [(a, "alice"), (b, "bob"), (c, "carol"), (c, "dave")]
         .into_iter()
         .map(|(n, u)| {
@@ -311,7 +300,7 @@ fn sessions_of_a_node_cut_off_from_nats_are_told_to_fetch_history_again() {
     let p = prefix();
     let proxy = common::proxy::TcpProxy::start("127.0.0.1:4222");
     let (_a, a) = node_at(&p, &format!("nats://{}", proxy.addr()), None, |_| {});
-    wait_connected(&[a]);
+    wait_cluster_up(&[a]);
     let mut bob = login(a, "bob");
     wait_subscriptions(a, 2);
     let reconnects = || metric_sum(a, "imks_cluster_reconnects_total");
@@ -333,7 +322,7 @@ fn a_burst_of_direct_messages_to_another_node_keeps_its_order() {
     let p = prefix();
     let (_a, a) = node(&p, None, |_| {});
     let (_b, b) = node(&p, None, |_| {});
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut alice = login(a, "alice");
     let mut bob = login(b, "bob");
     // Each node its own subject and its user's.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::native::{static_users, Client};
+use common::native::{login, static_users};
 use common::pg::TestDb;
 use common::*;
 use imks::cluster::{ClusterBackend, ClusterSection};
@@ -30,17 +30,6 @@ fn node_at(prefix: &str, url: &str, db: &TestDb) -> (Node, SocketAddr) {
     })
 }
 
-fn wait_connected(addrs: &[SocketAddr]) {
-    for &a in addrs {
-        let up = || health(a)["checks"]["cluster"]["status"] == "up";
-        assert!(wait_until(Duration::from_secs(10), up), "{a} did not connect to NATS");
-    }
-}
-
-fn login(addr: SocketAddr, user: &str) -> Client {
-    Client::connect(addr, &format!("t-{user}")).0
-}
-
 /// NATS killed (`kill -9`) and started again while alice, on A, sends bob, on B, a direct
 /// message every millisecond, on Postgres: every message acknowledged `sent` reaches bob, live,
 /// or in his history with alice, which he is told to fetch again (`resync`) once his node is
@@ -52,7 +41,7 @@ fn a_nats_restart_loses_no_direct_message_acknowledged_sent() {
     let (p, db) = (format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff), TestDb::migrated());
     let (_a, a) = node_at(&p, &nats.url(), &db);
     let (_b, b) = node_at(&p, &nats.url(), &db);
-    wait_connected(&[a, b]);
+    wait_cluster_up(&[a, b]);
     let mut alice = login(a, "alice");
     let mut bob = login(b, "bob");
     // The control subject, each node's own and its user's.

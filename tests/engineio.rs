@@ -228,25 +228,33 @@ fn upgrade_from_polling_to_websocket() {
     });
 }
 
+/// The conformance application on two shards with 5 s heartbeats, each shard on its own
+/// address (shard 0 on 127.0.0.1, shard 1 on 127.0.0.2), so a test chooses the shard a
+/// request lands on.
+fn two_shard_conformance(driver: &str) -> (imks::Node, SocketAddr, SocketAddr) {
+    let (node, _) = start_full(
+        driver,
+        2,
+        |_| {},
+        |c| {
+            c.conformance_mode();
+            c.eio.ping_interval = Duration::from_secs(5);
+            c.eio.ping_timeout = Duration::from_secs(5);
+            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
+        },
+    );
+    let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+    (node, a, b)
+}
+
 /// No sticky sessions: with each shard on its own address, the handshake goes to shard 0 and
 /// every later request of the session to shard 1, which serves them through the rings (and
 /// hands the upgraded WebSocket over to shard 0).
 #[test]
 fn requests_of_one_session_are_served_from_any_shard() {
     on_both_drivers(|d| {
-        let (node, _) = start_full(
-            d,
-            2,
-            |_| {},
-            |c| {
-                c.conformance_mode();
-                c.eio.ping_interval = Duration::from_secs(5);
-                c.eio.ping_timeout = Duration::from_secs(5);
-                c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-                c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-            },
-        );
-        let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+        let (_node, a, b) = two_shard_conformance(d);
         assert_ne!(a.ip(), b.ip());
         let (sid, _) = handshake(a);
         assert_eq!(poll_post(b, &sid, "4via shard 1"), (200, "ok".into()));
@@ -445,19 +453,7 @@ fn past_max_buffered_packets_polling_follows_the_drop_policies() {
 /// this test failed here during a build on the other core.
 #[test]
 fn a_get_before_a_close_through_another_shard_gets_a_noop_not_400() {
-    let (node, _) = start_full(
-        "io_uring",
-        2,
-        |_| {},
-        |c| {
-            c.conformance_mode();
-            c.eio.ping_interval = Duration::from_secs(5);
-            c.eio.ping_timeout = Duration::from_secs(5);
-            c.runtime.shards[0].listen = vec!["127.0.0.1:0".parse().unwrap()];
-            c.runtime.shards[1].listen = vec!["127.0.0.2:0".parse().unwrap()];
-        },
-    );
-    let (a, b) = (node.shard_addrs(0)[0], node.shard_addrs(1)[0]);
+    let (_node, a, b) = two_shard_conformance("io_uring");
     for round in 0..300 {
         let (sid, _) = handshake(a);
         let mut pending = connect(b);

@@ -67,6 +67,14 @@ pub fn node_ip() -> String {
     format!("127.0.0.{n}")
 }
 
+/// Waits until each node's `/health` says its cluster backend is up.
+pub fn wait_cluster_up(addrs: &[SocketAddr]) {
+    for &a in addrs {
+        let up = || health(a)["checks"]["cluster"]["status"] == "up";
+        assert!(wait_until(Duration::from_secs(10), up), "{a} did not connect to its cluster backend");
+    }
+}
+
 /// Listens on port 0 of the next [`node_ip`].
 pub fn listen_apart(f: &mut FileConfig) {
     f.server.listen = vec![format!("{}:0", node_ip())];

@@ -41,6 +41,11 @@ pub fn two_shards(
     (node, addrs)
 }
 
+/// A native session of `user`, whose static token is `t-<user>` ([`static_users`]).
+pub fn login(addr: SocketAddr, user: &str) -> Client {
+    Client::connect(addr, &format!("t-{user}")).0
+}
+
 /// What a node answered to one `chat` with a `msgId`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
