@@ -147,3 +147,58 @@ fn broadcasts_a_node_missed_while_cut_off_reach_its_clients_from_the_stream() {
     assert_eq!(all, (0..120).collect::<Vec<u64>>(), "nothing lost, nothing twice");
     delete_streams(&prefix);
 }
+
+/// A node killed and started again under the same `cluster.node_id` within the stream's
+/// de-duplication window: its broadcasts are new ones, not repeats of its former self's (the
+/// stream keeps each message id once), and reach the other node's members.
+#[test]
+fn a_node_restarted_under_the_same_id_is_not_taken_for_a_repeat() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let node_id = [("IMKS_CLUSTER__NODE_ID", "steady")];
+    let nats = "nats://127.0.0.1:4222";
+    let (mut x_proc, x) = spawn_node_with(&prefix, nats, &node_id);
+    let (_y_proc, y) = spawn_node(&prefix);
+    wait_recovery_ready(x);
+    wait_recovery_ready(y);
+    let mut member = Client::connect(y, None);
+    member.call("join", json!("flow"));
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(y, "imks_cluster_subscriptions ") == 4));
+    let mut publisher = Client::connect(x, None);
+    for n in 0..10 {
+        assert!(publisher.try_call("publish", json!({"room": "flow", "n": n})));
+    }
+    member.until(9);
+    x_proc.0.kill().expect("SIGKILL");
+    let _ = x_proc.0.wait();
+    let (_x_again, x) = spawn_node_with(&prefix, nats, &node_id);
+    wait_recovery_ready(x);
+    let mut publisher = Client::connect(x, None);
+    for n in 10..20 {
+        assert!(publisher.try_call("publish", json!({"room": "flow", "n": n})));
+    }
+    member.until(19);
+    assert_eq!(member.got, (0..20).collect::<Vec<u64>>(), "each once, in order");
+    delete_streams(&prefix);
+}
+
+/// Cut off from NATS, a node holds its broadcasts for the stream up to `cluster.publish_queue`
+/// in the outbox (and as many in the queue to it); past that they are dropped and counted,
+/// and local delivery goes on.
+#[test]
+fn past_the_outbox_bound_broadcasts_are_dropped_counted_and_delivered_locally() {
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let (_proc, x) = spawn_node_with(&prefix, "nats://127.0.0.1:9", &[("IMKS_CLUSTER__PUBLISH_QUEUE", "8")]);
+    let mut member = Client::connect(x, None);
+    member.call("join", json!("local"));
+    let mut publisher = Client::connect(x, None);
+    for n in 0..50 {
+        assert!(publisher.try_call("publish", json!({"room": "local", "n": n})));
+    }
+    member.until(49);
+    assert_eq!(member.got, (0..50).collect::<Vec<u64>>(), "every one delivered here");
+    let held = || metric_sum(x, "imks_cluster_outbox ");
+    let dropped = || metric_sum(x, "imks_cluster_dropped_total{reason=\"publish_queue\"}");
+    let all = wait_until(Duration::from_secs(5), || held() + dropped() == 50);
+    assert!(all, "each one held or counted: {} held, {} dropped", held(), dropped());
+    assert!(held() <= 16, "held {}, at most the bound twice", held());
+}

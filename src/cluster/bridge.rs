@@ -233,7 +233,9 @@ impl Bridge {
         // held while the backend is unreachable); the rest straight to the transport.
         let outbox = match (&self.sequencing, transport.nats()) {
             (Some(_), Some(_)) => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                // Bounded as the shards' queue to the bridge is; the outbox takes from it what
+                // it can hold.
+                let (tx, rx) = mpsc::channel(self.cfg.publish_queue);
                 let task = tokio::task::spawn_local(jetstream::outbox(
                     rx,
                     sequenced.clone(),
@@ -246,6 +248,7 @@ impl Bridge {
             _ => None,
         };
         let stream_subjects = format!("{}.sio.", self.cfg.prefix);
+        let drops = RefCell::new(DropLog { last: None, quiet: 0 });
         let to_outbox = |batch: &mut Vec<Outgoing>| {
             if let Some((tx, _)) = &outbox {
                 batch.retain_mut(|o| {
@@ -253,7 +256,10 @@ impl Bridge {
                         return true;
                     }
                     let (subject, payload) = (std::mem::take(&mut o.subject), std::mem::take(&mut o.payload));
-                    let _ = tx.send(jetstream::Pending { kind: o.kind, subject, payload });
+                    if tx.try_send(jetstream::Pending { kind: o.kind, subject, payload }).is_err() {
+                        stats.dropped(DropReason::PublishQueue);
+                        drops.borrow_mut().log(&stream_subjects, &"the recovery stream's outbox is full");
+                    }
                     false
                 });
             }

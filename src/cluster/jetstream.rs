@@ -188,24 +188,26 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A publish over core NATS is lost unseen when the connection breaks: the client drops what it
 /// had written but the server had not read, and what was queued while it was down. In the
 /// stream that would be a gap nobody can see, on every node (the stream's sequences have none).
-/// So each broadcast goes out as a JetStream publish with a message id (`<node>-<n>`), one
-/// batch at a time: the next batch only after the stream acknowledged every one of the last.
+/// So each broadcast goes out as a JetStream publish with a message id
+/// (`<node>-<incarnation>-<n>`, the incarnation random at every start, so a node restarted
+/// under the same `cluster.node_id` is not taken for a repeat of its former self), one batch at
+/// a time: the next batch only after the stream acknowledged every one of the last.
 /// A batch not acknowledged within [`ACK_TIMEOUT`] is sent again, whole, once the backend is
 /// reachable; the stream's de-duplication (by message id, within its two-minute window) keeps
 /// what it stored already once. Nothing after the batch went out meanwhile, so the order holds.
 ///
-/// While the backend is unreachable the broadcasts wait here, up to `max` (the rest is dropped,
-/// counted and logged), and go out once it is back. Those were delivered on their node as it
-/// went (with node-local offsets, see `SocketIo::broadcast`): the node skips them as they come
-/// back, and every other node delivers them.
+/// While the backend is unreachable the broadcasts wait here, up to `max` and as many more in
+/// `rx` (past that the bridge drops them, counted and logged), and go out once it is back.
+/// Those were delivered on their node as it went, with node-local offsets
+/// (`SocketIo::broadcast`), to sockets that take nothing more from the stream.
 pub(super) async fn outbox(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
     sequenced: std::rc::Rc<std::cell::RefCell<Option<Sequenced>>>,
     stats: std::sync::Arc<super::stats::ClusterStats>,
     node_id: std::sync::Arc<str>,
     max: usize,
 ) {
-    use super::stats::DropReason;
+    let incarnation: u64 = rand::random();
     let mut queue: std::collections::VecDeque<(u64, Pending)> = std::collections::VecDeque::new();
     let mut next_id = 0u64;
     let mut closed = false;
@@ -222,15 +224,11 @@ pub(super) async fn outbox(
                 None => return,
             }
         }
-        loop {
+        while queue.len() < max {
             match rx.try_recv() {
-                Ok(p) if queue.len() < max => {
+                Ok(p) => {
                     queue.push_back((next_id, p));
                     next_id += 1;
-                }
-                Ok(p) => {
-                    stats.dropped(DropReason::PublishQueue);
-                    tracing::warn!(subject = %p.subject, "the recovery stream's outbox is full (cluster.publish_queue); a broadcast is lost to the other nodes");
                 }
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
@@ -239,7 +237,7 @@ pub(super) async fn outbox(
                 }
             }
         }
-        stats.set_outbox_depth(queue.len());
+        stats.set_outbox_depth(queue.len() + rx.len());
         let js = sequenced.borrow().as_ref().filter(|_| stats.connected()).map(|s| s.js.clone());
         let Some(js) = js else {
             // Unreachable, or the stream is not ready yet: wait, then try again.
@@ -252,8 +250,9 @@ pub(super) async fn outbox(
         let n = queue.len().min(super::bridge::PUBLISH_BATCH);
         let mut acks = Vec::with_capacity(n);
         for (id, p) in queue.iter().take(n) {
-            let publish =
-                jetstream::context::Publish::build().message_id(format!("{node_id}-{id}")).payload(p.payload.clone());
+            let publish = jetstream::context::Publish::build()
+                .message_id(format!("{node_id}-{incarnation:x}-{id}"))
+                .payload(p.payload.clone());
             match js.send_publish(p.subject.clone(), publish).await {
                 Ok(ack) => acks.push(ack),
                 Err(_) => break,
@@ -275,7 +274,7 @@ pub(super) async fn outbox(
         for (_, p) in queue.drain(..stored) {
             stats.sent(p.kind, p.payload.len());
         }
-        stats.set_outbox_depth(queue.len());
+        stats.set_outbox_depth(queue.len() + rx.len());
         if stored < n {
             stats.outbox_retried();
             tracing::debug!(sent, stored, "the recovery stream did not acknowledge a batch; sending it again");

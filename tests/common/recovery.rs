@@ -27,7 +27,13 @@ pub fn spawn_node(prefix: &str) -> (Proc, SocketAddr) {
 }
 
 pub fn spawn_node_at(prefix: &str, url: &str) -> (Proc, SocketAddr) {
+    spawn_node_with(prefix, url, &[])
+}
+
+/// As [`spawn_node_at`], with more `IMKS_*` variables.
+pub fn spawn_node_with(prefix: &str, url: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imks"));
+    cmd.envs(env.iter().copied());
     cmd.args(["conformance", "--port", "0", "--recovery-window-ms", "60000"])
         // Clients here read only when they expect something: heartbeats must not close them.
         .args(["--ping-interval", "25000", "--ping-timeout", "20000"])
