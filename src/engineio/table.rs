@@ -204,7 +204,10 @@ impl Engine {
         let slot = s.id.slot as usize;
         if sessions.get(slot).is_some_and(|x| x.id == s.id) {
             sessions.remove(slot);
-            self.closed.borrow_mut().record(s.id, Instant::now());
+            // Only a polling session has long-polls that may still be on their way.
+            if matches!(*s.transport.borrow(), Transport::Polling) {
+                self.closed.borrow_mut().record(s.id, Instant::now());
+            }
         }
     }
 

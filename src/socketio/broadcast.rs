@@ -102,15 +102,6 @@ impl ClusterHandler for SocketIo {
             ArchivedBody::Request(r) => return self.answer(shard, env.view().origin.as_str(), r),
             _ => return,
         };
-        // Delivered on its node as it was sent, while the node was cut off from the stream
-        // (it carries that node-local offset), and stored in the stream once the node was
-        // back: every other node delivers it, its node not again.
-        if env.seq().is_some()
-            && b.offset.is_some()
-            && self.cluster().is_some_and(|c| env.view().origin.as_str() == &**c.node_id())
-        {
-            return;
-        }
         let name = |s: &rkyv::string::ArchivedString| Arc::<str>::from(s.as_str());
         let (rooms, mut except_rooms) = match b.rooms.get(b.via.to_native() as usize) {
             Some(room) => {

@@ -32,10 +32,6 @@ struct Session {
     /// where a client that received nothing yet is recovered from.
     epoch: u64,
     since: u64,
-    /// The node that held the socket: the broadcasts it delivered while cut off from the
-    /// stream reached the socket there, and are not sent again.
-    #[serde(default)]
-    node: String,
 }
 
 impl SocketIo {
@@ -70,7 +66,6 @@ impl SocketIo {
             rooms: s.rooms.borrow().iter().map(|r| r.to_string()).collect(),
             epoch: stats.epoch().unwrap_or(0),
             since: stats.last_seq(),
-            node: c.node_id().to_string(),
         };
         if let Ok(value) = serde_json::to_vec(&session) {
             c.put_session(session_key(pid), Bytes::from(value));
@@ -92,9 +87,8 @@ pub(super) fn is_remote_claim(io: &SocketIo, _pid: &str) -> bool {
 
 /// Reads a session the cluster keeps, checks the client's offset against the stream, and
 /// returns what the socket is restored with (its missed broadcasts still to be read:
-/// [`read_missed`]), where it starts reading, and the node that held it; `None` when it cannot
-/// be recovered.
-pub(super) async fn claim(io: &SocketIo, pid: &str, offset: Option<&str>) -> Option<(Restored, u64, Arc<str>)> {
+/// [`read_missed`]) and where it starts reading; `None` when it cannot be recovered.
+pub(super) async fn claim(io: &SocketIo, pid: &str, offset: Option<&str>) -> Option<(Restored, u64)> {
     let c = io.cluster()?;
     let epoch = c.stats().epoch()?;
     let raw = c.get_session(session_key(pid)).await?;
@@ -119,7 +113,7 @@ pub(super) async fn claim(io: &SocketIo, pid: &str, offset: Option<&str>) -> Opt
         from_stream: true,
         floor: from.saturating_sub(1),
     };
-    Some((restored, from, Arc::from(session.node)))
+    Some((restored, from))
 }
 
 /// The broadcasts a socket of `nsp` in `rooms` (with id `sid`) would have received, read
@@ -132,7 +126,6 @@ pub(super) async fn read_missed(
     sid: &str,
     rooms: &[Arc<str>],
     from: u64,
-    held_by: &str,
 ) -> Option<(Vec<(u64, Logged)>, u64)> {
     let c = io.cluster()?;
     let max = io.cfg.recovery.as_ref().map_or(0, |r| r.max_packets);
@@ -149,10 +142,6 @@ pub(super) async fn read_missed(
     let mut missed = Vec::new();
     for (seq, env) in messages {
         let ArchivedBody::Sio(b) = &env.view().body else { continue };
-        // Delivered by the node that held the socket while it was cut off from the stream.
-        if b.offset.is_some() && env.view().origin.as_str() == held_by {
-            continue;
-        }
         let via = b.via.to_native() as usize;
         let reaches = b.nsp.as_str() == nsp
             && b.except_socket.as_ref().is_none_or(|x| x.as_str() != sid)
@@ -182,7 +171,6 @@ pub(super) async fn finish_replay(
     s: &Rc<Socket>,
     first: Vec<(u64, Logged)>,
     last: u64,
-    held_by: &str,
 ) -> bool {
     let Some(c) = io.cluster() else { return false };
     let mut subjects = vec![SocketIo::namespace_subject(&c, &s.nsp)];
@@ -190,7 +178,7 @@ pub(super) async fn finish_replay(
     subjects.extend(s.rooms.borrow().iter().filter(|r| ***r != *s.id).map(|r| SocketIo::room_subject(&c, &s.nsp, r)));
     c.wait_live(subjects).await;
     let rooms: Vec<Arc<str>> = s.rooms.borrow().iter().map(|r| Arc::from(&**r)).collect();
-    let Some((second, _)) = read_missed(io, &s.nsp, &s.id, &rooms, last + 1, held_by).await else {
+    let Some((second, _)) = read_missed(io, &s.nsp, &s.id, &rooms, last + 1).await else {
         s.recovering.borrow_mut().take();
         return false;
     };

@@ -225,10 +225,10 @@ impl SocketIo {
         monoio::spawn(async move {
             let Some(io) = shard.service::<SocketIo>() else { return };
             let found = async {
-                let (restored, from, held_by) = super::cluster::claim(&io, &claim.pid, claim.offset.as_deref()).await?;
+                let (restored, from) = super::cluster::claim(&io, &claim.pid, claim.offset.as_deref()).await?;
                 let (first, last) =
-                    super::cluster::read_missed(&io, &nsp, &restored.sid, &restored.rooms, from, &held_by).await?;
-                Some((Restored { from_stream: true, ..restored }, first, last, held_by))
+                    super::cluster::read_missed(&io, &nsp, &restored.sid, &restored.rooms, from).await?;
+                Some((Restored { from_stream: true, ..restored }, first, last))
             };
             let found = monoio::select! {
                 r = found => r,
@@ -237,7 +237,7 @@ impl SocketIo {
             if eio.is_closed() {
                 return;
             }
-            let Some((restored, first, last, held_by)) = found else {
+            let Some((restored, first, last)) = found else {
                 io.finish_connect(&shard, &eio, &conn, ns_index, nsp, auth.as_deref(), None);
                 return;
             };
@@ -245,7 +245,7 @@ impl SocketIo {
             else {
                 return;
             };
-            if !super::cluster::finish_replay(&shard, &io, &socket, first, last, &held_by).await {
+            if !super::cluster::finish_replay(&shard, &io, &socket, first, last).await {
                 tracing::warn!(sid = %socket.id, "recovered socket's replay failed; disconnecting it");
                 socket.disconnect(&shard, &io, true);
             }

@@ -107,10 +107,13 @@ impl SocketIo {
 
     /// The offset of an event emitted to one socket: with recovery in a cluster, the stream
     /// position the socket has everything up to (a client whose last event was a direct one
-    /// recovers from there); otherwise a fresh node-local one ([`SocketIo::next_offset`]).
+    /// recovers from there); otherwise, and for a socket that got broadcasts its node delivered
+    /// while cut off from the stream (`Socket::cut_off`), whose place the stream cannot say, a
+    /// fresh node-local one ([`SocketIo::next_offset`]).
     fn direct_offset(&self, shard: &Shard, s: &Socket) -> Option<Arc<str>> {
         self.cfg.recovery.as_ref()?;
-        match self.cluster().filter(|c| c.sequenced() && c.stats().connected()).and_then(|c| c.stats().epoch()) {
+        let in_stream = |c: &Rc<Cluster>| c.sequenced() && c.stats().connected() && !s.cut_off.get();
+        match self.cluster().filter(in_stream).and_then(|c| c.stats().epoch()) {
             Some(epoch) => Some(recovery::stream_offset(epoch, s.floor.get())),
             None => self.next_offset(shard),
         }

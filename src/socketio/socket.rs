@@ -42,8 +42,9 @@ pub struct Socket {
     /// In a cluster with recovery: the socket was sent a broadcast its node delivered while
     /// cut off from the stream (with a node-local offset). A broadcast that comes back from the
     /// stream after that is not sent to it: one published before those could arrive after
-    /// them. Its transport is closed once the node is back (a gap), and its client is not
-    /// recovered (`recovered` false): told, never reordered.
+    /// them; and its direct emits carry node-local offsets too, so its client's offset never
+    /// says it has less than it got. Its transport is closed once the node is back (a gap), and
+    /// its client is not recovered (`recovered` false): told, never reordered or sent twice.
     pub(super) cut_off: Cell<bool>,
     /// In a cluster with recovery: how many times the flow from the stream had broken
     /// ([`crate::cluster::ClusterStats::breaks`]) when the socket was created. After a later
