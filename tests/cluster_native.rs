@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::native::{login, static_users, Client};
+use common::native::{cluster_node, login, Client};
 use common::pg::TestDb;
 use common::*;
-use imks::cluster::{ClusterBackend, ClusterSection};
 use imks::config::file::FileConfig;
 use imks::Node;
 use serde_json::json;
@@ -31,22 +30,7 @@ fn node(prefix: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) 
 
 /// As [`node`], with the NATS at `url`.
 fn node_at(prefix: &str, url: &str, db: Option<&TestDb>, tweak: impl FnOnce(&mut FileConfig)) -> (Node, SocketAddr) {
-    start("io_uring", 2, |f| {
-        listen_apart(f);
-        static_users(f, USERS);
-        f.limits.message_rate = 0;
-        f.cluster = ClusterSection {
-            backend: ClusterBackend::Nats,
-            url: url.into(),
-            prefix: prefix.into(),
-            unsubscribe_delay_ms: 200,
-            ..Default::default()
-        };
-        if let Some(db) = db {
-            f.store = db.store_config();
-        }
-        tweak(f);
-    })
+    cluster_node(prefix, url, USERS, db, tweak)
 }
 
 fn subscriptions(addr: SocketAddr) -> u64 {

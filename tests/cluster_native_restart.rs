@@ -5,30 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::native::{login, static_users};
+use common::native::{cluster_node, login};
 use common::pg::TestDb;
 use common::*;
-use imks::cluster::{ClusterBackend, ClusterSection};
-use imks::Node;
-
-fn node_at(prefix: &str, url: &str, db: &TestDb) -> (Node, SocketAddr) {
-    start("io_uring", 2, |f| {
-        listen_apart(f);
-        static_users(f, ["alice", "bob"]);
-        f.limits.message_rate = 0;
-        f.cluster = ClusterSection {
-            backend: ClusterBackend::Nats,
-            url: url.into(),
-            prefix: prefix.into(),
-            unsubscribe_delay_ms: 200,
-            ..Default::default()
-        };
-        f.store = db.store_config();
-    })
-}
 
 /// NATS killed (`kill -9`) and started again while alice, on A, sends bob, on B, a direct
 /// message every millisecond, on Postgres: every message acknowledged `sent` reaches bob, live,
@@ -39,8 +20,8 @@ fn a_nats_restart_loses_no_direct_message_acknowledged_sent() {
     const N: usize = 400;
     let mut nats = common::nats::PrivateNats::start();
     let (p, db) = (format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff), TestDb::migrated());
-    let (_a, a) = node_at(&p, &nats.url(), &db);
-    let (_b, b) = node_at(&p, &nats.url(), &db);
+    let (_a, a) = cluster_node(&p, &nats.url(), ["alice", "bob"], Some(&db), |_| {});
+    let (_b, b) = cluster_node(&p, &nats.url(), ["alice", "bob"], Some(&db), |_| {});
     wait_cluster_up(&[a, b]);
     let mut alice = login(a, "alice");
     let mut bob = login(b, "bob");

@@ -3,23 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `imks serve` with `config` (TOML) in the cluster `prefix`, two shards.
 fn spawn_serve(prefix: &str, config: &str) -> (Proc, SocketAddr, std::path::PathBuf) {
@@ -37,21 +27,9 @@ fn spawn_serve(prefix: &str, config: &str) -> (Proc, SocketAddr, std::path::Path
         .env("IMKS_CLUSTER__BACKEND", "nats")
         .env("IMKS_CLUSTER__PREFIX", prefix)
         .env("IMKS_CLUSTER__HEARTBEAT_MS", "200")
-        .env("IMKS_CLUSTER__NODE_TIMEOUT_MS", "1000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("imks starts");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("imks listening addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("imks reports its address");
-    (Proc(child), addr.parse().expect("an address"), dir)
+        .env("IMKS_CLUSTER__NODE_TIMEOUT_MS", "1000");
+    let (proc, addr) = spawn_listening(cmd);
+    (proc, addr, dir)
 }
 
 /// The next native message of type `kind`.

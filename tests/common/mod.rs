@@ -291,3 +291,36 @@ pub fn is_closed(e: &tungstenite::Error) -> bool {
         _ => false,
     }
 }
+
+/// A node process of a test, killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns an `imks` command (its stdout piped here) and waits for the address it logs
+/// (`imks listening addr=…`). `SHOW_NODE_LOG=1` passes the node's log on, to debug a test.
+pub fn spawn_listening(mut cmd: std::process::Command) -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("imks starts");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let show = std::env::var_os("SHOW_NODE_LOG").is_some();
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if show {
+                eprintln!("{line}");
+            }
+            if let Some(addr) = line.split("imks listening addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("imks reports its address");
+    (Proc(child), addr.parse().expect("an address"))
+}

@@ -46,6 +46,34 @@ pub fn login(addr: SocketAddr, user: &str) -> Client {
     Client::connect(addr, &format!("t-{user}")).0
 }
 
+/// A two-shard node of the native-protocol cluster `prefix` over the NATS at `url`, on its own
+/// loopback address, with static tokens for `users`, no rate limit, on Postgres when `db` is
+/// given, after `tweak`.
+pub fn cluster_node<'a>(
+    prefix: &str,
+    url: &str,
+    users: impl IntoIterator<Item = &'a str>,
+    db: Option<&super::pg::TestDb>,
+    tweak: impl FnOnce(&mut FileConfig),
+) -> (Node, SocketAddr) {
+    super::start("io_uring", 2, |f| {
+        super::listen_apart(f);
+        static_users(f, users);
+        f.limits.message_rate = 0;
+        f.cluster = imks::cluster::ClusterSection {
+            backend: imks::cluster::ClusterBackend::Nats,
+            url: url.into(),
+            prefix: prefix.into(),
+            unsubscribe_delay_ms: 200,
+            ..Default::default()
+        };
+        if let Some(db) = db {
+            f.store = db.store_config();
+        }
+        tweak(f);
+    })
+}
+
 /// What a node answered to one `chat` with a `msgId`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {

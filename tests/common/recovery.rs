@@ -1,9 +1,9 @@
 //! Socket.IO recovery across nodes, for the cluster's tests: `imks conformance` nodes as real
 //! processes over NATS with recovery on, and a raw Socket.IO client that keeps what it received.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -11,15 +11,6 @@ use tungstenite::Message;
 
 use super::sio_text as text;
 use super::*;
-
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `imks conformance` with recovery on, in the cluster `prefix`, two shards.
 pub fn spawn_node(prefix: &str) -> (Proc, SocketAddr) {
@@ -33,7 +24,6 @@ pub fn spawn_node_at(prefix: &str, url: &str) -> (Proc, SocketAddr) {
 /// As [`spawn_node_at`], with more `IMKS_*` variables.
 pub fn spawn_node_with(prefix: &str, url: &str, env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imks"));
-    cmd.envs(env.iter().copied());
     cmd.args(["conformance", "--port", "0", "--recovery-window-ms", "60000"])
         // Clients here read only when they expect something: heartbeats must not close them.
         .args(["--ping-interval", "25000", "--ping-timeout", "20000"])
@@ -44,25 +34,8 @@ pub fn spawn_node_with(prefix: &str, url: &str, env: &[(&str, &str)]) -> (Proc, 
         .env("IMKS_CLUSTER__PREFIX", prefix)
         .env("IMKS_CLUSTER__URL", url)
         .env("IMKS_CLUSTER__UNSUBSCRIBE_DELAY_MS", "200")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("imks starts");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // SHOW_NODE_LOG=1 shows the node's log, to debug a failing test.
-        let show = std::env::var_os("SHOW_NODE_LOG").is_some();
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if show {
-                eprintln!("{line}");
-            }
-            if let Some(addr) = line.split("imks listening addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("imks reports its address");
-    (Proc(child), addr.parse().expect("an address"))
+        .envs(env.iter().copied());
+    spawn_listening(cmd)
 }
 
 /// Waits until the node's recovery stream is ready.
