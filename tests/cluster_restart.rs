@@ -1,7 +1,8 @@
-//! The cluster's backend restarted under load: a NATS server of the test's own is killed with
-//! `kill -9` and started again while a room's broadcasts flow from one node to members on both.
-//! Nothing acknowledged to the publisher is lost, nothing arrives twice or out of order, and a
-//! client that cannot be recovered is told (`recovered` false), never left with a silent gap.
+//! The flow between nodes broken under load, with Socket.IO recovery on: a NATS server of the
+//! test's own killed with `kill -9` and started again, and a receiving node whose queue to its
+//! shard overflows (what a slow consumer does too), while a room's broadcasts flow. Nothing
+//! acknowledged to the publisher is lost, nothing arrives twice or out of order, and a client
+//! that cannot be recovered is told (`recovered` false), never left with a silent gap.
 
 mod common;
 
@@ -163,4 +164,34 @@ fn nats_restarted_under_load_loses_nothing_acknowledged_and_duplicates_nothing()
         assert_eq!(missing, 0, "Y's member was recovered every time, yet lost broadcasts");
     }
     delete_streams_at(&nats.url()["nats://".len()..], &prefix);
+}
+
+/// The receiving node's queue from the bridge to its shard holds one envelope
+/// (`cluster.shard_queue`), and a flood of broadcasts overflows it: the envelopes dropped are
+/// a gap, counted; the node closes its clients' transports, and they recover from the stream
+/// with every broadcast, in order, once.
+#[test]
+fn a_full_shard_queue_is_a_gap_its_clients_recover_from() {
+    const N: u64 = 400;
+    let prefix = format!("t{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let nats = "nats://127.0.0.1:4222";
+    let (_x_proc, x) = spawn_node_with(&prefix, nats, &[("IMKS_CLUSTER__SHARD_QUEUE", "1")]);
+    let (_y_proc, y) = spawn_node(&prefix);
+    wait_recovery_ready(x);
+    wait_recovery_ready(y);
+    let last = Arc::new(AtomicU64::new(u64::MAX));
+    let on_x = member(x, last.clone());
+    assert!(wait_until(Duration::from_secs(10), || metric_sum(x, "imks_cluster_subscriptions ") == 4));
+    let mut publisher = Client::connect(y, None);
+    for n in 0..N {
+        publisher.emit("publish", json!({"room": "flow", "n": n}));
+    }
+    assert!(publisher.try_call("publish", json!({"room": "flow", "n": N})));
+    last.store(N, Ordering::SeqCst);
+    let sessions = on_x.join().unwrap();
+    let dropped = metric_sum(x, "imks_cluster_dropped_total{reason=\"shard_queue\"}");
+    assert!(dropped >= 1, "the shard queue overflowed");
+    assert_eq!(sessions.len(), 1, "recovered every time");
+    assert_eq!(sessions[0], (0..=N).collect::<Vec<u64>>(), "every broadcast, in order, once");
+    delete_streams(&prefix);
 }
