@@ -141,6 +141,8 @@ pub struct ShardStats {
     pub store_forgotten_dedup: AtomicU64,
     /// Engine.IO long-polling GETs parked until the session has something to send.
     pub polls_waiting: AtomicU64,
+    /// Open Engine.IO sessions, over every transport.
+    pub eio_sessions: AtomicU64,
     /// Frames waiting in sessions' backlogs for room in their send queues, copied every tick.
     pub send_backlog_frames: AtomicU64,
     /// Socket writes by WebSocket sessions (each carries one or more frames).
@@ -287,6 +289,9 @@ pub fn render_prometheus(shards: &[std::sync::Arc<ShardStats>], started: Instant
         "De-duplication entries forgotten by store.max_dedup_entries.",
         &|s| get(&s.store_forgotten_dedup),
     );
+    family("imks_engineio_sessions_active", "gauge", "Open Engine.IO sessions, over every transport.", &|s| {
+        get(&s.eio_sessions)
+    });
     family(
         "imks_engineio_polls_waiting",
         "gauge",

@@ -144,6 +144,28 @@ fn client_close_releases_the_pending_get_with_noop() {
     assert_eq!(poll_get(addr, &sid).0, 400, "the session is gone");
 }
 
+/// Open Engine.IO sessions on the node, as `/health` reports them.
+fn health_sessions(addr: SocketAddr) -> u64 {
+    health(addr)["shards"].as_array().unwrap().iter().map(|s| s["engineio_sessions"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn health_and_metrics_count_polling_sessions_until_they_close_or_time_out() {
+    let (_node, addr) = start_conformance("io_uring", 1, (300, 200));
+    assert_eq!(health_sessions(addr), 0);
+    let (closed, _) = handshake(addr);
+    let (timed_out, _) = handshake(addr);
+    // A polling session holds no connection between requests: only the session count shows it.
+    assert_eq!(health_sessions(addr), 2);
+    assert_eq!(metric_sum(addr, "imks_engineio_sessions_active"), 2);
+    assert_eq!(poll_post(addr, &closed, "1").0, 200);
+    assert_eq!(health_sessions(addr), 1, "a closed session is not counted");
+    // The other one never answers a ping: it ends at interval + timeout.
+    let gone = || health_sessions(addr) == 0 && metric_sum(addr, "imks_engineio_sessions_active") == 0;
+    assert!(wait_until(Duration::from_secs(10), gone), "a timed-out session is still counted");
+    assert_eq!(poll_get(addr, &timed_out).0, 400);
+}
+
 #[test]
 fn a_second_concurrent_get_is_refused_and_closes_the_session() {
     let (_node, addr) = start_conformance("io_uring", 1, (5000, 5000));

@@ -88,6 +88,8 @@ struct ShardHealth<'a> {
     driver: &'a str,
     connections: u64,
     websockets: u64,
+    /// Open Engine.IO sessions (Socket.IO clients), long-polling ones included.
+    engineio_sessions: u64,
 }
 
 async fn health(shard: &Shard) -> Response {
@@ -125,6 +127,7 @@ async fn health(shard: &Shard) -> Response {
                 driver: s.driver().as_str(),
                 connections: metrics::get(&s.connections_active),
                 websockets: metrics::get(&s.websockets_active),
+                engineio_sessions: metrics::get(&s.eio_sessions),
             })
             .collect(),
     };

@@ -241,7 +241,7 @@ pub fn close(shard: &Shard, s: &Rc<EioSession>, reason: CloseReason, notify: boo
     s.closed_event.set();
     s.candidates.borrow_mut().clear();
     s.wake_poll();
-    s.engine.remove(s);
+    s.engine.remove(shard, s);
     // Called once our state is final, so the app sees a closed, unregistered session.
     s.app.clone().on_close(shard, s, reason);
 }

@@ -12,6 +12,7 @@ use slab::Slab;
 use super::packet::Packet;
 use super::session::{close, Transport};
 use super::{CloseReason, EioApp, EioConfig, EioSession, Sid};
+use crate::metrics;
 use crate::shard::{Shard, ShardService};
 
 /// A shard's Engine.IO sessions.
@@ -196,14 +197,16 @@ impl Engine {
             identity: RefCell::new(None),
         });
         entry.insert(s.clone());
+        metrics::add(&shard.stats.eio_sessions, 1);
         Some(s)
     }
 
-    pub(super) fn remove(&self, s: &EioSession) {
+    pub(super) fn remove(&self, shard: &Shard, s: &EioSession) {
         let mut sessions = self.sessions.borrow_mut();
         let slot = s.id.slot as usize;
         if sessions.get(slot).is_some_and(|x| x.id == s.id) {
             sessions.remove(slot);
+            metrics::sub(&shard.stats.eio_sessions, 1);
             // Only a polling session has long-polls that may still be on their way.
             if matches!(*s.transport.borrow(), Transport::Polling) {
                 self.closed.borrow_mut().record(s.id, Instant::now());
