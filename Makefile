@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 # The benchmark peers (bench/peers/) build outside the workspace, into their own target folder.
 export BENCH_TARGET_DIR ?= $(CURDIR)/bench/target
 
-.PHONY: run run-pg cluster build release test test-deps lint unit test-build python-tests js-tests fuzz fuzz-ci bench-codec bench bench-quick bench-store fmt clean migrate
+.PHONY: run run-pg cluster build release test test-deps lint unit test-build python-tests js-tests soak soak-ci fuzz fuzz-ci bench-codec bench bench-quick bench-store fmt clean migrate
 
 ## run: start one node on embedded defaults (imks.toml is used when present), port $(PORT)
 run: release
@@ -39,9 +39,9 @@ build:
 release:
 	$(CARGO) build --release --bin imks
 
-## test: install what the tests need, then lint, unit/integration tests, the Python and
-## JavaScript client tests, and every fuzz target for a short while
-test: test-deps lint unit python-tests js-tests fuzz-ci
+## test: install what the tests need, then lint, unit/integration tests, a one-minute soak,
+## the Python and JavaScript client tests, and every fuzz target for a short while
+test: test-deps lint unit soak-ci python-tests js-tests fuzz-ci
 
 test-deps:
 	scripts/setup-test-deps.sh
@@ -67,6 +67,21 @@ python-tests: test-build
 
 js-tests: test-build
 	cd tests/js && IMKS_TEST_BINARY=$(CARGO_TARGET_DIR)/debug/imks node --test --test-concurrency=1
+
+## soak: one node holding about 19,000 connections (Socket.IO over WebSocket and long-polling,
+## native /ws) for 10 minutes with churn and traffic, release builds; prints the summary and
+## writes bench/soak/soak.json and docs/soak.svg (see scripts/soak.sh for its knobs)
+soak:
+	$(CARGO) build --release -p imks --bin imks
+	$(CARGO) build --release -p imks-loadgen --bin imks-loadgen
+	SOAK_PLOT=docs/soak.svg scripts/soak.sh $(CARGO_TARGET_DIR)/release/imks $(CARGO_TARGET_DIR)/release/imks-loadgen
+
+## soak-ci: the same for about 60 s with 5,000 clients and modest rates, on the debug binaries
+## `cargo test` built (part of `make test`)
+soak-ci: test-build
+	SOAK_CONNECTIONS=5000 SOAK_DURATION=60 SOAK_RATE=100 SOAK_CHURN=10 SOAK_ROOMS=20 SOAK_PROCESSES=1 \
+	SOAK_PORT=3991 SOAK_OUT=$(CARGO_TARGET_DIR)/soak-ci \
+	scripts/soak.sh $(CARGO_TARGET_DIR)/debug/imks $(CARGO_TARGET_DIR)/debug/imks-loadgen
 
 ## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 300) from the
 ## committed corpus, on the stable toolchain; inputs that add coverage are merged into the corpus

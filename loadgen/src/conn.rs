@@ -22,6 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::clock::now_ns;
 use crate::params::Protocol;
+use crate::proto::polling::{self, PollError};
 use crate::proto::sio::{self, Packet, SioError};
 use crate::proto::ws::{self, Decoder, Event, Opcode, WsError};
 use crate::shared::{Run, RUN, STOP};
@@ -52,6 +53,8 @@ pub enum ConnError {
     Ws(#[from] WsError),
     #[error(transparent)]
     Sio(#[from] SioError),
+    #[error(transparent)]
+    Poll(#[from] PollError),
     #[error("timed out")]
     Timeout,
     #[error("server closed the connection (close code {0:?})")]
@@ -75,6 +78,7 @@ impl ConnError {
             ConnError::Sio(SioError::ConnectRefused(_)) => "sio_refused",
             ConnError::Sio(SioError::Closed) => "sio_closed",
             ConnError::Sio(_) => "sio_protocol",
+            ConnError::Poll(_) => "polling",
             ConnError::Timeout => "timeout",
             ConnError::Closed(_) => "closed_by_server",
             ConnError::Disconnected => "sio_disconnected",
@@ -111,17 +115,31 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
     TcpSocket::from_std_stream(std).connect(addr).await
 }
 
-/// Builds outgoing frames; one per connection.
+/// Builds outgoing frames; one per connection. A long-polling session's `Io` collects Engine.IO
+/// packets into a payload for its next `POST` instead ([`Io::records`]), so one behavior
+/// drives Socket.IO over either transport.
 pub struct Io {
     wbuf: Vec<u8>,
     wpos: usize,
     rng: u64,
     scratch: Vec<u8>,
+    records: bool,
 }
 
 impl Io {
     fn new(seed: u64) -> Io {
-        Io { wbuf: Vec::new(), wpos: 0, rng: seed | 1, scratch: Vec::new() }
+        Io { wbuf: Vec::new(), wpos: 0, rng: seed | 1, scratch: Vec::new(), records: false }
+    }
+
+    /// An `Io` whose text messages are payload records (`\x1e`-separated), for long-polling.
+    pub fn records(seed: u64) -> Io {
+        Io { records: true, ..Io::new(seed) }
+    }
+
+    /// Long-polling: the payload queued so far, for a `POST`; empty afterwards.
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        self.wpos = 0;
+        std::mem::take(&mut self.wbuf)
     }
 
     /// xorshift64*: masking keys need no cryptographic quality, only to vary.
@@ -132,8 +150,14 @@ impl Io {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Queues one frame.
+    /// Queues one frame (one payload record in a long-polling `Io`, where only text exists).
     pub fn send(&mut self, opcode: Opcode, payload: &[u8]) {
+        if self.records {
+            if opcode == Opcode::Text {
+                polling::push_packet(&mut self.wbuf, payload);
+            }
+            return;
+        }
         let mask = (self.random() as u32).to_ne_bytes();
         ws::encode(&mut self.wbuf, opcode, payload, mask);
     }
@@ -368,8 +392,24 @@ pub trait Behavior: Send + 'static {
         Produce::Idle
     }
 
+    /// Whether the connection should end (soak: a client that leaves once it has everything it
+    /// is owed). Asked after every wake-up, in every phase before the run stops.
+    fn leave(&mut self, _cx: &mut Cx<'_>, _now: u64) -> Leave {
+        Leave::Stay
+    }
+
     /// The run is over: count sends that were due and never went out.
     fn finish(&mut self, _cx: &mut Cx<'_>) {}
+}
+
+/// What a behavior answers to [`Behavior::leave`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    Stay,
+    /// Not yet: ask again at this time at the latest.
+    At(u64),
+    /// End the connection now.
+    Now,
 }
 
 /// How a driven connection ended.
@@ -381,19 +421,14 @@ pub enum End {
 }
 
 /// Runs `beh` on `conn` until the run stops or the connection fails.
-pub async fn drive<B: Behavior>(conn: Conn, beh: B, run: &Run, slot: usize, shard: usize) -> End {
-    let tally = Tally { target: run.plan.target(slot), ..Tally::default() };
-    let mut d = Driver { conn, beh, run, slot, shard, tally, armed: None, registered: false };
-    let res = poll_fn(|cx| d.poll(cx)).await;
-    run.control.unregister(slot);
-    d.beh.finish(&mut Cx { run, tally: &mut d.tally, shard, waker: Waker::noop(), now: now_ns() });
-    run.stats.flush(shard, &mut d.tally);
+pub async fn drive<B: Behavior>(conn: Conn, mut beh: B, run: &Run, slot: usize, shard: usize) -> End {
+    let (res, mut conn) = drive_mut(conn, &mut beh, run, slot, shard).await;
     match res {
         Ok(()) => {
             // Say goodbye without waiting: thousands of connections stop at once.
-            if !d.conn.close_sent {
-                d.conn.io.send(Opcode::Close, &1000u16.to_be_bytes());
-                let _ = d.conn.stream.try_write(&d.conn.io.wbuf[d.conn.io.wpos..]);
+            if !conn.close_sent {
+                conn.io.send(Opcode::Close, &1000u16.to_be_bytes());
+                let _ = conn.stream.try_write(&conn.io.wbuf[conn.io.wpos..]);
             }
             End::Stopped
         }
@@ -401,15 +436,35 @@ pub async fn drive<B: Behavior>(conn: Conn, beh: B, run: &Run, slot: usize, shar
     }
 }
 
+/// Runs `beh` on `conn` until the run stops, the behavior leaves ([`Behavior::leave`]) or the
+/// connection fails, and hands the connection back (to be closed, [`Conn::close`]).
+pub async fn drive_mut<B: Behavior>(
+    conn: Conn,
+    beh: &mut B,
+    run: &Run,
+    slot: usize,
+    shard: usize,
+) -> (Result<(), ConnError>, Conn) {
+    let tally = Tally { target: run.plan.target(slot), ..Tally::default() };
+    let mut d = Driver { conn, beh, run, slot, shard, tally, armed: None, leave_armed: None, registered: false };
+    let res = poll_fn(|cx| d.poll(cx)).await;
+    run.control.unregister(slot);
+    d.beh.finish(&mut Cx { run, tally: &mut d.tally, shard, waker: Waker::noop(), now: now_ns() });
+    run.stats.flush(shard, &mut d.tally);
+    (res, d.conn)
+}
+
 struct Driver<'r, B> {
     conn: Conn,
-    beh: B,
+    beh: &'r mut B,
     run: &'r Run,
     slot: usize,
     shard: usize,
     tally: Tally,
     /// The deadline armed on the precise timer, so each one is armed once.
     armed: Option<u64>,
+    /// The same for [`Behavior::leave`]'s deadline.
+    leave_armed: Option<u64>,
     registered: bool,
 }
 
@@ -468,6 +523,18 @@ impl<B: Behavior> Driver<'_, B> {
             // Only a sender held back by a full buffer that just drained goes round again.
             if !(produced == Produce::Blocked && before > 0 && self.conn.io.pending() == 0) {
                 break;
+            }
+        }
+        let now = now_ns();
+        let mut c = Cx { run: self.run, tally: &mut self.tally, shard: self.shard, waker: cx.waker(), now };
+        match self.beh.leave(&mut c, now) {
+            Leave::Stay => {}
+            Leave::Now => return Poll::Ready(Ok(())),
+            Leave::At(deadline) => {
+                if self.leave_armed != Some(deadline) {
+                    self.leave_armed = Some(deadline);
+                    self.run.timer.arm(deadline, cx.waker());
+                }
             }
         }
         Poll::Pending

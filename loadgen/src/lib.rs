@@ -16,8 +16,10 @@
 //!   share, pacing.
 //! - [`shared`]: the state a process's connections share: phase, counters, timer, feedback.
 //! - [`conn`]: one connection on tokio: connect, handshakes, the readiness-driven loop.
+//! - [`longpoll`]: one Socket.IO client over Engine.IO long-polling: two keep-alive HTTP
+//!   connections, the parked `GET` and the `POST`s, driving the same behaviors.
 //! - [`scenario`]: setting a connection up, and the echo / ack / fan-out / chat / connect /
-//!   idle behaviors.
+//!   idle / soak behaviors.
 //! - [`probe`]: the server's CPU and memory over a run.
 //! - [`report`]: worker reports, the merged report, its text form and the progress line.
 //! - [`worker`]: one process's run: set-up, warm-up, measurement, drain.
@@ -28,6 +30,7 @@
 pub mod clock;
 pub mod conn;
 pub mod error;
+pub mod longpoll;
 pub mod multiproc;
 pub mod params;
 pub mod plan;
@@ -62,6 +65,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     let cores = sys::available_cores();
     let probe = ServerProbe::new(p);
     let before = probe.memory();
+    let fds_before = if p.scenario == Scenario::Soak { probe.open_fds() } else { None };
     let started = unix_ms();
     let worker = Worker::setup(p, p.progress)?;
     let after_setup = probe.memory();
@@ -81,5 +85,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
         }
     })?;
     let server = probe.active().then(|| ServerInputs { pids: probe.pids().to_vec(), before, after_setup, at_end, cpu });
-    Report::build(p, &[report], server, started, cores)
+    let mut report = Report::build(p, &[report], server, started, cores)?;
+    report.check_leftover(&probe, crate::probe::LEFTOVER_WAIT, fds_before);
+    Ok(report)
 }

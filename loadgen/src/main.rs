@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         };
     }
     let Some(scenario) = cli.scenario else {
-        eprintln!("imks-loadgen: a scenario is required (echo, ack, fanout, chat, connect, idle)");
+        eprintln!("imks-loadgen: a scenario is required (echo, ack, fanout, chat, connect, idle, soak)");
         return ExitCode::from(2);
     };
     let mut p = cli.params(scenario);

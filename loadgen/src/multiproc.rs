@@ -68,6 +68,7 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     let loopback_v4 = targets.iter().all(|t| t.is_loopback() && t.addr.is_ipv4());
     let probe = ServerProbe::new(p);
     let before = probe.memory();
+    let fds_before = if p.scenario == crate::params::Scenario::Soak { probe.open_fds() } else { None };
     let started = unix_ms();
 
     let (tx, rx) = mpsc::channel::<(usize, Line)>();
@@ -126,7 +127,8 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     }
     let mut sampler = probe.cpu_sampler(start + secs_to_ns(p.warmup_s));
     let (mut cpu, mut at_end, mut drained) = (None, None, 0);
-    let run_deadline = start + secs_to_ns(p.warmup_s + p.duration_s + p.drain_s.max(p.connect_timeout_s + 1.0) + 30.0);
+    let run_deadline =
+        start + secs_to_ns(p.warmup_s + p.duration_s + p.drain_s.max(p.connect_timeout_s + 1.0) + p.drain_s + 30.0);
     let mut reports: Vec<Option<WorkerReport>> = vec![None; k];
     let mut ticks: Vec<Tick> = Vec::new();
     while reports.iter().any(Option::is_none) {
@@ -169,7 +171,9 @@ pub fn run(p: &Params) -> Result<Report, Error> {
     drop(procs);
     let reports: Vec<WorkerReport> = reports.into_iter().flatten().collect();
     let server = probe.active().then(|| ServerInputs { pids: probe.pids().to_vec(), before, after_setup, at_end, cpu });
-    Report::build(p, &reports, server, started, cores)
+    let mut report = Report::build(p, &reports, server, started, cores)?;
+    report.check_leftover(&probe, crate::probe::LEFTOVER_WAIT, fds_before);
+    Ok(report)
 }
 
 fn next(rx: &Receiver<(usize, Line)>, deadline: u64) -> Result<(usize, Line), Error> {

@@ -35,6 +35,11 @@ pub enum Scenario {
     /// Point-to-point chat with `sent` and `delivered` acks over imks's native protocol (`/ws`):
     /// connections in pairs, each sending to the other's user.
     Chat,
+    /// Hold N connections of three kinds (Socket.IO over WebSocket, Socket.IO over long-polling,
+    /// native `/ws`) with traffic on all of them (room broadcasts, acks, direct messages) and
+    /// churn, and account for every message; with --health-url, check that nothing is left
+    /// on the server once every client left.
+    Soak,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -146,8 +151,34 @@ pub struct Params {
     /// The binary to start worker processes from (default: this executable).
     #[serde(skip)]
     pub worker_exe: Option<PathBuf>,
+    /// Soak: the weights of Socket.IO over WebSocket, Socket.IO over long-polling and native
+    /// `/ws` clients among `connections`.
+    #[serde(default = "default_mix")]
+    pub mix: [u32; 3],
+    /// Soak: clients that leave each second (cleanly) and are replaced by new ones.
+    #[serde(default)]
+    pub churn: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<WorkerSlot>,
+}
+
+fn default_mix() -> [u32; 3] {
+    DEFAULT_MIX
+}
+
+/// Soak's default mix: 60% Socket.IO over WebSocket, 4% over long-polling (each holds two
+/// connections on the server), 36% native.
+pub const DEFAULT_MIX: [u32; 3] = [60, 4, 36];
+
+/// Soak: how many clients of each kind (Socket.IO over WebSocket, over long-polling, native) a
+/// run of `n` clients with weights `mix` holds. Native clients come in pairs, so their count is
+/// even; Socket.IO over WebSocket takes what rounding leaves.
+pub fn soak_split(n: usize, mix: [u32; 3]) -> [usize; 3] {
+    let sum: u64 = mix.iter().map(|&w| u64::from(w)).sum::<u64>().max(1);
+    let part = |w: u32| (n as u64 * u64::from(w) / sum) as usize;
+    let polling = part(mix[1]);
+    let native = part(mix[2]) & !1;
+    [n - polling - native, polling, native]
 }
 
 impl Params {
@@ -157,7 +188,7 @@ impl Params {
         Params {
             scenario,
             protocol: match scenario {
-                Scenario::Echo | Scenario::Chat => Protocol::Ws,
+                Scenario::Echo | Scenario::Chat | Scenario::Soak => Protocol::Ws,
                 _ => Protocol::Sio,
             },
             urls: vec![url.to_string()],
@@ -187,6 +218,8 @@ impl Params {
             jwt_secret: None,
             progress: false,
             worker_exe: None,
+            mix: DEFAULT_MIX,
+            churn: 0,
             worker: None,
         }
     }
@@ -263,6 +296,30 @@ impl Params {
                 return bad("a --token without {i} makes every connection one user, whose deliveries can only be \
                             counted in one process: use --processes 1"
                     .into());
+            }
+        }
+        if self.scenario == Scenario::Soak {
+            let [ws, polling, native] = soak_split(self.connections, self.mix);
+            if self.mix.iter().all(|&w| w == 0) {
+                return bad("--mix takes three weights, WS,POLLING,NATIVE, not all zero".into());
+            }
+            if !matches!(self.load, Load::Open { .. }) {
+                return bad("soak is open loop: give --rate (messages per second over all clients)".into());
+            }
+            if ws + polling > 0 && self.rooms < self.processes {
+                return bad("soak keeps each room in one process: --rooms must be at least --processes".into());
+            }
+            if native > 0 && self.processes > native / 2 {
+                return bad("soak keeps each native pair in one process: too few native clients for --processes".into());
+            }
+            if self.urls.len() != 1 {
+                return bad("soak runs against one node: give one --url".into());
+            }
+            if self.token.is_some() || self.jwt_secret.is_some() {
+                return bad("soak's native clients are anonymous users: drop --token and --jwt-secret".into());
+            }
+            if self.churn > self.connections {
+                return bad("--churn must be at most --connections (clients replaced per second)".into());
             }
         }
         if self.token.is_some() && self.jwt_secret.is_some() {
@@ -460,6 +517,15 @@ pub struct Cli {
     #[arg(long)]
     pub allow_loss: bool,
 
+    /// Soak: weights of Socket.IO over WebSocket, Socket.IO over long-polling and native `/ws`
+    /// clients, `WS,POLLING,NATIVE`.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_MIX)]
+    pub mix: Vec<u32>,
+
+    /// Soak: clients that leave (cleanly) each second and are replaced by new ones.
+    #[arg(long, default_value_t = 0)]
+    pub churn: usize,
+
     /// Internal: run as a worker process (parameters on stdin).
     #[arg(long, hide = true)]
     pub worker: bool,
@@ -502,6 +568,12 @@ impl Cli {
         p.timer_slack_us = self.timer_slack_us;
         p.token = self.token.clone();
         p.jwt_secret = self.jwt_secret.clone();
+        // Anything but three weights is refused by validation, as all zeros.
+        p.mix = match self.mix[..] {
+            [ws, polling, native] => [ws, polling, native],
+            _ => [0; 3],
+        };
+        p.churn = self.churn;
         p
     }
 }

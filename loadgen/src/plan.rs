@@ -6,7 +6,39 @@
 //! plan, and the connection driver below the behaviors need not name them: this is plain data
 //! and arithmetic over the parameters.
 
-use crate::params::{share, Load, Params, Scenario, Spread};
+use crate::params::{share, soak_split, Load, Params, Scenario, Spread};
+
+/// Soak: the three kinds of client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Socket.IO over WebSocket.
+    SioWs = 0,
+    /// Socket.IO over Engine.IO long-polling.
+    SioPolling = 1,
+    /// imks's native protocol at `/ws`.
+    Native = 2,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::SioWs, Kind::SioPolling, Kind::Native];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::SioWs => "sio_ws",
+            Kind::SioPolling => "sio_polling",
+            Kind::Native => "native",
+        }
+    }
+
+    /// Connections (file descriptors) one client of this kind holds: a long-polling client has
+    /// its parked `GET` on one and its `POST`s on another.
+    pub fn fds(self) -> usize {
+        match self {
+            Kind::SioPolling => 2,
+            _ => 1,
+        }
+    }
+}
 
 /// What one connection does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +59,13 @@ pub enum Role {
         peer: usize,
     },
     Idle,
+    /// A soak client: `index` over the run; `group` is the (global) room of a Socket.IO client,
+    /// the local slot of a native client's peer.
+    Soak {
+        kind: Kind,
+        index: usize,
+        group: usize,
+    },
 }
 
 impl Role {
@@ -34,7 +73,7 @@ impl Role {
     pub fn index(self, slot: usize, worker: usize, workers: usize) -> usize {
         match self {
             Role::RoundTrip { sender } => sender,
-            Role::Chat { index, .. } => index,
+            Role::Chat { index, .. } | Role::Soak { index, .. } => index,
             _ => slot * workers + worker,
         }
     }
@@ -112,6 +151,28 @@ pub fn plan(p: &Params) -> Plan {
             }
             plan.senders = p.connections;
         }
+        Scenario::Soak => {
+            // Each room lives in one process (room r in process r mod K) and each native pair
+            // too, so the books that say who is owed what stay local (see scenario::soak).
+            let [ws, polling, native] = soak_split(p.connections, p.mix);
+            let rooms: Vec<usize> = (wi..p.rooms).step_by(wk).collect();
+            let mut sio = 0;
+            for (kind, n, offset) in [(Kind::SioWs, ws, 0), (Kind::SioPolling, polling, ws)] {
+                let (first, count) = share(n, wi, wk);
+                for index in offset + first..offset + first + count {
+                    let group = rooms.get(sio % rooms.len().max(1)).copied().unwrap_or(0);
+                    plan.push(Role::Soak { kind, index, group }, 0);
+                    sio += 1;
+                }
+            }
+            let (first, pairs) = share(native / 2, wi, wk);
+            for pair in first..first + pairs {
+                let (index, slot) = (ws + polling + 2 * pair, plan.roles.len());
+                plan.push(Role::Soak { kind: Kind::Native, index, group: slot + 1 }, 0);
+                plan.push(Role::Soak { kind: Kind::Native, index: index + 1, group: slot }, 0);
+            }
+            plan.senders = p.connections;
+        }
         Scenario::Connect => {}
     }
     plan
@@ -126,6 +187,23 @@ impl Plan {
     /// The URL (index) connection `slot` connects to.
     pub fn target(&self, slot: usize) -> usize {
         self.targets.get(slot).copied().unwrap_or(0)
+    }
+}
+
+/// `index × step mod n` for a step coprime with `n`: a permutation of `0..n` that deals
+/// neighbouring indices far apart (soak: whose turn it is to send, or to be replaced).
+pub fn spread(index: usize, n: usize) -> usize {
+    let Some(step) = [7919u128, 104_729, 1_299_709].into_iter().find(|&s| gcd(s, n as u128) == 1) else {
+        return index;
+    };
+    ((index as u128 * step) % (n.max(1) as u128)) as usize
+}
+
+fn gcd(a: u128, b: u128) -> u128 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -191,6 +269,17 @@ impl Sched {
         }
     }
 
+    /// Open loop: skips the intended sends before `t` (soak: a client replacing another one
+    /// takes its slot's schedule over from when it is in, rather than catching up).
+    pub fn skip_until(&mut self, t: u64) {
+        if let Sched::Open { base, interval, k, next } = self {
+            if *next < t && *interval > 0.0 {
+                *k = ((t - *base) as f64 / *interval).ceil() as u64;
+                *next = *base + (*k as f64 * *interval) as u64;
+            }
+        }
+    }
+
     /// Open loop: intended sends in `[from, to)` not made yet.
     pub fn remaining(&self, from: u64, to: u64) -> u64 {
         let Sched::Open { base, interval, k, next } = *self else { return 0 };
@@ -228,6 +317,22 @@ mod tests {
         // Intended sends in [0, 1 s): at 4 ms steps from 4.001 ms, 249 of them.
         assert_eq!(a.remaining(0, 1_000_000_000), 249);
         assert_eq!(Sched::new(Load::Closed { window: 2 }, 1, 0, 0).due(7), Due::Now(7));
+        // A replacement takes over at 10 ms: its first send is the slot's first at or after it.
+        let mut c = Sched::new(Load::Open { rate: 1000.0 }, 4, 0, 1_000);
+        c.skip_until(10_000_000);
+        assert_eq!(c.due(0), Due::At(12_001_000));
+        c.skip_until(5_000_000);
+        assert_eq!(c.due(0), Due::At(12_001_000));
+    }
+
+    #[test]
+    fn spread_is_a_permutation() {
+        for n in [1, 2, 7919, 10_000, 18_200] {
+            let mut seen: Vec<usize> = (0..n).map(|i| spread(i, n)).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n = {n}");
+        }
+        assert!(spread(1, 18_200).abs_diff(spread(0, 18_200)) > 1000);
     }
 
     #[test]
@@ -280,6 +385,35 @@ mod tests {
         p.spread = Spread::Rooms;
         let (subs, _) = placed(&p);
         assert!(subs.iter().all(|&(room, node)| node == room % 2), "{subs:?}");
+    }
+
+    #[test]
+    fn soak_plan_keeps_rooms_and_pairs_in_one_process() {
+        let mut p = Params::new(Scenario::Soak, "ws://127.0.0.1:1");
+        p.connections = 103;
+        p.mix = [50, 10, 40];
+        p.rooms = 4;
+        let (mut indices, mut kinds) = (Vec::new(), [0usize; 3]);
+        for index in 0..2 {
+            p.worker = Some(WorkerSlot { index, count: 2, source_ip: None });
+            let plan = plan(&p);
+            for (slot, role) in plan.roles.iter().enumerate() {
+                let Role::Soak { kind, index: i, group } = *role else { panic!("{role:?}") };
+                kinds[kind as usize] += 1;
+                indices.push(i);
+                match kind {
+                    Kind::Native => {
+                        let Role::Soak { group: back, index: other, .. } = plan.roles[group] else { panic!() };
+                        assert_eq!((back, other.abs_diff(i)), (slot, 1));
+                    }
+                    _ => assert_eq!(group % 2, index, "room {group} belongs to process {}", group % 2),
+                }
+            }
+        }
+        indices.sort_unstable();
+        assert_eq!(indices, (0..103).collect::<Vec<_>>());
+        // 41 native rounds down to 40, a pair count; WebSocket takes the odd one.
+        assert_eq!(kinds, [53, 10, 40]);
     }
 
     #[test]

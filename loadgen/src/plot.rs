@@ -1,5 +1,6 @@
-//! `--plot FILE.svg`: throughput and p99 latency over time (and the server's CPU when it was
-//! sampled), as a hand-written SVG that any browser shows.
+//! `--plot FILE.svg`: throughput and p99 latency over time (and the server's CPU and RSS when
+//! they were sampled; soak adds the clients connected), as a hand-written SVG that any browser
+//! shows.
 
 use std::fmt::Write as _;
 
@@ -61,6 +62,28 @@ pub fn svg(r: &Report) -> String {
                 color: "#2ca02c",
                 dashed: false,
                 points: ts.iter().filter_map(|p| p.server_cpu_pct.map(|c| (p.t_s, c))).collect(),
+            }],
+        ));
+    }
+    if ts.iter().any(|p| p.server_rss_kb.is_some()) {
+        panels.push((
+            "server RSS (MiB)".to_string(),
+            vec![Series {
+                label: "RSS".into(),
+                color: "#9467bd",
+                dashed: false,
+                points: ts.iter().filter_map(|p| p.server_rss_kb.map(|kb| (p.t_s, kb as f64 / 1024.0))).collect(),
+            }],
+        ));
+    }
+    if ts.iter().any(|p| p.alive > 0) && r.scenario == crate::params::Scenario::Soak {
+        panels.push((
+            "clients connected".to_string(),
+            vec![Series {
+                label: "alive".into(),
+                color: "#8c564b",
+                dashed: false,
+                points: ts.iter().map(|p| (p.t_s, p.alive as f64)).collect(),
             }],
         ));
     }

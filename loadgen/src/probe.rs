@@ -31,7 +31,44 @@ pub struct ServerCpu {
     pub wall_s: f64,
     /// Percent of one core in each second of the measurement.
     pub per_second: Vec<f64>,
+    /// RSS (KiB, summed over the processes) at the end of each second of the measurement.
+    #[serde(default)]
+    pub rss_kb_per_second: Vec<u64>,
 }
+
+/// What the server's health endpoint said once every client had left (soak).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Leftover {
+    /// Open TCP connections (`shards[].connections`), less the health request's own.
+    pub connections: u64,
+    /// Open WebSocket sessions (`shards[].websockets`).
+    pub websockets: u64,
+    /// Open Engine.IO sessions (`shards[].engineio_sessions`): Socket.IO clients on any
+    /// transport, long-polling ones (which hold no connection between requests) included.
+    #[serde(default)]
+    pub engineio_sessions: u64,
+    /// How long it took them to reach zero, or the wait when they did not.
+    pub waited_s: f64,
+    /// The server's open file descriptors then (`process.open_fds`).
+    pub open_fds: Option<u64>,
+    /// `process.open_fds` before the run.
+    pub open_fds_before: Option<u64>,
+    /// imks: users still online (`imks_identities_online` at `/metrics` on the health URL's
+    /// node): native sessions the server still counts.
+    #[serde(default)]
+    pub identities_online: Option<u64>,
+}
+
+/// The node's `/metrics` beside its health URL.
+fn metrics_url(health: &str) -> String {
+    match health.rfind("/health") {
+        Some(i) => format!("{}/metrics", &health[..i]),
+        None => format!("{}/metrics", health.trim_end_matches('/')),
+    }
+}
+
+/// Soak: longest wait for the server to let go of every connection once all clients left.
+pub const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
 
 pub struct ServerProbe {
     pids: Vec<u32>,
@@ -71,6 +108,47 @@ impl ServerProbe {
             }
         }
         m
+    }
+
+    /// The health endpoint's open file descriptors (`process.open_fds`), when it reports them.
+    pub fn open_fds(&self) -> Option<u64> {
+        self.health.as_ref().and_then(|url| sys::health(url).ok()).and_then(|h| h.open_fds)
+    }
+
+    /// Soak, once every client has left: polls the health endpoint until it shows no connection
+    /// but its own and no WebSocket, or `wait` passed; what it showed last. `None` without
+    /// `--health-url`, or when it cannot be read.
+    pub fn leftover(&self, wait: Duration, open_fds_before: Option<u64>) -> Option<Leftover> {
+        let url = self.health.as_ref()?;
+        let t0 = now_ns();
+        loop {
+            let h = match sys::health(url) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("imks-loadgen: warning: {e}");
+                    return None;
+                }
+            };
+            let waited = now_ns() - t0;
+            let left = Leftover {
+                // The request that reads the health is a connection of its own.
+                connections: h.connections.unwrap_or(0).saturating_sub(1),
+                websockets: h.websockets.unwrap_or(0),
+                engineio_sessions: h.engineio_sessions.unwrap_or(0),
+                waited_s: waited as f64 / 1e9,
+                open_fds: h.open_fds,
+                open_fds_before,
+                identities_online: sys::identities_online(&metrics_url(url)).ok(),
+            };
+            let clear = left.connections == 0
+                && left.websockets == 0
+                && left.engineio_sessions == 0
+                && left.identities_online.unwrap_or(0) == 0;
+            if clear || waited >= wait.as_nanos() as u64 {
+                return Some(left);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts sampling the server's CPU at `measure_start`, then every second.
@@ -125,7 +203,7 @@ fn sample(pids: &[u32], measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
     }
     let first = read_all(pids)?;
     let (mut prev, mut prev_t) = (sum(&first), measure_start);
-    let mut per_second = Vec::new();
+    let (mut per_second, mut rss) = (Vec::new(), Vec::new());
     loop {
         let stopped = wait_until(stop, prev_t + 1_000_000_000);
         let now = now_ns();
@@ -134,6 +212,7 @@ fn sample(pids: &[u32], measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
         let dt = (now - prev_t) as f64 / 1e9;
         if !stopped && dt > 0.0 {
             per_second.push(c.since(&prev).total() / dt * 100.0);
+            rss.push(pids.iter().filter_map(|&pid| sys::proc_rss_kb(pid).ok()).sum());
         }
         if stopped {
             let per_process = all.iter().zip(&first).map(|(now, then)| now.since(then)).collect();
@@ -142,6 +221,7 @@ fn sample(pids: &[u32], measure_start: u64, stop: &Stop) -> Option<ServerCpu> {
                 per_process,
                 wall_s: (now - measure_start) as f64 / 1e9,
                 per_second,
+                rss_kb_per_second: rss,
             });
         }
         (prev, prev_t) = (c, now);

@@ -7,9 +7,13 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::params::{Load, Params, Protocol, Scenario};
-use crate::probe::{Memory, ServerCpu};
-use crate::stats::{add_raw, new_hist, percentiles, Hist, Percentiles, DUP_DELIVERED_ACK, DUP_DELIVERY, DUP_SENT_ACK};
+use crate::params::{soak_split, Load, Params, Protocol, Scenario};
+use crate::plan::Kind;
+use crate::probe::{Leftover, Memory, ServerCpu, ServerProbe};
+use crate::stats::{
+    add_raw, new_hist, percentiles, Hist, Percentiles, SoakTotals, DUP_DELIVERED_ACK, DUP_DELIVERY, DUP_SENT_ACK,
+    SOAK_TYPES,
+};
 use crate::sys::CpuTimes;
 
 /// One second of one worker (the last one may be shorter: see `dur_s`).
@@ -48,6 +52,9 @@ pub struct WorkerReport {
     /// Chat's acknowledgements and expected deliveries.
     #[serde(default)]
     pub chat: Option<WorkerChat>,
+    /// Soak's books and its minutes.
+    #[serde(default)]
+    pub soak: Option<WorkerSoak>,
     /// Per URL, with several: connections, answers or deliveries, latencies.
     #[serde(default)]
     pub by_target: Vec<WorkerTarget>,
@@ -70,6 +77,15 @@ pub struct WorkerChat {
     pub delivered_acks: Vec<(u64, u64)>,
     /// Repeats of a sent ack, a delivered ack, a delivery.
     pub duplicates: [u64; 3],
+}
+
+/// One process's soak figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerSoak {
+    pub counts: SoakTotals,
+    /// Latencies of each minute of the measurement (the last one may be shorter, and holds the
+    /// drain), as raw histograms.
+    pub minutes: Vec<Vec<(u64, u64)>>,
 }
 
 /// One process's figures for one URL.
@@ -234,6 +250,81 @@ pub struct Point {
     pub p99_us: f64,
     pub alive: u64,
     pub server_cpu_pct: Option<f64>,
+    /// The server's RSS at the end of the second, KiB (with `--server-pid`).
+    #[serde(default)]
+    pub server_rss_kb: Option<u64>,
+}
+
+/// Soak: one kind of client over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakKind {
+    pub kind: String,
+    /// Clients of this kind held at once.
+    pub clients: usize,
+    /// Sessions set up (first ones and replacements), left cleanly, dropped (by the server or
+    /// an error), set-ups that failed.
+    pub opened: u64,
+    pub left: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    /// Measured messages sent; native sends skipped because the peer was away.
+    pub sent: u64,
+    pub skipped: u64,
+    /// What clients of this kind were owed, received, lost (= owed − received), and received
+    /// again.
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// Soak: one kind of thing owed (see `SOAK_TYPES`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakType {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+}
+
+/// Soak: the latency of one minute of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Minute {
+    /// 1, 2, ...; the last one may be shorter and holds the drain.
+    pub minute: usize,
+    pub latency_us: Percentiles,
+}
+
+/// Soak: the server's RSS over the run (from the per-second series).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RssTrend {
+    /// The first second's.
+    pub start_kb: u64,
+    /// At the end of the warm-up: the first minute, or the first quarter of a shorter run.
+    pub warm_kb: u64,
+    pub warm_s: f64,
+    pub end_kb: u64,
+    pub max_kb: u64,
+    /// `end_kb − warm_kb` (negative when it shrank).
+    pub growth_after_warmup_kb: i64,
+}
+
+/// The soak scenario's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakReport {
+    pub kinds: Vec<SoakKind>,
+    pub types: Vec<SoakType>,
+    pub per_minute: Vec<Minute>,
+    pub rss: Option<RssTrend>,
+    /// What the health endpoint showed once every client had left (with `--health-url`).
+    pub leftover: Option<Leftover>,
+    /// What the server still held then: connections and sessions (the largest of
+    /// `leftover.connections`, `leftover.websockets` and `leftover.engineio_sessions`, as a
+    /// WebSocket session rides on a connection and a Socket.IO session may ride on either) and
+    /// native users still online; `None` when not checked.
+    pub leaked: Option<u64>,
 }
 
 /// The run's report; `--json` writes it as is.
@@ -264,6 +355,9 @@ pub struct Report {
     /// Chat only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatReport>,
+    /// Soak only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
     pub errors: BTreeMap<String, u64>,
     pub loadgen: LoadgenUse,
     pub server: Option<ServerReport>,
@@ -278,6 +372,7 @@ fn units(s: Scenario) -> Units {
         Scenario::Fanout => ("publishes", "deliveries"),
         Scenario::Connect => ("handshakes started", "handshakes connected"),
         Scenario::Idle => ("connections established", "connections alive at the end"),
+        Scenario::Soak => ("messages", "receipts (answers, broadcasts, acks, deliveries)"),
     };
     Units { sent: sent.into(), received: received.into() }
 }
@@ -300,10 +395,28 @@ impl Report {
             say(chat.delivered_acks.lost, "delivered acks lost");
             say(chat.sent_acks.duplicates + chat.delivered_acks.duplicates, "acks received twice");
         }
+        if let Some(soak) = &self.soak {
+            say(soak.kinds.iter().map(|k| k.failed).sum(), "client set-ups failed");
+            say(soak.leaked.unwrap_or(0), "connections or sessions left on the server after every client left");
+        }
         say(c.failed, "handshakes failed");
         say(self.connections.setup_failed as u64, "connections failed to set up");
         say(self.connections.dropped as u64, "connections dropped during the run");
         out
+    }
+
+    /// Soak, once every client has left: what the server still holds (see
+    /// [`ServerProbe::leftover`]), waiting at most `wait`.
+    pub fn check_leftover(&mut self, probe: &ServerProbe, wait: std::time::Duration, open_fds_before: Option<u64>) {
+        if let Some(soak) = self.soak.as_mut() {
+            soak.leftover = probe.leftover(wait, open_fds_before);
+            // A WebSocket session rides on a connection, and a Socket.IO session on a WebSocket
+            // or on nothing between long-polls: the largest count is what was left.
+            soak.leaked = soak
+                .leftover
+                .as_ref()
+                .map(|l| l.connections.max(l.websockets).max(l.engineio_sessions) + l.identities_online.unwrap_or(0));
+        }
     }
 
     /// Merges the workers' reports.
@@ -325,7 +438,18 @@ impl Report {
         let (mut sent_acks, mut delivered_acks) = (new_hist()?, new_hist()?);
         let (mut chat_expected, mut duplicates) = (0u64, [0u64; 3]);
         let mut by_url: Vec<(usize, u64, Hist)> = Vec::new();
+        let mut soak = SoakTotals::default();
+        let mut minutes: Vec<Hist> = Vec::new();
         for w in workers {
+            if let Some(s) = &w.soak {
+                soak.add(&s.counts);
+                for (i, raw) in s.minutes.iter().enumerate() {
+                    if minutes.len() <= i {
+                        minutes.push(new_hist()?);
+                    }
+                    add_raw(&mut minutes[i], raw);
+                }
+            }
             for (i, t) in w.by_target.iter().enumerate() {
                 if by_url.len() <= i {
                     by_url.push((0, 0, new_hist()?));
@@ -384,17 +508,24 @@ impl Report {
                 pt.received_per_s = pt.received as f64 / pt.dur_s;
             }
             pt.server_cpu_pct = server_cpu.and_then(|c| c.per_second.get(i).copied());
+            pt.server_rss_kb = server_cpu.and_then(|c| c.rss_kb_per_second.get(i).copied());
         }
         if p.scenario == Scenario::Idle {
             sent = conns.established as u64;
             received = conns.alive_at_end as u64;
         }
+        let sum = |m: &[[u64; 5]; 3]| m.iter().flatten().sum::<u64>();
+        if p.scenario == Scenario::Soak {
+            received = sum(&soak.received);
+        }
         let expected = match p.scenario {
             Scenario::Fanout => sent * p.subscribers as u64,
             Scenario::Idle => p.connections as u64,
             Scenario::Chat => chat_expected,
+            Scenario::Soak => sum(&soak.expected),
             _ => sent,
         };
+        let soak_report = (p.scenario == Scenario::Soak).then(|| soak_report(p, &soak, &minutes, &series));
         let kind = |expected: u64, received: u64, duplicates: u64, lat: &Hist| ChatKind {
             expected,
             received,
@@ -470,6 +601,7 @@ impl Report {
                 // received); the others can only see more than expected.
                 duplicates: match p.scenario {
                     Scenario::Chat => duplicates[DUP_DELIVERY],
+                    Scenario::Soak => sum(&soak.duplicates),
                     _ => received.saturating_sub(expected),
                 },
                 failed,
@@ -492,6 +624,7 @@ impl Report {
                 .collect(),
             setup_latency_us: percentiles(&setup_lat),
             chat,
+            soak: soak_report,
             errors,
             loadgen: LoadgenUse {
                 processes: workers.len(),
@@ -609,6 +742,9 @@ impl Report {
                 );
             }
         }
+        if let Some(soak) = &self.soak {
+            soak_summary(&mut s, soak);
+        }
         let l = &self.setup_latency_us;
         if l.count > 0 && self.scenario != Scenario::Connect {
             let _ = writeln!(s, "  set-up µs     p50 {}  p99 {}  max {}", us(l.p50_us), us(l.p99_us), us(l.max_us));
@@ -654,6 +790,128 @@ impl Report {
     }
 }
 
+/// Soak's section of the report from the merged books, minutes and series.
+fn soak_report(p: &Params, t: &SoakTotals, minutes: &[Hist], series: &[Point]) -> SoakReport {
+    let clients = soak_split(p.connections, p.mix);
+    let kinds = Kind::ALL
+        .iter()
+        .map(|&k| {
+            let i = k as usize;
+            let (expected, received) = (t.expected[i].iter().sum::<u64>(), t.received[i].iter().sum::<u64>());
+            SoakKind {
+                kind: k.name().into(),
+                clients: clients[i],
+                opened: t.opened[i],
+                left: t.left[i],
+                dropped: t.dropped[i],
+                failed: t.failed[i],
+                sent: t.sent[i],
+                skipped: t.skipped[i],
+                expected,
+                received,
+                lost: expected.saturating_sub(received),
+                duplicates: t.duplicates[i].iter().sum(),
+            }
+        })
+        .collect();
+    let types = SOAK_TYPES
+        .iter()
+        .enumerate()
+        .map(|(ty, name)| {
+            let col = |m: &[[u64; 5]; 3]| m.iter().map(|row| row[ty]).sum::<u64>();
+            let (expected, received) = (col(&t.expected), col(&t.received));
+            SoakType {
+                kind: (*name).into(),
+                expected,
+                received,
+                lost: expected.saturating_sub(received),
+                duplicates: col(&t.duplicates),
+            }
+        })
+        .collect();
+    let per_minute =
+        minutes.iter().enumerate().map(|(i, h)| Minute { minute: i + 1, latency_us: percentiles(h) }).collect();
+    SoakReport { kinds, types, per_minute, rss: rss_trend(series), leftover: None, leaked: None }
+}
+
+/// The RSS figures of a series with `server_rss_kb`.
+fn rss_trend(series: &[Point]) -> Option<RssTrend> {
+    let rss: Vec<(f64, u64)> = series.iter().filter_map(|p| p.server_rss_kb.map(|r| (p.t_s, r))).collect();
+    let (&(_, start_kb), &(end_s, end_kb)) = (rss.first()?, rss.last()?);
+    let warm_s = 60f64.min(end_s / 4.0);
+    let &(warm_s, warm_kb) = rss.iter().find(|(t, _)| *t >= warm_s).unwrap_or(&rss[0]);
+    Some(RssTrend {
+        start_kb,
+        warm_kb,
+        warm_s,
+        end_kb,
+        max_kb: rss.iter().map(|r| r.1).max().unwrap_or(0),
+        growth_after_warmup_kb: end_kb as i64 - warm_kb as i64,
+    })
+}
+
+fn soak_summary(s: &mut String, soak: &SoakReport) {
+    for k in &soak.kinds {
+        let _ = writeln!(
+            s,
+            "  {:<13} {} clients, {} sessions ({} left, {} dropped, {} set-ups failed), sent {}{}, owed {}, received {}, lost {}, duplicates {}",
+            k.kind,
+            k.clients,
+            k.opened,
+            k.left,
+            k.dropped,
+            k.failed,
+            k.sent,
+            if k.skipped > 0 { format!(" (skipped {}: peer away)", k.skipped) } else { String::new() },
+            k.expected,
+            k.received,
+            k.lost,
+            k.duplicates
+        );
+    }
+    let types: Vec<String> = soak.types.iter().map(|t| format!("{} {}/{}", t.kind, t.received, t.expected)).collect();
+    let _ = writeln!(s, "  received/owed {}", types.join(", "));
+    for m in &soak.per_minute {
+        let l = &m.latency_us;
+        let _ = writeln!(
+            s,
+            "  minute {:<6} µs p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n {})",
+            m.minute,
+            us(l.p50_us),
+            us(l.p90_us),
+            us(l.p99_us),
+            us(l.p999_us),
+            us(l.max_us),
+            l.count
+        );
+    }
+    if let Some(r) = &soak.rss {
+        let _ = writeln!(
+            s,
+            "  RSS trend     {} KiB at the start, {} KiB after {:.0} s of warm-up, {} KiB at the end (max {}): {:+} KiB after warm-up",
+            r.start_kb, r.warm_kb, r.warm_s, r.end_kb, r.max_kb, r.growth_after_warmup_kb
+        );
+    }
+    match &soak.leftover {
+        Some(l) => {
+            let fds = match (l.open_fds_before, l.open_fds) {
+                (Some(b), Some(a)) => format!(", open fds {b} before the run, {a} after"),
+                _ => String::new(),
+            };
+            let users = l.identities_online.map(|n| format!(", {n} native users online")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  left behind   {} connections, {} WebSocket sessions, {} Engine.IO sessions{users}, {:.1} s after \
+                 every client left{fds}",
+                l.connections, l.websockets, l.engineio_sessions, l.waited_s
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  left behind   not checked (give --health-url)");
+        }
+    }
+}
+
 /// The parameters as a report shows them: without the token or the secret.
 fn redacted(p: &Params) -> Params {
     let mut p = p.clone();
@@ -695,6 +953,7 @@ pub fn progress_line(p: &Params, t: &Tick) -> String {
         Scenario::Fanout => ("publishes", "deliveries"),
         Scenario::Chat => ("messages", "deliveries"),
         Scenario::Connect => ("started", "connected"),
+        Scenario::Soak => ("messages", "received"),
         _ => ("sent", "received"),
     };
     format!(

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
@@ -12,9 +12,9 @@ use futures_util::task::AtomicWaker;
 
 use crate::clock::TimerHandle;
 use crate::error::Error;
-use crate::params::{Load, Params};
-use crate::plan::Plan;
-use crate::stats::{new_hist, Ack, Hist, Stats, Tally};
+use crate::params::{Load, Params, Scenario};
+use crate::plan::{spread, Plan};
+use crate::stats::{new_hist, Ack, Hist, SoakCounts, Stats, Tally};
 use crate::target::Target;
 
 /// Connections are being set up; nothing is sent.
@@ -94,6 +94,67 @@ impl Control {
 
     pub fn planned_end(&self) -> u64 {
         self.planned_end.load(Ordering::Relaxed)
+    }
+
+    /// Wakes connection `slot` (soak: churn asked it to leave).
+    pub fn wake(&self, slot: usize) {
+        if let Ok(w) = self.wakers.lock() {
+            if let Some(Some(waker)) = w.get(slot) {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// Soak: a native client's session as its peer sees it. `user` is set while the session is
+/// up and not leaving: only then does the peer send to it, and each message it sends counts
+/// one more delivery `owed` to that session.
+#[derive(Debug, Default)]
+pub struct Seat {
+    pub user: Option<Arc<str>>,
+    pub owed: u64,
+}
+
+/// Soak: the books that make churn countable (see `scenario::soak` for how they are used).
+/// Every room and every native pair lives in one process, so these locks are local, and each is
+/// taken once per message or per arrival or departure of a client, never on a read path.
+pub struct SoakBooks {
+    /// Per room (its global number): the measured publishes to it so far. A publish takes the
+    /// next number under the lock and carries it; a member remembers the count when it joined
+    /// and when it left, and is owed exactly the publishes numbered in between.
+    pub rooms: Vec<Mutex<u64>>,
+    /// Per local slot (native clients only).
+    pub seats: Vec<Mutex<Seat>>,
+    /// Per local slot: churn asked the slot's client to leave.
+    pub leave: Vec<AtomicBool>,
+    pub counts: SoakCounts,
+    /// Slots whose task ended (every slot's does at the end of the drain).
+    pub finished: AtomicUsize,
+    /// Next slot for churn to pick (a position in a fixed permutation of the slots).
+    cursor: AtomicUsize,
+}
+
+impl SoakBooks {
+    fn new(rooms: usize, slots: usize) -> SoakBooks {
+        SoakBooks {
+            rooms: (0..rooms).map(|_| Mutex::new(0)).collect(),
+            seats: (0..slots).map(|_| Mutex::new(Seat::default())).collect(),
+            leave: (0..slots).map(|_| AtomicBool::new(false)).collect(),
+            counts: SoakCounts::default(),
+            finished: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next `n` slots churn takes, spread over the kinds ([`spread`]): every slot comes
+    /// round once per cycle.
+    pub fn pick(&self, n: usize) -> Vec<usize> {
+        let slots = self.leave.len();
+        if slots == 0 {
+            return Vec::new();
+        }
+        let first = self.cursor.fetch_add(n, Ordering::Relaxed);
+        (first..first + n).map(|k| spread(k % slots, slots)).collect()
     }
 }
 
@@ -187,6 +248,8 @@ pub struct Run {
     /// Time to connected of the set-up handshakes.
     pub setup_hist: Mutex<Hist>,
     pub directory: Mutex<Directory>,
+    /// Soak only.
+    pub soak: Option<SoakBooks>,
 }
 
 impl Run {
@@ -198,6 +261,7 @@ impl Run {
         shards: usize,
     ) -> Result<Run, Error> {
         let source_ip = params.worker.and_then(|w| w.source_ip).map(IpAddr::V4);
+        let slots = plan.roles.len();
         let (index, count) = params.worker.map(|w| (w.index, w.count)).unwrap_or((0, 1));
         let feedback = match params.load {
             Load::Closed { .. } => Feedback::new(plan.local_publishers, index, count),
@@ -217,6 +281,7 @@ impl Run {
             alive: AtomicUsize::new(0),
             setup_hist: Mutex::new(new_hist()?),
             directory: Mutex::new(Directory::default()),
+            soak: (params.scenario == Scenario::Soak).then(|| SoakBooks::new(params.rooms, slots)),
         })
     }
 

@@ -313,6 +313,11 @@ impl Stats {
 
     /// The counts since the previous call, and their p99.
     pub fn interval(&self) -> Interval {
+        self.interval_into(None)
+    }
+
+    /// [`Stats::interval`], adding the interval's latencies to `acc` too (soak's minutes).
+    pub fn interval_into(&self, acc: Option<&mut Hist>) -> Interval {
         let mut out = Interval { errors: self.interval_errors.swap(0, Ordering::Relaxed), ..Interval::default() };
         let Ok(mut merged) = self.scratch.lock() else { return out };
         merged.reset();
@@ -325,6 +330,9 @@ impl Stats {
             s.interval.reset();
         }
         out.p99_ns = if merged.is_empty() { 0 } else { merged.value_at_quantile(0.99) };
+        if let Some(acc) = acc {
+            let _ = acc.add(&*merged);
+        }
         out
     }
 
@@ -380,6 +388,134 @@ impl Stats {
             }
         }
         Ok(t)
+    }
+}
+
+/// Soak: what its clients are owed and what they received, by the kind of client that is owed
+/// it and by what it is, counted as it happens (atomics: a few hundred events a second).
+pub const SOAK_TYPES: [&str; 5] = ["acks", "broadcasts", "dm_sent_acks", "dm_delivered_acks", "dm_deliveries"];
+/// [`SOAK_TYPES`] by index.
+pub const T_ACK: usize = 0;
+pub const T_BROADCAST: usize = 1;
+pub const T_DM_SENT: usize = 2;
+pub const T_DM_DELIVERED: usize = 3;
+pub const T_DM_DELIVERY: usize = 4;
+
+/// Per kind of client (`crate::plan::Kind` as index) and per [`SOAK_TYPES`] entry.
+type Matrix = [[AtomicU64; 5]; 3];
+
+#[derive(Debug, Default)]
+pub struct SoakCounts {
+    expected: Matrix,
+    received: Matrix,
+    duplicates: Matrix,
+    /// Per kind: sessions set up (first ones and replacements), left cleanly, dropped by the
+    /// server or an error, set-ups that failed, measured sends, and sends skipped because the
+    /// native peer was away.
+    opened: [AtomicU64; 3],
+    left: [AtomicU64; 3],
+    dropped: [AtomicU64; 3],
+    failed: [AtomicU64; 3],
+    sent: [AtomicU64; 3],
+    skipped: [AtomicU64; 3],
+}
+
+/// Which per-kind counter of [`SoakCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Life {
+    Opened,
+    Left,
+    Dropped,
+    Failed,
+    Sent,
+    Skipped,
+}
+
+/// [`SoakCounts`] as plain numbers, for a worker's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SoakTotals {
+    pub expected: [[u64; 5]; 3],
+    pub received: [[u64; 5]; 3],
+    pub duplicates: [[u64; 5]; 3],
+    pub opened: [u64; 3],
+    pub left: [u64; 3],
+    pub dropped: [u64; 3],
+    pub failed: [u64; 3],
+    pub sent: [u64; 3],
+    pub skipped: [u64; 3],
+}
+
+impl SoakCounts {
+    pub fn expect(&self, kind: usize, ty: usize, n: u64) {
+        if n > 0 {
+            self.expected[kind % 3][ty % 5].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn receive(&self, kind: usize, ty: usize) {
+        self.received[kind % 3][ty % 5].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn duplicate(&self, kind: usize, ty: usize) {
+        self.duplicates[kind % 3][ty % 5].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn life(&self, kind: usize, what: Life) {
+        let c = match what {
+            Life::Opened => &self.opened,
+            Life::Left => &self.left,
+            Life::Dropped => &self.dropped,
+            Life::Failed => &self.failed,
+            Life::Sent => &self.sent,
+            Life::Skipped => &self.skipped,
+        };
+        c[kind % 3].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> SoakTotals {
+        let m = |x: &Matrix| x.each_ref().map(|row| row.each_ref().map(|c| c.load(Ordering::Relaxed)));
+        let v = |x: &[AtomicU64; 3]| x.each_ref().map(|c| c.load(Ordering::Relaxed));
+        SoakTotals {
+            expected: m(&self.expected),
+            received: m(&self.received),
+            duplicates: m(&self.duplicates),
+            opened: v(&self.opened),
+            left: v(&self.left),
+            dropped: v(&self.dropped),
+            failed: v(&self.failed),
+            sent: v(&self.sent),
+            skipped: v(&self.skipped),
+        }
+    }
+}
+
+impl SoakTotals {
+    /// Adds another worker's totals.
+    pub fn add(&mut self, o: &SoakTotals) {
+        for (a, b) in [(&mut self.expected, &o.expected), (&mut self.received, &o.received)] {
+            add_matrix(a, b);
+        }
+        add_matrix(&mut self.duplicates, &o.duplicates);
+        for (a, b) in [
+            (&mut self.opened, &o.opened),
+            (&mut self.left, &o.left),
+            (&mut self.dropped, &o.dropped),
+            (&mut self.failed, &o.failed),
+            (&mut self.sent, &o.sent),
+            (&mut self.skipped, &o.skipped),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+}
+
+fn add_matrix(a: &mut [[u64; 5]; 3], b: &[[u64; 5]; 3]) {
+    for (ra, rb) in a.iter_mut().zip(b) {
+        for (x, y) in ra.iter_mut().zip(rb) {
+            *x += y;
+        }
     }
 }
 

@@ -90,12 +90,29 @@ fn status_kb(pid: u32, key: &str) -> Result<u64, Error> {
 pub struct Health {
     pub rss_kb: Option<u64>,
     pub connections: Option<u64>,
+    /// imks: the sum of `shards[].websockets`.
+    #[serde(default)]
+    pub websockets: Option<u64>,
+    /// imks: the sum of `shards[].engineio_sessions` (Socket.IO clients on any transport).
+    #[serde(default)]
+    pub engineio_sessions: Option<u64>,
+    /// imks: `process.open_fds`.
+    #[serde(default)]
+    pub open_fds: Option<u64>,
 }
 
 /// GETs `url` (plain HTTP/1.1, `Connection: close`) and reads RSS and connection counts from its
 /// JSON: a number under a key named `rss_bytes`, `rss_kb` or `rss` (bytes) anywhere in it.
 pub fn health(url: &str) -> Result<Health, Error> {
-    let t = target::parse(url, 80, "/health")?;
+    let body = http_get(url, "/health")?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| Error::Probe(format!("{url}: not JSON: {e}")))?;
+    Ok(health_from_json(&json))
+}
+
+/// The body of `GET url` (plain HTTP/1.1, `Connection: close`, at most 4 MiB).
+fn http_get(url: &str, default_path: &str) -> Result<Vec<u8>, Error> {
+    let t = target::parse(url, 80, default_path)?;
     let io = |e: std::io::Error| Error::Probe(format!("{url}: {e}"));
     let mut s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(5)).map_err(io)?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
@@ -104,9 +121,25 @@ pub fn health(url: &str) -> Result<Health, Error> {
     s.take(4 << 20).read_to_end(&mut body).map_err(io)?;
     let start =
         body.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| Error::Probe(format!("{url}: no HTTP body")))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&body[start + 4..]).map_err(|e| Error::Probe(format!("{url}: not JSON: {e}")))?;
-    Ok(health_from_json(&json))
+    body.drain(..start + 4);
+    Ok(body)
+}
+
+/// imks: the sum of the `imks_identities_online` gauges (users with a native session) in the
+/// Prometheus text at `url` (`http://HOST:PORT/metrics`).
+pub fn identities_online(url: &str) -> Result<u64, Error> {
+    let body = http_get(url, "/metrics")?;
+    let text = String::from_utf8_lossy(&body);
+    Ok(prometheus_sum(&text, "imks_identities_online"))
+}
+
+/// The sum of every sample of metric `name` in a Prometheus text exposition.
+fn prometheus_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 fn health_from_json(v: &serde_json::Value) -> Health {
@@ -127,7 +160,15 @@ fn health_from_json(v: &serde_json::Value) -> Health {
         .and_then(|s| s.as_array())
         .map(|shards| shards.iter().filter_map(|s| s.get("connections").and_then(|c| c.as_u64())).sum())
         .or_else(|| v.get("connections").and_then(|c| c.as_u64()));
-    Health { rss_kb, connections }
+    let per_shard = |key: &str| {
+        v.get("shards")
+            .and_then(|s| s.as_array())
+            .map(|shards| shards.iter().filter_map(|s| s.get(key).and_then(|c| c.as_u64())).sum())
+    };
+    let websockets = per_shard("websockets");
+    let engineio_sessions = per_shard("engineio_sessions");
+    let open_fds = v.get("process").and_then(|p| p.get("open_fds")).and_then(|c| c.as_u64());
+    Health { rss_kb, connections, websockets, engineio_sessions, open_fds }
 }
 
 /// Raises the soft open-file limit to the hard one and returns it.
@@ -173,9 +214,38 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_samples_are_summed() {
+        let text = "# HELP imks_identities_online Users.\n# TYPE imks_identities_online gauge\n\
+                    imks_identities_online{shard=\"0\"} 2\nimks_identities_online{shard=\"1\"} 3\n\
+                    imks_identities_online_total 9\nother 1\n";
+        assert_eq!(prometheus_sum(text, "imks_identities_online"), 5);
+        assert_eq!(prometheus_sum(text, "missing"), 0);
+    }
+
+    #[test]
     fn health_json_is_read() {
         let v =
             serde_json::json!({"status":"ok","shards":[{"connections":3},{"connections":4}],"mem":{"rss_bytes":4096}});
-        assert_eq!(health_from_json(&v), Health { rss_kb: Some(4), connections: Some(7) });
+        assert_eq!(
+            health_from_json(&v),
+            Health {
+                rss_kb: Some(4),
+                connections: Some(7),
+                websockets: Some(0),
+                engineio_sessions: Some(0),
+                open_fds: None
+            }
+        );
+        let v = serde_json::json!({"process":{"open_fds":12},"shards":[{"connections":1,"websockets":2,"engineio_sessions":3}]});
+        assert_eq!(
+            health_from_json(&v),
+            Health {
+                rss_kb: None,
+                connections: Some(1),
+                websockets: Some(2),
+                engineio_sessions: Some(3),
+                open_fds: Some(12)
+            }
+        );
     }
 }

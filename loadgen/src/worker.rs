@@ -13,11 +13,11 @@ use tokio::task::JoinHandle;
 use crate::clock::{now_ns, secs_to_ns, Timer};
 use crate::error::Error;
 use crate::params::{share, Params, Scenario};
-use crate::plan::plan;
-use crate::report::{Tick, WorkerChat, WorkerReport, WorkerTarget};
+use crate::plan::{plan, Role};
+use crate::report::{Tick, WorkerChat, WorkerReport, WorkerSoak, WorkerTarget};
 use crate::scenario::{self, conn_task, Outcome};
 use crate::shared::{Run, DRAIN, STOP};
-use crate::stats::{to_raw, Ack};
+use crate::stats::{new_hist, to_raw, Ack};
 use crate::sys;
 use crate::target::Target;
 
@@ -61,12 +61,22 @@ impl Worker {
         let fds = match p.scenario {
             // A handshake in flight and one closing in the background each hold a descriptor.
             Scenario::Connect => 2 * share(p.connections, wi, wk).1,
+            // A long-polling client holds two.
+            Scenario::Soak => plan
+                .roles
+                .iter()
+                .map(|r| match r {
+                    Role::Soak { kind, .. } => kind.fds(),
+                    _ => 1,
+                })
+                .sum(),
             _ => plan.roles.len(),
         } as u64;
         let limit = sys::raise_nofile();
         if fds + SPARE_FDS > limit {
             let per = limit.saturating_sub(SPARE_FDS).max(1);
-            let total = p.total_connections() as u64 * if p.scenario == Scenario::Connect { 2 } else { 1 };
+            let total = (p.total_connections() as u64 * if p.scenario == Scenario::Connect { 2 } else { 1 })
+                .max(fds * wk as u64);
             return Err(Error::Config(format!(
                 "{fds} connections in one process exceed its open-file limit of {limit}; use --processes {} or more",
                 total.div_ceil(per)
@@ -145,13 +155,37 @@ async fn measure(
     sleep_until_ns(start).await;
     run.control.start(start, measure_start, planned_end);
     let storm = (p.scenario == Scenario::Connect).then(|| tokio::spawn(scenario::connect::storm(run.clone())));
-    sleep_until_ns(measure_start).await;
+    // Soak: churn from the first second of sending, every second until the window ends.
+    let churn = p.worker.map_or(p.churn, |w| share(p.churn, w.index, w.count).1);
+    let mut next_churn = start + 1_000_000_000;
+    let churn_until = |run: &Run, now: u64, next: &mut u64| {
+        while *next <= now.min(planned_end) && churn > 0 {
+            scenario::soak::churn(run, churn);
+            *next += 1_000_000_000;
+        }
+    };
+    if churn == 0 {
+        sleep_until_ns(measure_start).await;
+    }
+    while now_ns() < measure_start {
+        tokio::time::sleep(Duration::from_millis(10).min(Duration::from_nanos(measure_start.saturating_sub(now_ns()))))
+            .await;
+        churn_until(&run, now_ns(), &mut next_churn);
+    }
     let cpu0 = sys::self_cpu();
     let _ = run.stats.interval();
     let mut series = Vec::new();
     let mut tick_start = measure_start;
+    // Soak: the latencies of each minute of the measurement (and of the drain after it).
+    let mut minutes: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut minute = new_hist()?;
+    let soak = p.scenario == Scenario::Soak;
     let mut emit = |from: u64, to: u64, series: &mut Vec<Tick>| {
-        let i = run.stats.interval();
+        let i = run.stats.interval_into(soak.then_some(&mut minute));
+        if soak && (series.len() + 1) % 60 == 0 {
+            minutes.push(to_raw(&minute));
+            minute.reset();
+        }
         let tick = Tick {
             index: series.len(),
             t_s: (to - measure_start) as f64 / 1e9,
@@ -169,6 +203,7 @@ async fn measure(
     let end = loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let now = now_ns();
+        churn_until(&run, now, &mut next_churn);
         if now >= tick_start + 1_000_000_000 {
             let to = tick_start + 1_000_000_000;
             emit(tick_start, to, &mut series);
@@ -182,6 +217,9 @@ async fn measure(
     let multi = p.worker.is_some_and(|w| w.count > 1);
     let drain_ns = match p.scenario {
         Scenario::Connect => secs_to_ns(p.drain_s.max(p.connect_timeout_s + 1.0)),
+        // Every client waits at most --drain for what it is owed, then closes (a few seconds);
+        // one still setting up finishes that first.
+        Scenario::Soak => secs_to_ns(p.drain_s + p.connect_timeout_s + 5.0),
         _ => secs_to_ns(p.drain_s),
     };
     let drain_deadline = now_ns() + drain_ns;
@@ -204,6 +242,7 @@ async fn measure(
             }
             Scenario::Connect => received + failed >= sent,
             Scenario::Idle => true,
+            Scenario::Soak => run.soak.as_ref().is_none_or(|b| b.finished.load(Ordering::SeqCst) >= tasks.len()),
         };
         if complete || now >= drain_deadline {
             break;
@@ -218,6 +257,9 @@ async fn measure(
     let done = now_ns();
     if done > tick_start + 50_000_000 || series.is_empty() {
         emit(tick_start, done, &mut series);
+    }
+    if soak && !minute.is_empty() {
+        minutes.push(to_raw(&minute));
     }
     let cpu = sys::self_cpu().since(&cpu0);
     on_event(Progress::Drained);
@@ -275,6 +317,7 @@ async fn measure(
         latency: to_raw(&totals.lat),
         setup_latency,
         chat,
+        soak: run.soak.as_ref().map(|b| WorkerSoak { counts: b.counts.totals(), minutes }),
         by_target,
         series,
         cpu,

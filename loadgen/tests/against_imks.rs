@@ -317,3 +317,49 @@ fn the_exit_status_tells_a_clean_run_from_a_lossy_one() {
     let (code, stderr) = loadgen(&["--allow-loss"], "8");
     assert_eq!(code, Some(0), "--allow-loss: {stderr}");
 }
+
+/// A short soak: three kinds of client (Socket.IO over WebSocket and over long-polling, native)
+/// on a two-shard node, with churn; every message owed arrived, each kind carried traffic, and
+/// the node holds no connection once every client left.
+#[test]
+fn soak_with_churn_loses_nothing_and_leaves_nothing_behind() {
+    let (_node, addr) = start_conformance_with(|f| f.server.shards = 2);
+    let mut p = params(Scenario::Soak, addr);
+    p.connections = 300;
+    p.mix = [60, 10, 30];
+    p.rooms = 6;
+    p.threads = 2;
+    p.load = Load::Open { rate: 600.0 };
+    p.churn = 20;
+    p.duration_s = 4.0;
+    p.drain_s = 10.0;
+    p.health_url = Some(format!("http://{addr}/health"));
+    p.server_pids = vec![std::process::id()];
+    let r = run(&p);
+    assert!(r.problems().is_empty(), "{:?}, errors {:?}", r.problems(), r.errors);
+    assert_eq!((r.connections.established, r.connections.setup_failed, r.connections.dropped), (300, 0, 0));
+    assert!(r.counts.expected > 0);
+    assert_eq!((r.counts.received, r.counts.lost, r.counts.duplicates), (r.counts.expected, 0, 0));
+    let soak = r.soak.as_ref().expect("soak figures");
+    let clients: Vec<usize> = soak.kinds.iter().map(|k| k.clients).collect();
+    assert_eq!(clients, [180, 30, 90]);
+    for k in &soak.kinds {
+        assert!(k.sent > 0 && k.received > 0, "{} carried no traffic: {k:?}", k.kind);
+        assert_eq!((k.received, k.lost, k.duplicates, k.dropped, k.failed), (k.expected, 0, 0, 0, 0), "{k:?}");
+        // Every session left cleanly: the first ones, their replacements, and at the end all.
+        assert_eq!(k.left, k.opened, "{k:?}");
+    }
+    // Four seconds at 20 a second: about 80 clients replaced.
+    let opened: u64 = soak.kinds.iter().map(|k| k.opened).sum();
+    assert!((300 + 60..=300 + 100).contains(&opened), "{opened} sessions");
+    for t in &soak.types {
+        assert!(t.expected > 0 && t.received == t.expected, "{t:?}");
+    }
+    assert_eq!(soak.leaked, Some(0), "{:?}", soak.leftover);
+    let left = soak.leftover.as_ref().expect("checked with --health-url");
+    assert_eq!(left.identities_online, Some(0), "read from /metrics");
+    assert!(!soak.per_minute.is_empty() && soak.per_minute[0].latency_us.count > 0);
+    assert!(r.timeseries.iter().any(|p| p.server_rss_kb.is_some()), "RSS per second");
+    assert!(soak.rss.is_some());
+    assert!(imks_loadgen::plot::svg(&r).contains("server RSS"));
+}

@@ -27,6 +27,7 @@ const ORDER: &[&str] = &[
     "plan",
     "shared",
     "conn",
+    "longpoll",
     "scenario",
     "probe",
     "report",

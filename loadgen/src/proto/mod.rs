@@ -5,8 +5,10 @@
 //!   packets inside them.
 //! - [`stamp`]: the sequence number and send time every scenario message carries.
 //! - [`native`]: imks's native JSON protocol at `/ws` (the `chat` scenario).
+//! - [`polling`]: Engine.IO long-polling: HTTP/1.1 requests and responses, `\x1e` payloads.
 
 pub mod native;
+pub mod polling;
 pub mod sio;
 pub mod stamp;
 pub mod ws;

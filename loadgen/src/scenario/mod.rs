@@ -1,13 +1,15 @@
 //! The scenarios: how a connection is set up and driven ([`conn_task`]), pacing in the
 //! driver's terms, and the behaviors themselves: [`roundtrip`] (echo, ack), [`fanout`]
 //! (subscribers and publishers), [`chat`] (pairs over imks's native protocol), [`connect`] (the
-//! handshake storm); idle connections only answer heartbeats. Who each connection is and how
+//! handshake storm), [`soak`] (three kinds of client with churn); idle connections only answer
+//! heartbeats. Who each connection is and how
 //! its sends are paced is decided before, in [`crate::plan`].
 
 pub mod chat;
 pub mod connect;
 pub mod fanout;
 pub mod roundtrip;
+pub mod soak;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,6 +84,10 @@ pub enum Outcome {
 /// One connection's life: its handshake (at most `connect_concurrency` at once, each within
 /// the connect timeout), then its behavior until the run stops.
 pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Role) -> Outcome {
+    if let Role::Soak { .. } = role {
+        // A slot of its own kind: a client, then its replacements (see `soak`).
+        return soak::slot_task(run, sem, slot, role).await;
+    }
     let Ok(permit) = sem.acquire().await else { return Outcome::SetupFailed };
     let fail = |kind: &'static str| {
         run.stats.error(kind);
@@ -129,7 +135,7 @@ pub async fn conn_task(run: Arc<Run>, sem: Arc<Semaphore>, slot: usize, role: Ro
         Role::Subscriber { .. } => go(conn, fanout::Subscriber, &run, slot).await,
         Role::Publisher { index } => go(conn, fanout::Publisher::new(p, index), &run, slot).await,
         Role::Chat { index, peer } => go(conn, chat::Chat::new(p, index, peer), &run, slot).await,
-        Role::Idle => go(conn, IdleConn, &run, slot).await,
+        Role::Idle | Role::Soak { .. } => go(conn, IdleConn, &run, slot).await,
     };
     run.alive.fetch_sub(1, Ordering::Relaxed);
     match end {
